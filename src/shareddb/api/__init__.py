@@ -1,0 +1,1 @@
+"""The HTTP API: a main aiohttp app that mounts one sub-app per surface."""

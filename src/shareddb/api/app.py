@@ -1,0 +1,25 @@
+"""The node's HTTP server: every API surface's routes in one router, served by aiohttp.
+
+/health                                      liveness, never behind --token   (ops.py)
+/nodes/update|get|remove|dump                the seed-compatible GET API      (nodes.py)
+/v1/kv, /v1/kv/{key}                         the REST API of keys             (kv.py)
+/v1/cluster, /v1/digest, /v1/openapi.json    cluster view and operations      (cluster.py, ops.py)
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from shareddb.api import cluster, kv, nodes, ops
+from shareddb.api.routing import Router
+from shareddb.node import Node
+
+
+def create_router(node: Node) -> Router:
+    routes = [*ops.routes(node), *nodes.routes(node), *kv.routes(node), *cluster.routes(node)]
+    return Router(routes, token=node.settings.token)
+
+
+def create_server(node: Node, **kwargs: object) -> web.Server:
+    """The aiohttp low-level server of a node; `kwargs` go to aiohttp's request handler."""
+    return web.Server(create_router(node), **kwargs)  # type: ignore[arg-type]

@@ -1,0 +1,260 @@
+"""The `shareddb` command line: `serve`, `cluster up`, and a client for every key operation.
+
+A failure the user can act on is one line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import orjson
+
+from shareddb.client import Client, ClientError
+from shareddb.config import SETTINGS, Settings
+from shareddb.node import NodeError
+from shareddb.record import DEFAULT_MAX_VALUE_BYTES
+from shareddb.store.sqlite import StoreOpenError
+
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+
+class Fail(click.ClickException):
+    """An error reported as one line: `shareddb: <message>`."""
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine on uvloop where it is installed, else on asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on every supported platform
+        return asyncio.run(coro)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
+
+
+def _setting(flag: str, **kwargs: Any) -> Callable[[F], F]:
+    """A `serve` option whose help and environment variable come from config.SETTINGS."""
+    setting = next(s for s in SETTINGS if s.flag == flag)
+    return click.option(flag, envvar=setting.env, show_envvar=True, help=setting.meaning, **kwargs)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="shareddb")
+def cli() -> None:
+    """shareddb: a replicated key-value database for text."""
+
+
+@cli.command()
+@_setting("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
+@_setting("--host", default="127.0.0.1", show_default=True)
+@_setting("--data", type=click.Path(path_type=Path), default=Path("data"), show_default=True)
+@_setting("--node-id", default=None)
+@_setting("--advertise", default=None)
+@_setting("--peers", default="")
+@_setting("--join", default=None)
+@_setting("--store", default="sqlite", show_default=True)
+@_setting("--registry", default=None)
+@_setting("--registry-ttl", type=click.FloatRange(min=1), default=15.0, show_default=True)
+@_setting(
+    "--max-value-bytes",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_VALUE_BYTES,
+    show_default=True,
+)
+@_setting("--token", default=None)
+@_setting("--peer-token", default=None)
+def serve(
+    port: int,
+    host: str,
+    data: Path,
+    node_id: str | None,
+    advertise: str | None,
+    peers: str,
+    join: str | None,
+    store: str,
+    registry: str | None,
+    registry_ttl: float,
+    max_value_bytes: int,
+    token: str | None,
+    peer_token: str | None,
+) -> None:
+    """Run one node in the foreground until SIGTERM or Ctrl-C."""
+    from shareddb.server import serve as serve_node
+
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    settings = Settings(
+        port=port,
+        host=host,
+        data=data,
+        node_id=node_id,
+        advertise=advertise.rstrip("/") if advertise else None,
+        peers=tuple(p.strip().rstrip("/") for p in peers.split(",") if p.strip()),
+        join=join,
+        store=store,
+        registry=registry,
+        registry_ttl=registry_ttl,
+        max_value_bytes=max_value_bytes,
+        token=token or None,
+        peer_token=peer_token or None,
+    )
+    try:
+        run(serve_node(settings))
+    except (NodeError, StoreOpenError) as exc:
+        raise Fail(str(exc)) from None
+
+
+@cli.group()
+def cluster() -> None:
+    """Run several local nodes as one cluster."""
+
+
+@cluster.command("up")
+@click.option("--nodes", type=click.IntRange(1, 64), default=2, show_default=True)
+@click.option("--base-port", type=click.IntRange(1, 65535), default=8080, show_default=True)
+@click.option("--data", type=click.Path(path_type=Path), default=Path("data"), show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--token", envvar="SHAREDDB_TOKEN", default=None, help="Client token for every node.")
+@click.option("--peer-token", envvar="SHAREDDB_PEER_TOKEN", default=None, help="Peer token.")
+def cluster_up(
+    nodes: int, base_port: int, data: Path, host: str, token: str | None, peer_token: str | None
+) -> None:
+    """Start NODES local nodes on consecutive ports (node1, node2, ...); Ctrl-C stops them all."""
+    from shareddb.launcher import Launcher
+
+    code = run(Launcher(nodes, base_port, data, host, token, peer_token).run())
+    sys.exit(code)
+
+
+# -- client commands ------------------------------------------------------------------------------
+
+url_option = click.option(
+    "--url", envvar="SHAREDDB_URL", default=DEFAULT_URL, show_default=True, help="Node to ask."
+)
+token_option = click.option("--token", envvar="SHAREDDB_TOKEN", default=None, help="Bearer token.")
+
+
+def _call(url: str, token: str | None, action: Callable[[Client], Coroutine[Any, Any, T]]) -> T:
+    async def go() -> T:
+        async with Client(url, token=token) as client:
+            return await action(client)
+
+    try:
+        return run(go())
+    except ClientError as exc:
+        raise Fail(exc.message) from None
+
+
+@cli.command()
+@click.argument("key")
+@url_option
+@token_option
+def get(key: str, url: str, token: str | None) -> None:
+    """Print the value of KEY."""
+    found = _call(url, token, lambda c: c.get(key))
+    if found is None:
+        raise Fail(f"key {key!r} not found")
+    click.echo(found[0])
+
+
+@cli.command("set")
+@click.argument("key")
+@click.argument("value", required=False)
+@click.option("-w", "copies", type=click.IntRange(min=1), default=None, help="Wait for N copies.")
+@url_option
+@token_option
+def set_(key: str, value: str | None, copies: int | None, url: str, token: str | None) -> None:
+    """Set KEY to VALUE (read from stdin when VALUE is left out); prints the new version."""
+    text = sys.stdin.read() if value is None else value
+    click.echo(_call(url, token, lambda c: c.put(key, text, w=copies)))
+
+
+@cli.command()
+@click.argument("key")
+@url_option
+@token_option
+def rm(key: str, url: str, token: str | None) -> None:
+    """Delete KEY."""
+    if not _call(url, token, lambda c: c.delete(key)):
+        raise Fail(f"key {key!r} not found")
+
+
+@cli.command()
+@click.argument("prefix", default="")
+@click.option("-l", "--long", "long_", is_flag=True, help="Also print version and value.")
+@url_option
+@token_option
+def ls(prefix: str, long_: bool, url: str, token: str | None) -> None:
+    """List the keys under PREFIX (all keys when left out), in order."""
+
+    async def go(client: Client) -> None:
+        async for item in client.items(prefix):
+            if long_:
+                click.echo(f"{item.key}\t{item.version}\t{orjson.dumps(item.value).decode()}")
+            else:
+                click.echo(item.key)
+
+    _call(url, token, go)
+
+
+@cli.command()
+@url_option
+@token_option
+def dump(url: str, token: str | None) -> None:
+    """Print every key and value as one JSON object."""
+
+    async def go(client: Client) -> None:
+        separator = ""
+        click.echo("{", nl=False)
+        async for item in client.items():
+            pair = orjson.dumps(item.key).decode() + ": " + orjson.dumps(item.value).decode()
+            click.echo(f"{separator}\n  {pair}", nl=False)
+            separator = ","
+        click.echo("\n}" if separator else "}")
+
+    _call(url, token, go)
+
+
+@cli.command()
+@url_option
+@token_option
+def status(url: str, token: str | None) -> None:
+    """Show this node and every member it knows: state, lag, URL."""
+
+    async def go(client: Client) -> tuple[dict[str, Any], dict[str, Any]]:
+        return await client.cluster(), await client.digest()
+
+    view, digest = _call(url, token, go)
+    rows = [("NODE", "STATE", "LAG", "URL")]
+    rows.append((view["node"]["id"] + " (this)", "up", "-", view["node"]["url"]))
+    for m in view["members"]:
+        rows.append((m["id"], m["state"], str(m["lag"]), m["url"]))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    click.echo(f"\n{digest['count']} live keys, digest {digest['digest']}")
+
+
+def main() -> None:
+    """Entry point: click's errors become one line instead of a usage block."""
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.ClickException as exc:
+        click.echo(f"shareddb: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)

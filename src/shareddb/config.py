@@ -1,0 +1,76 @@
+"""Every setting of `shareddb serve`, documented where it is declared.
+
+Each one is a command-line flag and an environment variable `SHAREDDB_<FLAG>`; the flag wins. The
+README's configuration table lists these same entries, and a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shareddb.record import DEFAULT_MAX_VALUE_BYTES
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    flag: str
+    default: str
+    meaning: str
+
+    @property
+    def env(self) -> str:
+        return "SHAREDDB_" + self.flag.removeprefix("--").replace("-", "_").upper()
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("--port", "8080", "TCP port to listen on; 0 picks a free one (the log line names it)."),
+    Setting("--host", "127.0.0.1", "Address to listen on; 0.0.0.0 for every interface."),
+    Setting("--data", "./data", "Directory of the node's store and identity; one node per directory."),
+    Setting(
+        "--node-id",
+        "the id stored in --data, else node-<random>",
+        "This node's id (A-Z a-z 0-9 _ . -). Stored in --data on first start; "
+        "a different id on a later start is refused.",
+    ),
+    Setting(
+        "--advertise",
+        "http://HOST:PORT",
+        "The URL other nodes use to reach this one.",
+    ),
+    Setting("--peers", "none", "Comma-separated URLs of nodes to replicate with."),
+    Setting("--join", "none", "URL of one member of an existing cluster to join through."),
+    Setting("--store", "sqlite", "Storage backend: sqlite (embedded, in --data)."),
+    Setting("--registry", "none", "Redis URL of a shared node registry."),
+    Setting("--registry-ttl", "15", "Seconds without a heartbeat before a registry entry expires."),
+    Setting(
+        "--max-value-bytes",
+        str(DEFAULT_MAX_VALUE_BYTES),
+        "Largest value accepted, in UTF-8 bytes; larger writes get 413.",
+    ),
+    Setting(
+        "--token",
+        "none",
+        "Bearer token required on every client endpoint except /health.",
+    ),
+    Setting("--peer-token", "none", "Token peers must present on replication endpoints."),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """A node's configuration, as `shareddb serve` parsed it."""
+
+    port: int = 8080
+    host: str = "127.0.0.1"
+    data: Path = Path("data")
+    node_id: str | None = None
+    advertise: str | None = None
+    peers: tuple[str, ...] = field(default_factory=tuple)
+    join: str | None = None
+    store: str = "sqlite"
+    registry: str | None = None
+    registry_ttl: float = 15.0
+    max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
+    token: str | None = None
+    peer_token: str | None = None

@@ -1,0 +1,89 @@
+"""Records, versions and the last-writer-wins rule. Pure: every store and the replication code use it.
+
+A version is `"%016x-%s" % (hlc, node_id)`: fixed-width hex of the 64-bit HLC timestamp, a dash, and
+the id of the node that took the write. The timestamp part has a fixed width (see
+`make_version`), so comparing two versions as plain strings orders them by timestamp, then node
+id: the greater one wins, on every node, whatever order records arrive in.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+MAX_KEY_BYTES = 1024
+DEFAULT_MAX_VALUE_BYTES = 1024 * 1024
+NODE_ID_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_VERSION_PATTERN = re.compile(r"[0-9a-f]{16}-[A-Za-z0-9_.-]{1,64}")
+_HLC_WIDTH = 16
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One key's state: a value, or a tombstone (`value is None`) left by a delete."""
+
+    key: str
+    value: str | None
+    version: str
+
+    @property
+    def deleted(self) -> bool:
+        return self.value is None
+
+
+def make_version(hlc: int, node_id: str) -> str:
+    return f"{hlc:016x}-{node_id}"
+
+
+def version_hlc(version: str) -> int:
+    """The HLC timestamp a version carries."""
+    return int(version[:_HLC_WIDTH], 16)
+
+
+def version_node(version: str) -> str:
+    return version[_HLC_WIDTH + 1 :]
+
+
+def is_version(text: str) -> bool:
+    return _VERSION_PATTERN.fullmatch(text) is not None
+
+
+def supersedes(new: str, current: str | None) -> bool:
+    """The LWW rule: a record replaces the stored one only with a strictly greater version.
+
+    Equal versions name the same write, so applying a record twice changes nothing (idempotent), and
+    the result does not depend on the order records arrive in (commutative).
+    """
+    return current is None or new > current
+
+
+def key_error(key: str) -> str | None:
+    """Why `key` is not a valid key, or None when it is."""
+    if not key:
+        return "key must not be empty"
+    if "\x00" in key:
+        return "key must not contain NUL"
+    try:
+        size = len(key.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "key must be valid UTF-8"
+    if size > MAX_KEY_BYTES:
+        return f"key is {size} bytes, the limit is {MAX_KEY_BYTES}"
+    return None
+
+
+def value_error(value: str, max_bytes: int) -> str | None:
+    """Why `value` cannot be stored, or None when it can. Size is counted in UTF-8 bytes."""
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "value must be valid UTF-8"
+    if size > max_bytes:
+        return f"value is {size} bytes, the limit is {max_bytes}"
+    return None
+
+
+def node_id_error(node_id: str) -> str | None:
+    if NODE_ID_PATTERN.fullmatch(node_id) is None:
+        return "node id must be 1-64 characters of A-Z, a-z, 0-9, '_', '.' and '-'"
+    return None

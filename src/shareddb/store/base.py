@@ -1,0 +1,198 @@
+"""The Store protocol: what the node needs from a storage backend, and the rules every backend keeps.
+
+A store holds one row per key (value or tombstone, version, sequence number), merges incoming records
+by the last-writer-wins rule of `record.supersedes`, and numbers every record it accepts with the next
+local sequence number: the rows ordered by sequence are this node's changes feed. It keeps an
+order-independent digest of its (key, version) pairs so two nodes can be compared cheaply.
+
+Errors: any exception from a method means that call changed nothing (a batch is atomic). A store
+that lost its backing service raises `StoreUnavailable`; the API answers 503 and the node keeps going.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import hashlib
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from shareddb.record import Record, supersedes
+
+DIGEST_BUCKETS = 256
+
+
+class StoreUnavailable(Exception):
+    """The store cannot be reached or written right now; nothing was changed."""
+
+
+class Outcome(enum.Enum):
+    """What a local write did."""
+
+    CREATED = "created"  # the key had no live value before (absent or deleted)
+    UPDATED = "updated"  # the key had a live value, now replaced
+    DELETED = "deleted"  # the key had a live value, now a tombstone
+    NOT_FOUND = "not_found"  # a delete of a key with no live value: nothing written
+    SUPERSEDED = "superseded"  # the stored version is greater: nothing written
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """How far this node has applied a peer's changes feed (that feed's instance, sequence)."""
+
+    peer: str
+    instance: str
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    seq: int
+    record: Record
+
+
+@dataclass(frozen=True, slots=True)
+class Digest:
+    count: int  # live keys
+    digest: str  # hex; equal on two stores exactly when they hold the same (key, version) pairs
+    buckets: tuple[int, ...]
+
+
+class Store(Protocol):
+    """A node's storage. One writer: the store serialises writes itself and may batch them."""
+
+    @property
+    def instance_id(self) -> str:
+        """Random id made when the store was created: a wiped store gets a new one."""
+        ...
+
+    @property
+    def last_seq(self) -> int:
+        """The sequence number of the latest accepted record; never goes backwards."""
+        ...
+
+    @property
+    def clock_high(self) -> int:
+        """The HLC high-water mark persisted with the last committed write."""
+        ...
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None:
+        """Finish the writes already queued, then release everything."""
+        ...
+
+    async def get(self, key: str) -> Record | None:
+        """The stored record of `key`, a tombstone included; None when the key was never written."""
+        ...
+
+    async def write(self, record: Record) -> Outcome:
+        """A client's write, durable when this returns. A tombstone is written only over a live value."""
+        ...
+
+    async def apply(self, records: Sequence[Record], checkpoint: Checkpoint | None = None) -> int:
+        """Merge records from a peer by LWW and save `checkpoint`, atomically. Returns how many won."""
+        ...
+
+    async def scan(self, prefix: str, after: str | None, limit: int) -> list[Record]:
+        """Live records whose key starts with `prefix` and sorts after `after`, by key (code point)."""
+        ...
+
+    async def changes_since(self, seq: int, limit: int) -> list[Change]:
+        """The feed: records with a sequence number above `seq`, in sequence order."""
+        ...
+
+    async def wait_for_changes(self, seq: int, timeout: float) -> None:
+        """Return once `last_seq` passes `seq`, or after `timeout` seconds."""
+        ...
+
+    async def checkpoint(self, peer: str) -> Checkpoint | None: ...
+
+    async def get_meta(self, name: str) -> str | None: ...
+
+    async def set_meta(self, name: str, value: str) -> None: ...
+
+    def digest(self) -> Digest: ...
+
+
+def bucket_of(key: str) -> int:
+    """The digest bucket of a key: a function of the key alone, the same for every backend."""
+    return zlib.crc32(key.encode("utf-8")) % DIGEST_BUCKETS
+
+
+def record_hash(key: str, version: str) -> int:
+    """The 128-bit hash a (key, version) pair contributes to its bucket, by XOR."""
+    data = key.encode("utf-8") + b"\x00" + version.encode("ascii")
+    return int.from_bytes(hashlib.blake2b(data, digest_size=16).digest(), "big")
+
+
+def combine_buckets(buckets: Sequence[int]) -> str:
+    """The digest of a whole store, from its bucket hashes."""
+    h = hashlib.blake2b(digest_size=16)
+    for value in buckets:
+        h.update(value.to_bytes(16, "big"))
+    return h.hexdigest()
+
+
+class ChangeSignal:
+    """Wakes long-polling readers of the changes feed when a batch commits."""
+
+    def __init__(self) -> None:
+        self._waiter: asyncio.Future[None] | None = None
+
+    def notify(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+        self._waiter = None
+
+    async def wait(self, timeout: float) -> None:
+        if self._waiter is None:
+            self._waiter = asyncio.get_running_loop().create_future()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._waiter), timeout)
+
+
+@dataclass(slots=True)
+class MergePlan:
+    """One atomic batch, worked out in memory before a store writes it. Pure: no I/O.
+
+    Give it the stored (live, version) of every key the batch touches; `merge` then applies records
+    in order by the LWW rule, numbering each accepted one with the next sequence number and keeping
+    the live count and digest buckets in step. The store writes `rows` and the changed `buckets` in
+    one transaction; if that fails the plan is dropped and the store is unchanged. Every backend
+    merges through this class, so they cannot disagree on the rule.
+    """
+
+    current: dict[str, tuple[bool, str]]  # key -> (live, version) as stored
+    seq: int
+    live: int
+    base_buckets: Sequence[int]
+    buckets: dict[int, int] = field(default_factory=dict)
+    rows: dict[str, tuple[str, str | None, str, int]] = field(default_factory=dict)
+    accepted: list[Record] = field(default_factory=list)
+
+    def merge(self, record: Record, *, only_over_live: bool = False) -> Outcome:
+        """Apply one record. `only_over_live`: a client's delete, which needs a live value."""
+        key, value, version = record.key, record.value, record.version
+        stored = self.current.get(key)
+        was_live = stored is not None and stored[0]
+        if value is None and only_over_live and not was_live:
+            return Outcome.NOT_FOUND
+        if stored is not None and not supersedes(version, stored[1]):
+            return Outcome.SUPERSEDED
+        self.seq += 1
+        self.rows[key] = (key, value, version, self.seq)
+        self.current[key] = (value is not None, version)
+        bucket = bucket_of(key)
+        digest = self.buckets.get(bucket, self.base_buckets[bucket]) ^ record_hash(key, version)
+        if stored is not None:
+            digest ^= record_hash(key, stored[1])
+        self.buckets[bucket] = digest
+        self.live += (value is not None) - was_live
+        self.accepted.append(record)
+        if value is None:
+            return Outcome.DELETED
+        return Outcome.UPDATED if was_live else Outcome.CREATED

@@ -1,0 +1,447 @@
+"""The embedded store: one SQLite file in WAL mode with one writer thread and group commit.
+
+Writes from concurrent requests queue up while the writer thread commits the previous batch; the next
+batch takes them all in one transaction and one fsync, and each caller is answered only after that
+commit. Point reads run on the event loop on their own connection: in WAL mode a reader never waits
+for the writer, so a read is not stalled behind a long batch. Scans and the changes feed run on a
+reader thread so a large page never holds up the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import sqlite3
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from shareddb.record import Record
+from shareddb.store.base import (
+    DIGEST_BUCKETS,
+    Change,
+    ChangeSignal,
+    Checkpoint,
+    Digest,
+    MergePlan,
+    Outcome,
+    StoreUnavailable,
+    combine_buckets,
+)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS kv (
+    key     TEXT PRIMARY KEY,
+    value   TEXT,               -- NULL: a tombstone left by a delete
+    version TEXT NOT NULL,
+    seq     INTEGER NOT NULL    -- position in this node's changes feed
+);
+CREATE UNIQUE INDEX IF NOT EXISTS kv_by_seq ON kv (seq);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS digest (bucket INTEGER PRIMARY KEY, hash BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    peer     TEXT PRIMARY KEY,
+    instance TEXT NOT NULL,
+    seq      INTEGER NOT NULL
+) WITHOUT ROWID;
+"""
+
+UPSERT = """
+INSERT INTO kv (key, value, version, seq) VALUES (?, ?, ?, ?)
+ON CONFLICT (key) DO UPDATE SET value = excluded.value, version = excluded.version, seq = excluded.seq
+"""
+
+MAX_BATCH = 4096
+LOOKUP_CHUNK = 500
+BUSY_TIMEOUT_MS = 10_000
+CACHE_BYTES = 64 * 1024 * 1024
+CACHE_VALUE_BYTES = 64 * 1024  # larger values are always read from the file
+
+
+class StoreOpenError(Exception):
+    """The store file cannot be opened or created; the message is meant for the user."""
+
+
+@dataclass(slots=True)
+class _Op:
+    record: Record | None = None  # a client write
+    records: Sequence[Record] = ()  # a batch from a peer
+    checkpoint: Checkpoint | None = None
+    meta: tuple[str, str] | None = None
+
+
+class RecordCache:
+    """Recently read or written records, so hot reads skip SQLite entirely.
+
+    Touched only on the event loop: a read fills it, a committed batch updates it before any writer
+    is answered, so it never serves a record older than one already acknowledged. Bounded by the
+    total size of the values it holds; the oldest entries go first.
+    """
+
+    def __init__(self, max_bytes: int = CACHE_BYTES) -> None:
+        self._records: dict[str, Record] = {}
+        self._bytes = 0
+        self._max_bytes = max_bytes
+
+    def get(self, key: str) -> Record | None:
+        return self._records.get(key)
+
+    def put(self, record: Record) -> None:
+        size = len(record.key) + len(record.value or "") + 64
+        if size > CACHE_VALUE_BYTES:
+            self.discard(record.key)
+            return
+        old = self._records.pop(record.key, None)
+        if old is not None:
+            self._bytes -= len(old.key) + len(old.value or "") + 64
+        self._records[record.key] = record
+        self._bytes += size
+        while self._bytes > self._max_bytes:
+            oldest = self._records.pop(next(iter(self._records)))
+            self._bytes -= len(oldest.key) + len(oldest.value or "") + 64
+
+    def discard(self, key: str) -> None:
+        old = self._records.pop(key, None)
+        if old is not None:
+            self._bytes -= len(old.key) + len(old.value or "") + 64
+
+
+def prefix_end(prefix: str) -> str | None:
+    """The smallest string greater than every string starting with `prefix` (None: unbounded)."""
+    chars = list(prefix)
+    while chars and chars[-1] == "\U0010ffff":
+        chars.pop()
+    if not chars:
+        return None
+    last = ord(chars[-1]) + 1
+    if 0xD800 <= last <= 0xDFFF:
+        last = 0xE000
+    chars[-1] = chr(last)
+    return "".join(chars)
+
+
+class SQLiteStore:
+    """A `Store` in one SQLite file. See the module docstring for the threading model."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        clock_high: Callable[[], int] = lambda: 0,
+        synchronous: str = "FULL",
+    ) -> None:
+        self.path = path
+        self._clock_source = clock_high
+        self._synchronous = synchronous
+        self._instance = ""
+        self._seq = 0
+        self._live = 0
+        self._clock_high = 0
+        self._buckets = [0] * DIGEST_BUCKETS
+        self._queue: queue.SimpleQueue[tuple[_Op, asyncio.Future[Any]] | None] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closing = False
+        self._signal = ChangeSignal()
+        self._cache = RecordCache()
+        self._reader_pool = ThreadPoolExecutor(1, thread_name_prefix="shareddb-reader")
+        self._wdb: sqlite3.Connection | None = None
+        self._point: sqlite3.Connection | None = None
+        self._scan: sqlite3.Connection | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        try:
+            self._wdb = await loop.run_in_executor(self._reader_pool, self._open_writer)
+            self._point = self._connect()
+            self._scan = await loop.run_in_executor(self._reader_pool, self._connect)
+        except (sqlite3.Error, OSError) as exc:
+            self._reader_pool.shutdown()
+            raise StoreOpenError(f"cannot open store {self.path}: {exc}") from exc
+        self._writer = threading.Thread(target=self._write_loop, name="shareddb-writer", daemon=True)
+        self._writer.start()
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        db.execute("PRAGMA mmap_size = 268435456")
+        return db
+
+    def _open_writer(self) -> sqlite3.Connection:
+        db = self._connect()
+        mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode.lower() != "wal":
+            raise sqlite3.OperationalError(f"journal_mode is {mode}, WAL is required")
+        db.execute(f"PRAGMA synchronous = {self._synchronous}")
+        db.execute("PRAGMA cache_size = -65536")
+        db.executescript(SCHEMA)
+        db.execute("BEGIN IMMEDIATE")
+        meta = dict(db.execute("SELECT name, value FROM meta").fetchall())
+        if "instance" not in meta:
+            meta["instance"] = uuid.uuid4().hex
+            db.execute("INSERT INTO meta (name, value) VALUES ('instance', ?)", (meta["instance"],))
+        db.execute("COMMIT")
+        self._instance = meta["instance"]
+        self._seq = int(meta.get("seq", 0))
+        self._live = int(meta.get("live", 0))
+        self._clock_high = int(meta.get("hlc", 0))
+        for bucket, digest in db.execute("SELECT bucket, hash FROM digest"):
+            self._buckets[bucket] = int.from_bytes(digest, "big")
+        return db
+
+    async def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        if self._writer is not None:
+            self._queue.put(None)  # the writer commits everything queued before this, then stops
+            await asyncio.to_thread(self._writer.join)
+        loop = asyncio.get_running_loop()
+        if self._scan is not None:
+            await loop.run_in_executor(self._reader_pool, self._scan.close)
+        if self._point is not None:
+            self._point.close()
+        self._reader_pool.shutdown()
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    @property
+    def instance_id(self) -> str:
+        return self._instance
+
+    @property
+    def last_seq(self) -> int:
+        return self._seq
+
+    @property
+    def clock_high(self) -> int:
+        return self._clock_high
+
+    def _reader(self) -> sqlite3.Connection:
+        if self._point is None:
+            raise StoreUnavailable("store is not open")
+        return self._point
+
+    async def get(self, key: str) -> Record | None:
+        record = self._cache.get(key)
+        if record is not None:
+            return record
+        try:
+            row = (
+                self._reader().execute("SELECT value, version FROM kv WHERE key = ?", (key,)).fetchone()
+            )
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"read failed: {exc}") from exc
+        if row is None:
+            return None
+        record = Record(key, row[0], row[1])
+        self._cache.put(record)
+        return record
+
+    async def checkpoint(self, peer: str) -> Checkpoint | None:
+        row = (
+            self._reader()
+            .execute("SELECT instance, seq FROM checkpoints WHERE peer = ?", (peer,))
+            .fetchone()
+        )
+        return None if row is None else Checkpoint(peer, row[0], row[1])
+
+    async def get_meta(self, name: str) -> str | None:
+        row = self._reader().execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        return None if row is None else str(row[0])
+
+    async def scan(self, prefix: str, after: str | None, limit: int) -> list[Record]:
+        records: list[Record] = await self._in_reader(self._scan_rows, prefix, after, limit)
+        return records
+
+    async def changes_since(self, seq: int, limit: int) -> list[Change]:
+        changes: list[Change] = await self._in_reader(self._change_rows, seq, limit)
+        return changes
+
+    async def wait_for_changes(self, seq: int, timeout: float) -> None:
+        if self._seq <= seq:
+            await self._signal.wait(timeout)
+
+    def digest(self) -> Digest:
+        return Digest(self._live, combine_buckets(self._buckets), tuple(self._buckets))
+
+    async def _in_reader(self, fn: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._reader_pool, fn, *args)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"read failed: {exc}") from exc
+
+    def _scan_rows(self, prefix: str, after: str | None, limit: int) -> list[Record]:
+        assert self._scan is not None
+        clauses = ["value IS NOT NULL"]
+        args: list[object] = []
+        if after is not None and after >= prefix:
+            clauses.append("key > ?")
+            args.append(after)
+        elif prefix:
+            clauses.append("key >= ?")
+            args.append(prefix)
+        end = prefix_end(prefix)
+        if end is not None:
+            clauses.append("key < ?")
+            args.append(end)
+        args.append(limit)
+        sql = f"SELECT key, value, version FROM kv WHERE {' AND '.join(clauses)} ORDER BY key LIMIT ?"
+        return [Record(k, v, ver) for k, v, ver in self._scan.execute(sql, args)]
+
+    def _change_rows(self, seq: int, limit: int) -> list[Change]:
+        assert self._scan is not None
+        rows = self._scan.execute(
+            "SELECT seq, key, value, version FROM kv WHERE seq > ? ORDER BY seq LIMIT ?",
+            (seq, limit),
+        )
+        return [Change(s, Record(k, v, ver)) for s, k, v, ver in rows]
+
+    # -- writes --------------------------------------------------------------------------------
+
+    async def write(self, record: Record) -> Outcome:
+        result: Outcome = await self._enqueue(_Op(record=record))
+        return result
+
+    async def apply(self, records: Sequence[Record], checkpoint: Checkpoint | None = None) -> int:
+        result: int = await self._enqueue(_Op(records=records, checkpoint=checkpoint))
+        return result
+
+    async def set_meta(self, name: str, value: str) -> None:
+        await self._enqueue(_Op(meta=(name, value)))
+
+    def _enqueue(self, op: _Op) -> asyncio.Future[Any]:
+        if self._closing or self._writer is None:
+            raise StoreUnavailable("the store is closed")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.put((op, future))
+        return future
+
+    def _write_loop(self) -> None:
+        """The writer thread: commit whatever has queued up, one transaction per batch.
+
+        It never waits for the event loop between batches: while one batch commits, the next one
+        queues up, so the batch size grows with the load (the group commit).
+        """
+        assert self._wdb is not None
+        assert self._loop is not None
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            if first is None:
+                break
+            batch = [first]
+            while len(batch) < MAX_BATCH:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stopping = True
+                    break
+                batch.append(item)
+            try:
+                results, accepted = self._commit([op for op, _ in batch])
+            except Exception as exc:
+                error = StoreUnavailable(f"write failed: {exc}")
+                self._loop.call_soon_threadsafe(self._fail, batch, error)
+            else:
+                self._loop.call_soon_threadsafe(self._resolve, batch, results, accepted)
+        self._wdb.close()
+
+    def _resolve(
+        self,
+        batch: list[tuple[_Op, asyncio.Future[Any]]],
+        results: list[object],
+        accepted: list[Record],
+    ) -> None:
+        """On the event loop, after a commit: refresh the cache, then answer the writers."""
+        for record in accepted:
+            self._cache.put(record)
+        for (_, future), result in zip(batch, results, strict=True):
+            if not future.done():
+                future.set_result(result)
+        self._signal.notify()
+
+    @staticmethod
+    def _fail(batch: list[tuple[_Op, asyncio.Future[Any]]], error: Exception) -> None:
+        for _, future in batch:
+            if not future.done():
+                future.set_exception(error)
+
+    def _commit(self, ops: list[_Op]) -> tuple[list[object], list[Record]]:
+        """Runs on the writer thread: one transaction, one fsync, for the whole batch.
+
+        It makes few SQLite calls per batch (one lookup per 500 keys, one executemany), because
+        each call releases and retakes the GIL, and a busy event loop makes every retake slow.
+        """
+        db = self._wdb
+        assert db is not None
+        clock_high = max(self._clock_high, self._clock_source())
+        keys = {op.record.key for op in ops if op.record is not None}
+        keys.update(r.key for op in ops for r in op.records)
+        results: list[object] = []
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            plan = MergePlan(self._lookup(db, keys), self._seq, self._live, self._buckets)
+            for op in ops:
+                if op.record is not None:
+                    results.append(plan.merge(op.record, only_over_live=True))
+                elif op.meta is not None:
+                    db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", op.meta)
+                    results.append(None)
+                else:
+                    won = 0
+                    for record in op.records:
+                        won += plan.merge(record) is not Outcome.SUPERSEDED
+                    if op.checkpoint is not None:
+                        cp = op.checkpoint
+                        db.execute(
+                            "INSERT OR REPLACE INTO checkpoints (peer, instance, seq) VALUES (?, ?, ?)",
+                            (cp.peer, cp.instance, cp.seq),
+                        )
+                    results.append(won)
+            db.executemany(UPSERT, plan.rows.values())
+            db.executemany(
+                "INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)",
+                [("seq", str(plan.seq)), ("live", str(plan.live)), ("hlc", str(clock_high))],
+            )
+            db.executemany(
+                "INSERT OR REPLACE INTO digest (bucket, hash) VALUES (?, ?)",
+                [(b, h.to_bytes(16, "big")) for b, h in plan.buckets.items()],
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        self._seq = plan.seq
+        self._live = plan.live
+        self._clock_high = clock_high
+        for bucket, value in plan.buckets.items():
+            self._buckets[bucket] = value
+        return results, plan.accepted
+
+    @staticmethod
+    def _lookup(db: sqlite3.Connection, keys: set[str]) -> dict[str, tuple[bool, str]]:
+        """The stored (live, version) of each of `keys` that exists."""
+        found: dict[str, tuple[bool, str]] = {}
+        pending = list(keys)
+        for start in range(0, len(pending), LOOKUP_CHUNK):
+            chunk = pending[start : start + LOOKUP_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            sql = f"SELECT key, value IS NOT NULL, version FROM kv WHERE key IN ({marks})"
+            for key, live, version in db.execute(sql, chunk):
+                found[key] = (bool(live), version)
+        return found
+
+
+def sqlite_path(data_dir: Path) -> Path:
+    return data_dir / "shareddb.sqlite3"
