@@ -1,6 +1,7 @@
-"""The node: wires the clock, the store and (later) replication and membership; start and stop.
+"""The node: wires the clock, the store, replication and membership; start and stop.
 
-The HTTP layer talks only to `Node`; it never touches the store or the clock directly.
+The HTTP layer talks to `Node` (and, for the peer API, to its feed and member list); it never
+touches the store's write path or the clock directly.
 """
 
 from __future__ import annotations
@@ -16,9 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+import orjson
+
 from shareddb.clock import HybridClock
 from shareddb.config import Settings
+from shareddb.membership import Member, Membership
 from shareddb.record import Record, make_version, node_id_error
+from shareddb.replication.feed import Feed
+from shareddb.replication.puller import Replicator
+from shareddb.replication.transport import HttpTransport, Transport
 from shareddb.store.base import Outcome, Store
 from shareddb.store.sqlite import SQLiteStore, sqlite_path
 
@@ -55,6 +62,7 @@ class Node:
         *,
         now: Callable[[], int] = wall_millis,
         lock: IO[str] | None = None,
+        own_since: int = 0,
     ) -> None:
         self.settings = settings
         self.id = node_id
@@ -62,7 +70,11 @@ class Node:
         self.clock = clock
         self._now = now
         self._lock = lock
+        self.own_since = own_since
         self.url = settings.advertise or f"http://{settings.host}:{settings.port}"
+        self.membership = Membership(node_id, self.url, clock=time.monotonic)
+        self.feed = Feed(node_id, store, self.membership)
+        self.replicator: Replicator | None = None
 
     @classmethod
     async def open(cls, settings: Settings, *, now: Callable[[], int] = wall_millis) -> Node:
@@ -83,10 +95,43 @@ class Node:
             lock.close()
             raise
         clock.restore(store.clock_high)
+        created = await store.get_meta("created_hlc")
+        if created is None:
+            # Every record this node writes from now on is in this store: peers need not send
+            # them back (see Feed). A wiped and recreated store gets a new, later mark.
+            created = str(clock.now(now()))
+            await store.set_meta("created_hlc", created)
+        node = cls(settings, node_id, store, clock, now=now, lock=lock, own_since=int(created))
+        members = await store.get_meta("members")
+        for entry in orjson.loads(members) if members else []:
+            node.membership.members[entry["id"]] = Member(
+                entry["id"], entry["url"], bool(entry["left"]), int(entry["v"])
+            )
         log.info("node %s opened store %s at sequence %d", node_id, data, store.last_seq)
-        return cls(settings, node_id, store, clock, now=now, lock=lock)
+        return node
+
+    async def start_replication(self, url: str, transport: Transport | None = None) -> None:
+        """Announce this node at `url` and start pulling from every peer it knows."""
+        self.url = url
+        self.membership.announce(url, self.clock.now(self._now()))
+        for peer in (*self.settings.peers, *([self.settings.join] if self.settings.join else [])):
+            self.membership.add_static(peer)
+        token = self.settings.peer_token or self.settings.token
+        self.replicator = Replicator(
+            self.id,
+            self.store,
+            self.clock,
+            self.membership,
+            transport or HttpTransport(token),
+            now=self._now,
+            own_since=self.own_since,
+        )
+        self.replicator.start(join=self.settings.join)
 
     async def close(self) -> None:
+        if self.replicator is not None:
+            await self.replicator.stop()
+            self.replicator = None
         await self.store.close()
         if self._lock is not None:
             self._lock.close()
@@ -124,17 +169,32 @@ class Node:
                 return
             after = page[-1].key
 
-    # -- replication hooks (a single node holds every write it takes) ----------------------------
+    # -- replication -------------------------------------------------------------------------------
 
     @property
     def member_count(self) -> int:
         """Nodes a write can be waited on, this one included."""
-        return 1
+        return 1 + len(self.membership.active())
 
-    async def wait_for_copies(self, version: str, copies: int, timeout: float) -> int:
-        """Wait until `copies` nodes hold `version` (or newer); return how many do at the end."""
-        await asyncio.sleep(0)
-        return 1
+    def leave(self, node_id: str) -> bool:
+        """Mark `node_id` (maybe this node) as having left; the change spreads to every member."""
+        return self.membership.leave(node_id, self.clock.now(self._now()))
+
+    async def wait_for_copies(self, copies: int, timeout: float) -> int:
+        """Wait until `copies` nodes hold every write this node has committed so far.
+
+        Called right after a write, that covers the write. A member holds it once its pull reports
+        a checkpoint at or past it. Returns how many nodes hold it at the end.
+        """
+        target = self.store.last_seq
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            held = self.membership.copies_of(target)
+            remaining = deadline - loop.time()
+            if held >= copies or remaining <= 0:
+                return held
+            await self.membership.progress(remaining)
 
 
 def _lock_data_dir(data: Path) -> IO[str]:

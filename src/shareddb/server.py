@@ -46,8 +46,10 @@ async def serve(settings: Settings) -> None:
             reason = exc.strerror or str(exc)
             raise NodeError(f"cannot listen on {settings.host}:{settings.port}: {reason}") from exc
         port = runner.addresses[0][1]
-        node.url = settings.advertise or f"http://{_public_host(settings.host)}:{port}"
         log.info("node %s listening on http://%s:%d", node.id, settings.host, port)
+        await node.start_replication(
+            settings.advertise or f"http://{_public_host(settings.host)}:{port}"
+        )
 
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

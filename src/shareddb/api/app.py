@@ -10,14 +10,20 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from shareddb.api import cluster, kv, nodes, ops
+from shareddb.api import cluster, kv, nodes, ops, peer
 from shareddb.api.routing import Router
 from shareddb.node import Node
 
 
 def create_router(node: Node) -> Router:
-    routes = [*ops.routes(node), *nodes.routes(node), *kv.routes(node), *cluster.routes(node)]
-    return Router(routes, token=node.settings.token)
+    routes = [
+        *ops.routes(node),
+        *nodes.routes(node),
+        *kv.routes(node),
+        *cluster.routes(node),
+        *peer.routes(node),
+    ]
+    return Router(routes, token=node.settings.token, peer_token=node.settings.peer_token)
 
 
 def create_server(node: Node, **kwargs: object) -> web.Server:

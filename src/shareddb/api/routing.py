@@ -29,12 +29,15 @@ class Route:
     path: str  # exact, or a prefix when it ends with "/*"
     handler: Handler
     public: bool = False  # served without --token (health checks)
+    peer: bool = False  # replication: needs --peer-token (or --token when there is none)
 
 
 class Router:
     """Finds the handler of a request and turns every failure into the contract's JSON."""
 
-    def __init__(self, routes: Iterable[Route], *, token: str | None = None) -> None:
+    def __init__(
+        self, routes: Iterable[Route], *, token: str | None = None, peer_token: str | None = None
+    ) -> None:
         self._exact: dict[str, dict[str, Route]] = {}
         self._prefixes: list[tuple[str, dict[str, Route]]] = []
         for route in routes:
@@ -50,6 +53,7 @@ class Router:
             if route.method == "GET":
                 table.setdefault("HEAD", route)
         self._token = token.encode("utf-8") if token else None
+        self._peer_token = peer_token.encode("utf-8") if peer_token else self._token
 
     def _match(self, path: str) -> dict[str, Route] | None:
         table = self._exact.get(path)
@@ -72,8 +76,11 @@ class Router:
                 response = error.response(seed=path.startswith("/nodes/"))
                 response.headers["Allow"] = allowed
                 return response
-            if self._token is not None and not route.public:
-                self._check_token(request)
+            if route.peer:
+                if self._peer_token is not None:
+                    _check_token(request, self._peer_token, "peer token")
+            elif self._token is not None and not route.public:
+                _check_token(request, self._token, "token")
             return await route.handler(request)
         except ApiError as exc:
             return exc.response(seed=path.startswith("/nodes/"))
@@ -82,11 +89,11 @@ class Router:
             error = ApiError(503, f"store unavailable: {exc}")
             return error.response(seed=path.startswith("/nodes/"))
 
-    def _check_token(self, request: web.BaseRequest) -> None:
-        """Bearer token of the client API, compared in constant time."""
-        assert self._token is not None
-        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not given.strip():
-            raise ApiError(401, "this node needs a token: send Authorization: Bearer <token>")
-        if not hmac.compare_digest(given.strip().encode("utf-8"), self._token):
-            raise ApiError(403, "the bearer token is not valid for this node")
+
+def _check_token(request: web.BaseRequest, expected: bytes, what: str) -> None:
+    """A bearer token, compared in constant time."""
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        raise ApiError(401, f"this node needs a {what}: send Authorization: Bearer <{what}>")
+    if not hmac.compare_digest(given.strip().encode("utf-8"), expected):
+        raise ApiError(403, f"the {what} is not valid for this node")

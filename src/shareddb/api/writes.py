@@ -32,7 +32,7 @@ async def await_copies(node: Node, version: str, policy: CopyPolicy) -> None:
     """Return once `policy.copies` nodes hold `version`; 504 (the write is kept) on timeout."""
     if policy.copies <= 1:
         return
-    held = await node.wait_for_copies(version, policy.copies, policy.timeout)
+    held = await node.wait_for_copies(policy.copies, policy.timeout)
     if held < policy.copies:
         raise ApiError(
             504,

@@ -1,0 +1,98 @@
+"""The peer API that replication runs on: GET /v1/peer/changes and POST /v1/peer/join.
+
+Only peers may call it: with --peer-token set, a request must carry that token (Bearer); without
+one, the client --token applies, if any.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from shareddb.api.errors import JSON, bad_request, json_response
+from shareddb.api.query import parse_query, split_target
+from shareddb.api.routing import Route
+from shareddb.node import Node
+from shareddb.record import node_id_error
+from shareddb.replication.transport import PullRequest, encode_reply
+
+MAX_JOIN_BODY = 1024 * 1024
+
+
+def _int(params: dict[str, str], name: str, default: int = 0) -> int:
+    raw = params.get(name)
+    if raw is None or raw == "":
+        return default
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 20):
+        raise bad_request(f"{name} must be a non-negative integer, not {raw!r}")
+    return int(raw)
+
+
+async def changes(node: Node, request: web.BaseRequest) -> web.Response:
+    params = parse_query(split_target(request.raw_path)[1])
+    puller = params.get("from", "")
+    if puller and node_id_error(puller):
+        raise bad_request(f"bad node id {puller!r}")
+    try:
+        wait = float(params.get("wait", "0"))
+    except ValueError:
+        raise bad_request("wait must be a number of seconds") from None
+    if not 0 <= wait <= 60:
+        raise bad_request("wait must be between 0 and 60 seconds")
+    pull = PullRequest(
+        since=_int(params, "since"),
+        instance=params.get("instance", ""),
+        limit=_int(params, "limit", 1000),
+        wait=wait,
+        puller_id=puller,
+        puller_url=params.get("url", ""),
+        puller_version=_int(params, "v"),
+        own_since=_int(params, "own_since"),
+    )
+    reply = await node.feed.pull(pull)
+    return web.Response(body=encode_reply(reply), headers={"Content-Type": JSON})
+
+
+def _entries(payload: Any) -> list[dict[str, Any]]:
+    if not isinstance(payload, dict) or not isinstance(payload.get("members"), list):
+        raise bad_request('body must be {"members": [...]}')
+    entries: list[dict[str, Any]] = payload["members"]
+    for entry in entries:
+        if not (
+            isinstance(entry, dict)
+            and isinstance(entry.get("id"), str)
+            and node_id_error(entry["id"]) is None
+            and isinstance(entry.get("url"), str)
+            and entry["url"].startswith(("http://", "https://"))
+            and isinstance(entry.get("left"), bool)
+            and isinstance(entry.get("v"), int)
+        ):
+            raise bad_request(f"bad member entry: {entry!r}")
+    return entries
+
+
+async def join(node: Node, request: web.BaseRequest) -> web.Response:
+    """A node joins through this one: it sends its entries, it gets the whole member list back."""
+    body = await request.content.read(MAX_JOIN_BODY + 1)
+    if len(body) > MAX_JOIN_BODY:
+        raise bad_request("join body too large")
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise bad_request("body is not JSON") from None
+    entries = _entries(payload)
+    node.membership.merge(entries)
+    if entries:
+        newcomer = entries[0]
+        node.membership.heard_from(newcomer["id"], newcomer["url"], newcomer["v"])
+    return json_response({"members": node.membership.entries()})
+
+
+def routes(node: Node) -> list[Route]:
+    return [
+        Route("GET", "/v1/peer/changes", partial(changes, node), peer=True),
+        Route("POST", "/v1/peer/join", partial(join, node), peer=True),
+    ]

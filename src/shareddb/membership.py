@@ -1,0 +1,163 @@
+"""Who is in the cluster, and how each member is doing. Pure bookkeeping: no I/O, time passed in.
+
+Membership is replicated state of its own, never visible through the key API. Each entry (id, url,
+left) carries a version (an HLC timestamp) and entries merge by last-writer-wins, like records, so
+every node ends up with the same list however the entries travel. Entries spread in every answer to
+a pull, and a node that pulls from us is added as a member: that is how a node joined through one
+member becomes known to all.
+
+What is local, not replicated: when a member was last heard from, and how far it has applied this
+node's changes feed (reported by its pulls). From those come `state` and `lag` in /v1/cluster and the
+copy count that `?w=N` waits for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+# A member is `up` when it exchanged with this node (either direction) this recently, in seconds.
+UP_WINDOW = 6.0
+
+
+@dataclass(slots=True)
+class Member:
+    id: str
+    url: str
+    left: bool
+    version: int  # HLC of the entry's last change; the greater one wins
+    last_contact: float | None = None  # monotonic seconds of the last successful exchange
+    applied: int | None = None  # how far it has applied this node's feed, from its last pull
+
+    def entry(self) -> dict[str, Any]:
+        return {"id": self.id, "url": self.url, "left": self.left, "v": self.version}
+
+
+class Membership:
+    """The member list of one node. `changed` is set whenever the set of members to pull changes."""
+
+    def __init__(self, self_id: str, self_url: str, *, clock: Callable[[], float]) -> None:
+        self.self_id = self_id
+        self.self_entry = Member(self_id, self_url, left=False, version=0)
+        self.members: dict[str, Member] = {}
+        self.static_urls: set[str] = set()  # --peers / --join URLs whose node id is not known yet
+        self._clock = clock
+        self._progress = asyncio.Event()
+        self.on_change: Callable[[], None] = lambda: None
+
+    # -- what gets pulled -----------------------------------------------------------------------
+
+    def pull_urls(self) -> set[str]:
+        """Every URL this node should pull from: active members and unidentified static peers."""
+        if self.self_entry.left:
+            return set()
+        urls = {m.url for m in self.members.values() if not m.left}
+        return urls | self.static_urls
+
+    def id_for_url(self, url: str) -> str | None:
+        for member in self.members.values():
+            if member.url == url:
+                return member.id
+        return None
+
+    def active(self) -> list[Member]:
+        return [m for m in self.members.values() if not m.left]
+
+    # -- changes ----------------------------------------------------------------------------------
+
+    def announce(self, url: str, version: int) -> None:
+        """This node (re)starts or moves: its own entry, active, at a new version."""
+        self.self_entry = Member(self.self_id, url, left=False, version=version)
+
+    def add_static(self, url: str) -> None:
+        if url != self.self_entry.url and self.id_for_url(url) is None:
+            self.static_urls.add(url)
+
+    def identified(self, url: str, node_id: str) -> None:
+        """A static URL answered as `node_id` (maybe ourselves: then it is never pulled)."""
+        if url in self.static_urls:
+            self.static_urls.discard(url)
+            self.on_change()
+
+    def merge(self, entries: list[dict[str, Any]]) -> bool:
+        """Fold in entries from another node by LWW. Returns whether anything changed."""
+        changed = False
+        for raw in entries:
+            node_id, url, left, version = raw["id"], raw["url"], bool(raw["left"]), int(raw["v"])
+            if node_id == self.self_id:
+                if version > self.self_entry.version and left:
+                    # Another node removed us from the cluster: stop replicating until restarted.
+                    self.self_entry = Member(node_id, self.self_entry.url, True, version)
+                    changed = True
+                continue
+            current = self.members.get(node_id)
+            if current is None:
+                self.members[node_id] = Member(node_id, url, left, version)
+                self.static_urls.discard(url)
+                changed = True
+            elif version > current.version:
+                current.url, current.left, current.version = url, left, version
+                changed = True
+        if changed:
+            self.on_change()
+        return changed
+
+    def heard_from(self, node_id: str, url: str | None, version: int | None = None) -> None:
+        """A successful exchange with `node_id`; adds it as a member when it is new to us."""
+        member = self.members.get(node_id)
+        if member is None and node_id != self.self_id and url:
+            member = Member(node_id, url, left=False, version=version or 0)
+            self.members[node_id] = member
+            self.static_urls.discard(url)
+            self.on_change()
+        elif member is not None and url and version is not None and version > member.version:
+            # It announced itself again (restarted): active, at its current URL.
+            member.url, member.left, member.version = url, False, version
+            self.on_change()
+        if member is not None:
+            member.last_contact = self._clock()
+
+    def record_progress(self, node_id: str, applied: int) -> None:
+        member = self.members.get(node_id)
+        if member is not None:
+            member.applied = applied
+            self._progress.set()
+            self._progress = asyncio.Event()
+
+    def leave(self, node_id: str, version: int) -> bool:
+        """Mark a member (or this node) as having left. False when the id is unknown."""
+        if node_id == self.self_id:
+            self.self_entry = Member(node_id, self.self_entry.url, True, version)
+            self.on_change()
+            return True
+        member = self.members.get(node_id)
+        if member is None:
+            return False
+        member.left, member.version = True, version
+        self.on_change()
+        return True
+
+    # -- views --------------------------------------------------------------------------------------
+
+    def entries(self) -> list[dict[str, Any]]:
+        """Every entry, this node's own included: what a pull answer carries."""
+        return [self.self_entry.entry(), *(m.entry() for m in self.members.values())]
+
+    def state(self, member: Member) -> str:
+        if member.left:
+            return "left"
+        if member.last_contact is not None and self._clock() - member.last_contact < UP_WINDOW:
+            return "up"
+        return "down"
+
+    def copies_of(self, seq: int) -> int:
+        """How many nodes hold this node's feed up to `seq`, this one included."""
+        return 1 + sum(1 for m in self.active() if m.applied is not None and m.applied >= seq)
+
+    async def progress(self, timeout: float) -> None:
+        """Return when any member reports progress, or after `timeout` seconds."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._progress.wait(), timeout)

@@ -1,0 +1,1 @@
+"""Replication: serving this node's changes feed and pulling every peer's (see DESIGN.md)."""

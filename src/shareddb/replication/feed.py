@@ -1,0 +1,57 @@
+"""Serving this node's changes feed to pullers: the source side of replication.
+
+A pull names a checkpoint (sequence, feed instance); the answer carries the changes after it, a
+bounded batch, and waits up to `wait` seconds while there are none (long poll). A checkpoint of
+another instance (this store was wiped and recreated) is served from 0. Each pull also tells us
+how far the puller has applied our feed, and that it is alive.
+"""
+
+from __future__ import annotations
+
+from shareddb.membership import Membership
+from shareddb.record import version_hlc, version_node
+from shareddb.replication.transport import PullReply, PullRequest
+from shareddb.store.base import Store
+
+MAX_LIMIT = 10_000
+MAX_WAIT = 30.0
+
+
+class Feed:
+    def __init__(self, node_id: str, store: Store, membership: Membership) -> None:
+        self.node_id = node_id
+        self.store = store
+        self.membership = membership
+
+    async def pull(self, request: PullRequest) -> PullReply:
+        store = self.store
+        since = request.since if request.instance == store.instance_id else 0
+        puller = request.puller_id
+        if puller and puller != self.node_id:
+            self.membership.heard_from(puller, request.puller_url, request.puller_version)
+            self.membership.record_progress(puller, since)
+        limit = max(1, min(request.limit, MAX_LIMIT))
+        changes = await store.changes_since(since, limit)
+        if not changes and request.wait > 0:
+            await store.wait_for_changes(since, min(request.wait, MAX_WAIT))
+            changes = await store.changes_since(since, limit)
+        until = changes[-1].seq if changes else since
+        own_since = request.own_since
+        records = [
+            change.record
+            for change in changes
+            # The puller already holds what it wrote itself since its store was created.
+            if not (
+                own_since > 0
+                and version_node(change.record.version) == puller
+                and version_hlc(change.record.version) >= own_since
+            )
+        ]
+        return PullReply(
+            node=self.node_id,
+            instance=store.instance_id,
+            until=until,
+            last_seq=store.last_seq,
+            records=records,
+            members=self.membership.entries(),
+        )

@@ -1,0 +1,178 @@
+"""Pulling every peer's changes feed: the receiving side of replication.
+
+One puller per peer URL: pull a batch, fold its versions into the clock, apply it and save the
+peer's checkpoint in one transaction, repeat. On an error it backs off with jitter (the member shows
+as `down`) and goes on; nothing is lost, because the checkpoint only moves with applied data.
+Records that win the LWW comparison enter this node's own feed, so changes also travel through
+intermediate nodes (A→B→C when A and C cannot reach each other).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import orjson
+
+from shareddb.clock import HybridClock
+from shareddb.membership import Membership
+from shareddb.record import version_hlc
+from shareddb.replication.transport import PeerError, PullRequest, Transport
+from shareddb.store.base import Checkpoint, Store, StoreUnavailable
+
+log = logging.getLogger("shareddb.replication")
+
+BATCH = 5_000
+LONG_POLL = 2.0  # seconds a source may hold an idle pull; also how often idle peers exchange
+MIN_BACKOFF = 0.05
+MAX_BACKOFF = 5.0
+JOIN_RETRY = 1.0
+
+
+class Replicator:
+    """Runs one puller per peer and keeps that set in step with the member list."""
+
+    def __init__(
+        self,
+        node_id: str,
+        store: Store,
+        clock: HybridClock,
+        membership: Membership,
+        transport: Transport,
+        *,
+        now: Callable[[], int],
+        own_since: int,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.node_id = node_id
+        self.store = store
+        self.clock = clock
+        self.membership = membership
+        self.transport = transport
+        self.now = now
+        self.own_since = own_since
+        self.rng = rng or random.Random()
+        self.skewed = 0  # received versions more than the drift bound ahead of local time
+        self._pullers: dict[str, asyncio.Task[None]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._persisting: asyncio.Task[None] | None = None
+        self._running = False
+
+    def start(self, join: str | None = None) -> None:
+        self._running = True
+        self.membership.on_change = self._members_changed
+        if join:
+            self._spawn(self._join(join))
+        self.reconcile()
+
+    async def stop(self) -> None:
+        self._running = False
+        tasks = [*self._pullers.values(), *self._tasks]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._pullers.clear()
+        await self.persist_members()
+        await self.transport.close()
+
+    def reconcile(self) -> None:
+        """Start a puller for every URL to pull, stop the ones no longer wanted."""
+        if not self._running:
+            return
+        wanted = self.membership.pull_urls()
+        for url in list(self._pullers):
+            if url not in wanted:
+                self._pullers.pop(url).cancel()
+        for url in wanted - self._pullers.keys():
+            self._pullers[url] = asyncio.get_running_loop().create_task(self._pull_forever(url))
+
+    def _members_changed(self) -> None:
+        self.reconcile()
+        if self._running and (self._persisting is None or self._persisting.done()):
+            self._persisting = asyncio.get_running_loop().create_task(self.persist_members())
+
+    async def persist_members(self) -> None:
+        entries = [m.entry() for m in self.membership.members.values()]
+        with contextlib.suppress(StoreUnavailable):
+            await self.store.set_meta("members", orjson.dumps(entries).decode())
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _join(self, url: str) -> None:
+        """Announce this node to a member of the cluster; retried until it answers."""
+        failures = 0
+        while True:
+            try:
+                entries = await self.transport.join(url, self.membership.entries())
+            except PeerError as exc:
+                failures += 1
+                if failures == 1:
+                    log.warning("cannot join through %s yet (%s); retrying", url, exc)
+                await asyncio.sleep(JOIN_RETRY * self.rng.uniform(0.5, 1.5))
+                continue
+            self.membership.merge(entries)
+            log.info("joined the cluster through %s", url)
+            return
+
+    async def _pull_forever(self, url: str) -> None:
+        failures = 0
+        while True:
+            try:
+                if not await self.pull_once(url):
+                    return
+                if failures:
+                    log.info("peer %s is reachable again", url)
+                failures = 0
+            except (PeerError, StoreUnavailable) as exc:
+                failures += 1
+                if failures == 1:
+                    log.warning("pull from %s failed: %s; backing off", url, exc)
+                delay = min(MAX_BACKOFF, MIN_BACKOFF * 2 ** min(failures, 10))
+                await asyncio.sleep(delay * self.rng.uniform(0.5, 1.0))
+
+    async def pull_once(self, url: str) -> bool:
+        """Pull and apply one batch from `url`. False when the URL turned out to be this node."""
+        peer_id = self.membership.id_for_url(url)
+        checkpoint = await self.store.checkpoint(peer_id) if peer_id else None
+        request = PullRequest(
+            since=checkpoint.seq if checkpoint else 0,
+            instance=checkpoint.instance if checkpoint else "",
+            limit=BATCH,
+            wait=LONG_POLL,
+            puller_id=self.node_id,
+            puller_url=self.membership.self_entry.url,
+            puller_version=self.membership.self_entry.version,
+            own_since=self.own_since,
+        )
+        reply = await self.transport.pull(url, request)
+        if reply.node == self.node_id:
+            self.membership.identified(url, reply.node)
+            return False
+        self.membership.merge(reply.members)
+        self.membership.identified(url, reply.node)
+        self.membership.heard_from(reply.node, url)
+        if checkpoint is None or checkpoint.peer != reply.node:
+            checkpoint = await self.store.checkpoint(reply.node)
+        served_from = request.since if checkpoint and checkpoint.instance == reply.instance else 0
+        if reply.records or reply.until != served_from or checkpoint is None:
+            wall = self.now()
+            for record in reply.records:
+                if not self.clock.observe(version_hlc(record.version), wall):
+                    self.skewed += 1
+                    log.warning(
+                        "version %s from %s is more than %d ms ahead of this node's clock",
+                        record.version,
+                        reply.node,
+                        self.clock.max_drift_ms,
+                    )
+            await self.store.apply(reply.records, Checkpoint(reply.node, reply.instance, reply.until))
+        return True

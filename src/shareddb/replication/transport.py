@@ -1,0 +1,128 @@
+"""How a node talks to its peers. `Transport` is what the puller needs; `HttpTransport` does it
+over the peer API, and the simulation passes in a transport of its own."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import aiohttp
+import orjson
+
+from shareddb.record import Record
+
+PEER_HEADER = "Authorization"
+
+
+class PeerError(Exception):
+    """A peer could not be reached or gave an answer we cannot use; the puller backs off."""
+
+
+@dataclass(frozen=True, slots=True)
+class PullRequest:
+    since: int  # the puller's checkpoint in the source's feed
+    instance: str  # the feed instance that checkpoint belongs to ("" when there is none)
+    limit: int
+    wait: float  # long poll: seconds the source may hold the request while it has nothing new
+    puller_id: str
+    puller_url: str
+    puller_version: int  # the version of the puller's own membership entry
+    own_since: int  # the source may leave out records the puller wrote at or after this HLC
+
+
+@dataclass(frozen=True, slots=True)
+class PullReply:
+    node: str  # the source's node id
+    instance: str  # the source feed's instance id
+    until: int  # the puller's next checkpoint: every change up to here is in `records`
+    last_seq: int  # the source's latest sequence number
+    records: list[Record]
+    members: list[dict[str, Any]]
+
+
+class Transport(Protocol):
+    async def pull(self, url: str, request: PullRequest) -> PullReply: ...
+
+    async def join(self, url: str, entries: list[dict[str, Any]]) -> list[dict[str, Any]]: ...
+
+    async def close(self) -> None: ...
+
+
+def encode_reply(reply: PullReply) -> bytes:
+    return orjson.dumps(
+        {
+            "node": reply.node,
+            "instance": reply.instance,
+            "until": reply.until,
+            "last_seq": reply.last_seq,
+            "changes": [[r.key, r.value, r.version] for r in reply.records],
+            "members": reply.members,
+        }
+    )
+
+
+def decode_reply(body: bytes) -> PullReply:
+    try:
+        data = orjson.loads(body)
+        return PullReply(
+            node=str(data["node"]),
+            instance=str(data["instance"]),
+            until=int(data["until"]),
+            last_seq=int(data["last_seq"]),
+            records=[Record(k, v, ver) for k, v, ver in data["changes"]],
+            members=list(data["members"]),
+        )
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise PeerError(f"unreadable answer from peer: {exc}") from exc
+
+
+class HttpTransport:
+    """The peer API over HTTP, with one keep-alive connection pool for all peers."""
+
+    def __init__(self, token: str | None) -> None:
+        headers = {PEER_HEADER: f"Bearer {token}"} if token else {}
+        self._session = aiohttp.ClientSession(
+            headers=headers,
+            connector=aiohttp.TCPConnector(limit_per_host=4),
+        )
+
+    async def pull(self, url: str, request: PullRequest) -> PullReply:
+        params = {
+            "since": str(request.since),
+            "instance": request.instance,
+            "limit": str(request.limit),
+            "wait": f"{request.wait:g}",
+            "from": request.puller_id,
+            "url": request.puller_url,
+            "v": str(request.puller_version),
+            "own_since": str(request.own_since),
+        }
+        timeout = aiohttp.ClientTimeout(total=request.wait + 10.0, connect=3.0)
+        body = await self._call("GET", url + "/v1/peer/changes", params=params, timeout=timeout)
+        return decode_reply(body)
+
+    async def join(self, url: str, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        timeout = aiohttp.ClientTimeout(total=10.0, connect=3.0)
+        body = await self._call(
+            "POST", url + "/v1/peer/join", data=orjson.dumps({"members": entries}), timeout=timeout
+        )
+        try:
+            members: list[dict[str, Any]] = orjson.loads(body)["members"]
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            raise PeerError(f"unreadable answer from {url}: {exc}") from exc
+        return members
+
+    async def _call(self, method: str, url: str, **kwargs: Any) -> bytes:
+        try:
+            async with self._session.request(method, url, **kwargs) as response:
+                body = await response.read()
+                if response.status != 200:
+                    raise PeerError(f"{url} answered {response.status}: {body[:200]!r}")
+                return body
+        except aiohttp.ClientError as exc:
+            raise PeerError(f"cannot reach {url}: {exc}") from exc
+        except TimeoutError as exc:
+            raise PeerError(f"{url} did not answer in time") from exc
+
+    async def close(self) -> None:
+        await self._session.close()
