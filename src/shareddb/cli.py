@@ -231,20 +231,49 @@ def dump(url: str, token: str | None) -> None:
 @url_option
 @token_option
 def status(url: str, token: str | None) -> None:
-    """Show this node and every member it knows: state, lag, URL."""
+    """Show this node and every member it knows: state, lag, last contact, URL."""
 
     async def go(client: Client) -> tuple[dict[str, Any], dict[str, Any]]:
         return await client.cluster(), await client.digest()
 
     view, digest = _call(url, token, go)
-    rows = [("NODE", "STATE", "LAG", "URL")]
-    rows.append((view["node"]["id"] + " (this)", "up", "-", view["node"]["url"]))
+    me = view["node"]
+    rows = [("NODE", "STATE", "LAG", "LAST CONTACT", "URL")]
+    rows.append((f"{me['id']} (this)", me.get("state", "up"), "-", "-", me["url"]))
     for m in view["members"]:
-        rows.append((m["id"], m["state"], str(m["lag"]), m["url"]))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        contact = "never" if m.get("last_contact") is None else f"{m['last_contact']:.1f}s ago"
+        rows.append((m["id"] or "?", m["state"], str(m["lag"]), contact, m["url"]))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     click.echo(f"\n{digest['count']} live keys, digest {digest['digest']}")
+
+
+@cli.command()
+@url_option
+@token_option
+def verify(url: str, token: str | None) -> None:
+    """Compare every member's digest; list the keys that differ. Exit 1 unless all agree."""
+    from shareddb.verify import verify as run_verify
+
+    try:
+        report = run(run_verify(url, token))
+    except ClientError as exc:
+        raise Fail(exc.message) from None
+    for line in report.lines():
+        click.echo(line)
+    if not report.agree:
+        sys.exit(1)
+
+
+@cli.command()
+@click.option("--node", "node_id", default=None, help="Remove this member instead of the node at --url.")
+@url_option
+@token_option
+def leave(node_id: str | None, url: str, token: str | None) -> None:
+    """Take the node at --url out of the cluster (or, with --node, another member)."""
+    _call(url, token, lambda c: c.leave(node_id))
+    click.echo(f"{node_id or 'the node at ' + url} left the cluster")
 
 
 def main() -> None:

@@ -131,9 +131,21 @@ class Client:
         result: dict[str, Any] = await self._json("/v1/cluster")
         return result
 
-    async def digest(self) -> dict[str, Any]:
-        result: dict[str, Any] = await self._json("/v1/digest")
+    async def digest(self, *, buckets: bool = False) -> dict[str, Any]:
+        params = {"buckets": "1"} if buckets else None
+        result: dict[str, Any] = await self._json("/v1/digest", params)
         return result
+
+    async def bucket_versions(self, bucket: int) -> dict[str, str]:
+        result: dict[str, str] = (await self._json("/v1/digest", {"bucket": str(bucket)}))["versions"]
+        return result
+
+    async def leave(self, node_id: str | None = None) -> None:
+        """This node leaves the cluster, or (with `node_id`) marks another member as left."""
+        if node_id is None:
+            await self._request("POST", "/v1/cluster/leave")
+        else:
+            await self._request("DELETE", "/v1/cluster/members/" + quote(node_id, safe=""))
 
 
 def _error_message(status: int, body: bytes) -> str:

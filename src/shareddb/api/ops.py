@@ -6,10 +6,12 @@ from functools import partial
 
 from aiohttp import web
 
-from shareddb.api.errors import json_response
+from shareddb.api.errors import bad_request, json_response
 from shareddb.api.openapi import OPENAPI
+from shareddb.api.query import parse_query, split_target
 from shareddb.api.routing import Route
 from shareddb.node import Node
+from shareddb.store.base import DIGEST_BUCKETS
 
 
 async def health(node: Node, request: web.BaseRequest) -> web.Response:
@@ -17,8 +19,19 @@ async def health(node: Node, request: web.BaseRequest) -> web.Response:
 
 
 async def digest(node: Node, request: web.BaseRequest) -> web.Response:
+    """The digest; `?buckets=1` adds every bucket's hash, `?bucket=N` lists one bucket's versions."""
+    params = parse_query(split_target(request.raw_path)[1])
+    if "bucket" in params:
+        raw = params["bucket"]
+        if not (raw.isascii() and raw.isdigit() and int(raw) < DIGEST_BUCKETS):
+            raise bad_request(f"bucket must be an integer from 0 to {DIGEST_BUCKETS - 1}")
+        versions = await node.store.bucket_versions(int(raw))
+        return json_response({"bucket": int(raw), "versions": versions})
     summary = node.store.digest()
-    return json_response({"count": summary.count, "digest": summary.digest})
+    answer: dict[str, object] = {"count": summary.count, "digest": summary.digest}
+    if params.get("buckets") in ("1", "true"):
+        answer["buckets"] = [f"{b:032x}" for b in summary.buckets]
+    return json_response(answer)
 
 
 async def openapi(request: web.BaseRequest) -> web.Response:

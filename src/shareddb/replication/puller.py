@@ -18,9 +18,9 @@ from typing import Any
 
 import orjson
 
-from shareddb.clock import HybridClock
+from shareddb.clock import HybridClock, from_millis
 from shareddb.membership import Membership
-from shareddb.record import version_hlc
+from shareddb.record import make_version, version_hlc
 from shareddb.replication.transport import PeerError, PullRequest, Transport
 from shareddb.store.base import Checkpoint, Store, StoreUnavailable
 
@@ -31,6 +31,10 @@ LONG_POLL = 2.0  # seconds a source may hold an idle pull; also how often idle p
 MIN_BACKOFF = 0.05
 MAX_BACKOFF = 5.0
 JOIN_RETRY = 1.0
+PURGE_INTERVAL = 60.0
+# Tombstones stay at least this long, even once every member has applied them: a member that was
+# cut off for less than this can never bring a deleted key back.
+TOMBSTONE_GRACE_MS = 3_600_000
 
 
 class Replicator:
@@ -47,6 +51,7 @@ class Replicator:
         now: Callable[[], int],
         own_since: int,
         rng: random.Random | None = None,
+        tombstone_grace_ms: int = TOMBSTONE_GRACE_MS,
     ) -> None:
         self.node_id = node_id
         self.store = store
@@ -57,6 +62,7 @@ class Replicator:
         self.own_since = own_since
         self.rng = rng or random.Random()
         self.skewed = 0  # received versions more than the drift bound ahead of local time
+        self.tombstone_grace_ms = tombstone_grace_ms
         self._pullers: dict[str, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._persisting: asyncio.Task[None] | None = None
@@ -67,6 +73,7 @@ class Replicator:
         self.membership.on_change = self._members_changed
         if join:
             self._spawn(self._join(join))
+        self._spawn(self._purge_forever())
         self.reconcile()
 
     async def stop(self) -> None:
@@ -107,6 +114,33 @@ class Replicator:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def purge_horizon(self) -> int | None:
+        """The sequence up to which every member has applied this node's feed, or None when that
+        is not known (a member has not pulled since this node started, or a peer is unidentified)."""
+        if self.membership.static_urls:
+            return None
+        applied = [m.applied for m in self.membership.active()]
+        if any(a is None for a in applied):
+            return None
+        return min((a for a in applied if a is not None), default=self.store.last_seq)
+
+    async def purge(self) -> int:
+        """Drop the tombstones every member has applied and that are past the grace period."""
+        horizon = self.purge_horizon()
+        if horizon is None:
+            return 0
+        before = make_version(from_millis(self.now() - self.tombstone_grace_ms), "")
+        purged = await self.store.purge_tombstones(horizon, before)
+        if purged:
+            log.info("purged %d tombstones up to sequence %d", purged, horizon)
+        return purged
+
+    async def _purge_forever(self) -> None:
+        while True:
+            await asyncio.sleep(PURGE_INTERVAL * self.rng.uniform(0.8, 1.2))
+            with contextlib.suppress(StoreUnavailable):
+                await self.purge()
+
     async def _join(self, url: str) -> None:
         """Announce this node to a member of the cluster; retried until it answers."""
         failures = 0
@@ -125,17 +159,23 @@ class Replicator:
 
     async def _pull_forever(self, url: str) -> None:
         failures = 0
+        reached = False
         while True:
             try:
                 if not await self.pull_once(url):
                     return
-                if failures:
+                if failures and reached:
                     log.info("peer %s is reachable again", url)
+                elif not reached:
+                    log.info("pulling from peer %s", url)
                 failures = 0
+                reached = True
             except (PeerError, StoreUnavailable) as exc:
                 failures += 1
-                if failures == 1:
+                if failures == 1 and reached:
                     log.warning("pull from %s failed: %s; backing off", url, exc)
+                elif failures == 1:
+                    log.info("waiting for peer %s (%s)", url, exc)
                 delay = min(MAX_BACKOFF, MIN_BACKOFF * 2 ** min(failures, 10))
                 await asyncio.sleep(delay * self.rng.uniform(0.5, 1.0))
 

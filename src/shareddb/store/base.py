@@ -111,11 +111,21 @@ class Store(Protocol):
 
     async def checkpoint(self, peer: str) -> Checkpoint | None: ...
 
+    async def purge_tombstones(self, max_seq: int, before: str) -> int:
+        """Drop tombstones at or below sequence `max_seq` whose version sorts before `before`
+        (every member has applied them). Returns how many went."""
+        ...
+
     async def get_meta(self, name: str) -> str | None: ...
 
     async def set_meta(self, name: str, value: str) -> None: ...
 
     def digest(self) -> Digest: ...
+
+    async def bucket_versions(self, bucket: int) -> dict[str, str]:
+        """Key -> version of every record (tombstones too) in one digest bucket: for repairs and
+        `shareddb verify`. It reads the whole store."""
+        ...
 
 
 def bucket_of(key: str) -> int:
@@ -196,3 +206,11 @@ class MergePlan:
         if value is None:
             return Outcome.DELETED
         return Outcome.UPDATED if was_live else Outcome.CREATED
+
+    def forget(self, key: str, version: str) -> None:
+        """A purged tombstone leaves the digest (its key is then as if never written)."""
+        bucket = bucket_of(key)
+        self.buckets[bucket] = self.buckets.get(bucket, self.base_buckets[bucket]) ^ record_hash(
+            key, version
+        )
+        self.current.pop(key, None)

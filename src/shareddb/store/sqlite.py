@@ -30,6 +30,7 @@ from shareddb.store.base import (
     MergePlan,
     Outcome,
     StoreUnavailable,
+    bucket_of,
     combine_buckets,
 )
 
@@ -72,6 +73,7 @@ class _Op:
     records: Sequence[Record] = ()  # a batch from a peer
     checkpoint: Checkpoint | None = None
     meta: tuple[str, str] | None = None
+    purge: tuple[int, str] | None = None  # (max seq, version bound) of tombstones to drop
 
 
 class RecordCache:
@@ -269,6 +271,15 @@ class SQLiteStore:
         if self._seq <= seq:
             await self._signal.wait(timeout)
 
+    async def bucket_versions(self, bucket: int) -> dict[str, str]:
+        found: dict[str, str] = await self._in_reader(self._bucket_rows, bucket)
+        return found
+
+    def _bucket_rows(self, bucket: int) -> dict[str, str]:
+        assert self._scan is not None
+        rows = self._scan.execute("SELECT key, version FROM kv")
+        return {key: version for key, version in rows if bucket_of(key) == bucket}
+
     def digest(self) -> Digest:
         return Digest(self._live, combine_buckets(self._buckets), tuple(self._buckets))
 
@@ -317,6 +328,10 @@ class SQLiteStore:
     async def set_meta(self, name: str, value: str) -> None:
         await self._enqueue(_Op(meta=(name, value)))
 
+    async def purge_tombstones(self, max_seq: int, before: str) -> int:
+        purged: int = await self._enqueue(_Op(purge=(max_seq, before)))
+        return purged
+
     def _enqueue(self, op: _Op) -> asyncio.Future[Any]:
         if self._closing or self._writer is None:
             raise StoreUnavailable("the store is closed")
@@ -364,7 +379,10 @@ class SQLiteStore:
     ) -> None:
         """On the event loop, after a commit: refresh the cache, then answer the writers."""
         for record in accepted:
-            self._cache.put(record)
+            if record.version:
+                self._cache.put(record)
+            else:  # a purged tombstone
+                self._cache.discard(record.key)
         for (_, future), result in zip(batch, results, strict=True):
             if not future.done():
                 future.set_result(result)
@@ -388,11 +406,15 @@ class SQLiteStore:
         keys = {op.record.key for op in ops if op.record is not None}
         keys.update(r.key for op in ops for r in op.records)
         results: list[object] = []
+        purges: list[tuple[int, tuple[int, str]]] = []
         db.execute("BEGIN IMMEDIATE")
         try:
             plan = MergePlan(self._lookup(db, keys), self._seq, self._live, self._buckets)
             for op in ops:
-                if op.record is not None:
+                if op.purge is not None:
+                    purges.append((len(results), op.purge))
+                    results.append(0)
+                elif op.record is not None:
                     results.append(plan.merge(op.record, only_over_live=True))
                 elif op.meta is not None:
                     db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", op.meta)
@@ -409,6 +431,17 @@ class SQLiteStore:
                         )
                     results.append(won)
             db.executemany(UPSERT, plan.rows.values())
+            # After the upserts, so a purge sees this batch's writes (same transaction).
+            for index, (max_seq, before) in purges:
+                doomed = db.execute(
+                    "SELECT key, version FROM kv WHERE value IS NULL AND seq <= ? AND version < ?",
+                    (max_seq, before),
+                ).fetchall()
+                for key, version in doomed:
+                    plan.forget(key, version)
+                db.executemany("DELETE FROM kv WHERE key = ?", [(key,) for key, _ in doomed])
+                results[index] = len(doomed)
+                plan.accepted.extend(Record(key, None, "") for key, _ in doomed)
             db.executemany(
                 "INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)",
                 [("seq", str(plan.seq)), ("live", str(plan.live)), ("hlc", str(clock_high))],
