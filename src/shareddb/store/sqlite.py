@@ -10,9 +10,13 @@ reader thread so a large page never holds up the loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import os
 import queue
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +38,8 @@ from shareddb.store.base import (
     combine_buckets,
 )
 
+log = logging.getLogger("shareddb.store")
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (
     key     TEXT PRIMARY KEY,
@@ -43,6 +49,7 @@ CREATE TABLE IF NOT EXISTS kv (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS kv_by_seq ON kv (seq);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS node_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS digest (bucket INTEGER PRIMARY KEY, hash BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS checkpoints (
     peer     TEXT PRIMARY KEY,
@@ -60,6 +67,11 @@ MAX_BATCH = 4096
 LOOKUP_CHUNK = 500
 BUSY_TIMEOUT_MS = 10_000
 CACHE_BYTES = 64 * 1024 * 1024
+# Checkpoints (copying the WAL back into the database file, with an fsync of its own) run on a
+# thread of their own, so a commit never waits for one. Past WAL_LIMIT the writer checkpoints
+# itself: back-pressure when the background checkpoints cannot keep up.
+CHECKPOINT_PAUSE = 0.2
+WAL_LIMIT = 512 * 1024 * 1024
 CACHE_VALUE_BYTES = 64 * 1024  # larger values are always read from the file
 
 
@@ -146,6 +158,8 @@ class SQLiteStore:
         self._buckets = [0] * DIGEST_BUCKETS
         self._queue: queue.SimpleQueue[tuple[_Op, asyncio.Future[Any]] | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
+        self._checkpointer: threading.Thread | None = None
+        self._checkpoint_due = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
         self._signal = ChangeSignal()
@@ -169,6 +183,10 @@ class SQLiteStore:
             raise StoreOpenError(f"cannot open store {self.path}: {exc}") from exc
         self._writer = threading.Thread(target=self._write_loop, name="shareddb-writer", daemon=True)
         self._writer.start()
+        self._checkpointer = threading.Thread(
+            target=self._checkpoint_loop, name="shareddb-checkpoint", daemon=True
+        )
+        self._checkpointer.start()
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -183,6 +201,8 @@ class SQLiteStore:
             raise sqlite3.OperationalError(f"journal_mode is {mode}, WAL is required")
         db.execute(f"PRAGMA synchronous = {self._synchronous}")
         db.execute("PRAGMA cache_size = -65536")
+        db.execute("PRAGMA wal_autocheckpoint = 0")
+        db.execute("PRAGMA journal_size_limit = 67108864")
         db.executescript(SCHEMA)
         db.execute("BEGIN IMMEDIATE")
         meta = dict(db.execute("SELECT name, value FROM meta").fetchall())
@@ -205,11 +225,15 @@ class SQLiteStore:
         if self._writer is not None:
             self._queue.put(None)  # the writer commits everything queued before this, then stops
             await asyncio.to_thread(self._writer.join)
+        if self._checkpointer is not None:
+            self._checkpoint_due.set()
+            await asyncio.to_thread(self._checkpointer.join)
         loop = asyncio.get_running_loop()
         if self._scan is not None:
             await loop.run_in_executor(self._reader_pool, self._scan.close)
         if self._point is not None:
             self._point.close()
+            self._point = None
         self._reader_pool.shutdown()
 
     # -- reads ---------------------------------------------------------------------------------
@@ -227,13 +251,13 @@ class SQLiteStore:
         return self._clock_high
 
     def _reader(self) -> sqlite3.Connection:
-        if self._point is None:
+        if self._point is None or self._closing:
             raise StoreUnavailable("store is not open")
         return self._point
 
     async def get(self, key: str) -> Record | None:
         record = self._cache.get(key)
-        if record is not None:
+        if record is not None and not self._closing:
             return record
         try:
             row = (
@@ -248,16 +272,19 @@ class SQLiteStore:
         return record
 
     async def checkpoint(self, peer: str) -> Checkpoint | None:
-        row = (
-            self._reader()
-            .execute("SELECT instance, seq FROM checkpoints WHERE peer = ?", (peer,))
-            .fetchone()
-        )
+        row = self._read_one("SELECT instance, seq FROM checkpoints WHERE peer = ?", peer)
         return None if row is None else Checkpoint(peer, row[0], row[1])
 
     async def get_meta(self, name: str) -> str | None:
-        row = self._reader().execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        row = self._read_one("SELECT value FROM node_meta WHERE name = ?", name)
         return None if row is None else str(row[0])
+
+    def _read_one(self, sql: str, arg: str) -> tuple[Any, ...] | None:
+        try:
+            row: tuple[Any, ...] | None = self._reader().execute(sql, (arg,)).fetchone()
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"read failed: {exc}") from exc
+        return row
 
     async def scan(self, prefix: str, after: str | None, limit: int) -> list[Record]:
         records: list[Record] = await self._in_reader(self._scan_rows, prefix, after, limit)
@@ -268,8 +295,10 @@ class SQLiteStore:
         return changes
 
     async def wait_for_changes(self, seq: int, timeout: float) -> None:
-        if self._seq <= seq:
-            await self._signal.wait(timeout)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._seq <= seq and (remaining := deadline - loop.time()) > 0:
+            await self._signal.wait(remaining)
 
     async def bucket_versions(self, bucket: int) -> dict[str, str]:
         found: dict[str, str] = await self._in_reader(self._bucket_rows, bucket)
@@ -284,6 +313,8 @@ class SQLiteStore:
         return Digest(self._live, combine_buckets(self._buckets), tuple(self._buckets))
 
     async def _in_reader(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self._closing:
+            raise StoreUnavailable("the store is closed")
         try:
             return await asyncio.get_running_loop().run_in_executor(self._reader_pool, fn, *args)
         except sqlite3.Error as exc:
@@ -369,7 +400,38 @@ class SQLiteStore:
                 self._loop.call_soon_threadsafe(self._fail, batch, error)
             else:
                 self._loop.call_soon_threadsafe(self._resolve, batch, results, accepted)
+            self._checkpoint_due.set()
+            if self._wal_size() > WAL_LIMIT:
+                with contextlib.suppress(sqlite3.Error):
+                    self._wdb.execute("PRAGMA wal_checkpoint(RESTART)")
         self._wdb.close()
+
+    def _wal_size(self) -> int:
+        try:
+            return os.stat(f"{self.path}-wal").st_size
+        except OSError:
+            return 0
+
+    def _checkpoint_loop(self) -> None:
+        """The checkpoint thread: after writes, copy the WAL into the database file (PASSIVE: it
+        never blocks the writer or readers)."""
+        db = self._connect()
+        try:
+            while True:
+                self._checkpoint_due.wait()
+                if not self._closing:
+                    time.sleep(CHECKPOINT_PAUSE)  # let a burst of commits pile up first
+                self._checkpoint_due.clear()
+                # `close` sets _closing before it sets the event, so this sees it either way.
+                if self._closing:
+                    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                    return
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error as exc:
+            log.warning("checkpoint failed: %s", exc)
+        finally:
+            db.close()
 
     def _resolve(
         self,
@@ -417,7 +479,7 @@ class SQLiteStore:
                 elif op.record is not None:
                     results.append(plan.merge(op.record, only_over_live=True))
                 elif op.meta is not None:
-                    db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", op.meta)
+                    db.execute("INSERT OR REPLACE INTO node_meta (name, value) VALUES (?, ?)", op.meta)
                     results.append(None)
                 else:
                     won = 0
