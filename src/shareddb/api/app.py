@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from shareddb.api import cluster, kv, nodes, ops, peer
+from shareddb.api import cluster, kv, metrics, nodes, ops, peer
 from shareddb.api.routing import Router
 from shareddb.node import Node
 
@@ -22,6 +22,7 @@ def create_router(node: Node) -> Router:
         *kv.routes(node),
         *cluster.routes(node),
         *peer.routes(node),
+        *metrics.routes(node),
     ]
     return Router(routes, token=node.settings.token, peer_token=node.settings.peer_token)
 

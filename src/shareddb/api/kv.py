@@ -70,8 +70,9 @@ async def get(node: Node, request: web.BaseRequest) -> web.Response:
     record = await node.get(key)
     if record is None:
         raise ApiError(404, f"key {key!r} not found")
+    assert record.value is not None
     return web.Response(
-        text=record.value,
+        body=record.value.encode("utf-8"),
         headers={"Content-Type": TEXT, "ETag": f'"{record.version}"'},
     )
 
