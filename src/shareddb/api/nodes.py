@@ -110,8 +110,8 @@ async def dump(node: Node, request: web.BaseRequest) -> web.StreamResponse:
 
 def routes(node: Node) -> list[Route]:
     return [
-        Route("GET", "/nodes/update", partial(update, node)),
+        Route("GET", "/nodes/update", partial(update, node), safe=False),
         Route("GET", "/nodes/get", partial(get, node)),
-        Route("GET", "/nodes/remove", partial(remove, node)),
+        Route("GET", "/nodes/remove", partial(remove, node), safe=False),
         Route("GET", "/nodes/dump", partial(dump, node)),
     ]

@@ -260,6 +260,25 @@ SCHEMAS: Doc = {
                     "versions, deletions included."
                 ),
             },
+            "buckets": {
+                "type": "array",
+                "items": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+                "minItems": 256,
+                "maxItems": 256,
+                "description": "With ?buckets=1: the hash of each of the 256 digest buckets.",
+            },
+        },
+    },
+    "DigestBucket": {
+        "type": "object",
+        "required": ["bucket", "versions"],
+        "properties": {
+            "bucket": {"type": "integer", "minimum": 0, "maximum": 255},
+            "versions": {
+                "type": "object",
+                "additionalProperties": _ref("schemas", "Version"),
+                "description": "Every key of the bucket and its version, deleted keys included.",
+            },
         },
     },
 }
@@ -329,6 +348,20 @@ PARAMETERS: Doc = {
         "required": False,
         "description": "List only keys greater than this one: the `next` of the previous page.",
         "schema": {"type": "string"},
+    },
+    "buckets": {
+        "name": "buckets",
+        "in": "query",
+        "required": False,
+        "description": "1 or true: add the hash of every digest bucket.",
+        "schema": {"type": "string", "enum": ["1", "true"]},
+    },
+    "bucket": {
+        "name": "bucket",
+        "in": "query",
+        "required": False,
+        "description": "Answer the keys and versions of this one digest bucket instead.",
+        "schema": {"type": "integer", "minimum": 0, "maximum": 255},
     },
     "key": {
         "name": "key",
@@ -529,7 +562,40 @@ PATHS: Doc = {
             "tags": ["operations"],
             "operationId": "digest",
             "summary": "Live key count and a digest of every key and version",
-            "responses": {"200": _json("Digest", "The digest of this node's data."), **V1_FAILURES},
+            "parameters": _params("buckets", "bucket"),
+            "responses": {
+                "200": {
+                    "description": "The digest of this node's data, or one bucket of it.",
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "oneOf": [
+                                    _ref("schemas", "Digest"),
+                                    _ref("schemas", "DigestBucket"),
+                                ]
+                            }
+                        }
+                    },
+                },
+                "400": _ref("responses", "BadRequest"),
+                **V1_FAILURES,
+            },
+        }
+    },
+    "/metrics": {
+        "get": {
+            "tags": ["operations"],
+            "operationId": "metrics",
+            "summary": "Counters in the Prometheus text format",
+            "responses": {
+                "200": {
+                    "description": "Live keys, sequence, clock-skew events, member state and lag.",
+                    "content": {
+                        "text/plain; version=0.0.4; charset=utf-8": {"schema": {"type": "string"}}
+                    },
+                },
+                **V1_FAILURES,
+            },
         }
     },
     "/v1/openapi.json": {
@@ -566,7 +632,7 @@ OPENAPI: Doc = {
         {"name": "seed", "description": "Seed-compatible API: GET with query parameters."},
         {"name": "kv", "description": "REST API of keys."},
         {"name": "cluster", "description": "The cluster as this node sees it."},
-        {"name": "operations", "description": "Health, digest, this document."},
+        {"name": "operations", "description": "Health, digest, metrics, this document."},
     ],
     "paths": PATHS,
     "components": {

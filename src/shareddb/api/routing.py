@@ -30,6 +30,7 @@ class Route:
     handler: Handler
     public: bool = False  # served without --token (health checks)
     peer: bool = False  # replication: needs --peer-token (or --token when there is none)
+    safe: bool = True  # a GET that changes nothing, so HEAD may run it too
 
 
 class Router:
@@ -50,7 +51,7 @@ class Router:
             else:
                 table = self._exact.setdefault(route.path, {})
             table[route.method] = route
-            if route.method == "GET":
+            if route.method == "GET" and route.safe:
                 table.setdefault("HEAD", route)
         self._token = token.encode("utf-8") if token else None
         self._peer_token = peer_token.encode("utf-8") if peer_token else self._token
