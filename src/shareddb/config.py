@@ -40,7 +40,12 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("--peers", "none", "Comma-separated URLs of nodes to replicate with."),
     Setting("--join", "none", "URL of one member of an existing cluster to join through."),
-    Setting("--store", "sqlite", "Storage backend: sqlite (embedded, in --data)."),
+    Setting(
+        "--store",
+        "sqlite",
+        "Storage backend: sqlite (embedded, in --data) or redis://HOST:PORT/DB "
+        "(one Redis database per node, durable as its AOF settings make it).",
+    ),
     Setting("--registry", "none", "Redis URL of a shared node registry."),
     Setting("--registry-ttl", "15", "Seconds without a heartbeat before a registry entry expires."),
     Setting(

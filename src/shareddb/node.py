@@ -26,7 +26,8 @@ from shareddb.record import Record, make_version, node_id_error
 from shareddb.replication.feed import Feed
 from shareddb.replication.puller import Replicator
 from shareddb.replication.transport import HttpTransport, Transport
-from shareddb.store.base import Outcome, Store
+from shareddb.store.base import Outcome, Store, StoreUnavailable
+from shareddb.store.redis import RedisStore, redact_url
 from shareddb.store.sqlite import SQLiteStore, sqlite_path
 
 log = logging.getLogger("shareddb.node")
@@ -86,11 +87,21 @@ class Node:
         lock = _lock_data_dir(data)
         try:
             node_id = _resolve_node_id(data, settings.node_id)
-            if settings.store != "sqlite":
-                raise NodeError(f"unsupported --store {settings.store!r}: use sqlite")
             clock = HybridClock()
-            store = SQLiteStore(sqlite_path(data), clock_high=lambda: clock.last)
-            await store.open()
+            spec = settings.store
+            if spec == "sqlite":
+                store: Store = SQLiteStore(sqlite_path(data), clock_high=lambda: clock.last)
+            elif spec.startswith(("redis://", "rediss://")):
+                try:
+                    store = RedisStore(spec, clock_high=lambda: clock.last)
+                except ValueError as exc:
+                    raise NodeError(f"bad --store {redact_url(spec)!r}: {exc}") from None
+            else:
+                raise NodeError(f"unsupported --store {spec!r}: use sqlite or redis://HOST:PORT/DB")
+            try:
+                await store.open()
+            except StoreUnavailable as exc:  # the Redis store's "cannot reach it"
+                raise NodeError(str(exc)) from None
         except BaseException:
             lock.close()
             raise

@@ -6,6 +6,7 @@ character round-trip exactly. Bodies are read up to --max-value-bytes and no fur
 
 from __future__ import annotations
 
+import asyncio
 from functools import partial
 
 from aiohttp import web
@@ -40,8 +41,19 @@ def _etag(version: str) -> dict[str, str]:
 async def _read_value(request: web.BaseRequest, limit: int) -> str:
     """The body as text, refused with 413 as soon as it passes `limit` bytes."""
     length = request.content_length
-    if length is not None and length > limit:
-        raise ApiError(413, f"value is {length} bytes, the limit is {limit}")
+    if length is not None:
+        if length > limit:
+            raise ApiError(413, f"value is {length} bytes, the limit is {limit}")
+        if length == 0:
+            return ""
+        try:
+            body = await request.content.readexactly(length)
+        except asyncio.IncompleteReadError:
+            raise bad_request("body ended before its Content-Length") from None
+        try:
+            return body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise bad_request("body is not valid UTF-8") from None
     chunks: list[bytes] = []
     size = 0
     while chunk := await request.content.read(READ_CHUNK):

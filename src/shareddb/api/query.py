@@ -12,6 +12,7 @@ from urllib.parse import unquote_to_bytes
 from shareddb.api.errors import bad_request
 
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_NUMBER = re.compile(r"[0-9]+(\.[0-9]*)?([eE][-+]?[0-9]+)?|\.[0-9]+([eE][-+]?[0-9]+)?")
 
 
 def decode(text: str, *, plus_is_space: bool) -> str:
@@ -59,10 +60,9 @@ def positive_number(params: dict[str, str], name: str, default: float) -> float:
     raw = params.get(name)
     if raw is None:
         return default
-    try:
-        number = float(raw)
-    except ValueError:
-        raise bad_request(f"{name} must be a positive number, not {raw!r}") from None
+    if not (raw.isascii() and _NUMBER.fullmatch(raw)):
+        raise bad_request(f"{name} must be a positive number, not {raw!r}")
+    number = float(raw)
     if not number > 0 or number == float("inf"):
         raise bad_request(f"{name} must be a positive number, not {raw!r}")
     return number

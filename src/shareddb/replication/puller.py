@@ -31,6 +31,7 @@ LONG_POLL = 2.0  # seconds a source may hold an idle pull; also how often idle p
 MIN_BACKOFF = 0.05
 MAX_BACKOFF = 5.0
 JOIN_RETRY = 1.0
+STOP_TIMEOUT = 5.0
 PURGE_INTERVAL = 60.0
 # Tombstones stay at least this long, even once every member has applied them: a member that was
 # cut off for less than this can never bring a deleted key back.
@@ -81,9 +82,12 @@ class Replicator:
         tasks = [*self._pullers.values(), *self._tasks]
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if tasks:
+            # A cancel that lands while a peer connection fails can be swallowed by the HTTP
+            # client; the loops also check _running, and nothing here waits for ever.
+            _, stuck = await asyncio.wait(tasks, timeout=STOP_TIMEOUT)
+            for task in stuck:
+                log.warning("replication task %s did not stop in time", task.get_name())
         self._pullers.clear()
         await self.persist_members()
         await self.transport.close()
@@ -136,7 +140,7 @@ class Replicator:
         return purged
 
     async def _purge_forever(self) -> None:
-        while True:
+        while self._running:
             await asyncio.sleep(PURGE_INTERVAL * self.rng.uniform(0.8, 1.2))
             with contextlib.suppress(StoreUnavailable):
                 await self.purge()
@@ -144,7 +148,7 @@ class Replicator:
     async def _join(self, url: str) -> None:
         """Announce this node to a member of the cluster; retried until it answers."""
         failures = 0
-        while True:
+        while self._running:
             try:
                 entries = await self.transport.join(url, self.membership.entries())
             except PeerError as exc:
@@ -160,7 +164,7 @@ class Replicator:
     async def _pull_forever(self, url: str) -> None:
         failures = 0
         reached = False
-        while True:
+        while self._running:
             try:
                 if not await self.pull_once(url):
                     return

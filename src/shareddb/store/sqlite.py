@@ -16,7 +16,6 @@ import os
 import queue
 import sqlite3
 import threading
-import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -88,6 +87,14 @@ class _Op:
     purge: tuple[int, str] | None = None  # (max seq, version bound) of tombstones to drop
 
 
+@dataclass(frozen=True, slots=True)
+class _State:
+    seq: int
+    live: int
+    clock_high: int
+    buckets: tuple[int, ...]
+
+
 class RecordCache:
     """Recently read or written records, so hot reads skip SQLite entirely.
 
@@ -152,10 +159,11 @@ class SQLiteStore:
         self._clock_source = clock_high
         self._synchronous = synchronous
         self._instance = ""
-        self._seq = 0
-        self._live = 0
-        self._clock_high = 0
-        self._buckets = [0] * DIGEST_BUCKETS
+        # What the event loop sees (`_state`) is replaced whole after each commit, in `_resolve`;
+        # the writer thread works ahead on `_written`. Neither is ever changed in place.
+        self._state = _State(0, 0, 0, (0,) * DIGEST_BUCKETS)
+        self._written = self._state
+        self._stopping = threading.Event()
         self._queue: queue.SimpleQueue[tuple[_Op, asyncio.Future[Any]] | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._checkpointer: threading.Thread | None = None
@@ -211,11 +219,12 @@ class SQLiteStore:
             db.execute("INSERT INTO meta (name, value) VALUES ('instance', ?)", (meta["instance"],))
         db.execute("COMMIT")
         self._instance = meta["instance"]
-        self._seq = int(meta.get("seq", 0))
-        self._live = int(meta.get("live", 0))
-        self._clock_high = int(meta.get("hlc", 0))
+        buckets = [0] * DIGEST_BUCKETS
         for bucket, digest in db.execute("SELECT bucket, hash FROM digest"):
-            self._buckets[bucket] = int.from_bytes(digest, "big")
+            buckets[bucket] = int.from_bytes(digest, "big")
+        self._state = self._written = _State(
+            int(meta.get("seq", 0)), int(meta.get("live", 0)), int(meta.get("hlc", 0)), tuple(buckets)
+        )
         return db
 
     async def close(self) -> None:
@@ -226,6 +235,7 @@ class SQLiteStore:
             self._queue.put(None)  # the writer commits everything queued before this, then stops
             await asyncio.to_thread(self._writer.join)
         if self._checkpointer is not None:
+            self._stopping.set()
             self._checkpoint_due.set()
             await asyncio.to_thread(self._checkpointer.join)
         loop = asyncio.get_running_loop()
@@ -244,11 +254,11 @@ class SQLiteStore:
 
     @property
     def last_seq(self) -> int:
-        return self._seq
+        return self._state.seq
 
     @property
     def clock_high(self) -> int:
-        return self._clock_high
+        return self._state.clock_high
 
     def _reader(self) -> sqlite3.Connection:
         if self._point is None or self._closing:
@@ -297,7 +307,7 @@ class SQLiteStore:
     async def wait_for_changes(self, seq: int, timeout: float) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while self._seq <= seq and (remaining := deadline - loop.time()) > 0:
+        while self._state.seq <= seq and (remaining := deadline - loop.time()) > 0:
             await self._signal.wait(remaining)
 
     async def bucket_versions(self, bucket: int) -> dict[str, str]:
@@ -310,7 +320,8 @@ class SQLiteStore:
         return {key: version for key, version in rows if bucket_of(key) == bucket}
 
     def digest(self) -> Digest:
-        return Digest(self._live, combine_buckets(self._buckets), tuple(self._buckets))
+        state = self._state
+        return Digest(state.live, combine_buckets(state.buckets), state.buckets)
 
     async def _in_reader(self, fn: Callable[..., Any], *args: Any) -> Any:
         if self._closing:
@@ -394,12 +405,12 @@ class SQLiteStore:
                     break
                 batch.append(item)
             try:
-                results, accepted = self._commit([op for op, _ in batch])
+                results, accepted, state = self._commit([op for op, _ in batch])
             except Exception as exc:
                 error = StoreUnavailable(f"write failed: {exc}")
                 self._loop.call_soon_threadsafe(self._fail, batch, error)
             else:
-                self._loop.call_soon_threadsafe(self._resolve, batch, results, accepted)
+                self._loop.call_soon_threadsafe(self._resolve, batch, results, accepted, state)
             self._checkpoint_due.set()
             if self._wal_size() > WAL_LIMIT:
                 with contextlib.suppress(sqlite3.Error):
@@ -419,8 +430,7 @@ class SQLiteStore:
         try:
             while True:
                 self._checkpoint_due.wait()
-                if not self._closing:
-                    time.sleep(CHECKPOINT_PAUSE)  # let a burst of commits pile up first
+                self._stopping.wait(CHECKPOINT_PAUSE)  # let a burst of commits pile up first
                 self._checkpoint_due.clear()
                 # `close` sets _closing before it sets the event, so this sees it either way.
                 if self._closing:
@@ -438,8 +448,11 @@ class SQLiteStore:
         batch: list[tuple[_Op, asyncio.Future[Any]]],
         results: list[object],
         accepted: list[Record],
+        state: _State,
     ) -> None:
-        """On the event loop, after a commit: refresh the cache, then answer the writers."""
+        """On the event loop, after a commit: publish the new state, refresh the cache, then
+        answer the writers."""
+        self._state = state
         for record in accepted:
             if record.version:
                 self._cache.put(record)
@@ -456,7 +469,7 @@ class SQLiteStore:
             if not future.done():
                 future.set_exception(error)
 
-    def _commit(self, ops: list[_Op]) -> tuple[list[object], list[Record]]:
+    def _commit(self, ops: list[_Op]) -> tuple[list[object], list[Record], _State]:
         """Runs on the writer thread: one transaction, one fsync, for the whole batch.
 
         It makes few SQLite calls per batch (one lookup per 500 keys, one executemany), because
@@ -464,14 +477,15 @@ class SQLiteStore:
         """
         db = self._wdb
         assert db is not None
-        clock_high = max(self._clock_high, self._clock_source())
+        base = self._written
+        clock_high = max(base.clock_high, self._clock_source())
         keys = {op.record.key for op in ops if op.record is not None}
         keys.update(r.key for op in ops for r in op.records)
         results: list[object] = []
         purges: list[tuple[int, tuple[int, str]]] = []
         db.execute("BEGIN IMMEDIATE")
         try:
-            plan = MergePlan(self._lookup(db, keys), self._seq, self._live, self._buckets)
+            plan = MergePlan(self._lookup(db, keys), base.seq, base.live, base.buckets)
             for op in ops:
                 if op.purge is not None:
                     purges.append((len(results), op.purge))
@@ -517,12 +531,11 @@ class SQLiteStore:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
-        self._seq = plan.seq
-        self._live = plan.live
-        self._clock_high = clock_high
+        buckets = list(base.buckets)
         for bucket, value in plan.buckets.items():
-            self._buckets[bucket] = value
-        return results, plan.accepted
+            buckets[bucket] = value
+        self._written = _State(plan.seq, plan.live, clock_high, tuple(buckets))
+        return results, plan.accepted, self._written
 
     @staticmethod
     def _lookup(db: sqlite3.Connection, keys: set[str]) -> dict[str, tuple[bool, str]]:

@@ -1,0 +1,61 @@
+"""The catalogue of scenarios: what each one sends, to which target, and which ones a run includes.
+
+Every figure is reported as a ratio against BASELINE measured in the same run, so the baseline is
+part of every selection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+BASELINE = "hello"
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    name: str
+    target: str  # "hello" | "node" | "cluster" | "etcd": which system receives the requests
+    script: str  # in bench/scripts
+    measures: str
+    writes: bool
+
+
+SCENARIOS: tuple[Scenario, ...] = (
+    Scenario("hello", "hello", "hello.lua", "GET / of a bare aiohttp app: the ceiling", False),
+    Scenario("get", "node", "kv_get.lua", "GET /v1/kv/{key}, a random preloaded key", False),
+    Scenario("seed_update", "node", "seed_update.lua", "GET /nodes/update?name=K&value=V (100 B)", True),
+    Scenario("put", "node", "kv_put.lua", "PUT /v1/kv/{key}, 100-byte body", True),
+    Scenario("cluster_put", "cluster", "kv_put.lua", "PUT /v1/kv/{key} on node 1 of --cluster N", True),
+    Scenario("etcd_put", "etcd", "etcd_v2_put.lua", "etcd v2 PUT /v2/keys/KEY, value=100 B", True),
+)
+
+NAMES = tuple(s.name for s in SCENARIOS)
+
+
+def select(
+    only: Iterable[str], cluster: int, etcd_reason: str | None
+) -> tuple[list[Scenario], list[str]]:
+    """The scenarios of one run, in catalogue order, and a note for each one left out and why.
+
+    `only` empty means every scenario that can run; the baseline is always included.
+    """
+    wanted = set(only)
+    unknown = wanted - set(NAMES)
+    if unknown:
+        raise ValueError(
+            f"unknown scenario {', '.join(sorted(unknown))}; choose from {', '.join(NAMES)}"
+        )
+    chosen, notes = [], []
+    for scenario in SCENARIOS:
+        if wanted and scenario.name not in wanted | {BASELINE}:
+            continue
+        if scenario.target == "cluster" and cluster < 2:
+            if scenario.name in wanted:
+                notes.append(f"{scenario.name} skipped: it needs --cluster N with N >= 2")
+            continue
+        if scenario.target == "etcd" and etcd_reason is not None:
+            notes.append(f"{scenario.name} skipped: {etcd_reason}")
+            continue
+        chosen.append(scenario)
+    return chosen, notes

@@ -1,0 +1,852 @@
+"""The Redis store: one Redis database per node, each batch written by one atomic Lua script.
+
+Writes are group-committed as in the SQLite store: they queue on the event loop, and one writer task
+commits whatever has queued, one batch at a time. A batch reads the stored versions of its keys (one
+round trip), is planned in Python by `MergePlan` (the LWW, sequence and digest rules every backend
+shares), and is written by one script call that also saves the sequence, live count, digest buckets,
+clock high-water mark, checkpoints and node meta. Redis runs a script atomically and its AOF keeps a
+script's effects as one MULTI/EXEC block (a torn one is dropped on load), so no crash leaves a record
+without its sequence number. Durability is that of the Redis: `appendonly yes` and `appendfsync
+always` make an acknowledged write survive a crash of the Redis host too.
+
+This node must be the only writer of its database. Each batch carries a fresh token and the script
+writes only while the stored token is the one this store committed last: that check-and-set runs in
+the same atomic step as the writes, so a second writer, or a Redis that lost writes, is detected and
+never written over. When the answer to a batch is lost (the connection broke after the script was
+sent), the outcome is settled before anything else is written: a fencing script either finds the
+batch's token (it committed) or replaces the old token (it never will).
+
+This module must not decide anything about merging: `MergePlan` does. Layout, under a prefix
+(`sdb:` by default):
+
+    meta    hash  instance, seq, live, hlc, batch (token), format
+    rec     hash  key -> version, or version NUL value for a live value (one HGET reads a record)
+    ver     hash  key -> "+version" (live) or "-version" (tombstone): what a batch plans from
+    seq     zset  key scored by its sequence number: the changes feed
+    live    zset  live keys, all scored 0: key order for scans (ZRANGEBYLEX, UTF-8 byte order)
+    tomb    zset  tombstoned keys scored by sequence: what a purge looks at
+    digest  hash  bucket -> 16-byte XOR of its record hashes
+    cp      hash  peer -> "seq instance" (checkpoints)
+    node    hash  the node's own metadata (set_meta / get_meta), apart from the store's meta
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import urllib.parse
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple, cast
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisError
+
+from shareddb.record import Record
+from shareddb.store.base import (
+    DIGEST_BUCKETS,
+    Change,
+    ChangeSignal,
+    Checkpoint,
+    Digest,
+    MergePlan,
+    Outcome,
+    StoreUnavailable,
+    bucket_of,
+    combine_buckets,
+)
+from shareddb.store.sqlite import RecordCache, prefix_end
+
+log = logging.getLogger("shareddb.store")
+
+FORMAT = "1"
+DEFAULT_PREFIX = "sdb:"
+MAX_BATCH = 4096
+MAX_BATCH_BYTES = 32 * 1024 * 1024  # one script call; Redis refuses requests past 512 MiB
+CHUNK = 1000  # keys per command when reading many (purge candidates, bucket listings)
+MAX_CONNECTIONS = 32
+SOCKET_TIMEOUT = 5.0  # a Redis that stops answering fails calls with 503 after this long
+CONNECT_TIMEOUT = 2.0
+MIN_REDIS = (7, 0)  # script flags (`#!lua`): an OOM Redis refuses a write script before it starts
+
+ENCODING_ERRORS = "surrogatepass"  # reads only: a key that cannot be stored is simply not found
+
+
+class _Keys(NamedTuple):
+    """The store's Redis keys, in the order the WRITE script takes them as KEYS."""
+
+    meta: bytes
+    rec: bytes
+    ver: bytes
+    seq: bytes
+    live: bytes
+    tomb: bytes
+    digest: bytes
+    cp: bytes
+    node: bytes
+
+    @classmethod
+    def under(cls, prefix: str) -> _Keys:
+        return cls(*((prefix + name).encode("utf-8") for name in cls._fields))
+
+
+_TYPES = ("hash", "hash", "hash", "zset", "zset", "zset", "hash", "hash", "hash")  # of each _Keys
+
+# Create the store's meta unless it exists; answer the meta either way.
+CREATE = """#!lua
+if redis.call('HEXISTS', KEYS[1], 'instance') == 0 then
+  redis.call('HSET', KEYS[1], 'instance', ARGV[1], 'batch', ARGV[2], 'format', ARGV[3],
+             'seq', '0', 'live', '0', 'hlc', '0')
+end
+return redis.call('HGETALL', KEYS[1])
+"""
+
+# One planned batch. ARGV: expected token, new token, seq, live, hlc, then five sections, each a
+# count followed by its items: live rows (key, record, version, seq), tombstones (key, version,
+# seq), purged keys, digest buckets (bucket, hash), checkpoints (peer, value), node meta (name,
+# value). Every check comes before the first write: a script that fails part-way would keep the
+# writes it made, so nothing in the write part can fail on a well-formed store.
+WRITE = (
+    """#!lua
+local types = {"""
+    + ", ".join(f"'{t}'" for t in _TYPES)
+    + """}
+for i, want in ipairs(types) do
+  local found = redis.call('TYPE', KEYS[i])['ok']
+  if found ~= 'none' and found ~= want then
+    return redis.error_reply('WRONGTYPE ' .. KEYS[i] .. ' is a ' .. found .. ', not a ' .. want)
+  end
+end
+if redis.call('HGET', KEYS[1], 'batch') ~= ARGV[1] then
+  return redis.error_reply('STALE the store was changed by another writer')
+end
+local meta, rec, ver, seq, live, tomb, digest, cp, node = unpack(KEYS)
+local n = 6
+local function count()  -- the count that starts the next section; n moves to its first item
+  n = n + 1
+  return tonumber(ARGV[n - 1])
+end
+for _ = 1, count() do
+  local key = ARGV[n]
+  redis.call('HSET', rec, key, ARGV[n + 1])
+  redis.call('HSET', ver, key, '+' .. ARGV[n + 2])
+  redis.call('ZADD', seq, ARGV[n + 3], key)
+  redis.call('ZADD', live, 0, key)
+  redis.call('ZREM', tomb, key)
+  n = n + 4
+end
+for _ = 1, count() do
+  local key = ARGV[n]
+  redis.call('HSET', rec, key, ARGV[n + 1])
+  redis.call('HSET', ver, key, '-' .. ARGV[n + 1])
+  redis.call('ZADD', seq, ARGV[n + 2], key)
+  redis.call('ZREM', live, key)
+  redis.call('ZADD', tomb, ARGV[n + 2], key)
+  n = n + 3
+end
+for _ = 1, count() do
+  local key = ARGV[n]
+  redis.call('HDEL', rec, key)
+  redis.call('HDEL', ver, key)
+  redis.call('ZREM', seq, key)
+  redis.call('ZREM', live, key)
+  redis.call('ZREM', tomb, key)
+  n = n + 1
+end
+for _, target in ipairs({digest, cp, node}) do
+  for _ = 1, count() do
+    redis.call('HSET', target, ARGV[n], ARGV[n + 1])
+    n = n + 2
+  end
+end
+redis.call('HSET', meta, 'seq', ARGV[3], 'live', ARGV[4], 'hlc', ARGV[5], 'batch', ARGV[2])
+return 1
+"""
+)
+
+# Settle a batch whose answer was lost. ARGV: the token before it, its token, a fence token. It
+# must run when the write could not (Redis out of memory): it writes one short field.
+FENCE = """#!lua flags=allow-oom
+local current = redis.call('HGET', KEYS[1], 'batch')
+if current == ARGV[2] then
+  return 'committed'
+end
+if current == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'batch', ARGV[3])
+  return 'fenced'
+end
+return 'foreign'
+"""
+
+# Members of a zset in a score range with their scores and records, read atomically.
+# KEYS: zset, rec. ARGV: min, max, offset, count. Answers key, score, record, key, ...
+BY_SCORE = """#!lua flags=no-writes
+local found = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[2], 'WITHSCORES', 'LIMIT',
+                         ARGV[3], ARGV[4])
+local out = {}
+for i = 1, #found, 2 do
+  out[#out + 1] = found[i]
+  out[#out + 1] = found[i + 1]
+  out[#out + 1] = redis.call('HGET', KEYS[2], found[i])
+end
+return out
+"""
+
+# Live keys in a lex range with their records, read atomically. KEYS: live, rec.
+# ARGV: min, max, count. Answers key, record, key, record, ...
+SCAN = """#!lua flags=no-writes
+local keys = redis.call('ZRANGEBYLEX', KEYS[1], ARGV[1], ARGV[2], 'LIMIT', 0, ARGV[3])
+local out = {}
+for i, key in ipairs(keys) do
+  out[2 * i - 1] = key
+  out[2 * i] = redis.call('HGET', KEYS[2], key)
+end
+return out
+"""
+
+
+def check_redis_url(url: str) -> None:
+    """Raise ValueError with a one-line reason unless `url` is redis://[:PASSWORD@]HOST[:PORT][/DB]."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"{exc}; expected redis://HOST:PORT/DB") from None
+    if parts.scheme not in ("redis", "rediss"):
+        raise ValueError("expected redis://HOST:PORT/DB")
+    if not parts.hostname:
+        raise ValueError("no host in the URL; expected redis://HOST:PORT/DB")
+    if port is not None and not 0 < port < 65536:
+        raise ValueError(f"port {port} is not in 1..65535")
+    db = parts.path.removeprefix("/")
+    if db and not db.isdigit():
+        raise ValueError(f"database {db!r} is not a number; expected redis://HOST:PORT/DB")
+
+
+def redact_url(url: str) -> str:
+    """`url` without its password, for messages and logs (never raises)."""
+    scheme, sep, rest = url.partition("://")
+    authority, slash, path = rest.partition("/")
+    userinfo, at, host = authority.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return url
+    user = userinfo.partition(":")[0]
+    return f"{scheme}://{user}:***@{host}{slash}{path}"
+
+
+@dataclass(slots=True)
+class _Op:
+    record: Record | None = None  # a client write
+    records: Sequence[Record] = ()  # a batch from a peer
+    checkpoint: Checkpoint | None = None
+    meta: tuple[str, str] | None = None
+    purge: tuple[int, str] | None = None  # (max seq, version bound) of tombstones to drop
+
+    def size(self) -> int:
+        records = (self.record,) if self.record is not None else self.records
+        return sum(len(r.key) + len(r.value or "") + 64 for r in records) + 64
+
+    def unstorable(self) -> str | None:
+        """Why this op cannot be written (text that is not valid UTF-8), or None."""
+        texts: list[str] = []
+        for record in (self.record,) if self.record is not None else self.records:
+            texts += (record.key, record.version, record.value or "")
+        if self.checkpoint is not None:
+            texts += (self.checkpoint.peer, self.checkpoint.instance)
+        if self.meta is not None:
+            texts += self.meta
+        try:
+            for text in texts:
+                text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return str(exc)
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    """What a written batch changes in memory once it is known to be committed."""
+
+    before: str  # the token it expected
+    token: str
+    seq: int
+    live: int
+    clock_high: int
+    buckets: dict[int, int]
+
+
+class RedisStore:
+    """A `Store` in one Redis database. See the module docstring for the layout and the rules."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        clock_high: Callable[[], int] = lambda: 0,
+        prefix: str = DEFAULT_PREFIX,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
+        check_redis_url(url)
+        self.url = url
+        self._clock_source = clock_high
+        self._keys = _Keys.under(prefix)
+        self._max_connections = max_connections
+        self._client: Redis | None = None
+        self._execute: Callable[..., Awaitable[Any]] = _not_open
+        self._instance = ""
+        self._token = ""
+        self._seq = 0
+        self._live = 0
+        self._clock_high = 0
+        self._buckets = [0] * DIGEST_BUCKETS
+        self._shas: dict[str, str] = {}
+        self._queue: collections.deque[tuple[_Op, asyncio.Future[Any]]] = collections.deque()
+        self._wake = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._closing = False
+        self._unsettled: _Batch | None = None  # written, but its answer was lost
+        self._lost: str | None = None  # set once the Redis no longer holds this store
+        self._reachable = True  # False from a failed call until the next one that works
+        self._signal = ChangeSignal()
+        self._cache = RecordCache()
+        self._generation = 0  # bumped whenever the cache is updated or dropped
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect, check the server, and load (or create) the store. StoreUnavailable when the
+        Redis cannot be reached or does not hold a store this version can use."""
+        pool = BlockingConnectionPool.from_url(
+            self.url,
+            max_connections=self._max_connections,
+            timeout=SOCKET_TIMEOUT,
+            socket_timeout=SOCKET_TIMEOUT,
+            socket_connect_timeout=CONNECT_TIMEOUT,
+            # One retry, on a broken connection only: a pooled connection that died while Redis
+            # restarted is replaced at once. Retrying a write script is safe (see _settle).
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+            redis_connect_func=self._on_connect,
+        )
+        self._client = Redis(connection_pool=pool)
+        # redis-py leaves execute_command unannotated; every command here goes through it.
+        self._execute = cast(Callable[..., Awaitable[Any]], self._client.execute_command)
+        where = redact_url(self.url)
+        try:
+            info = await self._client.info()
+            version = str(info.get("redis_version", "0"))
+            numbers = tuple(int(part) for part in version.split(".")[:2] if part.isdigit())
+            if numbers < MIN_REDIS:
+                raise StoreUnavailable(f"Redis at {where} is version {version}; 7.0 or later is needed")
+            policy = str(info.get("maxmemory_policy", "noeviction"))
+            if policy.startswith("allkeys-"):
+                raise StoreUnavailable(
+                    f"Redis at {where} evicts keys when full (maxmemory-policy {policy}), which would "
+                    "drop records; set maxmemory-policy noeviction"
+                )
+            created = [uuid.uuid4().hex, uuid.uuid4().hex, FORMAT]
+            meta = _pairs(await self._script(CREATE, [self._keys.meta], created))
+            if meta.get("format") != FORMAT:
+                raise StoreUnavailable(
+                    f"Redis at {where} holds a store of format {meta.get('format')!r} under "
+                    f"{self._keys.meta.decode()!r}; this version of shareddb reads format {FORMAT}"
+                )
+            digest = _pairs(await self._execute("HGETALL", self._keys.digest), text=False)
+        except StoreUnavailable:
+            await self._disconnect()
+            raise
+        except (RedisError, OSError) as exc:
+            await self._disconnect()
+            raise StoreUnavailable(f"cannot use Redis at {where}: {_one_line(exc)}") from exc
+        self._instance = meta["instance"]
+        self._token = meta["batch"]
+        self._seq = int(meta["seq"])
+        self._live = int(meta["live"])
+        self._clock_high = int(meta["hlc"])
+        for bucket, value in digest.items():
+            self._buckets[int(bucket)] = int.from_bytes(value, "big")
+        self._writer = asyncio.get_running_loop().create_task(self._write_loop())
+
+    async def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._wake.set()
+        if self._writer is not None:
+            await self._writer  # it commits everything queued before close, then stops
+        await self._disconnect()
+
+    async def _disconnect(self) -> None:
+        if self._client is not None:
+            await self._client.connection_pool.disconnect()
+
+    async def _on_connect(self, connection: AbstractConnection) -> None:
+        """Every new connection checks that the Redis still holds this store before it is used:
+        a Redis that restarted empty (no persistence) or was flushed must not be read as if this
+        store were empty."""
+        await connection.on_connect()
+        if not self._instance:
+            return
+        await connection.send_command("HGET", self._keys.meta, "instance")
+        found = await connection.read_response()
+        if found != self._instance.encode():
+            self._lose(
+                f"Redis at {redact_url(self.url)} no longer holds this node's store (instance "
+                f"{self._instance} is gone: flushed, or restarted without persistence); restart "
+                "the node to begin a new store there"
+            )
+            raise RedisConnectionError(self._lost)
+
+    def _lose(self, reason: str) -> None:
+        if self._lost is None:
+            self._lost = reason
+            log.error("store unusable: %s", reason)
+        self._drop_cache()
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    @property
+    def instance_id(self) -> str:
+        return self._instance
+
+    @property
+    def last_seq(self) -> int:
+        return self._seq
+
+    @property
+    def clock_high(self) -> int:
+        return self._clock_high
+
+    def _check_usable(self) -> None:
+        if self._client is None or self._closing:
+            raise StoreUnavailable("the store is closed")
+        if self._lost is not None:
+            raise StoreUnavailable(self._lost)
+
+    async def _command(self, *args: Any) -> Any:
+        self._check_usable()
+        try:
+            found = await self._execute(*args)
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(exc) from exc
+        self._reachable = True
+        return found
+
+    async def _script(self, script: str, keys: Sequence[bytes], args: Sequence[object]) -> Any:
+        """Run a script by its SHA, loading it first when this Redis does not know it (a Redis
+        does not keep scripts across restarts). Raises what the client raises."""
+        sha = self._shas.get(script)
+        if sha is not None:
+            try:
+                return await self._execute("EVALSHA", sha, len(keys), *keys, *args)
+            except NoScriptError:
+                pass
+        sha = str(await self._execute("SCRIPT LOAD", script))
+        self._shas[script] = sha
+        return await self._execute("EVALSHA", sha, len(keys), *keys, *args)
+
+    async def _read_script(self, script: str, keys: Sequence[bytes], args: Sequence[object]) -> Any:
+        self._check_usable()
+        try:
+            found = await self._script(script, keys, args)
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(exc) from exc
+        self._reachable = True
+        return found
+
+    def _unavailable(self, exc: BaseException) -> StoreUnavailable:
+        self._reachable = False
+        if self._lost is not None:
+            return StoreUnavailable(self._lost)
+        return StoreUnavailable(f"Redis at {redact_url(self.url)}: {_one_line(exc)}")
+
+    async def get(self, key: str) -> Record | None:
+        self._check_usable()
+        # While Redis is known to be away, every call fails alike, cached or not.
+        record = self._cache.get(key) if self._reachable else None
+        if record is not None:
+            return record
+        generation = self._generation
+        raw = await self._command("HGET", self._keys.rec, key.encode("utf-8", ENCODING_ERRORS))
+        if raw is None:
+            return None
+        record = _record(key, raw)
+        # A batch that committed while this read was in flight may have cached a newer record.
+        if generation == self._generation:
+            self._cache.put(record)
+        return record
+
+    async def checkpoint(self, peer: str) -> Checkpoint | None:
+        raw = await self._command("HGET", self._keys.cp, peer.encode("utf-8", ENCODING_ERRORS))
+        if raw is None:
+            return None
+        seq, _, instance = bytes(raw).decode("utf-8").partition(" ")
+        return Checkpoint(peer, instance, int(seq))
+
+    async def get_meta(self, name: str) -> str | None:
+        raw = await self._command("HGET", self._keys.node, name.encode("utf-8", ENCODING_ERRORS))
+        return None if raw is None else bytes(raw).decode("utf-8")
+
+    async def scan(self, prefix: str, after: str | None, limit: int) -> list[Record]:
+        if limit <= 0:
+            self._check_usable()
+            return []
+        if after is not None and after >= prefix:
+            low = b"(" + after.encode("utf-8", ENCODING_ERRORS)
+        elif prefix:
+            low = b"[" + prefix.encode("utf-8", ENCODING_ERRORS)
+        else:
+            low = b"-"
+        end = prefix_end(prefix)
+        high = b"+" if end is None else b"(" + end.encode("utf-8", ENCODING_ERRORS)
+        flat = await self._read_script(SCAN, [self._keys.live, self._keys.rec], [low, high, limit])
+        records = [_record(bytes(flat[i]).decode("utf-8"), flat[i + 1]) for i in range(0, len(flat), 2)]
+        return [record for record in records if record.value is not None]
+
+    async def changes_since(self, seq: int, limit: int) -> list[Change]:
+        if limit <= 0:
+            self._check_usable()
+            return []
+        flat = await self._read_script(
+            BY_SCORE, [self._keys.seq, self._keys.rec], [f"({seq}", "+inf", 0, limit]
+        )
+        return [
+            Change(_score(flat[i + 1]), _record(bytes(flat[i]).decode("utf-8"), flat[i + 2]))
+            for i in range(0, len(flat), 3)
+        ]
+
+    async def wait_for_changes(self, seq: int, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._seq <= seq and (remaining := deadline - loop.time()) > 0:
+            await self._signal.wait(remaining)
+
+    async def bucket_versions(self, bucket: int) -> dict[str, str]:
+        found: dict[str, str] = {}
+        cursor = 0
+        while True:
+            cursor, items = await self._command("HSCAN", self._keys.ver, cursor, "COUNT", CHUNK)
+            for raw_key, raw_version in _hash_items(items):
+                key = raw_key.decode("utf-8")
+                if bucket_of(key) == bucket:
+                    found[key] = raw_version[1:].decode("ascii")
+            if int(cursor) == 0:
+                return found
+
+    def digest(self) -> Digest:
+        return Digest(self._live, combine_buckets(self._buckets), tuple(self._buckets))
+
+    # -- writes --------------------------------------------------------------------------------
+
+    async def write(self, record: Record) -> Outcome:
+        result: Outcome = await self._enqueue(_Op(record=record))
+        return result
+
+    async def apply(self, records: Sequence[Record], checkpoint: Checkpoint | None = None) -> int:
+        result: int = await self._enqueue(_Op(records=records, checkpoint=checkpoint))
+        return result
+
+    async def set_meta(self, name: str, value: str) -> None:
+        await self._enqueue(_Op(meta=(name, value)))
+
+    async def purge_tombstones(self, max_seq: int, before: str) -> int:
+        purged: int = await self._enqueue(_Op(purge=(max_seq, before)))
+        return purged
+
+    def _enqueue(self, op: _Op) -> asyncio.Future[Any]:
+        self._check_usable()
+        if self._writer is None:
+            raise StoreUnavailable("the store is not open")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append((op, future))
+        self._wake.set()
+        return future
+
+    async def _write_loop(self) -> None:
+        """The writer task: commit whatever has queued up, one script call per batch.
+
+        While one batch is in flight the next one queues up, so the batch size grows with the
+        load (the group commit). After `close` it commits what was queued before, then stops.
+        """
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            batch = [self._queue.popleft()]
+            size = batch[0][0].size()
+            while self._queue and len(batch) < MAX_BATCH:
+                size += self._queue[0][0].size()
+                if size > MAX_BATCH_BYTES:
+                    break
+                batch.append(self._queue.popleft())
+            try:
+                results, accepted = await self._commit([op for op, _ in batch])
+            except StoreUnavailable as exc:
+                _fail(batch, exc)
+            except Exception as exc:
+                log.exception("write batch failed")
+                _fail(batch, StoreUnavailable(f"write failed: {_one_line(exc)}"))
+            else:
+                self._resolve(batch, results, accepted)
+
+    def _resolve(
+        self,
+        batch: list[tuple[_Op, asyncio.Future[Any]]],
+        results: list[object],
+        accepted: list[Record],
+    ) -> None:
+        """After a commit: refresh the cache, then answer the writers."""
+        self._generation += 1
+        for record in accepted:
+            if record.version:
+                self._cache.put(record)
+            else:  # a purged tombstone
+                self._cache.discard(record.key)
+        for (_, future), result in zip(batch, results, strict=True):
+            if future.done():
+                continue
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+        self._signal.notify()
+
+    async def _commit(self, ops: list[_Op]) -> tuple[list[object], list[Record]]:
+        """Plan one batch against the stored versions and write it in one script call."""
+        self._check_usable()
+        if self._unsettled is not None:
+            await self._settle()
+        results: list[object] = [None] * len(ops)
+        usable: list[int] = []
+        for index, op in enumerate(ops):
+            if (error := op.unstorable()) is not None:
+                results[index] = StoreUnavailable(f"cannot store this: {error}")
+            else:
+                usable.append(index)
+        keys = {record.key for i in usable if (record := ops[i].record) is not None}
+        keys.update(r.key for i in usable for r in ops[i].records)
+        purges = [(i, purge) for i in usable if (purge := ops[i].purge) is not None]
+        try:
+            current = await self._versions(keys)
+            tombstones = await self._tombstones(max(p[0] for _, p in purges)) if purges else {}
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(exc) from exc
+
+        plan = MergePlan(current, self._seq, self._live, self._buckets)
+        checkpoints: dict[str, str] = {}
+        node_meta: dict[str, str] = {}
+        for index in usable:
+            op = ops[index]
+            if op.purge is not None:
+                results[index] = 0
+            elif op.record is not None:
+                results[index] = plan.merge(op.record, only_over_live=True)
+            elif op.meta is not None:
+                node_meta[op.meta[0]] = op.meta[1]
+            else:
+                won = 0
+                for record in op.records:
+                    won += plan.merge(record) is not Outcome.SUPERSEDED
+                if op.checkpoint is not None:
+                    cp = op.checkpoint
+                    checkpoints[cp.peer] = f"{cp.seq} {cp.instance}"
+                results[index] = won
+        purged = self._purge(plan, purges, tombstones, results)
+
+        batch = _Batch(
+            before=self._token,
+            token=uuid.uuid4().hex,
+            seq=plan.seq,
+            live=plan.live,
+            clock_high=max(self._clock_high, self._clock_source()),
+            buckets=plan.buckets,
+        )
+        args = _write_args(batch, plan, purged, checkpoints, node_meta)
+        try:
+            await self._script(WRITE, self._keys, args)
+        except (RedisError, OSError) as exc:
+            self._unsettled = batch
+            self._drop_cache()
+            if not await self._settle():
+                raise self._unavailable(exc) from exc
+        else:
+            self._adopt(batch)
+        self._reachable = True
+        return results, plan.accepted
+
+    async def _versions(self, keys: set[str]) -> dict[str, tuple[bool, str]]:
+        """The stored (live, version) of each of `keys` that exists: one round trip."""
+        if not keys:
+            return {}
+        ordered = list(keys)
+        found = await self._execute("HMGET", self._keys.ver, *(key.encode("utf-8") for key in ordered))
+        return {
+            key: (raw[:1] == b"+", raw[1:].decode("ascii"))
+            for key, raw in zip(ordered, found, strict=True)
+            if raw is not None
+        }
+
+    async def _tombstones(self, max_seq: int) -> dict[str, tuple[int, str]]:
+        """Key -> (seq, version) of every tombstone at or below `max_seq`."""
+        found: dict[str, tuple[int, str]] = {}
+        offset = 0
+        while True:
+            flat = await self._script(
+                BY_SCORE, [self._keys.tomb, self._keys.rec], ["-inf", max_seq, offset, CHUNK]
+            )
+            for i in range(0, len(flat), 3):
+                found[bytes(flat[i]).decode("utf-8")] = (
+                    _score(flat[i + 1]),
+                    bytes(flat[i + 2]).decode(),
+                )
+            if len(flat) < 3 * CHUNK:
+                return found
+            offset += CHUNK
+
+    @staticmethod
+    def _purge(
+        plan: MergePlan,
+        purges: list[tuple[int, tuple[int, str]]],
+        stored: dict[str, tuple[int, str]],
+        results: list[object],
+    ) -> list[str]:
+        """Drop the tombstones the purges ask for, as they stand after the batch's merges (as the
+        SQLite store does in its transaction). Returns the keys to delete."""
+        if not purges:
+            return []
+        candidates = dict(stored)
+        for key, (_, value, version, seq) in plan.rows.items():
+            if value is None:
+                candidates[key] = (seq, version)
+            else:
+                candidates.pop(key, None)
+        purged: list[str] = []
+        for index, (max_seq, before) in purges:
+            doomed = [(k, v) for k, (s, v) in candidates.items() if s <= max_seq and v < before]
+            for key, version in doomed:
+                del candidates[key]
+                plan.forget(key, version)
+                plan.rows.pop(key, None)
+                purged.append(key)
+                plan.accepted.append(Record(key, None, ""))
+            results[index] = len(doomed)
+        return purged
+
+    def _adopt(self, batch: _Batch) -> None:
+        self._token = batch.token
+        self._seq = batch.seq
+        self._live = batch.live
+        self._clock_high = batch.clock_high
+        for bucket, value in batch.buckets.items():
+            self._buckets[bucket] = value
+
+    def _drop_cache(self) -> None:
+        self._cache = RecordCache()
+        self._generation += 1
+
+    async def _settle(self) -> bool:
+        """Find out whether the unsettled batch committed, and make sure it never commits later.
+
+        Its script may still be on its way to Redis (a retried call, a socket being drained).
+        The fence script replaces the token that batch expects, so from then on it cannot write;
+        if the token is already that batch's own, the batch committed. True when it committed.
+        """
+        batch = self._unsettled
+        assert batch is not None
+        fence = uuid.uuid4().hex
+        try:
+            outcome = await self._script(FENCE, [self._keys.meta], [batch.before, batch.token, fence])
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(
+                f"Redis at {redact_url(self.url)}: {_one_line(exc)} (the outcome of the last write "
+                "batch is not known yet)"
+            ) from exc
+        self._unsettled = None
+        if outcome == b"committed":
+            self._adopt(batch)
+            self._signal.notify()
+            return True
+        if outcome == b"fenced":
+            self._token = fence
+            return False
+        self._lose(
+            f"Redis at {redact_url(self.url)} was written by someone else, or lost writes this "
+            "node had made (its batch token is not one this node wrote); this node stops using it"
+        )
+        raise StoreUnavailable(self._lost)
+
+
+def _write_args(
+    batch: _Batch,
+    plan: MergePlan,
+    purged: list[str],
+    checkpoints: dict[str, str],
+    node_meta: dict[str, str],
+) -> list[object]:
+    """The ARGV of the WRITE script."""
+    live: list[object] = []
+    dead: list[object] = []
+    for key, value, version, seq in plan.rows.values():
+        encoded = version.encode("utf-8")
+        if value is None:
+            dead += (key.encode("utf-8"), encoded, seq)
+        else:
+            live += (key.encode("utf-8"), encoded + b"\0" + value.encode("utf-8"), encoded, seq)
+    args: list[object] = [batch.before, batch.token, batch.seq, batch.live, batch.clock_high]
+    args += (len(live) // 4, *live, len(dead) // 3, *dead)
+    args += (len(purged), *(key.encode("utf-8") for key in purged))
+    args.append(len(batch.buckets))
+    for bucket, digest in batch.buckets.items():
+        args += (bucket, digest.to_bytes(16, "big"))
+    for section in (checkpoints, node_meta):
+        args.append(len(section))
+        for name, text in section.items():
+            args += (name.encode("utf-8"), text.encode("utf-8"))
+    return args
+
+
+def _record(key: str, raw: bytes) -> Record:
+    version, live, value = bytes(raw).partition(b"\0")
+    return Record(key, value.decode("utf-8") if live else None, version.decode("ascii"))
+
+
+def _score(raw: object) -> int:
+    text = raw.decode() if isinstance(raw, bytes) else str(raw)
+    return int(text) if text.isdigit() else int(float(text))
+
+
+def _pairs(flat: object, *, text: bool = True) -> dict[str, Any]:
+    """A hash reply (flat from a script, or a dict the client parsed), keys decoded; values
+    decoded too unless `text` is False."""
+    items = _hash_items(flat)
+    return {bytes(k).decode("utf-8"): bytes(v).decode("utf-8") if text else bytes(v) for k, v in items}
+
+
+def _hash_items(items: object) -> list[tuple[bytes, bytes]]:
+    """HSCAN's items, whether the client parsed them into a dict or left them flat."""
+    if isinstance(items, dict):
+        return list(items.items())
+    assert isinstance(items, list)
+    return [(items[i], items[i + 1]) for i in range(0, len(items), 2)]
+
+
+async def _not_open(*args: object) -> Any:
+    raise StoreUnavailable("the store is not open")
+
+
+def _fail(batch: list[tuple[_Op, asyncio.Future[Any]]], error: Exception) -> None:
+    for _, future in batch:
+        if not future.done():
+            future.set_exception(error)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__

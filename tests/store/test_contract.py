@@ -1,0 +1,730 @@
+"""The Store contract (store/base.py), run against every backend.
+
+A backend joins the suite with one line in BACKENDS: a function that makes a not-yet-opened store at
+a location (a fresh directory per store) with a given HLC high-water source. Opening the same
+location again must reopen the same data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
+
+import pytest
+
+from shareddb.clock import HybridClock
+from shareddb.record import Record, make_version
+from shareddb.store.base import Change, Checkpoint, Outcome, Store, StoreUnavailable
+from shareddb.store.redis import RedisStore
+from shareddb.store.sqlite import SQLiteStore
+from tests.redis_server import store_url
+
+ClockSource = Callable[[], int]
+
+BACKENDS: dict[str, Callable[[Path, ClockSource], Store]] = {
+    "sqlite": lambda where, clock: SQLiteStore(where / "db.sqlite3", clock_high=clock),
+    "redis": lambda where, clock: RedisStore(store_url(where), clock_high=clock),
+}
+
+WALL = 1_700_000_000_000
+
+
+def v(hlc: int, node: str = "n1") -> str:
+    """A version; tests pick small clock values so the order is easy to read."""
+    return make_version(hlc, node)
+
+
+def put(key: str, value: str, hlc: int, node: str = "n1") -> Record:
+    return Record(key, value, v(hlc, node))
+
+
+def tomb(key: str, hlc: int, node: str = "n1") -> Record:
+    return Record(key, None, v(hlc, node))
+
+
+class Stores:
+    """Opens stores of one backend under tmp_path, and closes every one at the end of the test."""
+
+    def __init__(self, backend: str, root: Path) -> None:
+        self.backend = backend
+        self.root = root
+        self._open: list[Store] = []
+
+    async def open(self, name: str = "a", clock: ClockSource = lambda: 0) -> Store:
+        where = self.root / name
+        where.mkdir(exist_ok=True)
+        store = BACKENDS[self.backend](where, clock)
+        await store.open()
+        self._open.append(store)
+        return store
+
+    async def close(self, store: Store) -> None:
+        self._open.remove(store)
+        await store.close()
+
+    async def reopen(self, store: Store, name: str = "a", clock: ClockSource = lambda: 0) -> Store:
+        await self.close(store)
+        return await self.open(name, clock)
+
+    async def close_all(self) -> None:
+        opened, self._open = self._open, []
+        await asyncio.gather(*(store.close() for store in opened))
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+async def stores(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Stores]:
+    opened = Stores(request.param, tmp_path)
+    yield opened
+    await opened.close_all()
+
+
+@pytest.fixture
+async def store(stores: Stores) -> Store:
+    return await stores.open()
+
+
+async def state(store: Store, keys: Sequence[str]) -> dict[str, Record | None]:
+    return {key: await store.get(key) for key in keys}
+
+
+async def feed(store: Store) -> list[Change]:
+    return await store.changes_since(0, 1_000_000)
+
+
+# --- local writes -----------------------------------------------------------------------------
+
+
+async def test_write_of_a_new_key_is_created_and_readable(store: Store) -> None:
+    assert await store.write(put("k", "v1", 1)) is Outcome.CREATED
+    assert await store.get("k") == put("k", "v1", 1)
+
+
+async def test_write_over_a_live_value_is_updated(store: Store) -> None:
+    await store.write(put("k", "v1", 1))
+    assert await store.write(put("k", "v2", 2)) is Outcome.UPDATED
+    assert await store.get("k") == put("k", "v2", 2)
+
+
+async def test_delete_of_a_live_value_leaves_a_tombstone(store: Store) -> None:
+    await store.write(put("k", "v1", 1))
+    assert await store.write(tomb("k", 2)) is Outcome.DELETED
+    stored = await store.get("k")
+    assert stored == tomb("k", 2)
+    assert stored is not None
+    assert stored.deleted
+
+
+async def test_delete_of_a_never_written_key_is_not_found_and_writes_nothing(store: Store) -> None:
+    before = store.digest()
+    assert await store.write(tomb("k", 1)) is Outcome.NOT_FOUND
+    assert await store.get("k") is None
+    assert store.last_seq == 0
+    assert store.digest() == before
+    assert await feed(store) == []
+
+
+async def test_delete_of_a_deleted_key_is_not_found_and_keeps_the_first_tombstone(store: Store) -> None:
+    """Invariant 4: a deleted key stays deleted; the second delete writes nothing."""
+    await store.write(put("k", "v1", 1))
+    await store.write(tomb("k", 2))
+    seq = store.last_seq
+    assert await store.write(tomb("k", 3)) is Outcome.NOT_FOUND
+    assert await store.get("k") == tomb("k", 2)
+    assert store.last_seq == seq
+
+
+async def test_write_over_a_tombstone_is_created(store: Store) -> None:
+    await store.write(put("k", "v1", 1))
+    await store.write(tomb("k", 2))
+    assert await store.write(put("k", "v3", 3)) is Outcome.CREATED
+    assert await store.get("k") == put("k", "v3", 3)
+
+
+async def test_write_with_a_smaller_version_is_superseded_and_changes_nothing(store: Store) -> None:
+    """Invariant 3: the stored value is the greatest version written."""
+    await store.write(put("k", "new", 5))
+    seq, digest = store.last_seq, store.digest()
+    assert await store.write(put("k", "old", 4)) is Outcome.SUPERSEDED
+    assert await store.write(tomb("k", 4)) is Outcome.SUPERSEDED
+    assert await store.get("k") == put("k", "new", 5)
+    assert (store.last_seq, store.digest()) == (seq, digest)
+
+
+async def test_write_with_an_equal_version_is_superseded(store: Store) -> None:
+    """Writing the same record twice changes nothing (idempotent)."""
+    await store.write(put("k", "v", 5))
+    seq = store.last_seq
+    assert await store.write(put("k", "other", 5)) is Outcome.SUPERSEDED
+    assert await store.get("k") == put("k", "v", 5)
+    assert store.last_seq == seq
+
+
+async def test_tombstone_blocks_an_older_write(store: Store) -> None:
+    """Invariant 4: a deleted key never comes back through an older write."""
+    await store.write(put("k", "v", 1))
+    await store.write(tomb("k", 3))
+    assert await store.write(put("k", "stale", 2)) is Outcome.SUPERSEDED
+    assert await store.get("k") == tomb("k", 3)
+
+
+async def test_empty_value_is_a_live_value(store: Store) -> None:
+    assert await store.write(put("k", "", 1)) is Outcome.CREATED
+    stored = await store.get("k")
+    assert stored == put("k", "", 1)
+    assert stored is not None
+    assert not stored.deleted
+    assert store.digest().count == 1
+    assert await store.write(tomb("k", 2)) is Outcome.DELETED
+
+
+async def test_unicode_keys_and_values_round_trip(store: Store) -> None:
+    key, value = "ключ/😀 \t+&=#%", "значение\n\x00😀" + "é" * 1000
+    await store.write(Record(key, value, v(1)))
+    assert await store.get(key) == Record(key, value, v(1))
+    assert [r.key for r in await store.scan("", None, 10)] == [key]
+
+
+async def test_get_of_a_never_written_key_is_none(store: Store) -> None:
+    assert await store.get("nothing") is None
+
+
+# --- apply: merging records from peers --------------------------------------------------------
+
+HISTORY = [
+    put("a", "a1", 1),
+    put("a", "a2", 2, "n2"),
+    tomb("a", 3),
+    put("b", "b1", 1, "n2"),
+    put("b", "b2", 1, "n3"),  # same clock, greater node id: wins
+    put("c", "c1", 2),
+    tomb("d", 4),  # a tombstone for a key this store never saw
+    put("e", "e1", 5),
+    put("e", "e0", 4),
+]
+FINAL = {
+    "a": tomb("a", 3),
+    "b": put("b", "b2", 1, "n3"),
+    "c": put("c", "c1", 2),
+    "d": tomb("d", 4),
+    "e": put("e", "e1", 5),
+}
+
+
+async def test_apply_keeps_the_greatest_version_of_each_key(store: Store) -> None:
+    """Invariant 3: the final value of a key is the greatest version written."""
+    await store.apply(HISTORY)
+    assert await state(store, sorted(FINAL)) == FINAL
+    assert store.digest().count == 3  # b, c and e are live; a and d are tombstones
+    assert {r.key for r in await store.scan("", None, 100)} == {"b", "c", "e"}
+
+
+async def test_apply_returns_how_many_records_won(store: Store) -> None:
+    # a1 wins, a2 wins, a3 wins; b1 wins, b2 wins; c1; d tomb; e1 wins; e0 loses.
+    assert await store.apply(HISTORY) == 8
+    assert await store.apply(HISTORY) == 0
+
+
+async def test_apply_in_any_order_and_with_duplicates_reaches_the_same_state(stores: Stores) -> None:
+    """Invariant 2: applying is commutative and idempotent, so every delivery order converges."""
+    reference = await stores.open("reference")
+    await reference.apply(HISTORY)
+    rng = random.Random(20240607)
+    for attempt in range(6):
+        records = HISTORY + rng.sample(HISTORY, 4)  # duplicates
+        rng.shuffle(records)
+        other = await stores.open(f"shuffled-{attempt}")
+        cut = rng.randrange(1, len(records))
+        await other.apply(records[:cut])
+        await other.apply(records[cut:])
+        assert await state(other, sorted(FINAL)) == FINAL, f"order {records}"
+        assert other.digest() == reference.digest()
+
+
+async def test_apply_of_a_tombstone_for_an_unknown_key_stores_it(store: Store) -> None:
+    """Invariant 4: a delete is never undone by a store that missed the write before it."""
+    assert await store.apply([tomb("k", 5)]) == 1
+    assert await store.get("k") == tomb("k", 5)
+    assert await store.apply([put("k", "late", 4)]) == 0
+    assert await store.get("k") == tomb("k", 5)
+    assert store.digest().count == 0
+
+
+async def test_apply_with_a_checkpoint_saves_it(store: Store) -> None:
+    assert await store.checkpoint("peer-a") is None
+    await store.apply([put("k", "v", 1)], Checkpoint("peer-a", "inst-1", 7))
+    assert await store.checkpoint("peer-a") == Checkpoint("peer-a", "inst-1", 7)
+    assert await store.get("k") == put("k", "v", 1)
+
+
+async def test_checkpoint_is_saved_even_when_no_record_wins(store: Store) -> None:
+    await store.apply([put("k", "v", 5)])
+    assert await store.apply([put("k", "old", 1)], Checkpoint("peer-a", "inst-1", 9)) == 0
+    assert await store.checkpoint("peer-a") == Checkpoint("peer-a", "inst-1", 9)
+    assert await store.apply([], Checkpoint("peer-a", "inst-2", 1)) == 0
+    assert await store.checkpoint("peer-a") == Checkpoint("peer-a", "inst-2", 1)
+
+
+async def test_checkpoints_of_different_peers_are_kept_apart(store: Store) -> None:
+    await store.apply([], Checkpoint("peer-a", "ia", 3))
+    await store.apply([], Checkpoint("peer-b", "ib", 8))
+    assert await store.checkpoint("peer-a") == Checkpoint("peer-a", "ia", 3)
+    assert await store.checkpoint("peer-b") == Checkpoint("peer-b", "ib", 8)
+    assert await store.checkpoint("peer-c") is None
+
+
+async def test_failed_apply_changes_nothing_not_even_the_checkpoint(store: Store) -> None:
+    """Invariant 6 at the store: a batch with an unstorable record is refused as a whole."""
+    await store.apply([put("k", "v", 1)], Checkpoint("peer-a", "inst", 1))
+    seq, digest = store.last_seq, store.digest()
+    bad = Record("bad\ud800", "v", v(2))  # a lone surrogate cannot be encoded as UTF-8
+    with pytest.raises(Exception):  # noqa: B017, PT011 - the contract only promises "an exception"
+        await store.apply([put("k", "v2", 2), bad], Checkpoint("peer-a", "inst", 2))
+    assert await store.get("k") == put("k", "v", 1)
+    assert await store.checkpoint("peer-a") == Checkpoint("peer-a", "inst", 1)
+    assert (store.last_seq, store.digest()) == (seq, digest)
+    # and the store keeps working
+    assert await store.apply([put("k", "v3", 3)], Checkpoint("peer-a", "inst", 3)) == 1
+    assert await store.checkpoint("peer-a") == Checkpoint("peer-a", "inst", 3)
+
+
+# --- sequence numbers and the changes feed ----------------------------------------------------
+
+
+async def test_each_accepted_record_gets_the_next_sequence_number(store: Store) -> None:
+    """Invariant 5: the sequence never goes backwards; only accepted records move it."""
+    assert store.last_seq == 0
+    await store.write(put("a", "1", 1))
+    assert store.last_seq == 1
+    await store.write(put("a", "0", 0))  # superseded
+    await store.write(tomb("zz", 2))  # not found
+    assert store.last_seq == 1
+    await store.apply([put("b", "1", 3), put("a", "old", 0), put("c", "1", 4)])
+    assert store.last_seq == 3
+    await store.write(tomb("a", 5))
+    assert store.last_seq == 4
+
+
+async def test_feed_holds_one_entry_per_key_at_its_latest_sequence(store: Store) -> None:
+    await store.write(put("a", "1", 1))  # seq 1
+    await store.write(put("b", "1", 2))  # seq 2
+    await store.write(put("a", "2", 3))  # seq 3: a moves to the end
+    await store.write(tomb("b", 4))  # seq 4: the tombstone is in the feed
+    changes = await feed(store)
+    assert changes == [Change(3, put("a", "2", 3)), Change(4, tomb("b", 4))]
+
+
+async def test_feed_sequence_numbers_strictly_increase(store: Store) -> None:
+    await store.apply([put(f"k{i:03}", "v", i) for i in range(50)])
+    for i in range(0, 50, 3):
+        await store.write(put(f"k{i:03}", "w", 100 + i))
+    seqs = [change.seq for change in await feed(store)]
+    assert seqs == sorted(set(seqs))
+    assert seqs[-1] == store.last_seq == 50 + len(range(0, 50, 3))
+
+
+async def test_changes_since_returns_records_after_seq_in_order_up_to_limit(store: Store) -> None:
+    await store.apply([put(f"k{i}", "v", i) for i in range(1, 11)])
+    page = await store.changes_since(3, 4)
+    assert [c.seq for c in page] == [4, 5, 6, 7]
+    assert [c.record.key for c in page] == ["k4", "k5", "k6", "k7"]
+    assert [c.seq for c in await store.changes_since(7, 100)] == [8, 9, 10]
+    assert await store.changes_since(10, 100) == []
+    assert await store.changes_since(100, 100) == []
+
+
+async def test_paging_through_the_feed_yields_every_key_once(store: Store) -> None:
+    await store.apply([put(f"k{i:03}", "v", i) for i in range(1, 101)])
+    seen: list[str] = []
+    seq = 0
+    while page := await store.changes_since(seq, 7):
+        seen.extend(c.record.key for c in page)
+        seq = page[-1].seq
+    assert seen == [f"k{i:03}" for i in range(1, 101)]
+
+
+# --- scan -------------------------------------------------------------------------------------
+
+SCAN_KEYS = [
+    "a",
+    "a/b",
+    "ab",
+    "b",
+    "B",
+    "é",
+    "\ud7ffx",  # the last code point before the surrogates
+    "\ue000",  # the first one after them
+    "\uffff",
+    "😀",  # U+1F600: after U+FFFF by code point (before it in UTF-16 order)
+    "😀a",
+    "\U0010ffff",
+    "\U0010ffffz",
+]
+
+
+async def scan_keys(store: Store, prefix: str, after: str | None = None, limit: int = 1000) -> list[str]:
+    return [record.key for record in await store.scan(prefix, after, limit)]
+
+
+@pytest.fixture
+async def filled(store: Store) -> Store:
+    await store.apply([put(key, f"value of {key}", i + 1) for i, key in enumerate(SCAN_KEYS)])
+    await store.apply([put("gone", "x", 100), tomb("gone", 101), put("a/gone", "x", 100)])
+    await store.write(tomb("a/gone", 102))
+    return store
+
+
+async def test_scan_sorts_by_code_point_and_skips_tombstones(filled: Store) -> None:
+    keys = await scan_keys(filled, "")
+    assert keys == sorted(SCAN_KEYS)
+    assert keys.index("\uffff") < keys.index("😀")
+    assert "gone" not in keys
+    assert "a/gone" not in keys
+
+
+async def test_scan_returns_records_with_their_values_and_versions(filled: Store) -> None:
+    records = await filled.scan("a/", None, 10)
+    assert records == [put("a/b", "value of a/b", 2)]
+
+
+@pytest.mark.parametrize(
+    ("prefix", "expected"),
+    [
+        ("a", ["a", "a/b", "ab"]),
+        ("a/", ["a/b"]),
+        ("B", ["B"]),
+        ("é", ["é"]),
+        ("\ud7ff", ["\ud7ffx"]),
+        ("😀", ["😀", "😀a"]),
+        ("\U0010ffff", ["\U0010ffff", "\U0010ffffz"]),  # a prefix ending in U+10FFFF
+        ("c", []),
+        ("abc", []),
+    ],
+)
+async def test_scan_with_prefix_returns_only_keys_starting_with_it(
+    filled: Store, prefix: str, expected: list[str]
+) -> None:
+    assert await scan_keys(filled, prefix) == expected
+
+
+async def test_scan_with_a_multi_char_prefix_ending_in_the_last_code_point(store: Store) -> None:
+    keys = ["a\U0010ffff", "a\U0010ffff\U0010ffff", "a\U0010ffffb", "b", "a\U0010fffe"]
+    await store.apply([put(key, "v", i + 1) for i, key in enumerate(keys)])
+    assert await scan_keys(store, "a\U0010ffff") == [
+        "a\U0010ffff",
+        "a\U0010ffffb",
+        "a\U0010ffff\U0010ffff",
+    ]
+
+
+async def test_scan_after_starts_strictly_after_that_key(filled: Store) -> None:
+    assert await scan_keys(filled, "a", after="a") == ["a/b", "ab"]
+    assert await scan_keys(filled, "a", after="a/a") == ["a/b", "ab"]  # not itself a key
+    assert await scan_keys(filled, "a", after="ab") == []
+    assert await scan_keys(filled, "a", after="zzz") == []
+
+
+async def test_scan_after_below_the_prefix_starts_at_the_prefix(filled: Store) -> None:
+    assert await scan_keys(filled, "b", after="a") == ["b"]
+    assert await scan_keys(filled, "😀", after="") == ["😀", "😀a"]
+
+
+async def test_scan_limit_caps_the_page_and_paging_reaches_every_key(filled: Store) -> None:
+    assert await scan_keys(filled, "", limit=3) == sorted(SCAN_KEYS)[:3]
+    seen: list[str] = []
+    after: str | None = None
+    while page := await scan_keys(filled, "", after, limit=4):
+        seen.extend(page)
+        after = page[-1]
+    assert seen == sorted(SCAN_KEYS)
+
+
+# --- digest -----------------------------------------------------------------------------------
+
+
+async def test_digest_of_an_empty_store(stores: Stores) -> None:
+    one, two = await stores.open("one"), await stores.open("two")
+    assert one.digest().count == 0
+    assert one.digest().digest == two.digest().digest
+    assert len(one.digest().digest) == 32
+    int(one.digest().digest, 16)
+
+
+async def test_digest_is_equal_for_the_same_records_in_other_orders_and_batchings(
+    stores: Stores,
+) -> None:
+    """Invariant 2: equal data gives equal digests whatever the delivery order."""
+    one, two = await stores.open("one"), await stores.open("two")
+    records = [put(f"k{i % 37}", f"v{i}", i, f"n{i % 3}") for i in range(200)]
+    records += [tomb(f"k{i}", 1000 + i) for i in range(0, 37, 5)]
+    await one.apply(records)
+    shuffled = records[:]
+    random.Random(7).shuffle(shuffled)
+    for start in range(0, len(shuffled), 13):
+        await two.apply(shuffled[start : start + 13])
+    assert one.digest() == two.digest()
+    assert one.digest().count == 37 - len(range(0, 37, 5))
+
+
+async def test_digest_of_local_writes_equals_digest_of_the_same_records_applied(
+    stores: Stores,
+) -> None:
+    one, two = await stores.open("one"), await stores.open("two")
+    await one.write(put("k", "v", 1))
+    await one.write(put("j", "w", 2))
+    await one.write(tomb("k", 3))
+    await two.apply([tomb("k", 3), put("j", "w", 2)])
+    assert one.digest() == two.digest()
+
+
+async def test_digest_differs_when_one_version_differs(stores: Stores) -> None:
+    one, two = await stores.open("one"), await stores.open("two")
+    await one.apply([put("a", "v", 1), put("b", "v", 2)])
+    await two.apply([put("a", "v", 1), put("b", "v", 3)])
+    assert one.digest().digest != two.digest().digest
+    assert one.digest().count == two.digest().count == 2
+    await one.apply([put("b", "v", 3)])
+    assert one.digest() == two.digest()
+
+
+async def test_digest_counts_tombstones_in_the_hash_but_not_in_the_count(stores: Stores) -> None:
+    one, two = await stores.open("one"), await stores.open("two")
+    await one.apply([put("a", "v", 1)])
+    await two.apply([put("a", "v", 1), tomb("gone", 2)])
+    assert one.digest().count == two.digest().count == 1
+    assert one.digest().digest != two.digest().digest
+
+
+async def test_digest_count_is_the_number_of_live_keys(store: Store) -> None:
+    for i in range(5):
+        await store.write(put(f"k{i}", "v", i + 1))
+    await store.write(put("k0", "again", 10))
+    await store.write(tomb("k1", 11))
+    await store.write(tomb("missing", 12))
+    assert store.digest().count == 4
+
+
+# --- durability across reopen -----------------------------------------------------------------
+
+
+async def test_reopened_store_keeps_data_sequence_digest_and_instance(stores: Stores) -> None:
+    """Invariant 1 and 5: acknowledged writes and the sequence survive a restart."""
+    store = await stores.open()
+    await store.apply([put(f"k{i}", f"v{i}", i + 1) for i in range(20)], Checkpoint("p", "i", 4))
+    await store.write(tomb("k3", 100))
+    await store.set_meta("name", "value")
+    before = (store.instance_id, store.last_seq, store.digest(), await feed(store))
+    reopened = await stores.reopen(store)
+    after = (reopened.instance_id, reopened.last_seq, reopened.digest(), await feed(reopened))
+    assert after == before
+    assert await reopened.get("k3") == tomb("k3", 100)
+    assert await reopened.get("k7") == put("k7", "v7", 8)
+    assert await reopened.checkpoint("p") == Checkpoint("p", "i", 4)
+    assert await reopened.get_meta("name") == "value"
+    assert await reopened.write(put("new", "v", 200)) is Outcome.CREATED
+    assert reopened.last_seq == before[1] + 1
+
+
+async def test_clock_high_is_persisted_with_each_write_and_survives_reopen(stores: Stores) -> None:
+    """Invariant 5: a node's clock never goes backwards across restarts."""
+    clock = HybridClock()
+    store = await stores.open(clock=lambda: clock.last)
+    assert store.clock_high == 0
+    await store.write(Record("k", "v", make_version(clock.now(WALL), "n1")))
+    assert store.clock_high == clock.last
+    clock.observe(clock.last + 1000, WALL)  # the clock moves on before the next write
+    await store.write(Record("k", "w", make_version(clock.now(WALL), "n1")))
+    high = clock.last
+    assert store.clock_high == high
+    reopened = await stores.reopen(store, clock=lambda: 0)
+    assert reopened.clock_high == high
+    restored = HybridClock()
+    restored.restore(reopened.clock_high)
+    assert restored.now(WALL) > high
+
+
+async def test_clock_high_never_goes_backwards_when_the_source_does(stores: Stores) -> None:
+    """Invariant 5: a node's clock never goes backwards."""
+    source = [5_000]
+    store = await stores.open(clock=lambda: source[0])
+    await store.write(put("k", "v", 1))
+    assert store.clock_high == 5_000
+    source[0] = 10
+    await store.write(put("k", "w", 2))
+    assert store.clock_high == 5_000
+
+
+async def test_a_new_store_gets_a_new_instance_id(stores: Stores) -> None:
+    one, two = await stores.open("one"), await stores.open("two")
+    assert one.instance_id
+    assert two.instance_id
+    assert one.instance_id != two.instance_id
+
+
+# --- metadata ---------------------------------------------------------------------------------
+
+
+async def test_get_meta_of_an_unset_name_is_none(store: Store) -> None:
+    assert await store.get_meta("peer-list") is None
+
+
+async def test_set_meta_then_get_meta_and_overwrite(store: Store) -> None:
+    await store.set_meta("peer-list", "http://a,http://b")
+    assert await store.get_meta("peer-list") == "http://a,http://b"
+    await store.set_meta("peer-list", "ключ 😀")
+    assert await store.get_meta("peer-list") == "ключ 😀"
+    await store.set_meta("other", "")
+    assert await store.get_meta("other") == ""
+    assert await store.get_meta("peer-list") == "ключ 😀"
+
+
+async def test_set_meta_writes_no_record_and_no_sequence(store: Store) -> None:
+    before = (store.last_seq, store.digest())
+    await store.set_meta("peer-list", "x")
+    assert (store.last_seq, store.digest()) == before
+    assert await feed(store) == []
+
+
+async def test_set_meta_names_never_touch_the_store_own_bookkeeping(stores: Stores) -> None:
+    """Invariant 5: no metadata a caller writes can move the sequence or change the instance."""
+    store = await stores.open()
+    await store.write(put("k", "v", 1))
+    before = (store.instance_id, store.last_seq, store.clock_high, store.digest())
+    for name in ("instance", "seq", "live", "hlc"):
+        await store.set_meta(name, "999")
+    assert (store.instance_id, store.last_seq, store.clock_high, store.digest()) == before
+    reopened = await stores.reopen(store)
+    after = (reopened.instance_id, reopened.last_seq, reopened.clock_high, reopened.digest())
+    assert after == before
+    assert await reopened.get_meta("seq") == "999"
+
+
+# --- concurrency ------------------------------------------------------------------------------
+
+
+async def test_concurrent_writes_all_land_each_with_its_own_outcome(store: Store) -> None:
+    """Invariant 1: no acknowledged write is lost, however many arrive together."""
+    await store.write(put("existing", "v", 1))
+    await store.write(put("newer", "v", 1000))
+    writes = [put(f"k{i:04}", f"v{i}", 10 + i) for i in range(300)]
+    writes += [put("existing", "w", 5), put("newer", "stale", 2), tomb("absent", 3)]
+    outcomes = await asyncio.gather(*(store.write(record) for record in writes))
+    assert outcomes == [Outcome.CREATED] * 300 + [
+        Outcome.UPDATED,
+        Outcome.SUPERSEDED,
+        Outcome.NOT_FOUND,
+    ]
+    assert store.last_seq == 2 + 301
+    for record in writes[:300]:
+        assert await store.get(record.key) == record
+    assert await store.get("existing") == put("existing", "w", 5)
+    assert await store.get("newer") == put("newer", "v", 1000)
+    assert store.digest().count == 302
+
+
+async def test_concurrent_writes_to_one_key_keep_the_greatest_version(store: Store) -> None:
+    """Invariant 3: the final value is the greatest version written, whatever the interleaving."""
+    versions = list(range(1, 101))
+    random.Random(3).shuffle(versions)
+    outcomes = await asyncio.gather(*(store.write(put("k", f"v{h}", h)) for h in versions))
+    assert await store.get("k") == put("k", "v100", 100)
+    assert outcomes.count(Outcome.CREATED) == 1
+    assert Outcome.NOT_FOUND not in outcomes
+    # exactly the writes that beat everything queued before them were accepted
+    running_max = list(itertools.accumulate(versions, max))
+    accepted = sum(1 for h, m in zip(versions, running_max, strict=True) if h == m)
+    assert len(outcomes) - outcomes.count(Outcome.SUPERSEDED) == accepted
+    assert store.last_seq == accepted
+
+
+async def test_concurrent_applies_and_writes_all_land(store: Store) -> None:
+    batches = [[put(f"b{b}-{i}", "v", 1) for i in range(20)] for b in range(10)]
+    results = await asyncio.gather(
+        *(store.apply(batch, Checkpoint(f"peer{b}", "i", 20)) for b, batch in enumerate(batches)),
+        *(store.write(put(f"w{i}", "v", 2)) for i in range(50)),
+    )
+    assert results[:10] == [20] * 10
+    assert results[10:] == [Outcome.CREATED] * 50
+    assert store.digest().count == 250
+    assert store.last_seq == 250
+    assert await store.checkpoint("peer9") == Checkpoint("peer9", "i", 20)
+
+
+# --- waiting for changes ----------------------------------------------------------------------
+
+
+async def test_wait_for_changes_returns_promptly_when_a_write_lands(store: Store) -> None:
+    started = time.monotonic()
+    waiter = asyncio.create_task(store.wait_for_changes(store.last_seq, 30))
+    await asyncio.sleep(0)  # let the waiter start waiting
+    assert not waiter.done()
+    await store.write(put("k", "v", 1))
+    await asyncio.wait_for(waiter, 5)
+    assert time.monotonic() - started < 5
+    assert store.last_seq == 1
+
+
+async def test_wait_for_changes_wakes_every_waiter(store: Store) -> None:
+    waiters = [asyncio.create_task(store.wait_for_changes(0, 30)) for _ in range(5)]
+    await asyncio.sleep(0)
+    await store.apply([put("k", "v", 1)])
+    await asyncio.wait_for(asyncio.gather(*waiters), 5)
+
+
+async def test_wait_for_changes_returns_at_once_when_already_past(store: Store) -> None:
+    await store.write(put("k", "v", 1))
+    started = time.monotonic()
+    await asyncio.wait_for(store.wait_for_changes(0, 30), 5)
+    assert time.monotonic() - started < 5
+
+
+async def test_wait_for_changes_returns_after_the_timeout_without_writes(store: Store) -> None:
+    started = time.monotonic()
+    await asyncio.wait_for(store.wait_for_changes(store.last_seq, 0.2), 5)
+    elapsed = time.monotonic() - started
+    assert 0.19 <= elapsed < 5
+    assert store.last_seq == 0
+
+
+async def test_wait_for_changes_ignores_writes_that_were_not_accepted(store: Store) -> None:
+    await store.write(put("k", "v", 5))
+    waiter = asyncio.create_task(store.wait_for_changes(store.last_seq, 10))
+    try:
+        await asyncio.sleep(0)
+        assert await store.write(put("k", "old", 1)) is Outcome.SUPERSEDED
+        assert await store.write(tomb("absent", 6)) is Outcome.NOT_FOUND
+        await store.set_meta("name", "value")
+        done, _ = await asyncio.wait({waiter}, timeout=0.3)
+        assert waiter not in done, "returned although last_seq did not pass seq"
+    finally:
+        waiter.cancel()
+
+
+# --- a closed store ---------------------------------------------------------------------------
+
+CLOSED_STORE_CALLS: dict[str, Callable[[Store], Awaitable[object]]] = {
+    "get": lambda s: s.get("k"),  # a key the store has in its cache
+    "write": lambda s: s.write(put("k", "v", 2)),
+    "apply": lambda s: s.apply([put("k", "v", 2)]),
+    "set_meta": lambda s: s.set_meta("name", "v"),
+    "scan": lambda s: s.scan("", None, 10),
+    "changes_since": lambda s: s.changes_since(0, 10),
+    "checkpoint": lambda s: s.checkpoint("peer"),
+    "get_meta": lambda s: s.get_meta("name"),
+}
+
+
+@pytest.mark.parametrize("call", sorted(CLOSED_STORE_CALLS))
+async def test_every_call_on_a_closed_store_raises_store_unavailable(stores: Stores, call: str) -> None:
+    """The API turns StoreUnavailable into 503; any other exception would be a 500."""
+    store = await stores.open()
+    await store.write(put("k", "v", 1))
+    assert await store.get("k") == put("k", "v", 1)
+    await stores.close(store)
+    with pytest.raises(StoreUnavailable):
+        await CLOSED_STORE_CALLS[call](store)
