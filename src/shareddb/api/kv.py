@@ -16,10 +16,11 @@ from shareddb.api.query import decode, parse_query, split_target
 from shareddb.api.routing import Route
 from shareddb.api.writes import await_copies, copy_policy
 from shareddb.node import Node
-from shareddb.record import key_error
+from shareddb.record import MAX_KEY_BYTES, key_error
 from shareddb.store.base import Outcome
 
 PREFIX = "/v1/kv/"
+PREFIX_LENGTH = len(PREFIX)
 TEXT = "text/plain; charset=utf-8"
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -28,10 +29,16 @@ READ_CHUNK = 64 * 1024
 
 def _key_and_params(request: web.BaseRequest) -> tuple[str, dict[str, str]]:
     path, query = split_target(request.raw_path)
-    key = decode(path[len(PREFIX) :], plus_is_space=False)
-    if error := key_error(key):
-        raise bad_request(f"invalid key: {error}")
-    return key, parse_query(query)
+    raw = path[PREFIX_LENGTH:]
+    # The common case, a short plain-ASCII key, is valid as it stands (the HTTP parser already
+    # refused control characters in the request line); anything else takes the full check.
+    if raw and len(raw) <= MAX_KEY_BYTES and raw.isascii() and "%" not in raw:
+        key = raw
+    else:
+        key = decode(raw, plus_is_space=False)
+        if error := key_error(key):
+            raise bad_request(f"invalid key: {error}")
+    return key, parse_query(query) if query else {}
 
 
 def _etag(version: str) -> dict[str, str]:
