@@ -177,7 +177,13 @@ def get(key: str, url: str, token: str | None) -> None:
 @token_option
 def set_(key: str, value: str | None, copies: int | None, url: str, token: str | None) -> None:
     """Set KEY to VALUE (read from stdin when VALUE is left out); prints the new version."""
-    text = sys.stdin.read() if value is None else value
+    if value is None:
+        try:
+            text = sys.stdin.buffer.read().decode("utf-8")
+        except UnicodeDecodeError:
+            raise Fail("the value on standard input is not valid UTF-8") from None
+    else:
+        text = value
     click.echo(_call(url, token, lambda c: c.put(key, text, w=copies)))
 
 
@@ -282,6 +288,9 @@ def main() -> None:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:
         sys.exit(130)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        click.echo(exc.ctx.get_help() if exc.ctx else exc.format_message())
+        sys.exit(exc.exit_code)
     except click.ClickException as exc:
         click.echo(f"shareddb: {exc.format_message()}", err=True)
         sys.exit(exc.exit_code)

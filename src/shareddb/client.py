@@ -29,7 +29,10 @@ class Item:
 
 
 def key_path(key: str) -> str:
-    return "/v1/kv/" + quote(key, safe="")
+    try:
+        return "/v1/kv/" + quote(key, safe="")
+    except UnicodeEncodeError:
+        raise ClientError(0, "the key is not valid UTF-8") from None
 
 
 class Client:
@@ -80,7 +83,13 @@ class Client:
 
     async def _json(self, path: str, params: dict[str, str] | None = None) -> Any:
         _, body, _ = await self._request("GET", path, params=params)
-        return orjson.loads(body)
+        return self._decode(body)
+
+    def _decode(self, body: bytes) -> Any:
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise ClientError(0, f"{self.url} did not answer like a shareddb node") from None
 
     async def get(self, key: str) -> tuple[str, str] | None:
         """(value, version), or None when the key does not exist."""
@@ -96,7 +105,10 @@ class Client:
         """Store `value`; returns the new version."""
         params = {"w": str(w)} if w else None
         _, body, _ = await self._request("PUT", key_path(key), data=value.encode("utf-8"), params=params)
-        version: str = orjson.loads(body)["version"]
+        answer = self._decode(body)
+        if not isinstance(answer, dict) or not isinstance(answer.get("version"), str):
+            raise ClientError(0, f"{self.url} did not answer like a shareddb node")
+        version: str = answer["version"]
         return version
 
     async def delete(self, key: str) -> bool:
@@ -117,9 +129,13 @@ class Client:
             if after is not None:
                 params["after"] = after
             answer = await self._json("/v1/kv", params)
-            for item in answer["items"]:
-                yield Item(item["key"], item["value"], item["version"])
-            after = answer["next"]
+            try:
+                items = [Item(i["key"], i["value"], i["version"]) for i in answer["items"]]
+                after = answer["next"]
+            except (KeyError, TypeError):
+                raise ClientError(0, f"{self.url} did not answer like a shareddb node") from None
+            for item in items:
+                yield item
             if after is None:
                 return
 

@@ -225,7 +225,14 @@ def _lock_data_dir(data: Path) -> IO[str]:
 def _resolve_node_id(data: Path, requested: str | None) -> str:
     """The id stored in the data dir; a different requested id is refused."""
     path = data / NODE_ID_FILE
-    stored = path.read_text().strip() if path.exists() else None
+    stored: str | None = None
+    if path.exists():
+        try:
+            stored = path.read_text("utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise NodeError(f"cannot read the node id from {path}: {exc}") from exc
+        if node_id_error(stored):
+            raise NodeError(f"{path} does not hold a valid node id: {stored[:80]!r}")
     if requested is not None:
         if error := node_id_error(requested):
             raise NodeError(f"bad --node-id {requested!r}: {error}")
@@ -238,9 +245,12 @@ def _resolve_node_id(data: Path, requested: str | None) -> str:
         return stored
     node_id = requested or f"node-{secrets.token_hex(3)}"
     tmp = path.with_suffix(".tmp")
-    with open(tmp, "w") as handle:
-        handle.write(node_id + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as handle:
+            handle.write(node_id + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise NodeError(f"cannot write the node id to {path}: {exc.strerror or exc}") from exc
     return node_id

@@ -29,9 +29,24 @@ def _public_host(host: str) -> str:
     return socket.gethostname() if host in ("0.0.0.0", "::", "") else host
 
 
+def _listen(host: str, port: int) -> socket.socket:
+    """Bind the listening socket first, so a port in use is refused before anything is opened."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family, backlog=1024)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise NodeError(f"cannot listen on {host}:{port}: {reason}") from exc
+
+
 async def serve(settings: Settings) -> None:
     """Run a node until SIGTERM or SIGINT. Raises NodeError with a user-facing line on failure."""
-    node = await Node.open(settings)
+    sock = _listen(settings.host, settings.port)
+    try:
+        node = await Node.open(settings)
+    except BaseException:
+        sock.close()
+        raise
     runner = web.ServerRunner(
         create_server(node, access_log=None, max_line_size=MAX_REQUEST_LINE),
         handle_signals=False,
@@ -39,13 +54,8 @@ async def serve(settings: Settings) -> None:
     )
     try:
         await runner.setup()
-        site = web.TCPSite(runner, settings.host, settings.port)
-        try:
-            await site.start()
-        except OSError as exc:
-            reason = exc.strerror or str(exc)
-            raise NodeError(f"cannot listen on {settings.host}:{settings.port}: {reason}") from exc
-        port = runner.addresses[0][1]
+        await web.SockSite(runner, sock).start()
+        port = sock.getsockname()[1]
         log.info("node %s listening on http://%s:%d", node.id, settings.host, port)
         await node.start_replication(
             settings.advertise or f"http://{_public_host(settings.host)}:{port}"
