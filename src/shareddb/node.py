@@ -105,6 +105,26 @@ class Node:
         except BaseException:
             lock.close()
             raise
+        try:
+            node = await cls._load(settings, node_id, store, clock, now, lock)
+        except StoreUnavailable as exc:
+            await store.close()
+            lock.close()
+            raise NodeError(f"cannot read the store: {exc}") from None
+        log.info("node %s opened store %s at sequence %d", node_id, data, store.last_seq)
+        return node
+
+    @classmethod
+    async def _load(
+        cls,
+        settings: Settings,
+        node_id: str,
+        store: Store,
+        clock: HybridClock,
+        now: Callable[[], int],
+        lock: IO[str],
+    ) -> Node:
+        """The node's own state from its store: clock, first-write mark, member list."""
         clock.restore(store.clock_high)
         created = await store.get_meta("created_hlc")
         if created is None:
@@ -118,7 +138,6 @@ class Node:
             node.membership.members[entry["id"]] = Member(
                 entry["id"], entry["url"], bool(entry["left"]), int(entry["v"])
             )
-        log.info("node %s opened store %s at sequence %d", node_id, data, store.last_seq)
         return node
 
     async def start_replication(self, url: str, transport: Transport | None = None) -> None:

@@ -166,11 +166,6 @@ def test_a_redis_node_answers_503_while_its_redis_is_down_and_recovers_by_itself
     assert digest(node)["count"] == 2
 
 
-@pytest.mark.xfail(
-    reason="api/nodes.py dump() sends its 200 header (response.prepare) before the first store "
-    "read, so a StoreUnavailable from node.pages() cannot become the seed API's 503",
-    strict=True,
-)
 def test_dump_answers_503_in_the_seed_shape_while_redis_is_down(
     start_node: StartNode, aof_redis: RedisServer
 ) -> None:

@@ -95,14 +95,20 @@ async def remove(node: Node, request: web.BaseRequest) -> web.Response:
 async def dump(node: Node, request: web.BaseRequest) -> web.StreamResponse:
     """Every live key, streamed a page at a time so a large store never sits in memory."""
     _params(request)
+    pages = node.pages()
+    # The first page is read before the status line goes out, so a store that is down still
+    # gets a proper 503; a failure later can only cut the stream short.
+    first = await anext(pages, None)
     response = web.StreamResponse(headers={"Content-Type": JSON})
     await response.prepare(request)
     await response.write(b'{"success":true,"data":{')
+    page = first
     separator = b""
-    async for page in node.pages():
+    while page is not None:
         chunk = b",".join(orjson.dumps(r.key) + b":" + orjson.dumps(r.value) for r in page)
         await response.write(separator + chunk)
         separator = b","
+        page = await anext(pages, None)
     await response.write(b"}}")
     await response.write_eof()
     return response
