@@ -29,7 +29,8 @@ from shareddb.store.base import (
     bucket_of,
     record_hash,
 )
-from shareddb.store.redis import WRITE, RedisStore, check_redis_url, redact_url
+from shareddb.store.redis import RedisStore, check_redis_url, redact_url
+from shareddb.store.redis_scripts import WRITE
 from tests.redis_server import RedisServer, running_redis
 
 PREFIX = b"sdb:"

@@ -214,3 +214,17 @@ class MergePlan:
             key, version
         )
         self.current.pop(key, None)
+
+
+def prefix_end(prefix: str) -> str | None:
+    """The smallest string greater than every string starting with `prefix` (None: unbounded)."""
+    chars = list(prefix)
+    while chars and chars[-1] == "\U0010ffff":
+        chars.pop()
+    if not chars:
+        return None
+    last = ord(chars[-1]) + 1
+    if 0xD800 <= last <= 0xDFFF:
+        last = 0xE000
+    chars[-1] = chr(last)
+    return "".join(chars)

@@ -35,7 +35,9 @@ from shareddb.store.base import (
     StoreUnavailable,
     bucket_of,
     combine_buckets,
+    prefix_end,
 )
+from shareddb.store.cache import RecordCache
 
 log = logging.getLogger("shareddb.store")
 
@@ -65,13 +67,11 @@ ON CONFLICT (key) DO UPDATE SET value = excluded.value, version = excluded.versi
 MAX_BATCH = 4096
 LOOKUP_CHUNK = 500
 BUSY_TIMEOUT_MS = 10_000
-CACHE_BYTES = 64 * 1024 * 1024
 # Checkpoints (copying the WAL back into the database file, with an fsync of its own) run on a
 # thread of their own, so a commit never waits for one. Past WAL_LIMIT the writer checkpoints
 # itself: back-pressure when the background checkpoints cannot keep up.
 CHECKPOINT_PAUSE = 0.2
 WAL_LIMIT = 512 * 1024 * 1024
-CACHE_VALUE_BYTES = 64 * 1024  # larger values are always read from the file
 
 
 class StoreOpenError(Exception):
@@ -93,56 +93,6 @@ class _State:
     live: int
     clock_high: int
     buckets: tuple[int, ...]
-
-
-class RecordCache:
-    """Recently read or written records, so hot reads skip SQLite entirely.
-
-    Touched only on the event loop: a read fills it, a committed batch updates it before any writer
-    is answered, so it never serves a record older than one already acknowledged. Bounded by the
-    total size of the values it holds; the oldest entries go first.
-    """
-
-    def __init__(self, max_bytes: int = CACHE_BYTES) -> None:
-        self._records: dict[str, Record] = {}
-        self._bytes = 0
-        self._max_bytes = max_bytes
-
-    def get(self, key: str) -> Record | None:
-        return self._records.get(key)
-
-    def put(self, record: Record) -> None:
-        size = len(record.key) + len(record.value or "") + 64
-        if size > CACHE_VALUE_BYTES:
-            self.discard(record.key)
-            return
-        old = self._records.pop(record.key, None)
-        if old is not None:
-            self._bytes -= len(old.key) + len(old.value or "") + 64
-        self._records[record.key] = record
-        self._bytes += size
-        while self._bytes > self._max_bytes:
-            oldest = self._records.pop(next(iter(self._records)))
-            self._bytes -= len(oldest.key) + len(oldest.value or "") + 64
-
-    def discard(self, key: str) -> None:
-        old = self._records.pop(key, None)
-        if old is not None:
-            self._bytes -= len(old.key) + len(old.value or "") + 64
-
-
-def prefix_end(prefix: str) -> str | None:
-    """The smallest string greater than every string starting with `prefix` (None: unbounded)."""
-    chars = list(prefix)
-    while chars and chars[-1] == "\U0010ffff":
-        chars.pop()
-    if not chars:
-        return None
-    last = ord(chars[-1]) + 1
-    if 0xD800 <= last <= 0xDFFF:
-        last = 0xE000
-    chars[-1] = chr(last)
-    return "".join(chars)
 
 
 class SQLiteStore:
