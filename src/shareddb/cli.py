@@ -102,7 +102,7 @@ def serve(
         node_id=node_id,
         advertise=advertise.rstrip("/") if advertise else None,
         peers=tuple(p.strip().rstrip("/") for p in peers.split(",") if p.strip()),
-        join=join,
+        join=join.strip().rstrip("/") if join and join.strip() else None,
         store=store,
         registry=registry,
         registry_ttl=registry_ttl,

@@ -31,9 +31,15 @@ class Member:
     version: int  # HLC of the entry's last change; the greater one wins
     last_contact: float | None = None  # monotonic seconds of the last successful exchange
     applied: int | None = None  # how far it has applied this node's feed, from its last pull
+    expired: int | None = None  # local: its version when its registry entry expired (see expire)
 
     def entry(self) -> dict[str, Any]:
         return {"id": self.id, "url": self.url, "left": self.left, "v": self.version}
+
+    @property
+    def registry_expired(self) -> bool:
+        """Its registry entry expired, and no newer entry of it has arrived since."""
+        return self.expired is not None and self.expired >= self.version
 
 
 class Membership:
@@ -54,14 +60,15 @@ class Membership:
         """Every URL this node should pull from: active members and unidentified static peers."""
         if self.self_entry.left:
             return set()
-        urls = {m.url for m in self.members.values() if not m.left}
+        urls = {m.url for m in self.members.values() if not m.left and not m.registry_expired}
         return urls | self.static_urls
 
     def id_for_url(self, url: str) -> str | None:
-        for member in self.members.values():
-            if member.url == url:
-                return member.id
-        return None
+        """The member at `url`: the one not left, else the latest entry."""
+        found = [m for m in self.members.values() if m.url == url]
+        if not found:
+            return None
+        return max(found, key=lambda m: (not m.left, m.version)).id
 
     def active(self) -> list[Member]:
         return [m for m in self.members.values() if not m.left]
@@ -140,6 +147,35 @@ class Membership:
         self.on_change()
         return True
 
+    # -- the registry (local to this node, never replicated) ---------------------------------------
+
+    def expire(self, node_id: str, version: int) -> bool:
+        """The registry entry of `node_id`, at `version`, expired without a heartbeat: show it as
+        left and stop pulling it, unless a newer entry of it arrived meanwhile (it restarted and
+        announced itself through a pull). False when nothing changed.
+
+        Local, unlike `leave`: every node reads the registry itself, and a replicated `left` would
+        reach the member too, which would then stop replicating for good although it only missed
+        heartbeats. It still counts for the tombstone purge, so it cannot bring a delete back.
+        """
+        member = self.members.get(node_id)
+        if member is None or member.left or member.version > version or member.registry_expired:
+            return False
+        member.expired = member.version
+        self.on_change()
+        return True
+
+    def unexpire(self, node_id: str) -> bool:
+        """The registry lists `node_id` again. True when it was expired until now."""
+        member = self.members.get(node_id)
+        if member is None or member.expired is None:
+            return False
+        was_expired = member.registry_expired
+        member.expired = None
+        if was_expired:
+            self.on_change()
+        return was_expired
+
     # -- views --------------------------------------------------------------------------------------
 
     def entries(self) -> list[dict[str, Any]]:
@@ -147,7 +183,7 @@ class Membership:
         return [self.self_entry.entry(), *(m.entry() for m in self.members.values())]
 
     def state(self, member: Member) -> str:
-        if member.left:
+        if member.left or member.registry_expired:
             return "left"
         if member.last_contact is not None and self._clock() - member.last_contact < UP_WINDOW:
             return "up"

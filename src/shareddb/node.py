@@ -22,7 +22,8 @@ import orjson
 from shareddb.clock import HybridClock
 from shareddb.config import Settings
 from shareddb.membership import Member, Membership
-from shareddb.record import Record, make_version, node_id_error
+from shareddb.record import Record, make_version, node_id_error, version_hlc
+from shareddb.registry import Registry, check_registry_url
 from shareddb.replication.feed import Feed
 from shareddb.replication.puller import Replicator
 from shareddb.replication.transport import HttpTransport, Transport
@@ -35,6 +36,7 @@ log = logging.getLogger("shareddb.node")
 NODE_ID_FILE = "node-id"
 LOCK_FILE = "LOCK"
 PAGE = 1000
+WRITE_ATTEMPTS = 8
 
 
 class NodeError(Exception):
@@ -76,9 +78,15 @@ class Node:
         self.membership = Membership(node_id, self.url, clock=time.monotonic)
         self.feed = Feed(node_id, store, self.membership)
         self.replicator: Replicator | None = None
+        self.registry: Registry | None = None
 
     @classmethod
     async def open(cls, settings: Settings, *, now: Callable[[], int] = wall_millis) -> Node:
+        if settings.registry:
+            try:
+                check_registry_url(settings.registry)
+            except ValueError as exc:
+                raise NodeError(f"bad --registry {redact_url(settings.registry)!r}: {exc}") from None
         data = settings.data
         try:
             data.mkdir(parents=True, exist_ok=True)
@@ -157,8 +165,16 @@ class Node:
             own_since=self.own_since,
         )
         self.replicator.start(join=self.settings.join)
+        if self.settings.registry:
+            self.registry = Registry(
+                self.settings.registry, self.membership, ttl=self.settings.registry_ttl
+            )
+            self.registry.start()
 
     async def close(self) -> None:
+        if self.registry is not None:
+            await self.registry.stop()  # first: its entry goes before this node stops answering
+            self.registry = None
         if self.replicator is not None:
             await self.replicator.stop()
             self.replicator = None
@@ -178,12 +194,31 @@ class Node:
         return None if record is None or record.value is None else record
 
     async def put(self, key: str, value: str) -> WriteResult:
-        version = self.next_version()
-        return WriteResult(await self.store.write(Record(key, value, version)), version)
+        return await self._write(key, value)
 
     async def delete(self, key: str) -> WriteResult:
+        return await self._write(key, None)
+
+    async def _write(self, key: str, value: str | None) -> WriteResult:
+        """A client's write: it always wins over what this node holds for the key.
+
+        Normally the clock is ahead of every stored version. When a peer's clock ran far ahead
+        (past the drift bound the clock follows), the write is retried just above the stored
+        version of this one key: the client's write takes effect, and the node clock stays put.
+        """
         version = self.next_version()
-        return WriteResult(await self.store.write(Record(key, None, version)), version)
+        for _ in range(WRITE_ATTEMPTS):
+            outcome = await self.store.write(Record(key, value, version))
+            if outcome is not Outcome.SUPERSEDED:
+                return WriteResult(outcome, version)
+            stored = await self.store.get(key)
+            if stored is None:  # purged meanwhile: retry with a fresh version
+                version = self.next_version()
+                continue
+            version = make_version(
+                max(version_hlc(stored.version) + 1, self.clock.now(self._now())), self.id
+            )
+        return WriteResult(Outcome.SUPERSEDED, version)
 
     async def scan(self, prefix: str, after: str | None, limit: int) -> list[Record]:
         return await self.store.scan(prefix, after, limit)

@@ -11,10 +11,11 @@ from __future__ import annotations
 from shareddb.membership import Membership
 from shareddb.record import version_hlc, version_node
 from shareddb.replication.transport import PullReply, PullRequest
-from shareddb.store.base import Store
+from shareddb.store.base import Change, Store
 
 MAX_LIMIT = 10_000
 MAX_WAIT = 30.0
+MAX_ANSWER_BYTES = 8 * 1024 * 1024  # a batch stops here (but always holds at least one change)
 
 
 class Feed:
@@ -35,6 +36,7 @@ class Feed:
         if not changes and request.wait > 0:
             await store.wait_for_changes(since, min(request.wait, MAX_WAIT))
             changes = await store.changes_since(since, limit)
+        changes = _within_budget(changes)
         until = changes[-1].seq if changes else since
         own_since = request.own_since
         records = [
@@ -55,3 +57,14 @@ class Feed:
             records=records,
             members=self.membership.entries(),
         )
+
+
+def _within_budget(changes: list[Change]) -> list[Change]:
+    """The leading changes whose keys and values fit in MAX_ANSWER_BYTES (at least one)."""
+    total = 0
+    for index, change in enumerate(changes):
+        record = change.record
+        total += len(record.key) + len(record.value or "") + 64
+        if total > MAX_ANSWER_BYTES and index > 0:
+            return changes[:index]
+    return changes

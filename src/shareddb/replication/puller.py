@@ -201,12 +201,18 @@ class Replicator:
         if reply.node == self.node_id:
             self.membership.identified(url, reply.node)
             return False
+        if peer_id is not None and peer_id != reply.node:
+            # Another node answers at this URL now (say, a wiped node restarted under a new id):
+            # one URL is one node, so the member we knew there is gone.
+            log.info("node %s now answers at %s in place of %s", reply.node, url, peer_id)
+            self.membership.leave(peer_id, self.clock.now(self.now()))
         self.membership.merge(reply.members)
         self.membership.identified(url, reply.node)
         self.membership.heard_from(reply.node, url)
         if checkpoint is None or checkpoint.peer != reply.node:
             checkpoint = await self.store.checkpoint(reply.node)
-        served_from = request.since if checkpoint and checkpoint.instance == reply.instance else 0
+        # The source served from 0 unless our checkpoint named its current feed instance.
+        served_from = request.since if request.instance == reply.instance else 0
         if reply.records or reply.until != served_from or checkpoint is None:
             wall = self.now()
             for record in reply.records:

@@ -12,6 +12,7 @@ import orjson
 from shareddb.record import Record
 
 PEER_HEADER = "Authorization"
+READ_SLACK = 10.0  # seconds past the long poll a peer may go silent before the pull fails
 
 
 class PeerError(Exception):
@@ -97,7 +98,10 @@ class HttpTransport:
             "v": str(request.puller_version),
             "own_since": str(request.own_since),
         }
-        timeout = aiohttp.ClientTimeout(total=request.wait + 10.0, connect=3.0)
+        # No total limit: a large batch may take long to arrive, as long as bytes keep coming.
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=3.0, sock_read=request.wait + READ_SLACK
+        )
         body = await self._call("GET", url + "/v1/peer/changes", params=params, timeout=timeout)
         return decode_reply(body)
 
