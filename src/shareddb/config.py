@@ -46,8 +46,19 @@ SETTINGS: tuple[Setting, ...] = (
         "Storage backend: sqlite (embedded, in --data) or redis://HOST:PORT/DB "
         "(one Redis database per node, durable as its AOF settings make it).",
     ),
-    Setting("--registry", "none", "Redis URL of a shared node registry."),
-    Setting("--registry-ttl", "15", "Seconds without a heartbeat before a registry entry expires."),
+    Setting(
+        "--registry",
+        "none",
+        "Redis URL (redis://HOST:PORT/DB) of a node registry shared by the cluster: this node "
+        "announces itself there with a heartbeat and replicates with every node it finds; "
+        "works together with --peers and --join.",
+    ),
+    Setting(
+        "--registry-ttl",
+        "15",
+        "Seconds without a heartbeat before a node's registry entry expires; the others then show "
+        "it as left and stop pulling it until it announces itself again.",
+    ),
     Setting(
         "--max-value-bytes",
         str(DEFAULT_MAX_VALUE_BYTES),

@@ -164,7 +164,10 @@ class Replicator:
     async def _pull_forever(self, url: str) -> None:
         failures = 0
         reached = False
-        while self._running:
+        me = asyncio.current_task()
+        # The loop also ends when this puller is no longer the one wanted for `url`, in case the
+        # HTTP client swallowed the cancel that `reconcile` or `stop` sent.
+        while self._running and self._pullers.get(url) is me:
             try:
                 if not await self.pull_once(url):
                     return
