@@ -65,6 +65,7 @@ class Replicator:
         self.skewed = 0  # received versions more than the drift bound ahead of local time
         self.tombstone_grace_ms = tombstone_grace_ms
         self._pullers: dict[str, asyncio.Task[None]] = {}
+        self._positions: dict[str, Checkpoint] = {}  # per peer id; may run ahead of the saved one
         self._tasks: set[asyncio.Task[None]] = set()
         self._persisting: asyncio.Task[None] | None = None
         self._running = False
@@ -189,7 +190,7 @@ class Replicator:
     async def pull_once(self, url: str) -> bool:
         """Pull and apply one batch from `url`. False when the URL turned out to be this node."""
         peer_id = self.membership.id_for_url(url)
-        checkpoint = await self.store.checkpoint(peer_id) if peer_id else None
+        checkpoint = await self._position(peer_id) if peer_id else None
         request = PullRequest(
             since=checkpoint.seq if checkpoint else 0,
             instance=checkpoint.instance if checkpoint else "",
@@ -212,20 +213,32 @@ class Replicator:
         self.membership.merge(reply.members)
         self.membership.identified(url, reply.node)
         self.membership.heard_from(reply.node, url)
-        if checkpoint is None or checkpoint.peer != reply.node:
-            checkpoint = await self.store.checkpoint(reply.node)
-        # The source served from 0 unless our checkpoint named its current feed instance.
-        served_from = request.since if request.instance == reply.instance else 0
-        if reply.records or reply.until != served_from or checkpoint is None:
-            wall = self.now()
-            for record in reply.records:
-                if not self.clock.observe(version_hlc(record.version), wall):
-                    self.skewed += 1
-                    log.warning(
-                        "version %s from %s is more than %d ms ahead of this node's clock",
-                        record.version,
-                        reply.node,
-                        self.clock.max_drift_ms,
-                    )
-            await self.store.apply(reply.records, Checkpoint(reply.node, reply.instance, reply.until))
+        position = Checkpoint(reply.node, reply.instance, reply.until)
+        if not reply.records:
+            # Nothing to apply (an idle feed, or only this node's own writes coming back): move
+            # the position in memory and save it with the next batch. After a crash the node
+            # just asks for those changes again.
+            self._positions[reply.node] = position
+            return True
+        wall = self.now()
+        for record in reply.records:
+            if not self.clock.observe(version_hlc(record.version), wall):
+                self.skewed += 1
+                log.warning(
+                    "version %s from %s is more than %d ms ahead of this node's clock",
+                    record.version,
+                    reply.node,
+                    self.clock.max_drift_ms,
+                )
+        await self.store.apply(reply.records, position)
+        self._positions[reply.node] = position
         return True
+
+    async def _position(self, peer_id: str) -> Checkpoint | None:
+        """How far this node has applied `peer_id`'s feed: in memory, else the saved checkpoint."""
+        position = self._positions.get(peer_id)
+        if position is None:
+            position = await self.store.checkpoint(peer_id)
+            if position is not None:
+                self._positions[peer_id] = position
+        return position

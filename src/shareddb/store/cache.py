@@ -1,44 +1,62 @@
-"""Recently read or written records, kept on the event loop so hot reads skip the store."""
+"""Recently read records, kept on the event loop so hot reads skip the store."""
 
 from __future__ import annotations
+
+from collections import OrderedDict
 
 from shareddb.record import Record
 
 CACHE_BYTES = 64 * 1024 * 1024
 CACHE_VALUE_BYTES = 64 * 1024  # larger values are always read from the store
+# What one cached record costs beyond its text: the Record, its strings' headers, the dict slot.
+RECORD_OVERHEAD = 450
+
+
+def _size(record: Record) -> int:
+    return len(record.key) + len(record.value or "") + RECORD_OVERHEAD
 
 
 class RecordCache:
-    """Recently read or written records, so hot reads skip SQLite entirely.
+    """Records that clients read, so hot reads skip the store entirely.
 
-    Touched only on the event loop: a read fills it, a committed batch updates it before any writer
-    is answered, so it never serves a record older than one already acknowledged. Bounded by the
-    total size of the values it holds; the oldest entries go first.
+    Touched only on the event loop. A read fills it; a committed batch refreshes the keys it holds
+    before any writer is answered, so it never serves a record older than one already acknowledged.
+    Writes and replicated records do not fill it (a node copying a million keys would only churn
+    it). Bounded by an estimate of its memory; the least recently filled entries go first.
     """
 
     def __init__(self, max_bytes: int = CACHE_BYTES) -> None:
-        self._records: dict[str, Record] = {}
+        self._records: OrderedDict[str, Record] = OrderedDict()
         self._bytes = 0
         self._max_bytes = max_bytes
+
+    def __len__(self) -> int:
+        return len(self._records)
 
     def get(self, key: str) -> Record | None:
         return self._records.get(key)
 
     def put(self, record: Record) -> None:
-        size = len(record.key) + len(record.value or "") + 64
+        """Fill the cache with a record just read."""
+        size = _size(record)
         if size > CACHE_VALUE_BYTES:
             self.discard(record.key)
             return
-        old = self._records.pop(record.key, None)
-        if old is not None:
-            self._bytes -= len(old.key) + len(old.value or "") + 64
+        self.discard(record.key)
         self._records[record.key] = record
         self._bytes += size
         while self._bytes > self._max_bytes:
-            oldest = self._records.pop(next(iter(self._records)))
-            self._bytes -= len(oldest.key) + len(oldest.value or "") + 64
+            _, oldest = self._records.popitem(last=False)
+            self._bytes -= _size(oldest)
+
+    def refresh(self, record: Record) -> None:
+        """A version of `record.key` was committed: replace the cached one if this is newer (a read
+        may already have cached a later commit than the batch being announced)."""
+        cached = self._records.get(record.key)
+        if cached is not None and record.version > cached.version:
+            self.put(record)
 
     def discard(self, key: str) -> None:
         old = self._records.pop(key, None)
         if old is not None:
-            self._bytes -= len(old.key) + len(old.value or "") + 64
+            self._bytes -= _size(old)

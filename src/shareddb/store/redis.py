@@ -476,7 +476,7 @@ class RedisStore:
         self._generation += 1
         for record in accepted:
             if record.version:
-                self._cache.put(record)
+                self._cache.refresh(record)
             else:  # a purged tombstone
                 self._cache.discard(record.key)
         for (_, future), result in zip(batch, results, strict=True):

@@ -405,7 +405,7 @@ class SQLiteStore:
         self._state = state
         for record in accepted:
             if record.version:
-                self._cache.put(record)
+                self._cache.refresh(record)
             else:  # a purged tombstone
                 self._cache.discard(record.key)
         for (_, future), result in zip(batch, results, strict=True):
