@@ -49,12 +49,15 @@ class ServerProcess:
         *,
         complaint: re.Pattern[str] = COMPLAINT,
         clean_exits: tuple[int, ...] = (0,),
+        stop_last: bool = False,
     ) -> None:
         self.name = name
         self.cmd = list(cmd)
         self.log_path = log_path
         self.complaint = complaint
         self.clean_exits = clean_exits  # exit statuses after SIGTERM that mean a clean shutdown
+        # A backend other servers use (Redis): stopped once they have, so they do not lose it first.
+        self.stop_last = stop_last
         self.proc: subprocess.Popen[bytes] | None = None
         self.stop_offset: int | None = None  # log size when SIGTERM was sent
 
@@ -169,21 +172,34 @@ class Fleet:
         *,
         complaint: re.Pattern[str] = COMPLAINT,
         clean_exits: tuple[int, ...] = (0,),
+        stop_last: bool = False,
     ) -> ServerProcess:
-        server = ServerProcess(name, cmd, log_path, complaint=complaint, clean_exits=clean_exits)
+        server = ServerProcess(
+            name, cmd, log_path, complaint=complaint, clean_exits=clean_exits, stop_last=stop_last
+        )
         # Registered before it starts, so a failure half-way through still gets it stopped.
         self.servers.append(server)
         return server.start()
 
     def close(self, timeout: float = STOP_TIMEOUT) -> list[str]:
-        """SIGTERM every group, wait, SIGKILL what is left; returns the names that needed SIGKILL."""
-        for server in self.servers:
+        """SIGTERM every group, wait, SIGKILL what is left; returns the names that needed SIGKILL.
+
+        Servers started with `stop_last` get their SIGTERM only once all the others have stopped.
+        """
+        killed = []
+        for last in (False, True):
+            killed += self._stop([s for s in self.servers if s.stop_last == last], timeout)
+        return killed
+
+    @staticmethod
+    def _stop(servers: Sequence[ServerProcess], timeout: float) -> list[str]:
+        for server in servers:
             if server.running():
                 server.stop_offset = len(server.log())
                 server.signal_group(signal.SIGTERM)
         deadline = time.monotonic() + timeout
         killed = []
-        for server in self.servers:
+        for server in servers:
             if server.proc is None:
                 continue
             try:

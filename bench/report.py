@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from bench.processes import STOP_TIMEOUT
-from bench.scenarios import BASELINE, Scenario
+from bench.scenarios import BASELINE, REDIS_PAIRS, Scenario
 from bench.wrk import WrkResult
 
 GET_TARGET = 0.8  # GET /v1/kv/{key} at least this fraction of hello-world req/s
@@ -148,6 +148,14 @@ def checks(summaries: Sequence[Summary]) -> list[Check]:
             ratio = summary.rps / etcd.rps
             verdict = "faster than etcd" if ratio >= 1 else "slower than etcd"
             found.append(Check(f"{name} / etcd_put req/s", ratio, "none (comparison)", None, verdict))
+    for redis, sqlite in REDIS_PAIRS:
+        if redis in by_name and sqlite in by_name and by_name[sqlite].rps > 0:
+            ratio = by_name[redis].rps / by_name[sqlite].rps
+            verdict = "Redis store faster" if ratio >= 1 else "Redis store slower"
+            cpu_redis, cpu_sqlite = by_name[redis].cpu_us_per_request, by_name[sqlite].cpu_us_per_request
+            if cpu_redis and cpu_sqlite:
+                verdict += f"; CPU us/req x{cpu_redis / cpu_sqlite:.2f} (node + redis-server)"
+            found.append(Check(f"{redis} / {sqlite} req/s", ratio, "none (comparison)", None, verdict))
     return found
 
 

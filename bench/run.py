@@ -1,5 +1,8 @@
 """`make bench`: measure a shareddb node with wrk against a hello-world ceiling (and etcd, if present).
 
+The node runs on SQLite; when redis-server is installed, a second node storing into a private Redis
+is measured beside it (bench/redis_target.py).
+
 Starts every target, preloads the data set, warms each scenario up, then runs all scenarios in
 rounds, alternating the order (forward, backward, ...) so a drift in the machine's load falls on
 every scenario alike. Figures are medians over the rounds, reported as ratios to the hello-world
@@ -28,7 +31,7 @@ if __package__ in (None, ""):
     # itself off sys.path so its modules cannot shadow anything.
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from bench import etcd
+from bench import etcd, redis_target
 from bench.processes import Fleet, StartError
 from bench.report import (
     Run,
@@ -78,6 +81,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--no-etcd", action="store_true", help="skip the etcd comparison even when etcd is installed"
+    )
+    parser.add_argument(
+        "--redis",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="measure a second node, with --store redis:// on a private redis-server (scenarios "
+        "redis_get, redis_put); default: yes when redis-server is installed",
     )
     parser.add_argument(
         "--warmup",
@@ -163,11 +173,13 @@ class Bench:
         self.targets["hello"] = start_hello(self.fleet, self.workdir)
         if "node" in needed:
             self.targets["node"] = start_node(self.fleet, self.workdir)
+        if "redis_node" in needed:
+            self.targets["redis_node"] = redis_target.start_redis_node(self.fleet, self.workdir)
         if "cluster" in needed:
             self.targets["cluster"] = start_cluster(self.fleet, self.workdir, self.args.cluster)
         if "etcd" in needed:
             self.targets["etcd"] = etcd.start_cluster(self.fleet, self.workdir)
-        for name in ("node", "cluster", "etcd"):
+        for name in ("node", "redis_node", "cluster", "etcd"):
             if name in self.targets:
                 self.preload(self.targets[name])
 
@@ -295,6 +307,7 @@ class Bench:
                 "python": platform.python_version(),
                 "wrk": wrk_version(),
                 "etcd": etcd.describe() if "etcd" in self.targets else None,
+                "redis": redis_target.describe() if "redis_node" in self.targets else None,
             },
             "baseline": BASELINE,
             "scenarios": [s.to_json() for s in summaries],
@@ -332,7 +345,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         wrk_binary()
         etcd_reason = "--no-etcd given" if args.no_etcd else etcd.unavailable()
-        plan, notes = select(args.only, args.cluster, etcd_reason)
+        redis_reason = "--no-redis given" if args.redis is False else redis_target.unavailable()
+        if args.redis and redis_reason is not None:
+            raise ValueError(f"--redis: {redis_reason}")
+        plan, notes = select(args.only, args.cluster, etcd_reason, redis_reason)
     except (WrkError, ValueError) as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 2

@@ -15,7 +15,8 @@ BASELINE = "hello"
 @dataclass(frozen=True, slots=True)
 class Scenario:
     name: str
-    target: str  # "hello" | "node" | "cluster" | "etcd": which system receives the requests
+    # "hello" | "node" | "redis_node" | "cluster" | "etcd": which system receives the requests
+    target: str
     script: str  # in bench/scripts
     measures: str
     writes: bool
@@ -26,6 +27,8 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("get", "node", "kv_get.lua", "GET /v1/kv/{key}, a random preloaded key", False),
     Scenario("seed_update", "node", "seed_update.lua", "GET /nodes/update?name=K&value=V (100 B)", True),
     Scenario("put", "node", "kv_put.lua", "PUT /v1/kv/{key}, 100-byte body", True),
+    Scenario("redis_get", "redis_node", "kv_get.lua", "get, on a node with --store redis://", False),
+    Scenario("redis_put", "redis_node", "kv_put.lua", "put, on a node with --store redis://", True),
     Scenario("cluster_put", "cluster", "kv_put.lua", "PUT /v1/kv/{key} on node 1 of --cluster N", True),
     Scenario("etcd_put", "etcd", "etcd_v2_put.lua", "etcd v2 PUT /v2/keys/KEY, value=100 B", True),
 )
@@ -33,12 +36,17 @@ SCENARIOS: tuple[Scenario, ...] = (
 NAMES = tuple(s.name for s in SCENARIOS)
 
 
+# Each Redis scenario against the same requests on the SQLite node.
+REDIS_PAIRS = (("redis_get", "get"), ("redis_put", "put"))
+
+
 def select(
-    only: Iterable[str], cluster: int, etcd_reason: str | None
+    only: Iterable[str], cluster: int, etcd_reason: str | None, redis_reason: str | None = None
 ) -> tuple[list[Scenario], list[str]]:
     """The scenarios of one run, in catalogue order, and a note for each one left out and why.
 
-    `only` empty means every scenario that can run; the baseline is always included.
+    `only` empty means every scenario that can run; the baseline is always included. A reason
+    (`etcd_reason`, `redis_reason`) leaves out that system's scenarios with a note.
     """
     wanted = set(only)
     unknown = wanted - set(NAMES)
@@ -56,6 +64,9 @@ def select(
             continue
         if scenario.target == "etcd" and etcd_reason is not None:
             notes.append(f"{scenario.name} skipped: {etcd_reason}")
+            continue
+        if scenario.target == "redis_node" and redis_reason is not None:
+            notes.append(f"{scenario.name} skipped: {redis_reason}")
             continue
         chosen.append(scenario)
     return chosen, notes

@@ -57,6 +57,7 @@ def start_hello(fleet: Fleet, workdir: Path) -> Target:
 
 
 def node_command(data: Path, node_id: str, port: int, peers: Sequence[str] = ()) -> list[str]:
+    """`shareddb serve` with the default store (SQLite, in `data`); redis_target.py adds --store."""
     cmd = [sys.executable, "-m", "shareddb", "serve", "--host", "127.0.0.1", "--port", str(port)]
     cmd += ["--data", str(data), "--node-id", node_id]
     if peers:
@@ -72,7 +73,7 @@ def start_node(fleet: Fleet, workdir: Path) -> Target:
         workdir / "logs" / "node.log",
     )
     port = server.wait_listening()
-    return Target("node", (f"http://127.0.0.1:{port}",), (server,), "shareddb, 1 node")
+    return Target("node", (f"http://127.0.0.1:{port}",), (server,), "shareddb, 1 node, SQLite")
 
 
 def start_cluster(fleet: Fleet, workdir: Path, size: int) -> Target:
