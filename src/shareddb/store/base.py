@@ -16,9 +16,9 @@ import contextlib
 import enum
 import hashlib
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from shareddb.record import Record, supersedes
 
@@ -145,6 +145,13 @@ def combine_buckets(buckets: Sequence[int]) -> str:
     for value in buckets:
         h.update(value.to_bytes(16, "big"))
     return h.hexdigest()
+
+
+def fail_all(futures: Iterable[asyncio.Future[Any]], error: Exception) -> None:
+    """A batch failed as a whole: every writer still waiting gets `error`."""
+    for future in futures:
+        if not future.done():
+            future.set_exception(error)
 
 
 class ChangeSignal:

@@ -56,6 +56,14 @@ class RecordCache:
         if cached is not None and record.version > cached.version:
             self.put(record)
 
+    def committed(self, accepted: list[Record]) -> None:
+        """A batch committed these records (a purged tombstone comes with an empty version)."""
+        for record in accepted:
+            if record.version:
+                self.refresh(record)
+            else:
+                self.discard(record.key)
+
     def discard(self, key: str) -> None:
         old = self._records.pop(key, None)
         if old is not None:

@@ -60,6 +60,7 @@ from shareddb.store.base import (
     StoreUnavailable,
     bucket_of,
     combine_buckets,
+    fail_all,
     prefix_end,
 )
 from shareddb.store.cache import RecordCache
@@ -459,10 +460,10 @@ class RedisStore:
             try:
                 results, accepted = await self._commit([op for op, _ in batch])
             except StoreUnavailable as exc:
-                _fail(batch, exc)
+                fail_all((f for _, f in batch), exc)
             except Exception as exc:
                 log.exception("write batch failed")
-                _fail(batch, StoreUnavailable(f"write failed: {_one_line(exc)}"))
+                fail_all((f for _, f in batch), StoreUnavailable(f"write failed: {_one_line(exc)}"))
             else:
                 self._resolve(batch, results, accepted)
 
@@ -474,11 +475,7 @@ class RedisStore:
     ) -> None:
         """After a commit: refresh the cache, then answer the writers."""
         self._generation += 1
-        for record in accepted:
-            if record.version:
-                self._cache.refresh(record)
-            else:  # a purged tombstone
-                self._cache.discard(record.key)
+        self._cache.committed(accepted)
         for (_, future), result in zip(batch, results, strict=True):
             if future.done():
                 continue
@@ -709,12 +706,6 @@ def _hash_items(items: object) -> list[tuple[bytes, bytes]]:
 
 async def _not_open(*args: object) -> Any:
     raise StoreUnavailable("the store is not open")
-
-
-def _fail(batch: list[tuple[_Op, asyncio.Future[Any]]], error: Exception) -> None:
-    for _, future in batch:
-        if not future.done():
-            future.set_exception(error)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -35,6 +35,7 @@ from shareddb.store.base import (
     StoreUnavailable,
     bucket_of,
     combine_buckets,
+    fail_all,
     prefix_end,
 )
 from shareddb.store.cache import RecordCache
@@ -358,7 +359,7 @@ class SQLiteStore:
                 results, accepted, state = self._commit([op for op, _ in batch])
             except Exception as exc:
                 error = StoreUnavailable(f"write failed: {exc}")
-                self._loop.call_soon_threadsafe(self._fail, batch, error)
+                self._loop.call_soon_threadsafe(fail_all, [f for _, f in batch], error)
             else:
                 self._loop.call_soon_threadsafe(self._resolve, batch, results, accepted, state)
             self._checkpoint_due.set()
@@ -403,21 +404,11 @@ class SQLiteStore:
         """On the event loop, after a commit: publish the new state, refresh the cache, then
         answer the writers."""
         self._state = state
-        for record in accepted:
-            if record.version:
-                self._cache.refresh(record)
-            else:  # a purged tombstone
-                self._cache.discard(record.key)
+        self._cache.committed(accepted)
         for (_, future), result in zip(batch, results, strict=True):
             if not future.done():
                 future.set_result(result)
         self._signal.notify()
-
-    @staticmethod
-    def _fail(batch: list[tuple[_Op, asyncio.Future[Any]]], error: Exception) -> None:
-        for _, future in batch:
-            if not future.done():
-                future.set_exception(error)
 
     def _commit(self, ops: list[_Op]) -> tuple[list[object], list[Record], _State]:
         """Runs on the writer thread: one transaction, one fsync, for the whole batch.
