@@ -6,6 +6,7 @@ its log line; every wait polls with a deadline and, when it expires, fails with 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -142,6 +143,16 @@ def wait_for(
             dump = "\n".join(f"--- log of {n.node_id} ---\n{n.logs()}" for n in nodes)
             raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{dump}")
         time.sleep(interval)
+
+
+async def eventually(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    """Poll `check` while the event loop runs everything else, until it holds or time runs out."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not check():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.02)
 
 
 def run_cli(

@@ -186,21 +186,21 @@ async def running_api(data: Path, **settings: Any) -> AsyncIterator[Api]:
 
 
 @pytest.fixture
-async def api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Api]:
+async def api(tmp_path: Path) -> AsyncIterator[Api]:
     """A node with default settings and no token."""
     async with running_api(tmp_path / "node") as running:
         yield running
 
 
 @pytest.fixture
-async def secured_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Api]:
+async def secured_api(tmp_path: Path) -> AsyncIterator[Api]:
     """A node started with --token s3cret; `request` sends the token unless told otherwise."""
     async with running_api(tmp_path / "node", token=TOKEN) as running:
         yield running
 
 
 @pytest.fixture
-async def small_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Api]:
+async def small_api(tmp_path: Path) -> AsyncIterator[Api]:
     """A node started with --max-value-bytes 16."""
     async with running_api(tmp_path / "node", max_value_bytes=SMALL_MAX_VALUE) as running:
         yield running

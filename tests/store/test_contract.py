@@ -76,9 +76,7 @@ class Stores:
 
 
 @pytest.fixture(params=sorted(BACKENDS))
-async def stores(
-    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[Stores]:
+async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Stores]:
     opened = Stores(request.param, tmp_path)
     yield opened
     await opened.close_all()

@@ -31,10 +31,10 @@ from shareddb.store.base import (
 )
 from shareddb.store.redis import RedisStore, check_redis_url, redact_url
 from shareddb.store.redis_scripts import WRITE
+from tests.harness import eventually
 from tests.redis_server import RedisServer, running_redis
 
 PREFIX = b"sdb:"
-DEADLINE = 20.0
 
 
 def v(hlc: int, node: str = "n1") -> str:
@@ -82,16 +82,6 @@ async def open_store() -> AsyncIterator[OpenStore]:
     yield open_
     for store in opened:
         await store.close()
-
-
-async def eventually(check: Callable[[], bool], what: str, timeout: float = DEADLINE) -> None:
-    """Poll `check` (while the event loop runs everything else) until it holds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not check():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 # -- the raw Redis content, checked against itself ---------------------------------------------

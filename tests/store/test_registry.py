@@ -19,10 +19,10 @@ from redis.asyncio import Redis
 
 from shareddb.membership import Membership
 from shareddb.registry import Entry, Registry
+from tests.harness import eventually
 from tests.redis_server import RedisServer, free_port, running_redis
 
 TTL = 1.0
-DEADLINE = 20.0
 
 
 @pytest.fixture
@@ -51,15 +51,6 @@ async def make_registry() -> AsyncIterator[MakeRegistry]:
     yield make
     for registry in made:
         await registry.stop()
-
-
-async def eventually(check: Callable[[], bool], what: str, timeout: float = DEADLINE) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not check():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 async def raw(server: RedisServer) -> tuple[dict[str, str], dict[str, int]]:
