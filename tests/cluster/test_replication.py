@@ -43,7 +43,7 @@ from tests.cluster.replication_helpers import (
     wait_readable,
     wait_state,
 )
-from tests.harness import run_cli, wait_for
+from tests.harness import NodeProcess, run_cli, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -642,17 +642,7 @@ def test_cluster_view_shape_and_a_node_that_leaves_is_no_longer_pulled(start_nod
     from_a = put(a, "l/from-a", "after c left")
     assert from_a.status == 201
     # Once a and b have not exchanged with c for longer than a long poll, they no longer pull it.
-    wait_for(
-        lambda: all(
-            (m := member(n, "c")) is not None
-            and m["last_contact"] is not None
-            and m["last_contact"] > LONG_POLL + 1.0
-            for n in (a, b)
-        ),
-        15.0,
-        "a and b to stop exchanging with c",
-        nodes,
-    )
+    wait_until_silent(nodes, "c", (a, b))
     assert read(a, "l/from-c") is None
     assert read(b, "l/from-c") is None
     assert read(c, "l/from-a") is None
@@ -701,17 +691,7 @@ def test_member_removed_by_another_node_stops_replicating(start_node: StartNode)
     assert put(c, "rm/on-c", "c").status == 201
     wait_readable([b], "rm/on-a", read(a, "rm/on-a"), nodes)
     # Once a and b have not exchanged with c for longer than a long poll, nothing flows either way.
-    wait_for(
-        lambda: all(
-            (m := member(n, "c")) is not None
-            and m["last_contact"] is not None
-            and m["last_contact"] > LONG_POLL + 1.0
-            for n in (a, b)
-        ),
-        15.0,
-        "a and b to stop exchanging with c",
-        nodes,
-    )
+    wait_until_silent(nodes, "c", (a, b))
     assert read(c, "rm/on-a") is None
     assert read(a, "rm/on-c") is None
     assert read(b, "rm/on-c") is None
@@ -817,3 +797,18 @@ def test_write_acknowledged_by_a_node_is_what_that_node_reads_next(start_node: S
     written = put(a, "k", "now")
     assert written.status in (200, 201)
     assert read(a, "k") == ("now", written.json()["version"])
+
+
+def wait_until_silent(nodes: list[NodeProcess], gone: str, others: tuple[NodeProcess, ...]) -> None:
+    """Wait until none of `others` has exchanged with member `gone` for over one long poll."""
+    wait_for(
+        lambda: all(
+            (m := member(n, gone)) is not None
+            and m["last_contact"] is not None
+            and m["last_contact"] > LONG_POLL + 1.0
+            for n in others
+        ),
+        15.0,
+        f"{', '.join(str(n.node_id) for n in others)} to stop exchanging with {gone}",
+        nodes,
+    )
