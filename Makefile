@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install run test test-fast lint format bench bench-replication clean
+.PHONY: install run test test-fast lint format bench bench-replication sim chaos crash clean
 
 install: $(VENV)/.installed
 
@@ -36,6 +36,23 @@ bench: install
 
 bench-replication: install
 	$(BIN)/python bench/replication.py $(ARGS)
+
+# Fault testing (see "Guarantees and how we test them" in the README). SEEDS is how many runs,
+# SEED replays one run.
+SEEDS    ?=
+SEED     ?=
+DURATION ?= 60
+CYCLES   ?= 1000
+SEED_ARGS = $(if $(SEEDS),--seeds $(SEEDS)) $(if $(SEED),--seed $(SEED))
+
+sim: install
+	$(BIN)/python -m tests.sim $(SEED_ARGS) $(ARGS)
+
+chaos: install
+	$(BIN)/python -m tests.chaos --duration $(DURATION) $(SEED_ARGS) $(ARGS)
+
+crash: install
+	$(BIN)/python -m tests.crash --cycles $(CYCLES) $(if $(SEED),--seed $(SEED)) $(ARGS)
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache

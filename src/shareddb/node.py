@@ -64,6 +64,7 @@ class Node:
         clock: HybridClock,
         *,
         now: Callable[[], int] = wall_millis,
+        monotonic: Callable[[], float] = time.monotonic,
         lock: IO[str] | None = None,
         own_since: int = 0,
     ) -> None:
@@ -75,13 +76,23 @@ class Node:
         self._lock = lock
         self.own_since = own_since
         self.url = settings.advertise or f"http://{settings.host}:{settings.port}"
-        self.membership = Membership(node_id, self.url, clock=time.monotonic)
+        self.membership = Membership(node_id, self.url, clock=monotonic)
         self.feed = Feed(node_id, store, self.membership)
         self.replicator: Replicator | None = None
         self.registry: Registry | None = None
 
     @classmethod
-    async def open(cls, settings: Settings, *, now: Callable[[], int] = wall_millis) -> Node:
+    async def open(
+        cls,
+        settings: Settings,
+        *,
+        now: Callable[[], int] = wall_millis,
+        monotonic: Callable[[], float] = time.monotonic,
+        mint_id: Callable[[], str] = lambda: f"node-{secrets.token_hex(3)}",
+    ) -> Node:
+        """Open the node's data dir and store. `now` (wall-clock milliseconds) and `monotonic`
+        (seconds) are the node's only sources of time, and `mint_id` of a new node id; the
+        simulation passes its own."""
         if settings.registry:
             try:
                 check_registry_url(settings.registry)
@@ -94,7 +105,9 @@ class Node:
             raise NodeError(f"cannot use data dir {data}: {exc.strerror or exc}") from exc
         lock = _lock_data_dir(data)
         try:
-            node_id = _resolve_node_id(data, settings.node_id)
+            # An id minted here, with this data dir, cannot have written anything before it.
+            new_id = settings.node_id is None and not (data / NODE_ID_FILE).exists()
+            node_id = _resolve_node_id(data, settings.node_id, mint_id)
             clock = HybridClock()
             spec = settings.store
             if spec == "sqlite":
@@ -114,7 +127,7 @@ class Node:
             lock.close()
             raise
         try:
-            node = await cls._load(settings, node_id, store, clock, now, lock)
+            node = await cls._load(settings, node_id, store, clock, now, monotonic, lock, new_id=new_id)
         except StoreUnavailable as exc:
             await store.close()
             lock.close()
@@ -130,17 +143,32 @@ class Node:
         store: Store,
         clock: HybridClock,
         now: Callable[[], int],
+        monotonic: Callable[[], float],
         lock: IO[str],
+        *,
+        new_id: bool,
     ) -> Node:
         """The node's own state from its store: clock, first-write mark, member list."""
         clock.restore(store.clock_high)
         created = await store.get_meta("created_hlc")
         if created is None:
-            # Every record this node writes from now on is in this store: peers need not send
-            # them back (see Feed). A wiped and recreated store gets a new, later mark.
-            created = str(clock.now(now()))
+            # Peers need not send back what this node wrote itself into this store (see Feed):
+            # records of its id at or after this mark. That is only sound when no earlier store
+            # wrote under this id: a wiped node that keeps its id (--node-id) may have written
+            # versions above any mark it could pick now, from a clock that ran ahead, and would
+            # never get them back. Such a store takes every record back (mark 0).
+            created = str(clock.now(now())) if new_id else "0"
             await store.set_meta("created_hlc", created)
-        node = cls(settings, node_id, store, clock, now=now, lock=lock, own_since=int(created))
+        node = cls(
+            settings,
+            node_id,
+            store,
+            clock,
+            now=now,
+            monotonic=monotonic,
+            lock=lock,
+            own_since=int(created),
+        )
         members = await store.get_meta("members")
         for entry in orjson.loads(members) if members else []:
             node.membership.members[entry["id"]] = Member(
@@ -150,26 +178,37 @@ class Node:
 
     async def start_replication(self, url: str, transport: Transport | None = None) -> None:
         """Announce this node at `url` and start pulling from every peer it knows."""
-        self.url = url
-        self.membership.announce(url, self.clock.now(self._now()))
-        for peer in (*self.settings.peers, *([self.settings.join] if self.settings.join else [])):
-            self.membership.add_static(peer)
         token = self.settings.peer_token or self.settings.token
-        self.replicator = Replicator(
-            self.id,
-            self.store,
-            self.clock,
-            self.membership,
-            transport or HttpTransport(token),
-            now=self._now,
-            own_since=self.own_since,
-        )
-        self.replicator.start(join=self.settings.join)
+        replicator = await self.attach_replication(url, transport or HttpTransport(token))
+        replicator.start(join=self.settings.join)
         if self.settings.registry:
             self.registry = Registry(
                 self.settings.registry, self.membership, ttl=self.settings.registry_ttl
             )
             self.registry.start()
+
+    async def attach_replication(self, url: str, transport: Transport) -> Replicator:
+        """Announce this node at `url` and set up its replication, not yet started.
+
+        `start_replication` starts the pullers' loops; the simulation calls their steps itself.
+        """
+        self.url = url
+        self.membership.announce(url, self.clock.now(self._now()))
+        for peer in (*self.settings.peers, *([self.settings.join] if self.settings.join else [])):
+            self.membership.add_static(peer)
+        self.replicator = Replicator(
+            self.id,
+            self.store,
+            self.clock,
+            self.membership,
+            transport,
+            now=self._now,
+            own_since=self.own_since,
+        )
+        # The announcement carries a clock value that peers will see: save it (with the clock's
+        # high-water mark) first, so that after a crash the clock resumes past it.
+        await self.replicator.persist_members()
+        return self.replicator
 
     async def close(self) -> None:
         if self.registry is not None:
@@ -241,9 +280,16 @@ class Node:
         """Nodes a write can be waited on, this one included."""
         return 1 + len(self.membership.active())
 
-    def leave(self, node_id: str) -> bool:
-        """Mark `node_id` (maybe this node) as having left; the change spreads to every member."""
-        return self.membership.leave(node_id, self.clock.now(self._now()))
+    async def leave(self, node_id: str) -> bool:
+        """Mark `node_id` (maybe this node) as having left; the change spreads to every member.
+
+        Saved before it is answered: the entry survives a crash, and so does the clock value it
+        carries."""
+        if not self.membership.leave(node_id, self.clock.now(self._now())):
+            return False
+        if self.replicator is not None:
+            await self.replicator.persist_members()
+        return True
 
     async def wait_for_copies(self, copies: int, timeout: float) -> int:
         """Wait until `copies` nodes hold every write this node has committed so far.
@@ -276,7 +322,7 @@ def _lock_data_dir(data: Path) -> IO[str]:
     return handle
 
 
-def _resolve_node_id(data: Path, requested: str | None) -> str:
+def _resolve_node_id(data: Path, requested: str | None, mint_id: Callable[[], str]) -> str:
     """The id stored in the data dir; a different requested id is refused."""
     path = data / NODE_ID_FILE
     stored: str | None = None
@@ -297,7 +343,7 @@ def _resolve_node_id(data: Path, requested: str | None) -> str:
             )
     if stored is not None:
         return stored
-    node_id = requested or f"node-{secrets.token_hex(3)}"
+    node_id = requested or mint_id()
     tmp = path.with_suffix(".tmp")
     try:
         with open(tmp, "w") as handle:

@@ -48,14 +48,14 @@ async def cluster(node: Node, request: web.BaseRequest) -> web.Response:
 
 async def leave(node: Node, request: web.BaseRequest) -> web.Response:
     """This node leaves the cluster: its peers stop pulling from it, it stops pulling."""
-    node.leave(node.id)
+    await node.leave(node.id)
     return json_response({"node": node.id, "state": "left"})
 
 
 async def remove_member(node: Node, request: web.BaseRequest) -> web.Response:
     """Mark another member as having left (e.g. a node that is gone for good)."""
     member_id = decode(split_target(request.raw_path)[0][len(MEMBERS) :], plus_is_space=False)
-    if not node.leave(member_id):
+    if not await node.leave(member_id):
         raise ApiError(404, f"no member {member_id!r}")
     return json_response({"node": member_id, "state": "left"})
 

@@ -83,12 +83,7 @@ async def join(node: Node, request: web.BaseRequest) -> web.Response:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError:
         raise bad_request("body is not JSON") from None
-    entries = _entries(payload)
-    node.membership.merge(entries)
-    if entries:
-        newcomer = entries[0]
-        node.membership.heard_from(newcomer["id"], newcomer["url"], newcomer["v"])
-    return json_response({"members": node.membership.entries()})
+    return json_response({"members": node.feed.join(_entries(payload))})
 
 
 def routes(node: Node) -> list[Route]:

@@ -8,6 +8,8 @@ how far the puller has applied our feed, and that it is alive.
 
 from __future__ import annotations
 
+from typing import Any
+
 from shareddb.membership import Membership
 from shareddb.record import version_hlc, version_node
 from shareddb.replication.transport import PullReply, PullRequest
@@ -57,6 +59,15 @@ class Feed:
             records=records,
             members=self.membership.entries(),
         )
+
+    def join(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """A node joins through this one: it sends its entries (its own first) and gets the whole
+        member list back."""
+        self.membership.merge(entries)
+        if entries:
+            newcomer = entries[0]
+            self.membership.heard_from(newcomer["id"], newcomer["url"], newcomer["v"])
+        return self.membership.entries()
 
 
 def _within_budget(changes: list[Change]) -> list[Change]:

@@ -210,6 +210,7 @@ class Replicator:
             # one URL is one node, so the member we knew there is gone.
             log.info("node %s now answers at %s in place of %s", reply.node, url, peer_id)
             self.membership.leave(peer_id, self.clock.now(self.now()))
+            await self.persist_members()  # with the clock value the entry carries
         self.membership.merge(reply.members)
         self.membership.identified(url, reply.node)
         self.membership.heard_from(reply.node, url)

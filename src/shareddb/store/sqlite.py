@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from shareddb.record import Record
 from shareddb.store.base import (
@@ -105,10 +106,12 @@ class SQLiteStore:
         *,
         clock_high: Callable[[], int] = lambda: 0,
         synchronous: str = "FULL",
+        vfs: str | None = None,
     ) -> None:
         self.path = path
         self._clock_source = clock_high
         self._synchronous = synchronous
+        self._vfs = vfs  # an SQLite VFS registered by name (the power-loss tests use their own)
         self._instance = ""
         # What the event loop sees (`_state`) is replaced whole after each commit, in `_resolve`;
         # the writer thread works ahead on `_written`. Neither is ever changed in place.
@@ -148,7 +151,10 @@ class SQLiteStore:
         self._checkpointer.start()
 
     def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        target = self.path if self._vfs is None else f"file:{quote(str(self.path))}?vfs={self._vfs}"
+        db = sqlite3.connect(
+            target, uri=self._vfs is not None, isolation_level=None, check_same_thread=False
+        )
         db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         db.execute("PRAGMA mmap_size = 268435456")
         return db

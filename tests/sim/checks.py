@@ -1,0 +1,162 @@
+"""What the simulation knows happened, and the invariants it checks against the stores.
+
+The history holds every write that reached a store (acknowledged or not), which writes were
+acknowledged, and per slot the greatest version each key has held. Every check names its invariant
+in the words of DESIGN.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from shareddb.record import Record
+
+INVARIANT_1 = "Invariant 1: no acknowledged write is lost (unless a greater version superseded it)"
+INVARIANT_2 = "Invariant 2: all nodes that can reach each other converge to identical digests"
+INVARIANT_3 = (
+    "Invariant 3: the final value of a key is the greatest version written; never a value nobody wrote"
+)
+INVARIANT_4 = "Invariant 4: a deleted key never comes back"
+INVARIANT_5 = "Invariant 5: a node's clock and sequence never go backwards, also across restarts"
+
+
+class Violation(AssertionError):
+    """An invariant does not hold."""
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    slot: int
+    key: str
+    value: str | None  # None: a delete
+    version: str
+
+
+@dataclass
+class SlotMarks:
+    """High-water marks of one slot's data dir; reset when it is wiped."""
+
+    held: dict[str, Record] = field(default_factory=dict)  # greatest version each key has held
+    seq: int = 0  # greatest sequence number seen
+    clock: int = 0  # greatest clock value seen while up
+    committed_clock: int = 0  # the clock high-water mark the store had persisted
+
+
+@dataclass
+class History:
+    written: dict[tuple[str, str], str | None] = field(default_factory=dict)  # (key, version) → value
+    acked: list[Write] = field(default_factory=list)
+    lost_with_disk: set[Write] = field(default_factory=set)  # acked only by a node since wiped
+    marks: dict[int, SlotMarks] = field(default_factory=dict)
+
+    def wrote(self, write: Write, acknowledged: bool) -> None:
+        self.written[(write.key, write.version)] = write.value
+        if acknowledged:
+            self.acked.append(write)
+
+    def slot(self, index: int) -> SlotMarks:
+        return self.marks.setdefault(index, SlotMarks())
+
+    def check_records(self, index: int, records: dict[str, Record]) -> None:
+        """Safety, after every step: what slot `index` holds now against what it held before."""
+        marks = self.slot(index)
+        for key, record in records.items():
+            if (key, record.version) not in self.written:
+                raise Violation(f"{INVARIANT_3}: n{index} holds {key}@{record.version}, never written")
+            if self.written[(key, record.version)] != record.value:
+                raise Violation(
+                    f"{INVARIANT_3}: n{index} holds {key}={record.value!r} at {record.version}, "
+                    f"but that version wrote {self.written[(key, record.version)]!r}"
+                )
+        for key, before in marks.held.items():
+            now = records.get(key)
+            if now is None:
+                if not before.deleted:
+                    raise Violation(f"{INVARIANT_1}: n{index} lost {key}@{before.version}")
+                continue  # a purged tombstone
+            if now.version < before.version:
+                invariant = INVARIANT_4 if before.deleted and not now.deleted else INVARIANT_1
+                raise Violation(
+                    f"{invariant}: n{index} went from {key}@{before.version} "
+                    f"({'deleted' if before.deleted else 'live'}) back to {now.version}"
+                )
+        for key, record in records.items():
+            held = marks.held.get(key)
+            if held is None or record.version > held.version:
+                marks.held[key] = record
+
+    def check_write(self, index: int, write: Write, records: dict[str, Record]) -> None:
+        """An acknowledged write is in the store that acknowledged it, or something greater is."""
+        now = records.get(write.key)
+        if now is None and write.value is None:
+            return  # a delete of a key nobody had written here
+        if now is None or now.version < write.version:
+            raise Violation(f"{INVARIANT_1}: n{index} acknowledged {write} but holds {now}")
+
+    def check_progress(self, index: int, seq: int, clock: int, committed_clock: int) -> None:
+        """The sequence and the clock only move forward; a restart resumes past what was saved."""
+        marks = self.slot(index)
+        if seq < marks.seq:
+            raise Violation(f"{INVARIANT_5}: n{index} sequence went from {marks.seq} back to {seq}")
+        if clock < marks.committed_clock:
+            saved = marks.committed_clock
+            raise Violation(f"{INVARIANT_5}: n{index} clock {clock:#x} is behind its saved {saved:#x}")
+        marks.seq, marks.clock = seq, max(marks.clock, clock)
+        marks.committed_clock = max(marks.committed_clock, committed_clock)
+
+    def check_clock_steady(self, index: int, clock: int) -> None:
+        """Within one run of a node, its clock never goes back."""
+        if clock < self.slot(index).clock:
+            raise Violation(f"{INVARIANT_5}: n{index} clock went back to {clock:#x}")
+
+    def wiped(self, index: int) -> None:
+        """Slot `index` lost its disk: acknowledged writes that no other disk holds are gone."""
+        self.marks[index] = SlotMarks()
+        disks = list(self.marks.values())
+        for write in self.acked:
+            if write not in self.lost_with_disk and not any(
+                key_at_least(marks.held, write.key, write.version, [marks]) for marks in disks
+            ):
+                self.lost_with_disk.add(write)
+
+    def check_final(self, states: dict[int, dict[str, Record]], at_heal: dict[str, str]) -> None:
+        """Liveness met: every node holds the same, and it is what the history says it must be."""
+        first = next(iter(states.values()))
+        for index, records in states.items():
+            if records != first:
+                diff = sorted(set(records.items()) ^ set(first.items()))[:5]
+                raise Violation(f"{INVARIANT_2}: n{index} differs from the others: {diff}")
+        for write in self.acked:
+            if write in self.lost_with_disk:
+                continue
+            if not key_at_least(first, write.key, write.version, list(self.marks.values())):
+                raise Violation(f"{INVARIANT_1}: acknowledged {write} is not in the converged data")
+        for key, version in at_heal.items():
+            now = first.get(key)
+            if now is None:
+                if self.written[(key, version)] is not None:
+                    raise Violation(f"{INVARIANT_3}: {key}@{version} vanished in the end")
+            elif now.version != version:
+                raise Violation(
+                    f"{INVARIANT_3}: {key} ends at {now.version}, the greatest held was {version}"
+                )
+
+
+def key_at_least(records: dict[str, Record], key: str, version: str, held: list[SlotMarks]) -> bool:
+    """`records` hold `key` at `version` or a greater one; a key they lack counts when some node
+    held a tombstone at least that great (it was purged since)."""
+    record = records.get(key)
+    if record is not None:
+        return record.version >= version
+    tombstones = (marks.held.get(key) for marks in held)
+    return any(t is not None and t.deleted and t.version >= version for t in tombstones)
+
+
+def greatest(states: list[dict[str, Record]]) -> dict[str, str]:
+    """For each key, the greatest version any of `states` holds."""
+    top: dict[str, str] = {}
+    for records in states:
+        for key, record in records.items():
+            if key not in top or record.version > top[key]:
+                top[key] = record.version
+    return top

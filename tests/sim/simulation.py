@@ -1,0 +1,389 @@
+"""One simulation run: a seeded scheduler drives real nodes through client writes and faults.
+
+Every choice comes from one `random.Random(seed)`, and every step runs to completion before the next
+one starts, so a seed always replays the same run. After each step the safety invariants are checked
+against what the stores hold; at the end every fault is healed and the nodes must converge within
+`HEAL_ROUNDS` rounds of pulls (liveness).
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+from shareddb.record import Record
+from shareddb.replication.transport import PeerError
+from shareddb.store.base import Outcome
+from tests.sim.checks import INVARIANT_2, History, Violation, Write, greatest
+from tests.sim.world import Slot, World, records
+
+HOT_KEYS = [f"hot-{i}" for i in range(6)]
+HEAL_ROUNDS = 12
+MINUTE = 60_000
+# Clock offsets a node may run at: small drift, beyond the 60 s drift bound, and behind.
+SKEWS = [0, 0, 0, 250, -250, 5_000, -5_000, 90_000, -90_000, 30 * MINUTE]
+ALL_KINDS = (
+    "write",
+    "pull",
+    "deliver",
+    "time",
+    "crash",
+    "restart",
+    "wipe",
+    "partition",
+    "heal",
+    "skew",
+    "purge",
+    "save-members",
+    "join",
+    "add-node",
+)
+# Fault kinds a failing run may be replayed without, to find a shorter trace.
+OPTIONAL_KINDS = ("deliver", "crash", "wipe", "partition", "skew", "purge", "add-node")
+
+
+@dataclass(frozen=True)
+class Config:
+    steps: int = 400
+    disabled: frozenset[str] = frozenset()
+
+
+@dataclass
+class Result:
+    seed: int
+    nodes: int
+    steps: int
+    trace: list[str]
+    counts: Counter[str] = field(default_factory=Counter)
+    heal_rounds: int = 0
+    error: str | None = None
+
+
+class Simulation:
+    def __init__(self, seed: int, root: Path, config: Config = Config()) -> None:
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.config = config
+        self.world = World(root, self.rng)
+        self.history = History()
+        self.trace: list[str] = []
+        self.counts: Counter[str] = Counter()
+        self._values = 0
+        self._unique = 0
+
+    # -- the run ----------------------------------------------------------------------------------
+
+    async def run(self) -> Result:
+        nodes = self.rng.randint(3, 5)
+        result = Result(self.seed, nodes, 0, self.trace, self.counts)
+        try:
+            urls = tuple(f"http://sim-n{i}:7000" for i in range(nodes))
+            for _ in range(nodes):
+                slot = self.world.add_slot(urls)
+                await self.world.start(slot)
+            for step in range(self.config.steps):
+                result.steps = step + 1
+                await self.step()
+            result.heal_rounds = await self.heal()
+        except Violation as exc:
+            result.error = str(exc)
+        finally:
+            await self.world.shutdown()
+        return result
+
+    async def step(self) -> None:
+        kinds = self.enabled_kinds()
+        weights = {
+            "write": 30,
+            "pull": 40,
+            "deliver": 3,
+            "time": 8,
+            "crash": 2,
+            "restart": 6,
+            "wipe": 0.4,
+            "partition": 2,
+            "heal": 2,
+            "skew": 1.5,
+            "purge": 3,
+            "save-members": 4,
+            "join": 4,
+            "add-node": 0.3,
+        }
+        kind = self.rng.choices(kinds, [weights[k] for k in kinds])[0]
+        await self.ACTIONS[kind](self)
+
+    def enabled_kinds(self) -> list[str]:
+        up = [s for s in self.world.slots if s.up]
+        down = [s for s in self.world.slots if not s.up]
+        possible = {
+            "write": bool(up),
+            "pull": bool(up),
+            "deliver": bool(self.world.network.delayed),
+            "time": True,
+            "crash": len(up) > 1,
+            "restart": bool(down),
+            "wipe": len(up) > 1,
+            "partition": True,
+            "heal": bool(self.world.network.cut),
+            "skew": bool(up),
+            "purge": bool(up),
+            "save-members": any(s.members_dirty for s in up),
+            "join": any(s.joining for s in up),
+            "add-node": len(self.world.slots) < 7,
+        }
+        return [k for k in ALL_KINDS if possible[k] and k not in self.config.disabled]
+
+    def note(self, kind: str, text: str) -> None:
+        self.counts[kind] += 1
+        self.trace.append(f"{len(self.trace):4d} t={self.world.time_ms % 10**8:>8} {text}")
+
+    def pick_up(self) -> Slot:
+        return self.rng.choice([s for s in self.world.slots if s.up])
+
+    # -- steps ------------------------------------------------------------------------------------
+
+    async def client_write(self) -> None:
+        """A client writes or deletes through one node; a crash may cut the request short."""
+        slot = self.pick_up()
+        node = slot.node
+        assert node is not None
+        if self.rng.random() < 0.25:
+            self._unique += 1
+            key = f"set-{self._unique}"
+        else:
+            key = self.rng.choice(HOT_KEYS)
+        delete = self.rng.random() < 0.3
+        self._values += 1
+        value = None if delete else f"v{self._values}"
+        crash = self.rng.random() < 0.03 and sum(s.up for s in self.world.slots) > 1
+        if crash and self.rng.random() < 0.5:
+            self.note("write", f"{slot.name} crashes before writing {key}={value}")
+            await self.world.crash(slot)
+            return
+        result = await (node.delete(key) if delete else node.put(key, value or ""))
+        written = result.outcome not in (Outcome.NOT_FOUND, Outcome.SUPERSEDED)
+        write = Write(slot.index, key, value, result.version)
+        if written:
+            self.history.wrote(write, acknowledged=not crash)
+        self.note("write", f"{slot.name} {'del' if delete else 'put'} {key}={value} {result}")
+        if crash:
+            self.note("crash", f"{slot.name} crashes before answering")
+            await self.world.crash(slot)
+            return
+        held = await self.check(slot)
+        if written:
+            self.history.check_write(slot.index, write, held)
+
+    async def pull(self) -> None:
+        """One node pulls one batch from one of the peers it wants to pull (the real `pull_once`)."""
+        slot = self.pick_up()
+        node, replicator = slot.running
+        urls = sorted(node.membership.pull_urls())
+        if not urls:
+            return
+        url = self.rng.choice(urls)
+        try:
+            await replicator.pull_once(url)
+            outcome = "ok"
+        except PeerError as exc:
+            outcome = str(exc)
+        self.note("pull", f"{slot.name} pulls {url}: {outcome}")
+        await self.check(slot)
+
+    async def deliver(self) -> None:
+        """The network delivers a held-back pull late; its answer goes nowhere."""
+        net = self.world.network
+        message = net.delayed.pop(self.rng.randrange(len(net.delayed)))
+        target = self.world.slots[message.target]
+        if target.node is None or target.incarnation != message.incarnation:
+            self.note("deliver", f"late pull to n{message.target} finds no process")
+            return
+        await target.node.feed.pull(message.request)
+        self.note("deliver", f"late pull since={message.request.since} reaches n{message.target}")
+
+    async def advance_time(self) -> None:
+        if self.rng.random() < 0.05:
+            delta = self.rng.randint(10, 90) * MINUTE
+        else:
+            delta = self.rng.randint(1, 3_000)
+        self.world.time_ms += delta
+        self.note("time", f"+{delta} ms")
+
+    async def crash(self) -> None:
+        slot = self.pick_up()
+        self.note("crash", f"{slot.name} crashes")
+        await self.world.crash(slot)
+
+    async def restart(self) -> None:
+        slot = self.rng.choice([s for s in self.world.slots if not s.up])
+        await self.world.start(slot)
+        assert slot.node is not None
+        self.note("restart", f"{slot.name} restarts as {slot.node.id}")
+        await self.check(slot)
+
+    async def wipe(self) -> None:
+        """A node loses its disk and comes back empty, under its old id or a new one."""
+        slot = self.pick_up()
+        assert slot.node is not None
+        old_id = slot.node.id
+        node_id = self.rng.choice([old_id, f"{slot.name}-w{self.counts['wipe'] + 1}", None])
+        self.history.wiped(slot.index)
+        await self.world.wipe(slot, node_id)
+        await self.world.start(slot)
+        assert slot.node is not None
+        self.note("wipe", f"{slot.name} ({old_id}) wiped, back as {slot.node.id}")
+        await self.check(slot)
+
+    async def partition(self) -> None:
+        """Cut links in one of the shapes real networks fail in."""
+        slots = [s.index for s in self.world.slots]
+        self.rng.shuffle(slots)
+        shape = self.rng.choice(["isolate", "split", "one-way", "bridge"])
+        cut: set[tuple[int, int]] = set()
+        if shape == "isolate":
+            lone = slots[0]
+            cut = {(a, b) for a in slots for b in slots if (a == lone) != (b == lone)}
+        elif shape == "split":
+            half = set(slots[: len(slots) // 2])
+            cut = {(a, b) for a in slots for b in slots if (a in half) != (b in half)}
+        elif shape == "one-way":
+            a, b = slots[0], slots[1]
+            cut = {(a, b)}
+        else:  # two sides that only reach each other through a bridge node
+            bridge, rest = slots[0], slots[1:]
+            left = set(rest[: len(rest) // 2])
+            cut = {(a, b) for a in rest for b in rest if (a in left) != (b in left)}
+            assert bridge not in left
+        self.world.network.cut = cut
+        self.note("partition", f"{shape}: cut {sorted(cut)}")
+
+    async def heal_network(self) -> None:
+        self.world.network.cut = set()
+        self.note("heal", "network healed")
+
+    async def skew(self) -> None:
+        slot = self.pick_up()
+        slot.skew_ms = self.rng.choice(SKEWS)
+        self.note("skew", f"{slot.name} clock at {slot.skew_ms:+d} ms")
+        await self.check(slot)
+
+    async def purge(self) -> None:
+        slot = self.pick_up()
+        purged = await slot.running[1].purge()
+        self.note("purge", f"{slot.name} purged {purged} tombstones")
+        await self.check(slot)
+
+    async def save_members(self) -> None:
+        slot = self.rng.choice([s for s in self.world.slots if s.up and s.members_dirty])
+        assert slot.replicator is not None
+        slot.members_dirty = False
+        await slot.replicator.persist_members()
+        self.note("save-members", f"{slot.name} saved its member list")
+
+    async def join(self, slot: Slot | None = None) -> None:
+        """A node started with --join announces itself (the real loop retries until answered)."""
+        if slot is None:
+            slot = self.rng.choice([s for s in self.world.slots if s.up and s.joining])
+        node, replicator = slot.running
+        assert slot.join is not None
+        try:
+            entries = await replicator.transport.join(slot.join, node.membership.entries())
+        except PeerError as exc:
+            self.note("join", f"{slot.name} join failed: {exc}")
+            return
+        node.membership.merge(entries)
+        slot.joining = False
+        self.note("join", f"{slot.name} joined through {slot.join}")
+
+    async def add_node(self) -> None:
+        """A new, empty node joins through a random member."""
+        through = self.rng.choice(self.world.slots)
+        slot = self.world.add_slot((), join=through.url)
+        await self.world.start(slot)
+        self.note("add-node", f"{slot.name} starts, joining through {through.name}")
+
+    ACTIONS: ClassVar[dict[str, Callable[[Simulation], Awaitable[None]]]] = {
+        "write": client_write,
+        "pull": pull,
+        "deliver": deliver,
+        "time": advance_time,
+        "crash": crash,
+        "restart": restart,
+        "wipe": wipe,
+        "partition": partition,
+        "heal": heal_network,
+        "skew": skew,
+        "purge": purge,
+        "save-members": save_members,
+        "join": join,
+        "add-node": add_node,
+    }
+
+    # -- checks -----------------------------------------------------------------------------------
+
+    async def check(self, slot: Slot) -> dict[str, Record]:
+        """The safety invariants on one node, after a step that touched it."""
+        node = slot.node
+        assert node is not None
+        held = await records(node)
+        self.history.check_records(slot.index, held)
+        self.history.check_clock_steady(slot.index, node.clock.last)
+        self.history.check_progress(
+            slot.index, node.store.last_seq, node.clock.last, node.store.clock_high
+        )
+        return held
+
+    async def heal(self) -> int:
+        """Heal every fault, then pull in rounds until every node holds the same (liveness)."""
+        world = self.world
+        world.network.cut = set()
+        world.network.delayed.clear()
+        world.network.drop_request = world.network.drop_reply = 0.0
+        world.network.delay = world.network.duplicate = 0.0
+        for slot in world.slots:
+            if not slot.up:
+                await world.start(slot)
+        self.note("heal", "every fault healed, every node up")
+        states = {s.index: await self.check(s) for s in world.slots}
+        at_heal = greatest(list(states.values()))
+        for round_ in range(1, HEAL_ROUNDS + 1):
+            for slot in world.slots:
+                node, replicator = slot.running
+                if slot.joining:
+                    await self.join(slot)
+                for url in sorted(node.membership.pull_urls()):
+                    try:
+                        await replicator.pull_once(url)
+                    except PeerError as exc:
+                        raise Violation(f"{INVARIANT_2}: {slot.name} cannot pull {url}: {exc}") from exc
+                await self.check(slot)
+            world.time_ms += 90 * MINUTE  # past the tombstone grace: purges run everywhere
+            for slot in world.slots:
+                await slot.running[1].purge()
+            states = {s.index: await self.check(s) for s in world.slots}
+            digests = {s.node.store.digest().digest for s in world.slots if s.node is not None}
+            if len(digests) == 1:
+                self.history.check_final(states, at_heal)
+                return round_
+        raise Violation(
+            f"{INVARIANT_2}: no convergence after {HEAL_ROUNDS} rounds of pulls: {differences(states)}"
+        )
+
+
+def differences(states: dict[int, dict[str, Record]], limit: int = 3) -> str:
+    """The first keys the nodes disagree on, with what each node holds."""
+    keys = sorted({key for records in states.values() for key in records})
+    shown = []
+    for key in keys:
+        held = {index: records.get(key) for index, records in states.items()}
+        if len({(r.version if r else None) for r in held.values()}) > 1:
+            shown.append(
+                f"{key}: " + ", ".join(f"n{i}={r.version if r else None}" for i, r in held.items())
+            )
+        if len(shown) == limit:
+            break
+    return "; ".join(shown)

@@ -1,0 +1,208 @@
+"""The simulated cluster: real nodes over a simulated network, in virtual time.
+
+Each slot is one place in the cluster (a URL and a data dir). The node there is a real `Node`: a real
+SQLite store in the slot's data dir, the real replicator, feed and member list. What is simulated is
+what lies between the nodes and around them: the network (`SimTransport`, which hands a pull to the
+source's real `Feed` and can lose, delay or duplicate it), the wall clocks (virtual milliseconds,
+skewed per node) and the process lifetimes (a crash drops the node without letting it save anything).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shareddb.config import Settings
+from shareddb.node import Node
+from shareddb.record import Record
+from shareddb.replication.puller import Replicator
+from shareddb.replication.transport import PeerError, PullReply, PullRequest
+
+# Virtual wall-clock time starts here (2027-01-15), so skews in either direction stay positive.
+EPOCH_MS = 1_800_000_000_000
+
+
+@dataclass
+class Slot:
+    """A place in the cluster; the node at it may be down, crash, restart, or be wiped."""
+
+    index: int
+    url: str
+    data: Path
+    node_id: str | None  # None: the node mints an id when its data dir is new
+    peers: tuple[str, ...]
+    join: str | None = None
+    node: Node | None = None  # None while the node is down
+    replicator: Replicator | None = None
+    skew_ms: int = 0
+    incarnation: int = 0  # bumped at every start: a late message to an earlier process is lost
+    members_dirty: bool = False  # its member list changed since it was last saved
+    joining: bool = False  # its --join announcement has not been answered yet
+
+    @property
+    def up(self) -> bool:
+        return self.node is not None
+
+    @property
+    def name(self) -> str:
+        return f"n{self.index}"
+
+    @property
+    def running(self) -> tuple[Node, Replicator]:
+        """The node and its replicator; only for a slot that is up."""
+        if self.node is None or self.replicator is None:
+            raise RuntimeError(f"{self.name} is down")
+        return self.node, self.replicator
+
+
+@dataclass
+class Delayed:
+    """A pull that the network holds back; the source gets it later, and nobody gets the answer."""
+
+    target: int
+    incarnation: int
+    request: PullRequest
+
+
+@dataclass
+class Network:
+    """Which links are cut and what is still in flight. A link (a, b) is `a` pulling from `b`."""
+
+    cut: set[tuple[int, int]] = field(default_factory=set)
+    delayed: list[Delayed] = field(default_factory=list)
+    # Chances of each fate of one message, while the link is up.
+    drop_request: float = 0.03
+    drop_reply: float = 0.03
+    delay: float = 0.03
+    duplicate: float = 0.03
+
+    def reachable(self, puller: int, source: int) -> bool:
+        return (puller, source) not in self.cut
+
+
+class SimTransport:
+    """The `Transport` of one slot: pulls and joins go straight to the target slot's real node."""
+
+    def __init__(self, world: World, owner: Slot) -> None:
+        self.world = world
+        self.owner = owner
+
+    def _target(self, url: str) -> Slot:
+        slot = self.world.by_url.get(url)
+        if slot is None or slot.node is None:
+            raise PeerError(f"cannot reach {url}: connection refused")
+        if not self.world.network.reachable(self.owner.index, slot.index):
+            raise PeerError(f"cannot reach {url}: timed out")
+        return slot
+
+    async def pull(self, url: str, request: PullRequest) -> PullReply:
+        target = self._target(url)
+        net, rng = self.world.network, self.world.rng
+        request = dataclasses.replace(request, wait=0.0)  # a long poll would wait in real time
+        fate = rng.random()
+        if fate < net.drop_request:
+            raise PeerError(f"{url}: request lost")
+        fate -= net.drop_request
+        if fate < net.delay:
+            net.delayed.append(Delayed(target.index, target.incarnation, request))
+            raise PeerError(f"{url}: timed out (request delayed)")
+        fate -= net.delay
+        if fate < net.duplicate:
+            net.delayed.append(Delayed(target.index, target.incarnation, request))
+        assert target.node is not None
+        reply = await target.node.feed.pull(request)
+        if rng.random() < net.drop_reply:
+            raise PeerError(f"{url}: answer lost")
+        return reply
+
+    async def join(self, url: str, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        target = self._target(url)
+        assert target.node is not None
+        members = target.node.feed.join(entries)
+        if self.world.rng.random() < self.world.network.drop_reply:
+            raise PeerError(f"{url}: answer lost")
+        return members
+
+    async def close(self) -> None:
+        return None
+
+
+class World:
+    """The slots, the network and virtual time of one simulation run."""
+
+    def __init__(self, root: Path, rng: random.Random) -> None:
+        self.root = root
+        self.rng = rng
+        self.time_ms = EPOCH_MS
+        self.slots: list[Slot] = []
+        self.by_url: dict[str, Slot] = {}
+        self.network = Network()
+
+    def add_slot(self, peers: tuple[str, ...], join: str | None = None) -> Slot:
+        index = len(self.slots)
+        url = f"http://sim-n{index}:7000"
+        node_id = f"n{index}" if self.rng.random() < 0.5 else None
+        slot = Slot(index, url, self.root / f"n{index}", node_id, peers, join)
+        self.slots.append(slot)
+        self.by_url[url] = slot
+        return slot
+
+    def clock_of(self, slot: Slot) -> Callable[[], int]:
+        return lambda: self.time_ms + slot.skew_ms
+
+    async def start(self, slot: Slot) -> None:
+        """Start the node at `slot` from whatever its data dir holds (the real open path)."""
+        settings = Settings(data=slot.data, node_id=slot.node_id, peers=slot.peers, join=slot.join)
+        node = await Node.open(
+            settings,
+            now=self.clock_of(slot),
+            monotonic=lambda: self.time_ms / 1000,
+            mint_id=lambda: f"n{slot.index}-{self.rng.randrange(16**4):04x}",
+        )
+        replicator = await node.attach_replication(slot.url, SimTransport(self, slot))
+
+        def members_changed() -> None:
+            slot.members_dirty = True
+
+        node.membership.on_change = members_changed
+        slot.node, slot.replicator = node, replicator
+        slot.incarnation += 1
+        slot.members_dirty = False
+        slot.joining = slot.join is not None
+
+    async def crash(self, slot: Slot) -> None:
+        """Kill the node: what it committed stays, everything it held in memory is gone.
+
+        Every step runs to completion, so no write is half-way when this runs: releasing the store
+        only closes files (nothing is queued), and the node gets no chance to save its members.
+        """
+        node = slot.node
+        assert node is not None
+        slot.node = slot.replicator = None
+        await node.store.close()
+        node.replicator = None
+        await node.close()  # now only releases the data-dir lock
+
+    async def wipe(self, slot: Slot, node_id: str | None) -> None:
+        """Crash the node, destroy its data dir; it comes back empty, as `node_id` (None: it
+        mints a new one)."""
+        if slot.node is not None:
+            await self.crash(slot)
+        shutil.rmtree(slot.data)
+        slot.node_id = node_id
+
+    async def shutdown(self) -> None:
+        for slot in self.slots:
+            if slot.node is not None:
+                await self.crash(slot)
+
+
+async def records(node: Node) -> dict[str, Record]:
+    """Everything the node's store holds, tombstones included, by key."""
+    changes = await node.store.changes_since(0, 1_000_000)
+    return {change.record.key: change.record for change in changes}
