@@ -135,17 +135,26 @@ class Membership:
             self._progress = asyncio.Event()
 
     def leave(self, node_id: str, version: int) -> bool:
-        """Mark a member (or this node) as having left. False when the id is unknown."""
+        """Mark a member (or this node) as having left. False when the id is unknown.
+
+        The entry's version only grows (to just past its current one if `version` is not above
+        it, say from a clock behind the one that wrote the entry), so the change always wins.
+        """
         if node_id == self.self_id:
+            version = max(version, self.self_entry.version + 1)
             self.self_entry = Member(node_id, self.self_entry.url, True, version)
             self.on_change()
             return True
         member = self.members.get(node_id)
         if member is None:
             return False
-        member.left, member.version = True, version
+        member.left, member.version = True, max(version, member.version + 1)
         self.on_change()
         return True
+
+    def others_at(self, url: str, node_id: str) -> list[str]:
+        """Active members other than `node_id` listed at `url`, where `node_id` answers now."""
+        return [m.id for m in self.members.values() if m.url == url and m.id != node_id and not m.left]
 
     # -- the registry (local to this node, never replicated) ---------------------------------------
 

@@ -78,3 +78,39 @@ async def test_restarted_node_clock_resumes_past_its_announcement(tmp_path: Path
         assert slot.running[0].clock.last > announced
     finally:
         await world.shutdown()
+
+
+async def test_wiped_node_under_a_new_id_does_not_hold_up_the_tombstone_purge(
+    tmp_path: Path,
+) -> None:
+    """Invariant 2: all nodes that can reach each other converge to identical digests.
+
+    A node lost its data dir and came back at the same URL under a new id. Its old id stayed an
+    active member on the nodes that had never pulled the old one at that URL: they waited for it
+    forever before purging a tombstone, while nodes that had purged it already kept a different
+    digest.
+    """
+    world = World(tmp_path, random.Random(0))
+    world.network.drop_request = world.network.drop_reply = 0.0
+    world.network.delay = world.network.duplicate = 0.0
+    urls = tuple(f"http://sim-n{i}:7000" for i in range(3))
+    slots = [world.add_slot(urls) for _ in range(3)]
+    try:
+        for slot in slots:
+            await world.start(slot)
+        for _ in range(2):
+            for slot in slots:
+                await pull_all(slot)
+        old_id = slots[1].running[0].id
+        await world.wipe(slots[1], "n1-new")
+        await world.start(slots[1])
+        for _ in range(2):
+            for slot in slots:
+                await pull_all(slot)
+        for slot in slots:
+            node, replicator = slot.running
+            old = node.membership.members.get(old_id)
+            assert old is None or old.left, f"{slot.name} still waits for {old_id}"
+            assert replicator.purge_horizon() is not None, slot.name
+    finally:
+        await world.shutdown()

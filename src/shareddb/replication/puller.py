@@ -205,15 +205,17 @@ class Replicator:
         if reply.node == self.node_id:
             self.membership.identified(url, reply.node)
             return False
-        if peer_id is not None and peer_id != reply.node:
-            # Another node answers at this URL now (say, a wiped node restarted under a new id):
-            # one URL is one node, so the member we knew there is gone.
-            log.info("node %s now answers at %s in place of %s", reply.node, url, peer_id)
-            self.membership.leave(peer_id, self.clock.now(self.now()))
-            await self.persist_members()  # with the clock value the entry carries
         self.membership.merge(reply.members)
         self.membership.identified(url, reply.node)
         self.membership.heard_from(reply.node, url)
+        if stale := self.membership.others_at(url, reply.node):
+            # One URL is one node: the members listed here before (say, a wiped node that came
+            # back under a new id) are gone. Left, they no longer hold up the tombstone purge.
+            log.info("node %s now answers at %s in place of %s", reply.node, url, ", ".join(stale))
+            version = self.clock.now(self.now())
+            for old in stale:
+                self.membership.leave(old, version)
+            await self.persist_members()  # with the clock value the entries carry
         position = Checkpoint(reply.node, reply.instance, reply.until)
         if not reply.records:
             # Nothing to apply (an idle feed, or only this node's own writes coming back): move
