@@ -20,7 +20,7 @@ import orjson
 
 from shareddb.clock import HybridClock, from_millis
 from shareddb.membership import Membership
-from shareddb.record import make_version, version_hlc
+from shareddb.record import make_version, version_hlc, version_node
 from shareddb.replication.transport import PeerError, PullRequest, Transport
 from shareddb.store.base import Checkpoint, Store, StoreUnavailable
 
@@ -225,7 +225,11 @@ class Replicator:
             return True
         wall = self.now()
         for record in reply.records:
-            if not self.clock.observe(version_hlc(record.version), wall):
+            if version_node(record.version) == self.node_id:
+                # This id's own history (from before its store was wiped): the clock must pass
+                # it, however far ahead it is, or a new write could repeat one of its versions.
+                self.clock.restore(version_hlc(record.version))
+            elif not self.clock.observe(version_hlc(record.version), wall):
                 self.skewed += 1
                 log.warning(
                     "version %s from %s is more than %d ms ahead of this node's clock",
