@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from shareddb.replication.transport import PeerError
@@ -11,6 +13,24 @@ from tests.sim.simulation import Config
 from tests.sim.world import Slot, World, records
 
 MINUTE = 60_000
+
+
+@asynccontextmanager
+async def cluster(root: Path, count: int, ids: list[str] | None = None) -> AsyncIterator[World]:
+    """`count` started nodes (with these --node-ids, else minted ones) on a network that loses
+    nothing, all listing each other as peers."""
+    world = World(root, random.Random(0))
+    world.network.drop_request = world.network.drop_reply = 0.0
+    world.network.delay = world.network.duplicate = 0.0
+    urls = tuple(f"http://sim-n{i}:7000" for i in range(count))
+    try:
+        for index in range(count):
+            slot = world.add_slot(urls)
+            slot.node_id = ids[index] if ids else None
+            await world.start(slot)
+        yield world
+    finally:
+        await world.shutdown()
 
 
 async def pull_all(slot: Slot) -> None:
@@ -22,62 +42,50 @@ async def pull_all(slot: Slot) -> None:
             raise AssertionError(f"{slot.name} cannot pull {url}: {exc}") from exc
 
 
+async def wipe_with_a_fast_clock_gone(world: World, slot: Slot) -> None:
+    """The node at `slot`, whose clock ran 30 minutes fast, loses its disk and comes back under
+    the same --node-id with a right clock."""
+    assert slot.node is not None
+    await world.wipe(slot, slot.node.id)
+    slot.skew_ms = 0
+    await world.start(slot)
+
+
 async def test_wiped_node_that_keeps_its_id_gets_its_own_writes_back(tmp_path: Path) -> None:
     """Invariant 2: all nodes that can reach each other converge to identical digests.
 
-    A node wrote with a clock 30 minutes fast, lost its disk and came back under the same
-    --node-id with a right clock. Peers used to leave out every record of its id above the mark
-    of its new store, taken as "it wrote those itself": it never got its old writes back.
+    Peers used to leave out every record of the wiped node's id above the mark of its new store,
+    taken as "it wrote those itself": it never got back what it wrote with its clock fast.
     """
-    world = World(tmp_path, random.Random(0))
-    world.network.drop_request = world.network.drop_reply = 0.0
-    world.network.delay = world.network.duplicate = 0.0
-    urls = ("http://sim-n0:7000", "http://sim-n1:7000")
-    first, second = world.add_slot(urls), world.add_slot(urls)
-    first.node_id, second.node_id = "n0", "n1"
-    try:
-        for slot in (first, second):
-            await world.start(slot)
+    async with cluster(tmp_path, 2, ["n0", "n1"]) as world:
+        first, second = world.slots
         second.skew_ms = 30 * MINUTE
-        assert second.node is not None
-        await second.node.put("written-fast", "v1")
+        await second.running[0].put("written-fast", "v1")
         await pull_all(first)
-        await world.wipe(second, "n1")
-        second.skew_ms = 0
-        await world.start(second)
+        await wipe_with_a_fast_clock_gone(world, second)
         await pull_all(second)
         assert (await records(second.running[0])).keys() == {"written-fast"}
         assert second.running[0].store.digest() == first.running[0].store.digest()
-    finally:
-        await world.shutdown()
 
 
-async def test_same_seed_replays_the_same_run() -> None:
-    """A seed is a complete description of a run: the trace printed on failure is reproducible."""
-    first, second = await run_seed(424242, Config(steps=150)), await run_seed(424242, Config(steps=150))
-    assert first.error is None, first.error
-    assert first.trace == second.trace
-    assert len(first.trace) > 150
-
-
-async def test_restarted_node_clock_resumes_past_its_announcement(tmp_path: Path) -> None:
+async def test_wiped_node_that_keeps_its_id_moves_its_clock_past_its_old_versions(
+    tmp_path: Path,
+) -> None:
     """Invariant 5: a node's clock and sequence never go backwards, also across restarts.
 
-    A starting node announces itself with a clock value that peers see. It used to be saved only
-    with the next write, so a node that crashed before writing, and came back with its wall clock
-    a little behind, resumed below the value it had announced.
+    When the wiped node's old writes came back from a peer, its clock moved at most 60 s ahead
+    (the bound for peers' versions), so its next versions were below ones it had already handed
+    out. Versions of its own id now move its clock all the way.
     """
-    world = World(tmp_path, random.Random(0))
-    slot = world.add_slot(("http://sim-n0:7000",))
-    try:
-        await world.start(slot)
-        announced = slot.running[0].membership.self_entry.version
-        await world.crash(slot)
-        slot.skew_ms = -250
-        await world.start(slot)
-        assert slot.running[0].clock.last > announced
-    finally:
-        await world.shutdown()
+    async with cluster(tmp_path, 2, ["n0", "n1"]) as world:
+        first, second = world.slots
+        second.skew_ms = 30 * MINUTE
+        before = await second.running[0].put("k", "old")
+        await pull_all(first)
+        await wipe_with_a_fast_clock_gone(world, second)
+        await pull_all(second)
+        after = await second.running[0].put("other", "new")
+        assert after.version > before.version
 
 
 async def test_wiped_node_under_a_new_id_does_not_hold_up_the_tombstone_purge(
@@ -90,59 +98,45 @@ async def test_wiped_node_under_a_new_id_does_not_hold_up_the_tombstone_purge(
     forever before purging a tombstone, while nodes that had purged it already kept a different
     digest.
     """
-    world = World(tmp_path, random.Random(0))
-    world.network.drop_request = world.network.drop_reply = 0.0
-    world.network.delay = world.network.duplicate = 0.0
-    urls = tuple(f"http://sim-n{i}:7000" for i in range(3))
-    slots = [world.add_slot(urls) for _ in range(3)]
-    try:
-        for slot in slots:
-            await world.start(slot)
+    async with cluster(tmp_path, 3) as world:
         for _ in range(2):
-            for slot in slots:
+            for slot in world.slots:
                 await pull_all(slot)
-        old_id = slots[1].running[0].id
-        await world.wipe(slots[1], "n1-new")
-        await world.start(slots[1])
+        wiped = world.slots[1]
+        old_id = wiped.running[0].id
+        await world.wipe(wiped, None)
+        world.time_ms += 1_000  # its new id announces itself later than the old one did
+        await world.start(wiped)
+        await pull_all(wiped)  # the others hear of the new id before they pull its URL
         for _ in range(2):
-            for slot in slots:
+            for slot in world.slots:
                 await pull_all(slot)
-        for slot in slots:
+        for slot in world.slots:
             node, replicator = slot.running
             old = node.membership.members.get(old_id)
             assert old is None or old.left, f"{slot.name} still waits for {old_id}"
             assert replicator.purge_horizon() is not None, slot.name
-    finally:
-        await world.shutdown()
 
 
-async def test_wiped_node_that_keeps_its_id_moves_its_clock_past_its_old_versions(
-    tmp_path: Path,
-) -> None:
+async def test_restarted_node_clock_resumes_past_its_announcement(tmp_path: Path) -> None:
     """Invariant 5: a node's clock and sequence never go backwards, also across restarts.
 
-    A node wrote with a clock 30 minutes fast, lost its disk and came back under the same
-    --node-id with a right clock. When its old writes came back from a peer, the clock moved at
-    most 60 s ahead (the bound for peers' versions), so its next versions were below ones it had
-    already handed out. Versions of its own id now move its clock all the way.
+    A starting node announces itself with a clock value that peers see. It used to be saved only
+    with the next write, so a node that crashed before writing, and came back with its wall clock
+    a little behind, resumed below the value it had announced.
     """
-    world = World(tmp_path, random.Random(0))
-    world.network.drop_request = world.network.drop_reply = 0.0
-    world.network.delay = world.network.duplicate = 0.0
-    urls = ("http://sim-n0:7000", "http://sim-n1:7000")
-    first, second = world.add_slot(urls), world.add_slot(urls)
-    first.node_id, second.node_id = "n0", "n1"
-    try:
-        for slot in (first, second):
-            await world.start(slot)
-        second.skew_ms = 30 * MINUTE
-        before = await second.running[0].put("k", "old")
-        await pull_all(first)
-        await world.wipe(second, "n1")
-        second.skew_ms = 0
-        await world.start(second)
-        await pull_all(second)
-        after = await second.running[0].put("other", "new")
-        assert after.version > before.version
-    finally:
-        await world.shutdown()
+    async with cluster(tmp_path, 1) as world:
+        slot = world.slots[0]
+        announced = slot.running[0].membership.self_entry.version
+        await world.crash(slot)
+        slot.skew_ms = -250
+        await world.start(slot)
+        assert slot.running[0].clock.last > announced
+
+
+async def test_same_seed_replays_the_same_run() -> None:
+    """A seed is a complete description of a run: the trace printed on failure is reproducible."""
+    first, second = await run_seed(424242, Config(steps=150)), await run_seed(424242, Config(steps=150))
+    assert first.error is None, first.error
+    assert first.trace == second.trace
+    assert len(first.trace) > 150
