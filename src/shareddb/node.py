@@ -66,7 +66,6 @@ class Node:
         now: Callable[[], int] = wall_millis,
         monotonic: Callable[[], float] = time.monotonic,
         lock: IO[str] | None = None,
-        own_since: int = 0,
     ) -> None:
         self.settings = settings
         self.id = node_id
@@ -74,7 +73,6 @@ class Node:
         self.clock = clock
         self._now = now
         self._lock = lock
-        self.own_since = own_since
         self.url = settings.advertise or f"http://{settings.host}:{settings.port}"
         self.membership = Membership(node_id, self.url, clock=monotonic)
         self.feed = Feed(node_id, store, self.membership)
@@ -105,8 +103,6 @@ class Node:
             raise NodeError(f"cannot use data dir {data}: {exc.strerror or exc}") from exc
         lock = _lock_data_dir(data)
         try:
-            # An id minted here, with this data dir, cannot have written anything before it.
-            new_id = settings.node_id is None and not (data / NODE_ID_FILE).exists()
             node_id = _resolve_node_id(data, settings.node_id, mint_id)
             clock = HybridClock()
             spec = settings.store
@@ -127,7 +123,7 @@ class Node:
             lock.close()
             raise
         try:
-            node = await cls._load(settings, node_id, store, clock, now, monotonic, lock, new_id=new_id)
+            node = await cls._load(settings, node_id, store, clock, now, monotonic, lock)
         except StoreUnavailable as exc:
             await store.close()
             lock.close()
@@ -145,20 +141,9 @@ class Node:
         now: Callable[[], int],
         monotonic: Callable[[], float],
         lock: IO[str],
-        *,
-        new_id: bool,
     ) -> Node:
-        """The node's own state from its store: clock, first-write mark, member list."""
+        """The node's own state from its store: clock and member list."""
         clock.restore(store.clock_high)
-        created = await store.get_meta("created_hlc")
-        if created is None:
-            # Peers need not send back what this node wrote itself into this store (see Feed):
-            # records of its id at or after this mark. That is only sound when no earlier store
-            # wrote under this id: a wiped node that keeps its id (--node-id) may have written
-            # versions above any mark it could pick now, from a clock that ran ahead, and would
-            # never get them back. Such a store takes every record back (mark 0).
-            created = str(clock.now(now())) if new_id else "0"
-            await store.set_meta("created_hlc", created)
         node = cls(
             settings,
             node_id,
@@ -167,7 +152,6 @@ class Node:
             now=now,
             monotonic=monotonic,
             lock=lock,
-            own_since=int(created),
         )
         members = await store.get_meta("members")
         for entry in orjson.loads(members) if members else []:
@@ -203,7 +187,6 @@ class Node:
             self.membership,
             transport,
             now=self._now,
-            own_since=self.own_since,
         )
         # The announcement carries a clock value that peers will see: save it (with the clock's
         # high-water mark) first, so that after a crash the clock resumes past it.

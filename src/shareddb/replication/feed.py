@@ -44,7 +44,8 @@ class Feed:
         records = [
             change.record
             for change in changes
-            # The puller already holds what it wrote itself since its store was created.
+            # The puller already holds what it wrote itself from own_since on (it says so once
+            # it has caught up with this feed; see Replicator._caught_up).
             if not (
                 own_since > 0
                 and version_node(change.record.version) == puller

@@ -21,7 +21,7 @@ import orjson
 from shareddb.clock import HybridClock, from_millis
 from shareddb.membership import Membership
 from shareddb.record import make_version, version_hlc, version_node
-from shareddb.replication.transport import PeerError, PullRequest, Transport
+from shareddb.replication.transport import PeerError, PullReply, PullRequest, Transport
 from shareddb.store.base import Checkpoint, Store, StoreUnavailable
 
 log = logging.getLogger("shareddb.replication")
@@ -50,7 +50,6 @@ class Replicator:
         transport: Transport,
         *,
         now: Callable[[], int],
-        own_since: int,
         rng: random.Random | None = None,
         tombstone_grace_ms: int = TOMBSTONE_GRACE_MS,
     ) -> None:
@@ -60,7 +59,10 @@ class Replicator:
         self.membership = membership
         self.transport = transport
         self.now = now
-        self.own_since = own_since
+        # Per peer id: from which clock value on the peer may leave out what this node wrote
+        # itself (see `pull_once`). In memory: after a restart each peer sends everything again
+        # until this node has caught up with it.
+        self._own_since: dict[str, int] = {}
         self.rng = rng or random.Random()
         self.skewed = 0  # received versions more than the drift bound ahead of local time
         self.tombstone_grace_ms = tombstone_grace_ms
@@ -199,7 +201,7 @@ class Replicator:
             puller_id=self.node_id,
             puller_url=self.membership.self_entry.url,
             puller_version=self.membership.self_entry.version,
-            own_since=self.own_since,
+            own_since=self._own_since.get(peer_id, 0) if peer_id else 0,
         )
         reply = await self.transport.pull(url, request)
         if reply.node == self.node_id:
@@ -222,6 +224,7 @@ class Replicator:
             # the position in memory and save it with the next batch. After a crash the node
             # just asks for those changes again.
             self._positions[reply.node] = position
+            self._caught_up(reply)
             return True
         wall = self.now()
         for record in reply.records:
@@ -239,7 +242,19 @@ class Replicator:
                 )
         await self.store.apply(reply.records, position)
         self._positions[reply.node] = position
+        self._caught_up(reply)
         return True
+
+    def _caught_up(self, reply: PullReply) -> None:
+        """Once this node holds all of a peer's feed, the peer may leave out the records this
+        node writes itself from then on: they are the ones of its id above its clock now.
+
+        Not before: records of its id already in that feed may come from an earlier store under
+        the same --node-id (wiped since), with versions above this clock if the old one ran
+        ahead. Having applied them, the clock is past them (see the loop above).
+        """
+        if reply.node not in self._own_since and reply.until >= reply.last_seq:
+            self._own_since[reply.node] = self.clock.last + 1
 
     async def _position(self, peer_id: str) -> Checkpoint | None:
         """How far this node has applied `peer_id`'s feed: in memory, else the saved checkpoint."""
