@@ -47,6 +47,11 @@ async def serve(settings: Settings) -> None:
     except BaseException:
         sock.close()
         raise
+    # From here on SIGTERM and SIGINT stop the node cleanly, also while it is still starting.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
     runner = web.ServerRunner(
         create_server(node, access_log=None, max_line_size=MAX_REQUEST_LINE),
         handle_signals=False,
@@ -60,11 +65,6 @@ async def serve(settings: Settings) -> None:
         await node.start_replication(
             settings.advertise or f"http://{_public_host(settings.host)}:{port}"
         )
-
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
         await stop.wait()
         log.info("node %s shutting down", node.id)
     finally:
