@@ -18,8 +18,7 @@ from pathlib import Path
 from shareddb.node import NODE_ID_FILE
 from tests.chaos.proxy import FaultProxy, Links
 from tests.cluster.replication_helpers import digest, http, live_items, wait_all_up
-from tests.cluster.test_replication import FAKETIME
-from tests.harness import NodeProcess, wait_for
+from tests.harness import NodeProcess, skewed_clock_env, wait_for
 
 COPY_TIMEOUT = 2.0  # seconds a wipe waits for the others to pull what the node has acknowledged
 RESTART_TIMEOUT = 20.0  # a restart may find its port briefly taken by an outgoing connection
@@ -67,13 +66,6 @@ class Wipe:
 
     copied_until: float  # time.monotonic(): everything acknowledged before was on every holder
     holders: frozenset[Incarnation]  # the members that had applied all of its feed just before
-
-
-def faketime_env(seconds: int) -> dict[str, str]:
-    """The environment of a node whose wall clock is `seconds` off (libfaketime); the monotonic
-    clock stays real, so timeouts and backoffs are unchanged."""
-    assert FAKETIME is not None
-    return {"LD_PRELOAD": FAKETIME, "FAKETIME": f"{seconds:+d}s", "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
 
 
 class ChaosCluster:
@@ -153,7 +145,7 @@ class ChaosCluster:
         """Restart the node (SIGTERM) with its wall clock `seconds` off, or right again for 0."""
         slot = self.slots[index]
         async with slot.busy:
-            slot.node.env = faketime_env(seconds) if seconds else None
+            slot.node.env = skewed_clock_env(seconds) if seconds else None
             await asyncio.to_thread(_restart, slot.node)
             slot.skew = seconds
 

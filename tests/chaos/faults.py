@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from tests.chaos.cluster import ChaosCluster
 from tests.chaos.proxy import Link
-from tests.cluster.test_replication import FAKETIME
+from tests.harness import FAKETIME
 
 KINDS = ("partition", "kill", "pause", "skew", "wipe")
 LENGTHS = {  # seconds a fault lasts (for kill and wipe: how long the node stays down)

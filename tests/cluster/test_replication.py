@@ -43,7 +43,7 @@ from tests.cluster.replication_helpers import (
     wait_readable,
     wait_state,
 )
-from tests.harness import NodeProcess, run_cli, wait_for
+from tests.harness import FAKETIME, NodeProcess, run_cli, skewed_clock_env, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -724,20 +724,13 @@ def test_node_replaced_at_the_same_url_under_a_new_id_replicates(start_node: Sta
     assert put(c, "r/w", "z", "w=3&timeout=3").status == 201
 
 
-FAKETIME_LIBS = (
-    "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
-    "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
-    "/usr/lib/faketime/libfaketime.so.1",
-)
-FAKETIME = next((path for path in FAKETIME_LIBS if os.path.exists(path)), None)
 SKEW_S = 300
 DRIFT_BOUND_MS = 60_000
 
 
 def fast_clock_env() -> dict[str, str]:
     """The environment of a node whose wall clock runs SKEW_S seconds ahead (libfaketime)."""
-    assert FAKETIME is not None
-    return {"LD_PRELOAD": FAKETIME, "FAKETIME": f"+{SKEW_S}s", "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+    return skewed_clock_env(SKEW_S)
 
 
 @pytest.mark.skipif(FAKETIME is None, reason="libfaketime is not installed")
