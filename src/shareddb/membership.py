@@ -1,10 +1,15 @@
 """Who is in the cluster, and how each member is doing. Pure bookkeeping: no I/O, time passed in.
 
 Membership is replicated state of its own, never visible through the key API. Each entry (id, url,
-left) carries a version (an HLC timestamp) and entries merge by last-writer-wins, like records, so
-every node ends up with the same list however the entries travel. Entries spread in every answer to
-a pull, and a node that pulls from us is added as a member: that is how a node joined through one
-member becomes known to all.
+incarnation, left) carries a version (an HLC timestamp) and entries merge by last-writer-wins, like
+records, so every node ends up with the same list however the entries travel. Entries spread in every
+answer to a pull, and a node that pulls from us is added as a member: that is how a node joined
+through one member becomes known to all.
+
+A member that left or was removed stays out for good in that incarnation (invariant 8): no later
+entry, pull or announcement of the same incarnation makes it active again, whatever its version, so
+it can never bring back the deletes whose tombstones were purged without it. Only a new incarnation
+of the id (an empty store, started with --join) is a member again.
 
 What is local, not replicated: when a member was last heard from, and how far it has applied this
 node's changes feed (reported by its pulls). From those come `state` and `lag` in /v1/cluster and the
@@ -29,25 +34,43 @@ class Member:
     url: str
     left: bool
     version: int  # HLC of the entry's last change; the greater one wins
+    incarnation: str = ""  # which life of the node the entry is about (record.incarnation_of)
     last_contact: float | None = None  # monotonic seconds of the last successful exchange
     applied: int | None = None  # how far it has applied this node's feed, from its last pull
     expired: int | None = None  # local: its version when its registry entry expired (see expire)
 
     def entry(self) -> dict[str, Any]:
-        return {"id": self.id, "url": self.url, "left": self.left, "v": self.version}
+        return {
+            "id": self.id,
+            "url": self.url,
+            "left": self.left,
+            "v": self.version,
+            "inc": self.incarnation,
+        }
 
     @property
     def registry_expired(self) -> bool:
         """Its registry entry expired, and no newer entry of it has arrived since."""
         return self.expired is not None and self.expired >= self.version
 
+    def removed(self, incarnation: str) -> bool:
+        """This incarnation of the member left or was removed: it is never taken back."""
+        return self.left and incarnation == self.incarnation
+
+
+class Removed(Exception):
+    """A node that left or was removed asked to take part again with the same incarnation."""
+
 
 class Membership:
     """The member list of one node. `changed` is set whenever the set of members to pull changes."""
 
-    def __init__(self, self_id: str, self_url: str, *, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, self_id: str, self_url: str, incarnation: str = "", *, clock: Callable[[], float]
+    ) -> None:
         self.self_id = self_id
-        self.self_entry = Member(self_id, self_url, left=False, version=0)
+        self.incarnation = incarnation
+        self.self_entry = Member(self_id, self_url, left=False, version=0, incarnation=incarnation)
         self.members: dict[str, Member] = {}
         self.static_urls: set[str] = set()  # --peers / --join URLs whose node id is not known yet
         self._clock = clock
@@ -77,7 +100,7 @@ class Membership:
 
     def announce(self, url: str, version: int) -> None:
         """This node (re)starts or moves: its own entry, active, at a new version."""
-        self.self_entry = Member(self.self_id, url, left=False, version=version)
+        self.self_entry = Member(self.self_id, url, False, version, self.incarnation)
 
     def add_static(self, url: str) -> None:
         if url != self.self_entry.url and self.id_for_url(url) is None:
@@ -94,36 +117,68 @@ class Membership:
         changed = False
         for raw in entries:
             node_id, url, left, version = raw["id"], raw["url"], bool(raw["left"]), int(raw["v"])
+            incarnation = str(raw.get("inc", ""))
             if node_id == self.self_id:
-                if version > self.self_entry.version and left:
-                    # Another node removed us from the cluster: stop replicating until restarted.
-                    self.self_entry = Member(node_id, self.self_entry.url, True, version)
+                own = self.self_entry
+                if incarnation != own.incarnation or version <= own.version:
+                    continue  # about another life of this id, or older than what we hold
+                if left and not own.left:
+                    # Another node removed us from the cluster: we stop replicating for good.
+                    self.self_entry = Member(node_id, own.url, True, version, own.incarnation)
                     changed = True
+                else:
+                    own.version = version  # a member that admitted us wrote our entry anew
                 continue
             current = self.members.get(node_id)
             if current is None:
-                self.members[node_id] = Member(node_id, url, left, version)
+                self.members[node_id] = Member(node_id, url, left, version, incarnation)
                 self.static_urls.discard(url)
                 changed = True
-            elif version > current.version:
+            elif version > current.version and not (not left and current.removed(incarnation)):
                 current.url, current.left, current.version = url, left, version
+                current.incarnation = incarnation
                 changed = True
         if changed:
             self.on_change()
         return changed
 
-    def heard_from(self, node_id: str, url: str | None, version: int | None = None) -> None:
-        """A successful exchange with `node_id`; adds it as a member when it is new to us."""
+    def check(self, node_id: str, incarnation: str) -> None:
+        """Raise `Removed` when that incarnation of `node_id` left or was removed."""
+        member = self.members.get(node_id)
+        if member is not None and member.removed(incarnation):
+            raise Removed(
+                f"node {node_id} was removed from the cluster (or left it); to add it again, "
+                "start it with an empty --data and --join"
+            )
+
+    def heard_from(
+        self,
+        node_id: str,
+        url: str | None,
+        version: int | None = None,
+        incarnation: str | None = None,
+    ) -> None:
+        """A successful exchange with `node_id`; adds it as a member when it is new to us.
+
+        `version` and `incarnation` come from the node's own announcement (its pulls). A new
+        incarnation is a new life of the id (its store was made anew): its entry is rewritten
+        above the one we hold, whatever its clock says, so that a later removal names it.
+        """
         member = self.members.get(node_id)
         if member is None and node_id != self.self_id and url:
-            member = Member(node_id, url, left=False, version=version or 0)
+            member = Member(node_id, url, False, version or 0, incarnation or "")
             self.members[node_id] = member
             self.static_urls.discard(url)
             self.on_change()
-        elif member is not None and url and version is not None and version > member.version:
-            # It announced itself again (restarted): active, at its current URL.
-            member.url, member.left, member.version = url, False, version
-            self.on_change()
+        elif member is not None and url and version is not None:
+            renewed = incarnation is not None and incarnation != member.incarnation
+            if renewed or (version > member.version and not member.removed(incarnation or "")):
+                # It announced itself again (restarted, maybe as a new life): active, at its URL.
+                member.url, member.left = url, False
+                member.version = version if version > member.version else member.version + 1
+                if incarnation is not None:
+                    member.incarnation = incarnation
+                self.on_change()
         if member is not None:
             member.last_contact = self._clock()
 
@@ -142,7 +197,7 @@ class Membership:
         """
         if node_id == self.self_id:
             version = max(version, self.self_entry.version + 1)
-            self.self_entry = Member(node_id, self.self_entry.url, True, version)
+            self.self_entry = Member(node_id, self.self_entry.url, True, version, self.incarnation)
             self.on_change()
             return True
         member = self.members.get(node_id)

@@ -22,7 +22,14 @@ import orjson
 from shareddb.clock import HybridClock
 from shareddb.config import Settings
 from shareddb.membership import Member, Membership
-from shareddb.record import Record, make_version, node_id_error, version_hlc
+from shareddb.record import (
+    Record,
+    incarnation_of,
+    make_origin,
+    make_version,
+    node_id_error,
+    version_hlc,
+)
 from shareddb.registry import Registry, check_registry_url
 from shareddb.replication.feed import Feed
 from shareddb.replication.puller import Replicator
@@ -74,7 +81,10 @@ class Node:
         self._now = now
         self._lock = lock
         self.url = settings.advertise or f"http://{settings.host}:{settings.port}"
-        self.membership = Membership(node_id, self.url, clock=monotonic)
+        # This life of the node: a new store (a wiped data dir) is a new incarnation.
+        self.incarnation = incarnation_of(store.instance_id)
+        self.origin = make_origin(node_id, self.incarnation)
+        self.membership = Membership(node_id, self.url, self.incarnation, clock=monotonic)
         self.feed = Feed(node_id, store, self.membership)
         self.replicator: Replicator | None = None
         self.registry: Registry | None = None
@@ -87,10 +97,11 @@ class Node:
         now: Callable[[], int] = wall_millis,
         monotonic: Callable[[], float] = time.monotonic,
         mint_id: Callable[[], str] = lambda: f"node-{secrets.token_hex(3)}",
+        mint_instance: Callable[[], str] = lambda: secrets.token_hex(16),
     ) -> Node:
         """Open the node's data dir and store. `now` (wall-clock milliseconds) and `monotonic`
-        (seconds) are the node's only sources of time, and `mint_id` of a new node id; the
-        simulation passes its own."""
+        (seconds) are the node's only sources of time, `mint_id` of a new node id and
+        `mint_instance` of a new store's instance id; the simulation passes its own."""
         if settings.registry:
             try:
                 check_registry_url(settings.registry)
@@ -107,10 +118,12 @@ class Node:
             clock = HybridClock()
             spec = settings.store
             if spec == "sqlite":
-                store: Store = SQLiteStore(sqlite_path(data), clock_high=lambda: clock.last)
+                store: Store = SQLiteStore(
+                    sqlite_path(data), clock_high=lambda: clock.last, new_instance=mint_instance
+                )
             elif spec.startswith(("redis://", "rediss://")):
                 try:
-                    store = RedisStore(spec, clock_high=lambda: clock.last)
+                    store = RedisStore(spec, clock_high=lambda: clock.last, new_instance=mint_instance)
                 except ValueError as exc:
                     raise NodeError(f"bad --store {redact_url(spec)!r}: {exc}") from None
             else:
@@ -156,7 +169,7 @@ class Node:
         members = await store.get_meta("members")
         for entry in orjson.loads(members) if members else []:
             node.membership.members[entry["id"]] = Member(
-                entry["id"], entry["url"], bool(entry["left"]), int(entry["v"])
+                entry["id"], entry["url"], bool(entry["left"]), int(entry["v"]), entry.get("inc", "")
             )
         return node
 
@@ -208,7 +221,7 @@ class Node:
     # -- the key API -----------------------------------------------------------------------------
 
     def next_version(self) -> str:
-        return make_version(self.clock.now(self._now()), self.id)
+        return make_version(self.clock.now(self._now()), self.origin)
 
     async def get(self, key: str) -> Record | None:
         """The live record of `key`, or None when it is absent or deleted."""
@@ -238,7 +251,7 @@ class Node:
                 version = self.next_version()
                 continue
             version = make_version(
-                max(version_hlc(stored.version) + 1, self.clock.now(self._now())), self.id
+                max(version_hlc(stored.version) + 1, self.clock.now(self._now())), self.origin
             )
         return WriteResult(Outcome.SUPERSEDED, version)
 

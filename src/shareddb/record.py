@@ -1,9 +1,14 @@
 """Records, versions and the last-writer-wins rule. Pure: every store and the replication code use it.
 
-A version is `"%016x-%s" % (hlc, node_id)`: fixed-width hex of the 64-bit HLC timestamp, a dash, and
-the id of the node that took the write. The timestamp part has a fixed width (see
-`make_version`), so comparing two versions as plain strings orders them by timestamp, then node
-id: the greater one wins, on every node, whatever order records arrive in.
+A version is `"%016x-%s~%s" % (hlc, node_id, incarnation)`: fixed-width hex of the 64-bit HLC
+timestamp, a dash, the id of the node that took the write, and the incarnation of that node's store
+(see `incarnation_of`). The timestamp part has a fixed width (see `make_version`), so comparing two
+versions as plain strings orders them by timestamp, then node id: the greater one wins, on every
+node, whatever order records arrive in.
+
+The incarnation makes a version name one write for ever (invariant 7): a node that lost its store
+and starts again under its old id has a new incarnation, so whatever its clock says it cannot mint a
+version its earlier life minted (docs/design.md, "Identity").
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ from dataclasses import dataclass
 MAX_KEY_BYTES = 1024
 DEFAULT_MAX_VALUE_BYTES = 1024 * 1024
 NODE_ID_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-_VERSION_PATTERN = re.compile(r"[0-9a-f]{16}-[A-Za-z0-9_.-]{1,64}")
+# The incarnation a version carries: the first hex digits of the store's random instance id.
+INCARNATION_CHARS = 12
+_VERSION_PATTERN = re.compile(r"[0-9a-f]{16}-[A-Za-z0-9_.-]{1,64}(~[0-9a-f]{12})?")
 _HLC_WIDTH = 16
 
 
@@ -31,8 +38,22 @@ class Record:
         return self.value is None
 
 
-def make_version(hlc: int, node_id: str) -> str:
-    return f"{hlc:016x}-{node_id}"
+def incarnation_of(instance_id: str) -> str:
+    """The incarnation of a node whose store has `instance_id` (random, made with the store).
+
+    A store that is wiped and made again gets a new instance id, hence a new incarnation: the
+    same node id with another incarnation is another life of that node, with versions of its own.
+    """
+    return instance_id[:INCARNATION_CHARS]
+
+
+def make_origin(node_id: str, incarnation: str) -> str:
+    """What follows the timestamp in the versions a node mints: its id and its incarnation."""
+    return f"{node_id}~{incarnation}" if incarnation else node_id
+
+
+def make_version(hlc: int, origin: str) -> str:
+    return f"{hlc:016x}-{origin}"
 
 
 def version_hlc(version: str) -> int:
@@ -40,8 +61,14 @@ def version_hlc(version: str) -> int:
     return int(version[:_HLC_WIDTH], 16)
 
 
-def version_node(version: str) -> str:
+def version_origin(version: str) -> str:
+    """Who minted the version: node id and incarnation (see `make_origin`)."""
     return version[_HLC_WIDTH + 1 :]
+
+
+def version_node(version: str) -> str:
+    """The id of the node that minted the version."""
+    return version[_HLC_WIDTH + 1 :].partition("~")[0]
 
 
 def is_version(text: str) -> bool:

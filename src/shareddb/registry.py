@@ -82,9 +82,12 @@ class Entry:
     id: str
     url: str
     version: int
+    incarnation: str = ""
 
     def encode(self) -> str:
-        return orjson.dumps({"id": self.id, "url": self.url, "v": self.version}).decode()
+        return orjson.dumps(
+            {"id": self.id, "url": self.url, "v": self.version, "inc": self.incarnation}
+        ).decode()
 
     @classmethod
     def decode(cls, raw: str | bytes | None) -> Entry | None:
@@ -94,13 +97,16 @@ class Entry:
         try:
             data = orjson.loads(raw)
             node_id, url, version = data["id"], data["url"], data["v"]
-        except (orjson.JSONDecodeError, KeyError, TypeError):
+            incarnation = data.get("inc", "")
+        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
             return None
         if not (isinstance(node_id, str) and isinstance(url, str) and type(version) is int):
             return None
         if not node_id or not url.startswith(("http://", "https://")):
             return None
-        return cls(node_id, url.rstrip("/"), version)
+        if not isinstance(incarnation, str):
+            return None
+        return cls(node_id, url.rstrip("/"), version, incarnation)
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,7 +253,7 @@ class Registry:
                 await self.withdraw()
                 log.info("this node left the cluster; its registry entry is removed")
         else:
-            entry = Entry(me.id, me.url, me.version).encode()
+            entry = Entry(me.id, me.url, me.version, me.incarnation).encode()
             keys = (self.node_key(me.id), self.nodes_key)
             previous = await execute("EVAL", HEARTBEAT, 2, *keys, entry, _millis(self.ttl), me.id)
             if previous is None and self._written is not None:
@@ -278,7 +284,17 @@ class Registry:
             if node_id not in self._seen and self.membership.members.get(node_id) is None:
                 log.info("found node %s at %s in the registry", node_id, entry.url)
             self._seen[node_id] = entry
-            self.membership.merge([{"id": node_id, "url": entry.url, "left": False, "v": entry.version}])
+            self.membership.merge(
+                [
+                    {
+                        "id": node_id,
+                        "url": entry.url,
+                        "left": False,
+                        "v": entry.version,
+                        "inc": entry.incarnation,
+                    }
+                ]
+            )
             if self.membership.unexpire(node_id):
                 log.info("node %s is in the registry again", node_id)
         if self._trusted_since is None or now - self._trusted_since < self.ttl:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
+from shareddb.membership import Removed
 from shareddb.record import Record
 from shareddb.replication.transport import PeerError
 from shareddb.store.base import Outcome
@@ -202,8 +203,14 @@ class Simulation:
         if target.node is None or target.incarnation != message.incarnation:
             self.note("deliver", f"late pull to n{message.target} finds no process")
             return
-        await target.node.feed.pull(message.request)
-        self.note("deliver", f"late pull since={message.request.since} reaches n{message.target}")
+        try:
+            await target.node.feed.pull(message.request)
+            outcome = "answered"
+        except Removed as exc:
+            outcome = str(exc)
+        self.note(
+            "deliver", f"late pull since={message.request.since} reaches n{message.target}: {outcome}"
+        )
 
     async def advance_time(self) -> None:
         if self.rng.random() < 0.05:

@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from shareddb.config import Settings
+from shareddb.membership import Removed
 from shareddb.node import Node
 from shareddb.record import Record
 from shareddb.replication.puller import Replicator
-from shareddb.replication.transport import PeerError, PullReply, PullRequest
+from shareddb.replication.transport import PeerError, PeerRemoved, PullReply, PullRequest
 
 # Virtual wall-clock time starts here (2027-01-15), so skews in either direction stay positive.
 EPOCH_MS = 1_800_000_000_000
@@ -115,7 +116,10 @@ class SimTransport:
         if fate < net.duplicate:
             net.delayed.append(Delayed(target.index, target.incarnation, request))
         assert target.node is not None
-        reply = await target.node.feed.pull(request)
+        try:
+            reply = await target.node.feed.pull(request)
+        except Removed as exc:  # what the peer API answers with 410
+            raise PeerRemoved(str(exc)) from None
         if rng.random() < net.drop_reply:
             raise PeerError(f"{url}: answer lost")
         return reply
@@ -123,7 +127,10 @@ class SimTransport:
     async def join(self, url: str, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         target = self._target(url)
         assert target.node is not None
-        members = target.node.feed.join(entries)
+        try:
+            members = target.node.feed.join(entries)
+        except Removed as exc:
+            raise PeerRemoved(str(exc)) from None
         if self.world.rng.random() < self.world.network.drop_reply:
             raise PeerError(f"{url}: answer lost")
         return members
@@ -163,6 +170,7 @@ class World:
             now=self.clock_of(slot),
             monotonic=lambda: self.time_ms / 1000,
             mint_id=lambda: f"n{slot.index}-{self.rng.randrange(16**4):04x}",
+            mint_instance=lambda: f"{self.rng.getrandbits(128):032x}",
         )
         replicator = await node.attach_replication(slot.url, SimTransport(self, slot))
 

@@ -77,7 +77,7 @@ async def test_a_node_announces_itself_with_an_expiring_entry_and_withdraws_it_o
     registry = make_registry(redis_server.url(0), "a", ttl=15.0)
     await registry.tick()
     nodes, live = await raw(redis_server)
-    expected = {"id": "a", "url": "http://a.test:8080", "v": 1000}
+    expected = {"id": "a", "url": "http://a.test:8080", "v": 1000, "inc": ""}
     assert {k: orjson.loads(v) for k, v in nodes.items()} == {"a": expected}
     assert set(live) == {"a"}
     assert 0 < live["a"] <= 15_000

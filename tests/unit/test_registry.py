@@ -119,7 +119,7 @@ def test_a_member_whose_entry_expired_shows_as_left_and_is_not_pulled() -> None:
     assert members.state(members.members["b"]) == "left"
     assert members.pull_urls() == {"http://c:8080"}
     # Local: what this node tells the others about b is unchanged.
-    assert {"id": "b", "url": "http://b:8080", "left": False, "v": 20} in members.entries()
+    assert {"id": "b", "url": "http://b:8080", "left": False, "v": 20, "inc": ""} in members.entries()
 
 
 def test_an_expired_member_comes_back_when_it_announces_itself_again() -> None:

@@ -20,6 +20,7 @@ CODES = {
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
+    410: "gone",
     413: "too_large",
     414: "too_large",
     503: "unavailable",

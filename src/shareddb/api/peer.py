@@ -12,11 +12,12 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from shareddb.api.errors import JSON, bad_request, json_response
+from shareddb.api.errors import JSON, ApiError, bad_request, json_response
 from shareddb.api.query import parse_query, split_target
 from shareddb.api.routing import Route
+from shareddb.membership import Removed
 from shareddb.node import Node
-from shareddb.record import node_id_error
+from shareddb.record import INCARNATION_CHARS, node_id_error
 from shareddb.replication.transport import PullRequest, encode_reply
 
 MAX_JOIN_BODY = 1024 * 1024
@@ -42,6 +43,9 @@ async def changes(node: Node, request: web.BaseRequest) -> web.Response:
         raise bad_request("wait must be a number of seconds") from None
     if not 0 <= wait <= 60:
         raise bad_request("wait must be between 0 and 60 seconds")
+    incarnation = params.get("inc", "")
+    if incarnation and not _is_incarnation(incarnation):
+        raise bad_request(f"bad incarnation {incarnation!r}")
     pull = PullRequest(
         since=_int(params, "since"),
         instance=params.get("instance", ""),
@@ -51,8 +55,12 @@ async def changes(node: Node, request: web.BaseRequest) -> web.Response:
         puller_url=params.get("url", ""),
         puller_version=_int(params, "v"),
         own_since=_int(params, "own_since"),
+        puller_incarnation=incarnation,
     )
-    reply = await node.feed.pull(pull)
+    try:
+        reply = await node.feed.pull(pull)
+    except Removed as exc:
+        raise ApiError(410, str(exc)) from None
     return web.Response(body=encode_reply(reply), headers={"Content-Type": JSON})
 
 
@@ -69,6 +77,7 @@ def _entries(payload: Any) -> list[dict[str, Any]]:
             and entry["url"].startswith(("http://", "https://"))
             and isinstance(entry.get("left"), bool)
             and isinstance(entry.get("v"), int)
+            and (_is_incarnation(entry.get("inc", "")) or entry.get("inc", "") == "")
         ):
             raise bad_request(f"bad member entry: {entry!r}")
     return entries
@@ -83,7 +92,18 @@ async def join(node: Node, request: web.BaseRequest) -> web.Response:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError:
         raise bad_request("body is not JSON") from None
-    return json_response({"members": node.feed.join(_entries(payload))})
+    try:
+        return json_response({"members": node.feed.join(_entries(payload))})
+    except Removed as exc:
+        raise ApiError(410, str(exc)) from None
+
+
+def _is_incarnation(text: object) -> bool:
+    return (
+        isinstance(text, str)
+        and len(text) == INCARNATION_CHARS
+        and all(c in "0123456789abcdef" for c in text)
+    )
 
 
 def routes(node: Node) -> list[Route]:

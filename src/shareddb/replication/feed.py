@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from shareddb.membership import Membership
-from shareddb.record import version_hlc, version_node
+from shareddb.record import make_origin, version_hlc, version_origin
 from shareddb.replication.transport import PullReply, PullRequest
 from shareddb.store.base import Change, Store
 
@@ -31,7 +31,11 @@ class Feed:
         since = request.since if request.instance == store.instance_id else 0
         puller = request.puller_id
         if puller and puller != self.node_id:
-            self.membership.heard_from(puller, request.puller_url, request.puller_version)
+            # A member that left or was removed is refused with its old store (invariant 8).
+            self.membership.check(puller, request.puller_incarnation)
+            self.membership.heard_from(
+                puller, request.puller_url, request.puller_version, request.puller_incarnation
+            )
             self.membership.record_progress(puller, since)
         limit = max(1, min(request.limit, MAX_LIMIT))
         changes = await store.changes_since(since, limit)
@@ -41,14 +45,15 @@ class Feed:
         changes = _within_budget(changes)
         until = changes[-1].seq if changes else since
         own_since = request.own_since
+        origin = make_origin(puller, request.puller_incarnation)
         records = [
             change.record
             for change in changes
-            # The puller already holds what it wrote itself from own_since on (it says so once
-            # it has caught up with this feed; see Replicator._caught_up).
+            # The puller already holds what this life of it wrote from own_since on (it says so
+            # once it has caught up with this feed; see Replicator._caught_up).
             if not (
                 own_since > 0
-                and version_node(change.record.version) == puller
+                and version_origin(change.record.version) == origin
                 and version_hlc(change.record.version) >= own_since
             )
         ]
@@ -63,11 +68,15 @@ class Feed:
 
     def join(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """A node joins through this one: it sends its entries (its own first) and gets the whole
-        member list back."""
-        self.membership.merge(entries)
+        member list back. A node that left or was removed is refused with its old store."""
         if entries:
             newcomer = entries[0]
-            self.membership.heard_from(newcomer["id"], newcomer["url"], newcomer["v"])
+            self.membership.check(newcomer["id"], str(newcomer.get("inc", "")))
+        self.membership.merge(entries)
+        if entries:
+            self.membership.heard_from(
+                newcomer["id"], newcomer["url"], newcomer["v"], str(newcomer.get("inc", ""))
+            )
         return self.membership.entries()
 
 

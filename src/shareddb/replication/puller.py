@@ -20,8 +20,14 @@ import orjson
 
 from shareddb.clock import HybridClock, from_millis
 from shareddb.membership import Membership
-from shareddb.record import make_version, version_hlc, version_node
-from shareddb.replication.transport import PeerError, PullReply, PullRequest, Transport
+from shareddb.record import incarnation_of, make_version, version_hlc
+from shareddb.replication.transport import (
+    PeerError,
+    PeerRemoved,
+    PullReply,
+    PullRequest,
+    Transport,
+)
 from shareddb.store.base import Checkpoint, Store, StoreUnavailable
 
 log = logging.getLogger("shareddb.replication")
@@ -68,6 +74,7 @@ class Replicator:
         self.tombstone_grace_ms = tombstone_grace_ms
         self._pullers: dict[str, asyncio.Task[None]] = {}
         self._positions: dict[str, Checkpoint] = {}  # per peer id; may run ahead of the saved one
+        self._refused: set[str] = set()  # removed members that answered at a URL we pulled
         self._tasks: set[asyncio.Task[None]] = set()
         self._persisting: asyncio.Task[None] | None = None
         self._running = False
@@ -154,6 +161,9 @@ class Replicator:
         while self._running:
             try:
                 entries = await self.transport.join(url, self.membership.entries())
+            except PeerRemoved as exc:
+                self._removed(url, exc)
+                return
             except PeerError as exc:
                 failures += 1
                 if failures == 1:
@@ -174,6 +184,8 @@ class Replicator:
             try:
                 if not await self.pull_once(url):
                     return
+            except PeerRemoved:
+                return
                 if failures and reached:
                     log.info("peer %s is reachable again", url)
                 elif not reached:
@@ -190,7 +202,8 @@ class Replicator:
                 await asyncio.sleep(delay * self.rng.uniform(0.5, 1.0))
 
     async def pull_once(self, url: str) -> bool:
-        """Pull and apply one batch from `url`. False when the URL turned out to be this node."""
+        """Pull and apply one batch from `url`. False when the URL is not to be pulled: it turned out
+        to be this node, or a member that was removed. Raises `PeerRemoved` when this node was."""
         peer_id = self.membership.id_for_url(url)
         checkpoint = await self._position(peer_id) if peer_id else None
         request = PullRequest(
@@ -202,10 +215,29 @@ class Replicator:
             puller_url=self.membership.self_entry.url,
             puller_version=self.membership.self_entry.version,
             own_since=self._own_since.get(peer_id, 0) if peer_id else 0,
+            puller_incarnation=self.membership.incarnation,
         )
-        reply = await self.transport.pull(url, request)
+        try:
+            reply = await self.transport.pull(url, request)
+        except PeerRemoved as exc:
+            self._removed(url, exc)
+            raise
         if reply.node == self.node_id:
             self.membership.identified(url, reply.node)
+            return False
+        source = self.membership.members.get(reply.node)
+        if source is not None and source.removed(incarnation_of(reply.instance)):
+            # A member that left or was removed, back with its old store: none of its data is
+            # taken (invariant 8). Its state stays `left`; it is not pulled again.
+            self.membership.identified(url, reply.node)
+            if reply.node not in self._refused:
+                self._refused.add(reply.node)
+                log.warning(
+                    "refusing %s at %s: it was removed from the cluster (or left it) and came "
+                    "back with its old data",
+                    reply.node,
+                    url,
+                )
             return False
         self.membership.merge(reply.members)
         self.membership.identified(url, reply.node)
@@ -228,11 +260,7 @@ class Replicator:
             return True
         wall = self.now()
         for record in reply.records:
-            if version_node(record.version) == self.node_id:
-                # This id's own history (from before its store was wiped): the clock must pass
-                # it, however far ahead it is, or a new write could repeat one of its versions.
-                self.clock.restore(version_hlc(record.version))
-            elif not self.clock.observe(version_hlc(record.version), wall):
+            if not self.clock.observe(version_hlc(record.version), wall):
                 self.skewed += 1
                 log.warning(
                     "version %s from %s is more than %d ms ahead of this node's clock",
@@ -245,13 +273,24 @@ class Replicator:
         self._caught_up(reply)
         return True
 
+    def _removed(self, url: str, exc: PeerRemoved) -> None:
+        """A peer says this incarnation of the node left or was removed: stop replicating."""
+        if not self.membership.self_entry.left:
+            log.error(
+                "this node (%s) was removed from the cluster, says %s: it no longer replicates. "
+                "To add it again, start it with an empty --data and --join URL (%s)",
+                self.node_id,
+                url,
+                exc,
+            )
+            self.membership.leave(self.node_id, self.clock.now(self.now()))
+
     def _caught_up(self, reply: PullReply) -> None:
         """Once this node holds all of a peer's feed, the peer may leave out the records this
         node writes itself from then on: they are the ones of its id above its clock now.
 
-        Not before: records of its id already in that feed may come from an earlier store under
-        the same --node-id (wiped since), with versions above this clock if the old one ran
-        ahead. Having applied them, the clock is past them (see the loop above).
+        Not before: with a store that lost its latest writes (Redis with relaxed persistence),
+        the peer may hold writes of this incarnation that this node no longer has.
         """
         if reply.node not in self._own_since and reply.until >= reply.last_seq:
             self._own_since[reply.node] = self.clock.last + 1

@@ -19,6 +19,10 @@ class PeerError(Exception):
     """A peer could not be reached or gave an answer we cannot use; the puller backs off."""
 
 
+class PeerRemoved(PeerError):
+    """The peer refuses this node: this incarnation of it left or was removed from the cluster."""
+
+
 @dataclass(frozen=True, slots=True)
 class PullRequest:
     since: int  # the puller's checkpoint in the source's feed
@@ -29,6 +33,7 @@ class PullRequest:
     puller_url: str
     puller_version: int  # the version of the puller's own membership entry
     own_since: int  # the source may leave out records the puller wrote at or after this HLC
+    puller_incarnation: str = ""  # which life of the puller this is (record.incarnation_of)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +102,7 @@ class HttpTransport:
             "url": request.puller_url,
             "v": str(request.puller_version),
             "own_since": str(request.own_since),
+            "inc": request.puller_incarnation,
         }
         # No total limit: a large batch may take long to arrive, as long as bytes keep coming.
         timeout = aiohttp.ClientTimeout(
@@ -120,6 +126,8 @@ class HttpTransport:
         try:
             async with self._session.request(method, url, **kwargs) as response:
                 body = await response.read()
+                if response.status == 410:
+                    raise PeerRemoved(_message(body))
                 if response.status != 200:
                     raise PeerError(f"{url} answered {response.status}: {body[:200]!r}")
                 return body
@@ -130,3 +138,11 @@ class HttpTransport:
 
     async def close(self) -> None:
         await self._session.close()
+
+
+def _message(body: bytes) -> str:
+    """The message of a JSON error answer, else the start of the body."""
+    try:
+        return str(orjson.loads(body)["message"])
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return repr(body[:200])

@@ -66,7 +66,10 @@ class Store(Protocol):
 
     @property
     def instance_id(self) -> str:
-        """Random id made when the store was created: a wiped store gets a new one."""
+        """Random hex id made when the store was created: a wiped store gets a new one.
+
+        It names the feed (a checkpoint of another instance is served from 0) and, through
+        `record.incarnation_of`, the node's incarnation that every version it mints carries."""
         ...
 
     @property

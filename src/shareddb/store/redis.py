@@ -161,10 +161,12 @@ class RedisStore:
         clock_high: Callable[[], int] = lambda: 0,
         prefix: str = DEFAULT_PREFIX,
         max_connections: int = MAX_CONNECTIONS,
+        new_instance: Callable[[], str] = lambda: uuid.uuid4().hex,
     ) -> None:
         check_redis_url(url)
         self.url = url
         self._clock_source = clock_high
+        self._new_instance = new_instance
         self._keys = Keys.under(prefix)
         self._max_connections = max_connections
         self._client: Redis | None = None
@@ -219,7 +221,7 @@ class RedisStore:
                     f"Redis at {where} evicts keys when full (maxmemory-policy {policy}), which would "
                     "drop records; set maxmemory-policy noeviction"
                 )
-            created = [uuid.uuid4().hex, uuid.uuid4().hex, FORMAT]
+            created = [self._new_instance(), uuid.uuid4().hex, FORMAT]
             meta = _pairs(await self._script(CREATE, [self._keys.meta], created))
             if meta.get("format") != FORMAT:
                 raise StoreUnavailable(

@@ -107,9 +107,11 @@ class SQLiteStore:
         clock_high: Callable[[], int] = lambda: 0,
         synchronous: str = "FULL",
         vfs: str | None = None,
+        new_instance: Callable[[], str] = lambda: uuid.uuid4().hex,
     ) -> None:
         self.path = path
         self._clock_source = clock_high
+        self._new_instance = new_instance
         self._synchronous = synchronous
         self._vfs = vfs  # an SQLite VFS registered by name (the power-loss tests use their own)
         self._instance = ""
@@ -172,7 +174,7 @@ class SQLiteStore:
         db.execute("BEGIN IMMEDIATE")
         meta = dict(db.execute("SELECT name, value FROM meta").fetchall())
         if "instance" not in meta:
-            meta["instance"] = uuid.uuid4().hex
+            meta["instance"] = self._new_instance()
             db.execute("INSERT INTO meta (name, value) VALUES ('instance', ?)", (meta["instance"],))
         db.execute("COMMIT")
         self._instance = meta["instance"]
