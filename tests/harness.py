@@ -36,6 +36,18 @@ def skewed_clock_env(seconds: int) -> dict[str, str]:
     return {"LD_PRELOAD": FAKETIME, "FAKETIME": f"{seconds:+d}s", "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
 
 
+def frozen_clock_env(when: str = "2027-01-15 10:00:00") -> dict[str, str]:
+    """The environment of a node whose wall clock stands still at `when` (UTC); its monotonic
+    clock runs."""
+    assert FAKETIME is not None
+    return {
+        "LD_PRELOAD": FAKETIME,
+        "FAKETIME": when,
+        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+        "TZ": "UTC",
+    }
+
+
 LISTENING = re.compile(r"listening on http://([^\s:]+):(\d+)")
 START_TIMEOUT = 20.0
 

@@ -161,8 +161,8 @@ class Replicator:
         while self._running:
             try:
                 entries = await self.transport.join(url, self.membership.entries())
-            except PeerRemoved as exc:
-                self._removed(url, exc)
+            except PeerRemoved:
+                self._removed(url)
                 return
             except PeerError as exc:
                 failures += 1
@@ -219,8 +219,8 @@ class Replicator:
         )
         try:
             reply = await self.transport.pull(url, request)
-        except PeerRemoved as exc:
-            self._removed(url, exc)
+        except PeerRemoved:
+            self._removed(url)
             raise
         if reply.node == self.node_id:
             self.membership.identified(url, reply.node)
@@ -273,15 +273,14 @@ class Replicator:
         self._caught_up(reply)
         return True
 
-    def _removed(self, url: str, exc: PeerRemoved) -> None:
+    def _removed(self, url: str) -> None:
         """A peer says this incarnation of the node left or was removed: stop replicating."""
         if not self.membership.self_entry.left:
             log.error(
-                "this node (%s) was removed from the cluster, says %s: it no longer replicates. "
-                "To add it again, start it with an empty --data and --join URL (%s)",
+                "this node (%s) was removed from the cluster (or left it), says %s: it no longer "
+                "replicates; to add it again, start it with an empty --data and --join URL",
                 self.node_id,
                 url,
-                exc,
             )
             self.membership.leave(self.node_id, self.clock.now(self.now()))
 

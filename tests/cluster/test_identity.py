@@ -1,0 +1,152 @@
+"""A node's identity across lost data and removal, on real node processes.
+
+SPEC "Failure behaviour": a node that lost its data and comes back under its old id never mints a
+version it minted before; a member that left or was removed and comes back with its old data is
+refused, and rejoins only with an empty data dir through --join.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from tests.cluster.conftest import StartNode
+from tests.cluster.replication_helpers import (
+    cluster_view,
+    digest,
+    http,
+    put,
+    read,
+    start_cluster,
+    wait_converged,
+    wait_readable,
+    wait_state,
+)
+from tests.harness import FAKETIME, NodeProcess, frozen_clock_env, run_cli, wait_for
+
+REFUSED = "was removed from the cluster"
+needs_faketime = pytest.mark.skipif(
+    FAKETIME is None and os.environ.get("CI") != "true", reason="libfaketime is not installed"
+)
+
+
+def versions_written(node: NodeProcess, count: int, prefix: str) -> dict[str, str]:
+    """Write `count` keys with values naming this life; answer version -> value."""
+    written = {}
+    for i in range(count):
+        value = f"{prefix}-{i}"
+        reply = put(node, f"k/{i}", value)
+        assert reply.status in (200, 201), reply.body
+        written[reply.json()["version"]] = value
+    return written
+
+
+@needs_faketime
+def test_wiped_node_with_a_frozen_clock_never_mints_a_version_it_minted_before(
+    start_node: StartNode,
+) -> None:
+    """Invariant 7: no two different values ever carry the same version, also after a node loses
+    its data and comes back under its old id.
+
+    The node's wall clock stands at the same instant in both lives, and its second life writes
+    before it hears from anyone: its versions must still differ from the first life's, and the
+    cluster converges on one value per version.
+    """
+    a = start_node("a")
+    frozen = frozen_clock_env()
+    b = start_node("b", "--peers", a.url, env=frozen)
+    first_life = versions_written(b, 20, "first")
+    wait_converged([a, b])
+
+    b.kill()
+    shutil.rmtree(b.data)
+    alone = NodeProcess(b.data, "b", env=frozen)  # no peers: it cannot learn its old versions
+    alone.start()
+    try:
+        second_life = versions_written(alone, 20, "second")
+    finally:
+        alone.stop()
+    reused = first_life.keys() & second_life.keys()
+    assert not reused, f"versions minted in both lives: {sorted(reused)[:3]}"
+
+    b.start()  # the same data dir, now with --peers again
+    wait_converged([a, b])
+    for i in range(20):
+        on_a, on_b = read(a, f"k/{i}"), read(b, f"k/{i}")
+        assert on_a == on_b, f"k/{i}: {on_a} on a, {on_b} on b"
+        assert on_a is not None
+        value, version = on_a
+        assert {**first_life, **second_life}[version] == value
+
+
+def test_member_removed_and_restarted_with_its_old_data_is_refused(start_node: StartNode) -> None:
+    """Invariant 8: a member that was removed never becomes a source of changes again with its
+    old data. Invariant 4: a deleted key never comes back.
+
+    Then, wiped and started with --join, it is a member again and receives everything.
+    """
+    nodes = start_cluster(start_node, ["a", "b", "c"])
+    a, b, c = nodes
+    assert put(a, "gone", "x").status == 201
+    wait_converged(nodes)
+    removed = run_cli("leave", "--node", "c", "--url", a.url)
+    assert removed.returncode == 0, removed.stderr
+    wait_state([a, b], "c", "left", nodes)
+    wait_for(lambda: cluster_view(c)["node"]["state"] == "left", 10.0, "c to learn it left", nodes)
+    assert http("DELETE", a.url + "/v1/kv/gone").status == 204
+    on_c = put(c, "from-removed", "c")
+    assert on_c.status == 201
+
+    c.kill()
+    c.start()  # its old data, its old --peers
+    wait_for(lambda: REFUSED in c.new_log(), 15.0, "c to log that it was removed", nodes)
+    assert cluster_view(c)["node"]["state"] == "left"
+    # b's later write reaches a, so replication ran after c came back; c's never does.
+    after = put(b, "after", "b")
+    wait_readable([a], "after", ("b", after.json()["version"]), nodes)
+    for node in (a, b):
+        assert read(node, "from-removed") is None
+        assert read(node, "gone") is None
+        assert {m["id"]: m["state"] for m in cluster_view(node)["members"]}["c"] == "left"
+    assert digest(a) == digest(b)
+    refusals = [line for line in c.new_log().splitlines() if REFUSED in line]
+    assert len(refusals) == 1, c.new_log()
+
+    c.kill()
+    shutil.rmtree(c.data)
+    rejoined = NodeProcess(c.data, "c", "--join", a.url)
+    nodes = [a, b, rejoined]
+    try:
+        rejoined.start()
+        wait_state([a, b], "c", "up", nodes)
+        wait_converged(nodes)
+        assert read(rejoined, "after") == ("b", after.json()["version"])
+        assert read(rejoined, "from-removed") is None
+        assert cluster_view(rejoined)["node"]["state"] == "up"
+    finally:
+        rejoined.cleanup()
+
+
+def test_node_that_left_is_refused_when_it_restarts_with_its_old_data(start_node: StartNode) -> None:
+    """Invariant 8: a member that was removed never becomes a source of changes again with its
+    old data. Invariant 1: no acknowledged write is lost (unless a greater version superseded it)."""
+    nodes = start_cluster(start_node, ["a", "b", "c"])
+    a, b, c = nodes
+    assert http("POST", c.url + "/v1/cluster/leave").status == 200
+    wait_state([a, b], "c", "left", nodes)
+    while_left = put(c, "back/while-left", "c")
+    assert while_left.status == 201
+    on_a = put(a, "back/on-a", "a")
+    assert on_a.status == 201
+
+    c.kill()
+    c.start()
+    wait_for(lambda: REFUSED in c.new_log(), 15.0, "c to log that it was removed", nodes)
+    assert cluster_view(c)["node"]["state"] == "left"
+    wait_readable([b], "back/on-a", ("a", on_a.json()["version"]), nodes)
+    assert read(a, "back/while-left") is None
+    assert read(b, "back/while-left") is None
+    assert read(c, "back/while-left") == ("c", while_left.json()["version"])
+    assert put(a, "w", "x", "w=3").status == 400  # c does not count as a member
