@@ -22,7 +22,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=Config.steps, help="steps per run")
     parser.add_argument("--disable", default="", help=f"comma-separated kinds of {ALL_KINDS}")
     args = parser.parse_args()
-    logging.disable(logging.WARNING)  # skew warnings and the like: the trace tells the story
+    logging.disable(logging.CRITICAL)  # skew warnings, refusals and the like: the trace tells the story
     disabled = frozenset(k for k in args.disable.split(",") if k)
     if unknown := disabled - set(ALL_KINDS):
         parser.error(f"unknown kinds: {', '.join(sorted(unknown))}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from shareddb.record import Record
+from shareddb.record import Record, version_hlc, version_origin
 
 INVARIANT_1 = "Invariant 1: no acknowledged write is lost (unless a greater version superseded it)"
 INVARIANT_2 = "Invariant 2: all nodes that can reach each other converge to identical digests"
@@ -18,6 +18,13 @@ INVARIANT_3 = (
 )
 INVARIANT_4 = "Invariant 4: a deleted key never comes back"
 INVARIANT_5 = "Invariant 5: a node's clock and sequence never go backwards, also across restarts"
+INVARIANT_7 = (
+    "Invariant 7: no two different values ever carry the same version, also after a node loses its "
+    "data and comes back under its old id"
+)
+INVARIANT_8 = (
+    "Invariant 8: a member that was removed never becomes a source of changes again with its old data"
+)
 
 
 class Violation(AssertionError):
@@ -48,11 +55,47 @@ class History:
     acked: list[Write] = field(default_factory=list)
     lost_with_disk: set[Write] = field(default_factory=set)  # acked only by a node since wiped
     marks: dict[int, SlotMarks] = field(default_factory=dict)
+    # version → the one write it names: (key, value), from writes and from every record held.
+    named: dict[str, tuple[str, str | None]] = field(default_factory=dict)
+    minted: dict[str, int] = field(default_factory=dict)  # origin → greatest HLC it minted
+    # A removed incarnation (origin) that knows it was removed → the greatest HLC it had minted or
+    # seen then: anything it mints past that must never reach another node (invariant 8).
+    sealed: dict[str, int] = field(default_factory=dict)
+    removed: set[str] = field(default_factory=set)  # origins outside the cluster for good
+    outside: set[int] = field(default_factory=set)  # slots whose node was removed, until wiped
 
     def wrote(self, write: Write, acknowledged: bool) -> None:
+        self.name(write.version, write.key, write.value, f"n{write.slot} wrote")
         self.written[(write.key, write.version)] = write.value
+        origin, hlc = version_origin(write.version), version_hlc(write.version)
+        self.minted[origin] = max(self.minted.get(origin, 0), hlc)
         if acknowledged:
             self.acked.append(write)
+
+    def name(self, version: str, key: str, value: str | None, where: str) -> None:
+        """`version` names the write of `key`=`value`: the same as every earlier sighting of it."""
+        named = self.named.setdefault(version, (key, value))
+        if named != (key, value):
+            raise Violation(
+                f"{INVARIANT_7}: {where} {key}={value!r} at {version}, "
+                f"which already named {named[0]}={named[1]!r}"
+            )
+
+    def seal(self, origin: str, clock: int) -> None:
+        """The removed incarnation `origin` learned it was removed; its clock stood at `clock`."""
+        if origin not in self.sealed:
+            self.sealed[origin] = max(clock, self.minted.get(origin, 0))
+
+    def check_sealed(self, index: int, own_origin: str, records: dict[str, Record]) -> None:
+        """What a removed incarnation wrote once it knew it was removed stays on its own store."""
+        for key, record in records.items():
+            origin = version_origin(record.version)
+            sealed = self.sealed.get(origin)
+            if sealed is not None and origin != own_origin and version_hlc(record.version) > sealed:
+                raise Violation(
+                    f"{INVARIANT_8}: n{index} holds {key}@{record.version}, written by {origin} "
+                    "after it knew it was removed"
+                )
 
     def slot(self, index: int) -> SlotMarks:
         return self.marks.setdefault(index, SlotMarks())
@@ -61,6 +104,7 @@ class History:
         """Safety, after every step: what slot `index` holds now against what it held before."""
         marks = self.slot(index)
         for key, record in records.items():
+            self.name(record.version, key, record.value, f"n{index} holds")
             if (key, record.version) not in self.written:
                 raise Violation(f"{INVARIANT_3}: n{index} holds {key}@{record.version}, never written")
             if self.written[(key, record.version)] != record.value:
@@ -112,7 +156,9 @@ class History:
     def wiped(self, index: int) -> None:
         """Slot `index` lost its disk: acknowledged writes that no other disk holds are gone."""
         self.marks[index] = SlotMarks()
-        disks = list(self.marks.values())
+        self.outside.discard(index)
+        # A removed node's disk no longer counts: nobody takes anything from it.
+        disks = [marks for i, marks in self.marks.items() if i not in self.outside]
         for write in self.acked:
             if write not in self.lost_with_disk and not any(
                 key_at_least(marks.held, write.key, write.version, [marks]) for marks in disks
@@ -127,8 +173,8 @@ class History:
                 diff = sorted(set(records.items()) ^ set(first.items()))[:5]
                 raise Violation(f"{INVARIANT_2}: n{index} differs from the others: {diff}")
         for write in self.acked:
-            if write in self.lost_with_disk:
-                continue
+            if write in self.lost_with_disk or version_origin(write.version) in self.removed:
+                continue  # its only copy was wiped, or it was taken by a node removed since
             if not key_at_least(first, write.key, write.version, list(self.marks.values())):
                 raise Violation(f"{INVARIANT_1}: acknowledged {write} is not in the converged data")
         for key, version in at_heal.items():
@@ -136,7 +182,10 @@ class History:
             if now is None:
                 if self.written[(key, version)] is not None:
                     raise Violation(f"{INVARIANT_3}: {key}@{version} vanished in the end")
-            elif now.version != version:
+            elif now.version != version and not (
+                # A removed node's data, taken by a node that had not heard of the removal yet.
+                now.version > version and version_origin(now.version) in self.removed
+            ):
                 raise Violation(
                     f"{INVARIANT_3}: {key} ends at {now.version}, the greatest held was {version}"
                 )

