@@ -99,8 +99,10 @@ class Membership:
     # -- changes ----------------------------------------------------------------------------------
 
     def announce(self, url: str, version: int) -> None:
-        """This node (re)starts or moves: its own entry, active, at a new version."""
-        self.self_entry = Member(self.self_id, url, False, version, self.incarnation)
+        """This node (re)starts or moves: its own entry at a new version; active, unless this
+        incarnation left or was removed before (that is final)."""
+        left = self.self_entry.left
+        self.self_entry = Member(self.self_id, url, left, version, self.incarnation)
 
     def add_static(self, url: str) -> None:
         if url != self.self_entry.url and self.id_for_url(url) is None:
@@ -113,20 +115,22 @@ class Membership:
             self.on_change()
 
     def merge(self, entries: list[dict[str, Any]]) -> bool:
-        """Fold in entries from another node by LWW. Returns whether anything changed."""
+        """Fold in entries from another node by LWW on their versions, except that within one
+        incarnation `left` is final. Returns whether anything changed."""
         changed = False
         for raw in entries:
             node_id, url, left, version = raw["id"], raw["url"], bool(raw["left"]), int(raw["v"])
             incarnation = str(raw.get("inc", ""))
             if node_id == self.self_id:
                 own = self.self_entry
-                if incarnation != own.incarnation or version <= own.version:
-                    continue  # about another life of this id, or older than what we hold
+                if incarnation != own.incarnation:
+                    continue  # about another life of this id
                 if left and not own.left:
                     # Another node removed us from the cluster: we stop replicating for good.
+                    version = max(version, own.version)
                     self.self_entry = Member(node_id, own.url, True, version, own.incarnation)
                     changed = True
-                else:
+                elif version > own.version:
                     own.version = version  # a member that admitted us wrote our entry anew
                 continue
             current = self.members.get(node_id)
@@ -134,7 +138,13 @@ class Membership:
                 self.members[node_id] = Member(node_id, url, left, version, incarnation)
                 self.static_urls.discard(url)
                 changed = True
-            elif version > current.version and not (not left and current.removed(incarnation)):
+            elif incarnation == current.incarnation and left != current.left:
+                # Within one incarnation, left wins whatever the versions: it is final, and a
+                # removal written with a clock behind the member's own entries must still count.
+                if left:
+                    current.left, current.version = True, max(version, current.version)
+                    changed = True
+            elif version > current.version:
                 current.url, current.left, current.version = url, left, version
                 current.incarnation = incarnation
                 changed = True

@@ -168,9 +168,20 @@ class Node:
         )
         members = await store.get_meta("members")
         for entry in orjson.loads(members) if members else []:
-            node.membership.members[entry["id"]] = Member(
+            member = Member(
                 entry["id"], entry["url"], bool(entry["left"]), int(entry["v"]), entry.get("inc", "")
             )
+            if member.id != node_id:
+                node.membership.members[member.id] = member
+            elif member.removed(node.incarnation):
+                # This life of the node left or was removed before it stopped: it stays out.
+                node.membership.self_entry = member
+                log.error(
+                    "this node (%s) was removed from the cluster (or left it) before it stopped: "
+                    "it does not replicate; to add it again, start it with an empty --data and "
+                    "--join URL",
+                    node_id,
+                )
         return node
 
     async def start_replication(self, url: str, transport: Transport | None = None) -> None:
@@ -239,7 +250,8 @@ class Node:
 
         Normally the clock is ahead of every stored version. When a peer's clock ran far ahead
         (past the drift bound the clock follows), the write is retried just above the stored
-        version of this one key: the client's write takes effect, and the node clock stays put.
+        version of this one key, and the clock moves there: the client's write takes effect, and
+        the clock never hands out that timestamp again (invariant 7).
         """
         version = self.next_version()
         for _ in range(WRITE_ATTEMPTS):
@@ -250,9 +262,8 @@ class Node:
             if stored is None:  # purged meanwhile: retry with a fresh version
                 version = self.next_version()
                 continue
-            version = make_version(
-                max(version_hlc(stored.version) + 1, self.clock.now(self._now())), self.origin
-            )
+            self.clock.restore(version_hlc(stored.version) + 1)
+            version = self.next_version()
         return WriteResult(Outcome.SUPERSEDED, version)
 
     async def scan(self, prefix: str, after: str | None, limit: int) -> list[Record]:

@@ -362,7 +362,8 @@ def test_client_commands_against_a_node(start_node: StartNode) -> None:
     )
     for name, result in written.items():
         assert result.returncode == 0, f"[{name}] {describe(result)}"
-        assert re.fullmatch(r"[0-9a-f]{16}-c1~[0-9a-f]{12}\n", result.stdout), f"[{name}] prints the version"
+        version = r"[0-9a-f]{16}-c1~[0-9a-f]{12}\n"
+        assert re.fullmatch(version, result.stdout), f"[{name}] prints the version"
 
     results = run_all(
         [

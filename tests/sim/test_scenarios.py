@@ -151,11 +151,6 @@ async def test_same_seed_replays_the_same_run() -> None:
     assert len(first.trace) > 100
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Node._write versions a write just above the stored version without moving the clock, "
-    "so two keys stored at one timestamp get the same next version",
-)
 async def test_node_behind_its_peers_never_gives_two_writes_one_version(tmp_path: Path) -> None:
     """Invariant 7: no two different values ever carry the same version.
 
@@ -298,11 +293,6 @@ async def test_member_whose_registry_heartbeats_stop_expires_and_comes_back(tmp_
         assert "while-expired" in await records(first.running[0])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a pull whose answer says the source left still applies the records in that answer, "
-    "and a node that left goes on taking writes",
-)
 async def test_node_that_left_never_spreads_writes_it_took_after_leaving(tmp_path: Path) -> None:
     """Invariant 8: a member that was removed never becomes a source of changes again with its
     old data.
@@ -320,11 +310,6 @@ async def test_node_that_left_never_spreads_writes_it_took_after_leaving(tmp_pat
         assert "after-leaving" not in await records(first.running[0])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a node's own `left` is not saved: restarted with its old store it announces itself "
-    "active, and a member that has not heard of the removal pulls its data",
-)
 async def test_node_that_left_stays_out_after_a_restart_with_its_old_data(tmp_path: Path) -> None:
     """Invariant 8: a member that was removed never becomes a source of changes again with its
     old data.

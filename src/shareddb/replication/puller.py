@@ -75,6 +75,7 @@ class Replicator:
         self._pullers: dict[str, asyncio.Task[None]] = {}
         self._positions: dict[str, Checkpoint] = {}  # per peer id; may run ahead of the saved one
         self._refused: set[str] = set()  # removed members that answered at a URL we pulled
+        self._out = membership.self_entry.left  # this node left or was removed; it said so
         self._tasks: set[asyncio.Task[None]] = set()
         self._persisting: asyncio.Task[None] | None = None
         self._running = False
@@ -119,7 +120,9 @@ class Replicator:
             self._persisting = asyncio.get_running_loop().create_task(self.persist_members())
 
     async def persist_members(self) -> None:
+        """Save the member list, this node's own entry included (whether it left is final)."""
         entries = [m.entry() for m in self.membership.members.values()]
+        entries.append(self.membership.self_entry.entry())
         with contextlib.suppress(StoreUnavailable):
             await self.store.set_meta("members", orjson.dumps(entries).decode())
 
@@ -162,7 +165,7 @@ class Replicator:
             try:
                 entries = await self.transport.join(url, self.membership.entries())
             except PeerRemoved:
-                self._removed(url)
+                await self._removed(url)
                 return
             except PeerError as exc:
                 failures += 1
@@ -220,11 +223,16 @@ class Replicator:
         try:
             reply = await self.transport.pull(url, request)
         except PeerRemoved:
-            self._removed(url)
+            await self._removed(url)
             raise
         if reply.node == self.node_id:
             self.membership.identified(url, reply.node)
             return False
+        # Its entries first: a node that left says so in the same answer as the writes it took
+        # since, and those must not be applied.
+        self.membership.merge(reply.members)
+        if self.membership.self_entry.left and not self._out:
+            await self._removed(url)  # the answer says this node was removed
         source = self.membership.members.get(reply.node)
         if source is not None and source.removed(incarnation_of(reply.instance)):
             # A member that left or was removed, back with its old store: none of its data is
@@ -239,7 +247,6 @@ class Replicator:
                     url,
                 )
             return False
-        self.membership.merge(reply.members)
         self.membership.identified(url, reply.node)
         self.membership.heard_from(reply.node, url)
         if stale := self.membership.others_at(url, reply.node):
@@ -273,16 +280,21 @@ class Replicator:
         self._caught_up(reply)
         return True
 
-    def _removed(self, url: str) -> None:
-        """A peer says this incarnation of the node left or was removed: stop replicating."""
+    async def _removed(self, url: str) -> None:
+        """A peer says this incarnation of the node left or was removed: stop replicating, and
+        save that before anything else, so that a restart with this store stays out too."""
+        if self._out:
+            return
+        self._out = True
+        log.error(
+            "this node (%s) was removed from the cluster (or left it), says %s: it no longer "
+            "replicates; to add it again, start it with an empty --data and --join URL",
+            self.node_id,
+            url,
+        )
         if not self.membership.self_entry.left:
-            log.error(
-                "this node (%s) was removed from the cluster (or left it), says %s: it no longer "
-                "replicates; to add it again, start it with an empty --data and --join URL",
-                self.node_id,
-                url,
-            )
             self.membership.leave(self.node_id, self.clock.now(self.now()))
+        await self.persist_members()
 
     def _caught_up(self, reply: PullReply) -> None:
         """Once this node holds all of a peer's feed, the peer may leave out the records this
