@@ -152,6 +152,26 @@ class Membership:
             self.on_change()
         return changed
 
+    def reported(self, entry: dict[str, Any]) -> None:
+        """The entry a node gave about itself in its own answer: it speaks for its incarnation.
+
+        A new incarnation replaces the one we knew, and a node that says it left has left,
+        whatever the versions: its clock may be behind the entries others wrote about it.
+        """
+        node_id, incarnation = entry["id"], str(entry.get("inc", ""))
+        member = self.members.get(node_id)
+        if member is None or node_id == self.self_id:
+            return
+        left = bool(entry["left"])
+        if incarnation != member.incarnation:
+            member.url, member.left, member.incarnation = entry["url"], left, incarnation
+        elif left and not member.left:
+            member.left = True
+        else:
+            return
+        member.version = max(int(entry["v"]), member.version + 1)
+        self.on_change()
+
     def check(self, node_id: str, incarnation: str) -> None:
         """Raise `Removed` when that incarnation of `node_id` left or was removed."""
         member = self.members.get(node_id)

@@ -231,6 +231,9 @@ class Replicator:
         # Its entries first: a node that left says so in the same answer as the writes it took
         # since, and those must not be applied.
         self.membership.merge(reply.members)
+        for entry in reply.members:
+            if entry["id"] == reply.node:
+                self.membership.reported(entry)
         if self.membership.self_entry.left and not self._out:
             await self._removed(url)  # the answer says this node was removed
         source = self.membership.members.get(reply.node)
