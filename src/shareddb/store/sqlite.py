@@ -420,8 +420,10 @@ class SQLiteStore:
                 if self._closing:
                     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                     return
-                with contextlib.suppress(sqlite3.Error):
+                try:
                     db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error as exc:  # a full disk, say: the next commit asks again
+                    log.debug("checkpoint put off: %s", exc)
         except sqlite3.Error as exc:
             log.warning("checkpoint failed: %s", exc)
         finally:
