@@ -24,7 +24,7 @@ from tests.cluster.replication_helpers import (
     wait_converged,
 )
 from tests.disk import FailingDisk, SmallDisk
-from tests.harness import NodeProcess, wait_for
+from tests.harness import NodeProcess, run_cli, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -209,3 +209,27 @@ def test_replication_to_a_full_disk_pauses_and_resumes_without_skipping(
         found = read(b, key)
         assert found is not None, key
         assert found[0] == value, key
+
+
+def test_node_on_a_full_disk_does_not_start_and_says_why(
+    small_disk: Callable[..., SmallDisk], start_node: StartNode, tmp_path: Path
+) -> None:
+    """SQLite needs room for its log index to open the store: without it, one line, no traceback;
+    with space back, the node starts with its data."""
+    disk = small_disk("n1")
+    node = start_node("n1")
+    assert put(node, "k", "v").status in (200, 201)
+    assert node.stop() == 0
+    disk.fill()
+    done = run_cli("serve", "--port", "0", "--host", "127.0.0.1", "--data", str(tmp_path / "n1"))
+    assert done.returncode != 0
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "cannot open store" in lines[0]
+    assert "disk full or read-only" in lines[0]
+    fresh = run_cli("serve", "--port", "0", "--data", str(tmp_path / "n1" / "fresh"))
+    assert fresh.returncode != 0
+    assert fresh.stderr.strip().endswith("No space left on device"), fresh.stderr
+    disk.free()
+    node.start()
+    assert read(node, "k") is not None

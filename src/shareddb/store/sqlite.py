@@ -152,7 +152,8 @@ class SQLiteStore:
             self._reader_pool.shutdown()
             if isinstance(exc, sqlite3.Error) and is_corrupt(exc):
                 raise StoreCorrupt(self.path, str(exc)) from None
-            raise StoreOpenError(f"cannot open store {self.path}: {exc}") from exc
+            hint = "; is its disk full or read-only?" if isinstance(write_error(exc), StoreFull) else ""
+            raise StoreOpenError(f"cannot open store {self.path}: {exc}{hint}") from exc
         self._writer = threading.Thread(target=self._write_loop, name="shareddb-writer", daemon=True)
         self._writer.start()
         self._checkpointer = threading.Thread(
