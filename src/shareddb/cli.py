@@ -19,7 +19,7 @@ from shareddb.client import Client, ClientError
 from shareddb.config import SETTINGS, Settings
 from shareddb.node import NodeError
 from shareddb.record import DEFAULT_MAX_VALUE_BYTES
-from shareddb.store.sqlite import StoreOpenError
+from shareddb.store.sqlite_faults import StoreOpenError
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])

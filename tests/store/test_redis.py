@@ -25,6 +25,7 @@ from shareddb.store.base import (
     DIGEST_BUCKETS,
     Checkpoint,
     Outcome,
+    StoreFull,
     StoreUnavailable,
     bucket_of,
     record_hash,
@@ -279,10 +280,14 @@ async def test_a_batch_redis_refuses_changes_nothing_and_the_store_goes_on(
     admin = Redis.from_url(redis_server.url())
     try:
         await admin.config_set("maxmemory", 1)
-        with pytest.raises(StoreUnavailable, match="maxmemory"):
+        # StoreFull: the node answers 507 and its pullers back off, as on a full disk.
+        with pytest.raises(StoreFull, match="maxmemory"):
             await store.apply([put("k", "v2", 2), put("j", "w", 2)], Checkpoint("peer", "inst", 2))
-        with pytest.raises(StoreUnavailable, match="maxmemory"):
+        with pytest.raises(StoreFull, match="maxmemory"):
             await store.set_meta("name", "value")
+        with pytest.raises(StoreFull, match="cannot write"):
+            await store.write(put("k", "v2", 2))
+        assert await store.get("k") == put("k", "v1", 1)  # reads go on
         after = await assert_store_matches_redis(store)
         assert after == before
         assert await store.checkpoint("peer") == Checkpoint("peer", "inst", 1)

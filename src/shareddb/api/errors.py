@@ -25,6 +25,7 @@ CODES = {
     414: "too_large",
     503: "unavailable",
     504: "timeout",
+    507: "insufficient_storage",
 }
 
 

@@ -20,6 +20,7 @@ ERROR_CODES = [
     "forbidden",
     "timeout",
     "unavailable",
+    "insufficient_storage",
 ]
 
 
@@ -387,6 +388,11 @@ RESPONSES: Doc = {
     "SeedTooLarge": _json("SeedError", "The value is larger than --max-value-bytes."),
     "SeedTooLong": _json("SeedError", "The request target is longer than 64 KiB: use PUT /v1/kv/{key}."),
     "SeedUnavailable": _json("SeedError", "The store cannot be used right now; nothing changed."),
+    "SeedFull": _json(
+        "SeedError",
+        "The disk is full or read-only; nothing changed. Reads go on; writes work again once "
+        "there is space.",
+    ),
     "SeedTimeout": _json("SeedTimeout", "Fewer than w nodes held the write in time; it is kept."),
     "BadRequest": _json("Error", "A parameter, the key or the body is invalid (bad_request)."),
     "NotFound": _json("Error", "The key has no value (not_found)."),
@@ -394,6 +400,11 @@ RESPONSES: Doc = {
     "Forbidden": _json("Error", "The bearer token is wrong (forbidden)."),
     "TooLarge": _json("Error", "The value is larger than --max-value-bytes (too_large)."),
     "Unavailable": _json("Error", "The store cannot be used right now (unavailable)."),
+    "Full": _json(
+        "Error",
+        "The disk is full or read-only; nothing changed (insufficient_storage). Reads go on; "
+        "writes work again once there is space.",
+    ),
     "Timeout": _json("Error", "Fewer than w nodes held the write in time; it is kept (timeout)."),
 }
 
@@ -409,6 +420,7 @@ PATHS: Doc = {
                 "400": _ref("responses", "SeedBadRequest"),
                 "413": _ref("responses", "SeedTooLarge"),
                 "504": _ref("responses", "SeedTimeout"),
+                "507": _ref("responses", "SeedFull"),
                 **SEED_FAILURES,
             },
         }
@@ -438,6 +450,7 @@ PATHS: Doc = {
                 "400": _ref("responses", "SeedBadRequest"),
                 "404": _json("SeedError", "The key had no value: nothing was removed."),
                 "504": _ref("responses", "SeedTimeout"),
+                "507": _ref("responses", "SeedFull"),
                 **SEED_FAILURES,
             },
         }
@@ -501,6 +514,7 @@ PATHS: Doc = {
                 "400": _ref("responses", "BadRequest"),
                 "413": _ref("responses", "TooLarge"),
                 "504": _ref("responses", "Timeout"),
+                "507": _ref("responses", "Full"),
                 **V1_FAILURES,
             },
         },
@@ -514,6 +528,7 @@ PATHS: Doc = {
                 "400": _ref("responses", "BadRequest"),
                 "404": _ref("responses", "NotFound"),
                 "504": _ref("responses", "Timeout"),
+                "507": _ref("responses", "Full"),
                 **V1_FAILURES,
             },
         },

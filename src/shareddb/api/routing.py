@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from shareddb.api.errors import ApiError
-from shareddb.store.base import StoreUnavailable
+from shareddb.store.base import StoreFull, StoreUnavailable
 
 log = logging.getLogger("shareddb.api")
 
@@ -85,6 +85,9 @@ class Router:
             return await route.handler(request)
         except ApiError as exc:
             return exc.response(seed=path.startswith("/nodes/"))
+        except StoreFull as exc:  # the store logs when this starts and ends, not each request
+            error = ApiError(507, f"{exc}; reads still work, and writes resume once it can")
+            return error.response(seed=path.startswith("/nodes/"))
         except StoreUnavailable as exc:
             log.warning("store unavailable: %s", exc)
             error = ApiError(503, f"store unavailable: {exc}")

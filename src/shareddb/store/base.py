@@ -7,6 +7,10 @@ order-independent digest of its (key, version) pairs so two nodes can be compare
 
 Errors: any exception from a method means that call changed nothing (a batch is atomic). A store
 that lost its backing service raises `StoreUnavailable`; the API answers 503 and the node keeps going.
+A store that is reachable but cannot take writes (disk full, read-only file system, write I/O errors,
+a Redis out of memory or unable to persist) raises `StoreFull`, a kind of `StoreUnavailable`: the API
+answers 507, reads go on, and the next write tries again, so writes resume by themselves once the
+store can take them. Replication treats both alike: it backs off and keeps its checkpoint.
 """
 
 from __future__ import annotations
@@ -27,6 +31,11 @@ DIGEST_BUCKETS = 256
 
 class StoreUnavailable(Exception):
     """The store cannot be reached or written right now; nothing was changed."""
+
+
+class StoreFull(StoreUnavailable):
+    """The store is there but cannot write (no space, read-only); nothing was changed, and reads
+    still work. Not sticky: every later write tries again."""
 
 
 class Outcome(enum.Enum):

@@ -46,7 +46,13 @@ from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import (
+    NoScriptError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+)
 
 from shareddb.record import Record
 from shareddb.store.base import (
@@ -57,6 +63,7 @@ from shareddb.store.base import (
     Digest,
     MergePlan,
     Outcome,
+    StoreFull,
     StoreUnavailable,
     bucket_of,
     combine_buckets,
@@ -332,6 +339,8 @@ class RedisStore:
         return found
 
     def _unavailable(self, exc: BaseException) -> StoreUnavailable:
+        if self._lost is None and _refuses_writes(exc):  # it answers: reads and the cache go on
+            return StoreFull(f"Redis at {redact_url(self.url)} cannot write: {_one_line(exc)}")
         self._reachable = False
         if self._lost is not None:
             return StoreUnavailable(self._lost)
@@ -708,6 +717,14 @@ def _hash_items(items: object) -> list[tuple[bytes, bytes]]:
 
 async def _not_open(*args: object) -> Any:
     raise StoreUnavailable("the store is not open")
+
+
+def _refuses_writes(exc: BaseException) -> bool:
+    """Redis answers but takes no writes: out of memory under noeviction (-OOM), unable to save
+    its snapshot (-MISCONF), or a read-only replica (-READONLY)."""
+    if isinstance(exc, OutOfMemoryError | ReadOnlyError):
+        return True
+    return isinstance(exc, ResponseError) and str(exc).startswith(("OOM", "MISCONF", "READONLY"))
 
 
 def _one_line(exc: BaseException) -> str:

@@ -33,6 +33,7 @@ from shareddb.store.base import (
     Digest,
     MergePlan,
     Outcome,
+    StoreFull,
     StoreUnavailable,
     bucket_of,
     combine_buckets,
@@ -40,6 +41,13 @@ from shareddb.store.base import (
     prefix_end,
 )
 from shareddb.store.cache import RecordCache
+from shareddb.store.sqlite_faults import (
+    StoreCorrupt,
+    StoreOpenError,
+    check_integrity,
+    is_corrupt,
+    write_error,
+)
 
 log = logging.getLogger("shareddb.store")
 
@@ -74,10 +82,6 @@ BUSY_TIMEOUT_MS = 10_000
 # itself: back-pressure when the background checkpoints cannot keep up.
 CHECKPOINT_PAUSE = 0.2
 WAL_LIMIT = 512 * 1024 * 1024
-
-
-class StoreOpenError(Exception):
-    """The store file cannot be opened or created; the message is meant for the user."""
 
 
 @dataclass(slots=True)
@@ -126,6 +130,7 @@ class SQLiteStore:
         self._checkpoint_due = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
+        self._cannot_write = False  # the last batch failed for want of disk (writer thread only)
         self._signal = ChangeSignal()
         self._cache = RecordCache()
         self._reader_pool = ThreadPoolExecutor(1, thread_name_prefix="shareddb-reader")
@@ -142,9 +147,15 @@ class SQLiteStore:
             self._wdb = await loop.run_in_executor(self._reader_pool, self._open_writer)
             self._point = self._connect()
             self._scan = await loop.run_in_executor(self._reader_pool, self._connect)
+        except StoreOpenError:
+            self._reader_pool.shutdown()
+            raise
         except (sqlite3.Error, OSError) as exc:
             self._reader_pool.shutdown()
-            raise StoreOpenError(f"cannot open store {self.path}: {exc}") from exc
+            if isinstance(exc, sqlite3.Error) and is_corrupt(exc):
+                raise StoreCorrupt(self.path, str(exc)) from None
+            hint = "; is its disk full or read-only?" if isinstance(write_error(exc), StoreFull) else ""
+            raise StoreOpenError(f"cannot open store {self.path}: {exc}{hint}") from exc
         self._writer = threading.Thread(target=self._write_loop, name="shareddb-writer", daemon=True)
         self._writer.start()
         self._checkpointer = threading.Thread(
@@ -163,6 +174,11 @@ class SQLiteStore:
 
     def _open_writer(self) -> sqlite3.Connection:
         db = self._connect()
+        try:  # before anything reads the store's state or writes to it
+            check_integrity(db, self.path)
+        except BaseException:
+            db.close()
+            raise
         mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if mode.lower() != "wal":
             raise sqlite3.OperationalError(f"journal_mode is {mode}, WAL is required")
@@ -366,15 +382,27 @@ class SQLiteStore:
             try:
                 results, accepted, state = self._commit([op for op, _ in batch])
             except Exception as exc:
-                error = StoreUnavailable(f"write failed: {exc}")
+                error = write_error(exc)
+                self._note_cannot_write(error)
                 self._loop.call_soon_threadsafe(fail_all, [f for _, f in batch], error)
             else:
+                self._note_cannot_write(None)
                 self._loop.call_soon_threadsafe(self._resolve, batch, results, accepted, state)
             self._checkpoint_due.set()
             if self._wal_size() > WAL_LIMIT:
                 with contextlib.suppress(sqlite3.Error):
                     self._wdb.execute("PRAGMA wal_checkpoint(RESTART)")
         self._wdb.close()
+
+    def _note_cannot_write(self, error: StoreUnavailable | None) -> None:
+        """Log when the disk stops and starts taking writes again, once each, not per write."""
+        full = isinstance(error, StoreFull)
+        if full and not self._cannot_write:
+            log.error("%s; writes get 507 until it can, reads go on", error)
+        elif not full and self._cannot_write and error is None:
+            log.info("the store can write again")
+        if full or error is None:
+            self._cannot_write = full
 
     def _wal_size(self) -> int:
         try:
@@ -395,8 +423,10 @@ class SQLiteStore:
                 if self._closing:
                     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                     return
-                with contextlib.suppress(sqlite3.Error):
+                try:
                     db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error as exc:  # a full disk, say: the next commit asks again
+                    log.debug("checkpoint put off: %s", exc)
         except sqlite3.Error as exc:
             log.warning("checkpoint failed: %s", exc)
         finally:
@@ -432,6 +462,8 @@ class SQLiteStore:
         keys.update(r.key for op in ops for r in op.records)
         results: list[object] = []
         purges: list[tuple[int, tuple[int, str]]] = []
+        if db.in_transaction:  # the rollback after a failed commit failed too: retry it first
+            db.execute("ROLLBACK")
         db.execute("BEGIN IMMEDIATE")
         try:
             plan = MergePlan(self._lookup(db, keys), base.seq, base.live, base.buckets)
@@ -477,8 +509,11 @@ class SQLiteStore:
             )
             db.execute("COMMIT")
         except BaseException:
+            # A failed COMMIT (disk full, I/O error) leaves the transaction open; roll it back so
+            # the connection takes the next batch. The original error is the one that matters.
             if db.in_transaction:
-                db.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
             raise
         buckets = list(base.buckets)
         for bucket, value in plan.buckets.items():
