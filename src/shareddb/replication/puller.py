@@ -189,20 +189,23 @@ class Replicator:
                     return
             except PeerRemoved:
                 return
-                if failures and reached:
-                    log.info("peer %s is reachable again", url)
-                elif not reached:
-                    log.info("pulling from peer %s", url)
-                failures = 0
-                reached = True
             except (PeerError, StoreUnavailable) as exc:
                 failures += 1
-                if failures == 1 and reached:
+                if failures == 1 and isinstance(exc, StoreUnavailable):
+                    log.warning("cannot apply what %s sent: %s; backing off", url, exc)
+                elif failures == 1 and reached:
                     log.warning("pull from %s failed: %s; backing off", url, exc)
                 elif failures == 1:
                     log.info("waiting for peer %s (%s)", url, exc)
                 delay = min(MAX_BACKOFF, MIN_BACKOFF * 2 ** min(failures, 10))
                 await asyncio.sleep(delay * self.rng.uniform(0.5, 1.0))
+            else:
+                if failures and reached:
+                    log.info("pulling from peer %s again", url)
+                elif not reached:
+                    log.info("pulling from peer %s", url)
+                failures = 0
+                reached = True
 
     async def pull_once(self, url: str) -> bool:
         """Pull and apply one batch from `url`. False when the URL is not to be pulled: it turned out
