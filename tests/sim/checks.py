@@ -157,6 +157,16 @@ class History:
         """Slot `index` lost its disk: acknowledged writes that no other disk holds are gone."""
         self.marks[index] = SlotMarks()
         self.outside.discard(index)
+        self._forget_unheld()
+
+    def left_cluster(self, index: int, origin: str) -> None:
+        """The node at slot `index` (incarnation `origin`) was removed or left: its disk no
+        longer counts, so acknowledged writes that only it holds are gone from the cluster."""
+        self.removed.add(origin)
+        self.outside.add(index)
+        self._forget_unheld()
+
+    def _forget_unheld(self) -> None:
         # A removed node's disk no longer counts: nobody takes anything from it.
         disks = [marks for i, marks in self.marks.items() if i not in self.outside]
         for write in self.acked:

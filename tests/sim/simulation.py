@@ -349,8 +349,7 @@ class Simulation:
 
     def removed(self, slot: Slot) -> None:
         slot.removed = slot.origin
-        self.history.removed.add(slot.origin)
-        self.history.outside.add(slot.index)
+        self.history.left_cluster(slot.index, slot.origin)
 
     async def remove(self) -> None:
         """An operator removes a member through another node (`shareddb leave --node ID`)."""
