@@ -286,5 +286,5 @@ class World:
 
 async def records(node: Node) -> dict[str, Record]:
     """Everything the node's store holds, tombstones included, by key."""
-    changes = await node.store.changes_since(0, 1_000_000)
-    return {change.record.key: change.record for change in changes}
+    page = await node.store.changes_since(0, 1_000_000)
+    return {change.record.key: change.record for change in page.changes}

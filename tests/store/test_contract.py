@@ -18,7 +18,7 @@ import pytest
 
 from shareddb.clock import HybridClock
 from shareddb.record import Record, make_version
-from shareddb.store.base import Change, Checkpoint, Outcome, Store, StoreUnavailable
+from shareddb.store.base import Change, Checkpoint, FeedPage, Outcome, Store, StoreUnavailable
 from shareddb.store.redis import RedisStore
 from shareddb.store.sqlite import SQLiteStore
 from tests.redis_server import store_url
@@ -92,7 +92,7 @@ async def state(store: Store, keys: Sequence[str]) -> dict[str, Record | None]:
 
 
 async def feed(store: Store) -> list[Change]:
-    return await store.changes_since(0, 1_000_000)
+    return (await store.changes_since(0, 1_000_000)).changes
 
 
 # --- local writes -----------------------------------------------------------------------------
@@ -329,21 +329,79 @@ async def test_feed_sequence_numbers_strictly_increase(store: Store) -> None:
 async def test_changes_since_returns_records_after_seq_in_order_up_to_limit(store: Store) -> None:
     await store.apply([put(f"k{i}", "v", i) for i in range(1, 11)])
     page = await store.changes_since(3, 4)
-    assert [c.seq for c in page] == [4, 5, 6, 7]
-    assert [c.record.key for c in page] == ["k4", "k5", "k6", "k7"]
-    assert [c.seq for c in await store.changes_since(7, 100)] == [8, 9, 10]
-    assert await store.changes_since(10, 100) == []
-    assert await store.changes_since(100, 100) == []
+    assert [c.seq for c in page.changes] == [4, 5, 6, 7]
+    assert [c.record.key for c in page.changes] == ["k4", "k5", "k6", "k7"]
+    assert page.until == 7
+    page = await store.changes_since(7, 100)
+    assert ([c.seq for c in page.changes], page.until) == ([8, 9, 10], 10)
+    assert await store.changes_since(10, 100) == FeedPage([], 10)
+    assert await store.changes_since(100, 100) == FeedPage([], 100)
 
 
 async def test_paging_through_the_feed_yields_every_key_once(store: Store) -> None:
     await store.apply([put(f"k{i:03}", "v", i) for i in range(1, 101)])
     seen: list[str] = []
     seq = 0
-    while page := await store.changes_since(seq, 7):
-        seen.extend(c.record.key for c in page)
-        seq = page[-1].seq
+    while (page := await store.changes_since(seq, 7)).changes:
+        seen.extend(c.record.key for c in page.changes)
+        seq = page.until
     assert seen == [f"k{i:03}" for i in range(1, 101)]
+    assert seq == store.last_seq
+
+
+async def test_a_feed_read_covers_purged_tombstones_at_its_end(store: Store) -> None:
+    # k1..k5 at sequences 1..5; k4 and k5 deleted (6, 7) and those tombstones purged: the feed's
+    # last rows are gone, and a reader must still be told it has read up to 7, or it would ask
+    # for the same empty stretch for ever.
+    await store.apply([put(f"k{i}", "v", i) for i in range(1, 6)])
+    await store.apply([tomb("k4", 10), tomb("k5", 11)])
+    assert await store.purge_tombstones(store.last_seq, v(100, "")) == 2
+    assert store.last_seq == 7
+    assert await store.changes_since(3, 100) == FeedPage([], 7)
+    page = await store.changes_since(0, 100)
+    assert ([c.seq for c in page.changes], page.until) == ([1, 2, 3], 7)
+    # A read cut by its limit covers only the changes it returned.
+    page = await store.changes_since(0, 3)
+    assert ([c.seq for c in page.changes], page.until) == ([1, 2, 3], 3)
+    assert await store.changes_since(7, 100) == FeedPage([], 7)
+
+
+async def test_a_feed_read_stops_at_its_byte_budget_and_covers_only_what_it_returned(
+    store: Store,
+) -> None:
+    value = "x" * 1000
+    await store.apply([put(f"k{i}", value, i) for i in range(1, 11)])
+    page = await store.changes_since(0, 100, max_bytes=3500)
+    assert ([c.seq for c in page.changes], page.until) == ([1, 2, 3], 3)
+    # The first change is always returned, however large.
+    page = await store.changes_since(3, 100, max_bytes=10)
+    assert ([c.seq for c in page.changes], page.until) == ([4], 4)
+    page = await store.changes_since(4, 100, max_bytes=10**9)
+    assert ([c.seq for c in page.changes], page.until) == ([5, 6, 7, 8, 9, 10], 10)
+
+
+async def test_a_feed_read_never_covers_a_write_it_did_not_return(store: Store) -> None:
+    # Reads race with commits: whatever a read returns, a write acknowledged after it started
+    # is either in the answer or above its `until`, so a reader that continues from `until`
+    # sees it. Invariant 1: no acknowledged write is lost.
+    await store.apply([put("seed", "v", 1)])
+    seen: set[str] = set()
+    written: list[str] = []
+
+    async def writer() -> None:
+        for i in range(200):
+            await store.write(put(f"w{i:03}", "v", 10 + i))
+            written.append(f"w{i:03}")
+
+    writing = asyncio.create_task(writer())
+    seq = 0
+    while not writing.done() or seq < store.last_seq:
+        page = await store.changes_since(seq, 1000)
+        seen.update(c.record.key for c in page.changes)
+        assert page.until >= seq
+        seq = page.until
+    await writing
+    assert set(written) <= seen
 
 
 # --- scan -------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ def _int(params: dict[str, str], name: str, default: int = 0) -> int:
     return int(raw)
 
 
-async def changes(node: Node, request: web.BaseRequest) -> web.Response:
+async def changes(node: Node, request: web.BaseRequest) -> web.StreamResponse:
     params = parse_query(split_target(request.raw_path)[1])
     puller = params.get("from", "")
     if puller and node_id_error(puller):
@@ -61,7 +61,14 @@ async def changes(node: Node, request: web.BaseRequest) -> web.Response:
         reply = await node.feed.pull(pull)
     except Removed as exc:
         raise ApiError(410, str(exc)) from None
-    return web.Response(body=encode_reply(reply), headers={"Content-Type": JSON})
+    # Written out part by part, each part sent (or buffered only up to aiohttp's small limit)
+    # before the next is encoded: a large batch is held once, as records, not again as JSON.
+    response = web.StreamResponse(headers={"Content-Type": JSON})
+    await response.prepare(request)
+    for part in encode_reply(reply):
+        await response.write(part)
+    await response.write_eof()
+    return response
 
 
 def _entries(payload: Any) -> list[dict[str, Any]]:

@@ -13,11 +13,13 @@ from typing import Any
 from shareddb.membership import Membership
 from shareddb.record import make_origin, version_hlc, version_origin
 from shareddb.replication.transport import PullReply, PullRequest
-from shareddb.store.base import Change, Store
+from shareddb.store.base import Store
 
 MAX_LIMIT = 10_000
 MAX_WAIT = 30.0
-MAX_ANSWER_BYTES = 8 * 1024 * 1024  # a batch stops here (but always holds at least one change)
+# A batch stops here (but always holds at least one change); the store's read stops here too, so
+# one pull holds about this much of records, and as much again of encoded answer.
+MAX_ANSWER_BYTES = 8 * 1024 * 1024
 
 
 class Feed:
@@ -38,12 +40,14 @@ class Feed:
             )
             self.membership.record_progress(puller, since)
         limit = max(1, min(request.limit, MAX_LIMIT))
-        changes = await store.changes_since(since, limit)
-        if not changes and request.wait > 0:
-            await store.wait_for_changes(since, min(request.wait, MAX_WAIT))
-            changes = await store.changes_since(since, limit)
-        changes = _within_budget(changes)
-        until = changes[-1].seq if changes else since
+        page = await store.changes_since(since, limit, MAX_ANSWER_BYTES)
+        if not page.changes and request.wait > 0:
+            # Wait for a sequence past what the read covered, not past `since`: when the rows
+            # after `since` were purged tombstones, `since` is already behind `last_seq` and the
+            # poll would answer at once, empty, for ever.
+            await store.wait_for_changes(page.until, min(request.wait, MAX_WAIT))
+            page = await store.changes_since(page.until, limit, MAX_ANSWER_BYTES)
+        changes, until = page.changes, page.until
         own_since = request.own_since
         origin = make_origin(puller, request.puller_incarnation)
         records = [
@@ -61,7 +65,8 @@ class Feed:
             node=self.node_id,
             instance=store.instance_id,
             until=until,
-            last_seq=store.last_seq,
+            # A read may see a commit before the store publishes its new `last_seq`.
+            last_seq=max(store.last_seq, until),
             records=records,
             members=self.membership.entries(),
         )
@@ -78,14 +83,3 @@ class Feed:
                 newcomer["id"], newcomer["url"], newcomer["v"], str(newcomer.get("inc", ""))
             )
         return self.membership.entries()
-
-
-def _within_budget(changes: list[Change]) -> list[Change]:
-    """The leading changes whose keys and values fit in MAX_ANSWER_BYTES (at least one)."""
-    total = 0
-    for index, change in enumerate(changes):
-        record = change.record
-        total += len(record.key) + len(record.value or "") + 64
-        if total > MAX_ANSWER_BYTES and index > 0:
-            return changes[:index]
-    return changes

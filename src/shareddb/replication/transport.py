@@ -3,6 +3,7 @@ over the peer API, and the simulation passes in a transport of its own."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -13,6 +14,7 @@ from shareddb.record import Record
 
 PEER_HEADER = "Authorization"
 READ_SLACK = 10.0  # seconds past the long poll a peer may go silent before the pull fails
+ENCODE_PART = 256 * 1024
 
 
 class PeerError(Exception):
@@ -54,17 +56,27 @@ class Transport(Protocol):
     async def close(self) -> None: ...
 
 
-def encode_reply(reply: PullReply) -> bytes:
-    return orjson.dumps(
-        {
-            "node": reply.node,
-            "instance": reply.instance,
-            "until": reply.until,
-            "last_seq": reply.last_seq,
-            "changes": [[r.key, r.value, r.version] for r in reply.records],
-            "members": reply.members,
-        }
-    )
+def encode_reply(reply: PullReply) -> Iterator[bytes]:
+    """The reply as JSON, in parts of about ENCODE_PART bytes: the origin writes each part out
+    before it encodes the next, so it never holds a second, encoded copy of a large batch."""
+    head = {
+        "node": reply.node,
+        "instance": reply.instance,
+        "until": reply.until,
+        "last_seq": reply.last_seq,
+        "members": reply.members,
+    }
+    parts = [orjson.dumps(head)[:-1], b',"changes":[']
+    size = 0
+    for index, r in enumerate(reply.records):
+        part = orjson.dumps([r.key, r.value, r.version])
+        parts.append(b"," + part if index else part)
+        size += len(part)
+        if size >= ENCODE_PART:
+            yield b"".join(parts)
+            parts, size = [], 0
+    parts.append(b"]}")
+    yield b"".join(parts)
 
 
 def decode_reply(body: bytes) -> PullReply:

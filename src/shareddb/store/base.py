@@ -64,6 +64,18 @@ class Change:
 
 
 @dataclass(frozen=True, slots=True)
+class FeedPage:
+    """One read of the changes feed: `changes` in sequence order, and `until`, how far the read
+    covered the feed. Every record that held a sequence number in (since, until] at the time of
+    the read is in `changes`, or no longer holds it: rewritten since under a greater number, or a
+    tombstone that was purged. A reader that continues from `until` therefore misses nothing, and
+    moves past purged tombstones even when they end the feed."""
+
+    changes: list[Change]
+    until: int
+
+
+@dataclass(frozen=True, slots=True)
 class Digest:
     count: int  # live keys
     digest: str  # hex; equal on two stores exactly when they hold the same (key, version) pairs
@@ -113,8 +125,13 @@ class Store(Protocol):
         """Live records whose key starts with `prefix` and sorts after `after`, by key (code point)."""
         ...
 
-    async def changes_since(self, seq: int, limit: int) -> list[Change]:
-        """The feed: records with a sequence number above `seq`, in sequence order."""
+    async def changes_since(self, seq: int, limit: int, max_bytes: int | None = None) -> FeedPage:
+        """The feed: records with a sequence number above `seq`, in sequence order, at most
+        `limit` of them and, with `max_bytes`, no more than fit in that many bytes by
+        `change_size` (but always at least one). The read stops at the budget: it never holds
+        much more than `max_bytes` of records at once. `until` is read consistently with the
+        rows: the feed's last sequence number when the read reached its end, else the last
+        change's."""
         ...
 
     async def wait_for_changes(self, seq: int, timeout: float) -> None:
@@ -138,6 +155,15 @@ class Store(Protocol):
         """Key -> version of every record (tombstones too) in one digest bucket: for repairs and
         `shareddb verify`. It reads the whole store."""
         ...
+
+
+CHANGE_OVERHEAD = 64  # bytes a change costs beyond its key and value (version, framing)
+
+
+def change_size(key: str, value: str | None) -> int:
+    """What a change counts against a feed read's byte budget (the Redis store counts the same
+    in UTF-8 bytes, inside Redis)."""
+    return len(key) + len(value or "") + CHANGE_OVERHEAD
 
 
 def bucket_of(key: str) -> int:

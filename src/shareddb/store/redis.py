@@ -56,11 +56,13 @@ from redis.exceptions import (
 
 from shareddb.record import Record
 from shareddb.store.base import (
+    CHANGE_OVERHEAD,
     DIGEST_BUCKETS,
     Change,
     ChangeSignal,
     Checkpoint,
     Digest,
+    FeedPage,
     MergePlan,
     Outcome,
     StoreFull,
@@ -71,7 +73,7 @@ from shareddb.store.base import (
     prefix_end,
 )
 from shareddb.store.cache import RecordCache
-from shareddb.store.redis_scripts import BY_SCORE, CREATE, FENCE, SCAN, WRITE, Keys
+from shareddb.store.redis_scripts import BY_SCORE, CREATE, FEED, FENCE, SCAN, WRITE, Keys
 
 log = logging.getLogger("shareddb.store")
 
@@ -389,17 +391,24 @@ class RedisStore:
         records = [_record(bytes(flat[i]).decode("utf-8"), flat[i + 1]) for i in range(0, len(flat), 2)]
         return [record for record in records if record.value is not None]
 
-    async def changes_since(self, seq: int, limit: int) -> list[Change]:
+    async def changes_since(self, seq: int, limit: int, max_bytes: int | None = None) -> FeedPage:
         if limit <= 0:
             self._check_usable()
-            return []
+            return FeedPage([], seq)
+        budget = -1 if max_bytes is None else max_bytes
         flat = await self._read_script(
-            BY_SCORE, [self._keys.seq, self._keys.rec], [f"({seq}", "+inf", 0, limit]
+            FEED,
+            [self._keys.seq, self._keys.rec, self._keys.meta],
+            [f"({seq}", limit, budget, CHANGE_OVERHEAD],
         )
-        return [
+        changes = [
             Change(_score(flat[i + 1]), _record(bytes(flat[i]).decode("utf-8"), flat[i + 2]))
-            for i in range(0, len(flat), 3)
+            for i in range(2, len(flat), 3)
         ]
+        # Read in the same atomic script as the rows: `until` covers only what the read saw.
+        if int(flat[0]) == 1:
+            return FeedPage(changes, max(seq, _score(flat[1])))
+        return FeedPage(changes, changes[-1].seq if changes else seq)
 
     async def wait_for_changes(self, seq: int, timeout: float) -> None:
         loop = asyncio.get_running_loop()

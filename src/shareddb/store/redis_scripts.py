@@ -136,3 +136,32 @@ for i, key in ipairs(keys) do
 end
 return out
 """
+
+# The changes feed after a sequence, read atomically with the feed's last sequence. KEYS: seq,
+# rec, meta. ARGV: min score (exclusive), count, byte budget (-1: none), per-change overhead.
+# Answers: 1 when the read reached the end of the feed, else 0; the last sequence; then key,
+# score, record, key, ... Changes stop before the one that would pass the budget (the first is
+# always sent), counted as `change_size` counts them, in bytes (with the version).
+FEED = """#!lua flags=no-writes
+local found = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf', 'WITHSCORES', 'LIMIT', 0,
+                         ARGV[2])
+local budget, overhead = tonumber(ARGV[3]), tonumber(ARGV[4])
+local ended = #found < 2 * tonumber(ARGV[2])
+local out = {0, redis.call('HGET', KEYS[3], 'seq') or '0'}
+local total = 0
+for i = 1, #found, 2 do
+  local record = redis.call('HGET', KEYS[2], found[i])
+  total = total + #found[i] + #record + overhead
+  if budget >= 0 and total > budget and #out > 2 then
+    ended = false
+    break
+  end
+  out[#out + 1] = found[i]
+  out[#out + 1] = found[i + 1]
+  out[#out + 1] = record
+end
+if ended then
+  out[1] = 1
+end
+return out
+"""

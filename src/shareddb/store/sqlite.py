@@ -31,11 +31,13 @@ from shareddb.store.base import (
     ChangeSignal,
     Checkpoint,
     Digest,
+    FeedPage,
     MergePlan,
     Outcome,
     StoreFull,
     StoreUnavailable,
     bucket_of,
+    change_size,
     combine_buckets,
     fail_all,
     prefix_end,
@@ -275,9 +277,9 @@ class SQLiteStore:
         records: list[Record] = await self._in_reader(self._scan_rows, prefix, after, limit)
         return records
 
-    async def changes_since(self, seq: int, limit: int) -> list[Change]:
-        changes: list[Change] = await self._in_reader(self._change_rows, seq, limit)
-        return changes
+    async def changes_since(self, seq: int, limit: int, max_bytes: int | None = None) -> FeedPage:
+        page: FeedPage = await self._in_reader(self._change_rows, seq, limit, max_bytes)
+        return page
 
     async def wait_for_changes(self, seq: int, timeout: float) -> None:
         loop = asyncio.get_running_loop()
@@ -324,13 +326,35 @@ class SQLiteStore:
         sql = f"SELECT key, value, version FROM kv WHERE {' AND '.join(clauses)} ORDER BY key LIMIT ?"
         return [Record(k, v, ver) for k, v, ver in self._scan.execute(sql, args)]
 
-    def _change_rows(self, seq: int, limit: int) -> list[Change]:
-        assert self._scan is not None
-        rows = self._scan.execute(
-            "SELECT seq, key, value, version FROM kv WHERE seq > ? ORDER BY seq LIMIT ?",
-            (seq, limit),
-        )
-        return [Change(s, Record(k, v, ver)) for s, k, v, ver in rows]
+    def _change_rows(self, seq: int, limit: int, max_bytes: int | None) -> FeedPage:
+        db = self._scan
+        assert db is not None
+        budget = float("inf") if max_bytes is None else max_bytes
+        changes: list[Change] = []
+        total = 0
+        ended = True
+        # One read transaction: the feed's last sequence comes from the snapshot the rows come
+        # from, so `until` never covers a sequence committed after the rows were read.
+        db.execute("BEGIN")
+        try:
+            last = db.execute("SELECT value FROM meta WHERE name = 'seq'").fetchone()
+            rows = db.execute(
+                "SELECT seq, key, value, version FROM kv WHERE seq > ? ORDER BY seq LIMIT ?",
+                (seq, limit),
+            )
+            # Rows come one at a time: a read that reaches the budget stops there.
+            for s, k, v, ver in rows:
+                total += change_size(k, v)
+                if total > budget and changes:
+                    ended = False
+                    break
+                changes.append(Change(s, Record(k, v, ver)))
+            rows.close()
+        finally:
+            db.execute("COMMIT")
+        if not ended or len(changes) >= limit:
+            return FeedPage(changes, changes[-1].seq if changes else seq)
+        return FeedPage(changes, max(seq, int(last[0]) if last else 0))
 
     # -- writes --------------------------------------------------------------------------------
 

@@ -1,0 +1,123 @@
+"""Serving the changes feed (replication/feed.py) in-process, on a real SQLite store in tmp_path.
+
+The feed answers how far it has been read (`until`), so a puller's checkpoint moves past purged
+tombstones and its next long poll really waits, instead of being answered at once for ever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from shareddb.membership import Membership
+from shareddb.record import Record, make_version
+from shareddb.replication.feed import MAX_ANSWER_BYTES, Feed
+from shareddb.replication.transport import PullRequest
+from shareddb.store.sqlite import SQLiteStore
+
+WAIT = 1.0  # the long poll the tests ask for; a spinning feed answers in milliseconds
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
+    opened = SQLiteStore(tmp_path / "db.sqlite3")
+    await opened.open()
+    yield opened
+    await opened.close()
+
+
+def feed_of(store: SQLiteStore) -> Feed:
+    return Feed("origin", store, Membership("origin", "http://origin", clock=time.monotonic))
+
+
+def pull(since: int, instance: str, wait: float = WAIT, limit: int = 1000) -> PullRequest:
+    return PullRequest(since, instance, limit, wait, "puller", "http://puller", 1, 0)
+
+
+async def purged_tail(store: SQLiteStore) -> int:
+    """k0..k4, then k3 and k4 deleted and their tombstones purged: the feed's last rows are gone.
+    Returns the sequence of the last row left (k2)."""
+    for i in range(5):
+        await store.write(Record(f"k{i}", f"v{i}", make_version(i + 1, "origin")))
+    for i in (3, 4):
+        await store.write(Record(f"k{i}", None, make_version(10 + i, "origin")))
+    assert await store.purge_tombstones(store.last_seq, make_version(100, "")) == 2
+    assert store.last_seq == 7
+    return 3
+
+
+async def test_a_long_poll_past_purged_tombstones_moves_the_puller_to_the_end(
+    store: SQLiteStore,
+) -> None:
+    feed = feed_of(store)
+    last_row = await purged_tail(store)
+    started = time.monotonic()
+    reply = await feed.pull(pull(last_row, store.instance_id))
+    took = time.monotonic() - started
+    # Either the answer covers the purged rows (the puller moves on) or the poll waited: an
+    # immediate empty answer at the same checkpoint is the spin.
+    assert reply.records == []
+    assert reply.until == store.last_seq == 7, f"until {reply.until} answered in {took:.3f}s"
+    assert took >= WAIT * 0.9, f"an idle long poll answered after {took:.3f}s, not {WAIT}s"
+
+
+async def test_a_long_poll_at_the_end_of_a_purged_feed_waits(store: SQLiteStore) -> None:
+    feed = feed_of(store)
+    await purged_tail(store)
+    started = time.monotonic()
+    reply = await feed.pull(pull(store.last_seq, store.instance_id))
+    assert time.monotonic() - started >= WAIT * 0.9
+    assert (reply.records, reply.until) == ([], 7)
+
+
+async def test_a_write_during_a_long_poll_past_purged_tombstones_is_answered(
+    store: SQLiteStore,
+) -> None:
+    feed = feed_of(store)
+    last_row = await purged_tail(store)
+    waiting = asyncio.create_task(feed.pull(pull(last_row, store.instance_id, wait=20)))
+    await asyncio.sleep(0)  # let the poll start waiting before the write lands
+    written = Record("new", "x", make_version(50, "origin"))
+    await store.write(written)
+    reply = await asyncio.wait_for(waiting, 5)
+    assert (reply.records, reply.until, reply.last_seq) == ([written], 8, 8)
+
+
+async def test_a_pull_from_the_start_skips_purged_rows_and_ends_at_the_last_seq(
+    store: SQLiteStore,
+) -> None:
+    feed = feed_of(store)
+    await purged_tail(store)
+    reply = await feed.pull(pull(0, store.instance_id, wait=0))
+    assert [r.key for r in reply.records] == ["k0", "k1", "k2"]
+    assert reply.until == reply.last_seq == 7
+
+
+async def test_a_pull_of_large_values_stops_at_the_byte_budget(store: SQLiteStore) -> None:
+    feed = feed_of(store)
+    value = "x" * (MAX_ANSWER_BYTES // 5)
+    for i in range(12):
+        await store.write(Record(f"big{i:02}", value, make_version(i + 1, "origin")))
+    seen: list[str] = []
+    since = 0
+    while since < store.last_seq:
+        reply = await feed.pull(pull(since, store.instance_id, wait=0, limit=10_000))
+        assert 0 < len(reply.records) <= 4, "an answer went past the byte budget"
+        assert reply.until == since + len(reply.records)
+        seen += [r.key for r in reply.records]
+        since = reply.until
+    assert seen == [f"big{i:02}" for i in range(12)]
+
+
+async def test_a_change_larger_than_the_budget_is_still_sent_alone(store: SQLiteStore) -> None:
+    feed = feed_of(store)
+    await store.write(Record("huge", "y" * (MAX_ANSWER_BYTES + 1), make_version(1, "origin")))
+    await store.write(Record("small", "z", make_version(2, "origin")))
+    reply = await feed.pull(pull(0, store.instance_id, wait=0))
+    assert ([r.key for r in reply.records], reply.until) == (["huge"], 1)
+    reply = await feed.pull(pull(1, store.instance_id, wait=0))
+    assert ([r.key for r in reply.records], reply.until) == (["small"], 2)
