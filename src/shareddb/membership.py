@@ -62,6 +62,10 @@ class Removed(Exception):
     """A node that left or was removed asked to take part again with the same incarnation."""
 
 
+class Outside(Exception):
+    """A node was asked to admit a member, but it left the cluster itself."""
+
+
 class Membership:
     """The member list of one node. `changed` is set whenever the set of members to pull changes."""
 

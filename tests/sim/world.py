@@ -22,7 +22,7 @@ from typing import Any
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from shareddb.config import Settings
-from shareddb.membership import Removed
+from shareddb.membership import Outside, Removed
 from shareddb.node import Node
 from shareddb.record import Record
 from shareddb.registry import HEARTBEAT, WITHDRAW, Registry
@@ -142,6 +142,8 @@ class SimTransport:
             members = target.node.feed.join(entries)
         except Removed as exc:
             raise PeerRemoved(str(exc)) from None
+        except Outside as exc:  # 503: the joining node retries
+            raise PeerError(str(exc)) from None
         if self.world.rng.random() < self.world.network.drop_reply:
             raise PeerError(f"{url}: answer lost")
         return members

@@ -15,7 +15,7 @@ from aiohttp import web
 from shareddb.api.errors import JSON, ApiError, bad_request, json_response
 from shareddb.api.query import parse_query, split_target
 from shareddb.api.routing import Route
-from shareddb.membership import Removed
+from shareddb.membership import Outside, Removed
 from shareddb.node import Node
 from shareddb.record import INCARNATION_CHARS, node_id_error
 from shareddb.replication.transport import PullRequest, encode_reply
@@ -103,6 +103,8 @@ async def join(node: Node, request: web.BaseRequest) -> web.Response:
         return json_response({"members": node.feed.join(_entries(payload))})
     except Removed as exc:
         raise ApiError(410, str(exc)) from None
+    except Outside as exc:
+        raise ApiError(503, str(exc)) from None
 
 
 def _is_incarnation(text: object) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from shareddb.membership import Membership
+from shareddb.membership import Membership, Outside
 from shareddb.record import make_origin, version_hlc, version_origin
 from shareddb.replication.transport import PullReply, PullRequest
 from shareddb.store.base import Store
@@ -73,7 +73,10 @@ class Feed:
 
     def join(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """A node joins through this one: it sends its entries (its own first) and gets the whole
-        member list back. A node that left or was removed is refused with its old store."""
+        member list back. A node that left or was removed is refused with its old store, and a
+        node that left cannot admit anyone: it is no longer part of the cluster."""
+        if self.membership.self_entry.left:
+            raise Outside(f"node {self.node_id} left the cluster; join through one of its members")
         if entries:
             newcomer = entries[0]
             self.membership.check(newcomer["id"], str(newcomer.get("inc", "")))
