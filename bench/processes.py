@@ -10,7 +10,6 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -19,9 +18,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from tests.harness import LISTENING, cpu_seconds
+
 T = TypeVar("T")
 
-LISTENING = re.compile(r"listening on http://([^\s:/]+):(\d+)")
 # Log lines worth a look after a run (Python logging's levels); etcd.py passes its own.
 COMPLAINT = re.compile(r"\b(WARNING|ERROR|CRITICAL)\b|Traceback")
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\d[ T][\d:.,]+\s*")
@@ -135,21 +135,7 @@ class ServerProcess:
 
     def cpu_seconds(self) -> float | None:
         """User + system CPU time so far (Linux /proc), or None where it cannot be read."""
-        try:
-            stat = Path(f"/proc/{self.pid}/stat").read_text()
-        except OSError:
-            return None
-        # The command name may hold spaces; the fields after its closing parenthesis do not.
-        fields = stat[stat.rindex(")") + 2 :].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def rss_bytes(self) -> int | None:
-        try:
-            status = Path(f"/proc/{self.pid}/status").read_text()
-        except OSError:
-            return None
-        line = next((x for x in status.splitlines() if x.startswith("VmRSS:")), None)
-        return int(line.split()[1]) * 1024 if line else None
+        return cpu_seconds(self.pid)
 
     def signal_group(self, signum: int) -> None:
         if self.proc is None:
@@ -211,23 +197,6 @@ class Fleet:
             # Anything the server left behind in its group goes too.
             server.signal_group(signal.SIGKILL)
         return killed
-
-
-def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """Ports that are free right now, for servers that must know each other's URLs before they
-    start (peers, etcd members) and so cannot bind port 0 and report it. All sockets are held open
-    together so the ports differ; another process could still take one before the server binds it,
-    which then fails with a clear 'cannot listen' in its log."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind((host, 0))
-            sockets.append(sock)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes] | None:

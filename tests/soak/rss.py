@@ -16,6 +16,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from tests.chaos.cluster import ChaosCluster
+from tests.harness import status_bytes
 
 INTERVAL = 1.0  # seconds between two samples of every node
 GROWTH = 1.5  # the end of a process may be at most this times its start...
@@ -46,9 +47,9 @@ class Memory:
             for slot in cluster.slots:
                 proc = slot.node.proc
                 if proc is not None and proc.poll() is None:
-                    kb = vm_rss_kb(proc.pid)
-                    if kb is not None:
-                        self.samples.append(Sample(now, slot.index, proc.pid, kb))
+                    found = status_bytes(proc.pid, "VmRSS")
+                    if found is not None:
+                        self.samples.append(Sample(now, slot.index, proc.pid, found // 1024))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), INTERVAL)
 
@@ -91,18 +92,6 @@ class Memory:
         if not spanned:
             grew.append("no node process lived through the whole measured window")
         return spanned, grew
-
-
-def vm_rss_kb(pid: int) -> int | None:
-    """VmRSS of `pid` in kB, from /proc; None when the process is gone."""
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        return None
-    return None
 
 
 def _median(values: list[int]) -> int | None:

@@ -1,0 +1,18 @@
+"""Skewed wall clocks for node processes, through libfaketime (Debian's package `faketime`)."""
+
+from __future__ import annotations
+
+import os
+
+FAKETIME_LIBS = (
+    "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+    "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+    "/usr/lib/faketime/libfaketime.so.1",
+)
+FAKETIME = next((path for path in FAKETIME_LIBS if os.path.exists(path)), None)
+
+
+def skewed_clock_env(seconds: int) -> dict[str, str]:
+    """The environment of a node whose wall clock is `seconds` off; its monotonic clock is not."""
+    assert FAKETIME is not None
+    return {"LD_PRELOAD": FAKETIME, "FAKETIME": f"{seconds:+d}s", "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
