@@ -1,9 +1,9 @@
 """The one way tests, fault runs and benchmarks start processes: shareddb nodes (nodes.py),
-redis-server (redis.py), fault-injecting proxies (proxy.py) and skewed clocks (clock.py)."""
+redis-server (redis.py), fault-injecting proxies (proxy.py) and skewed clocks (clock.py); every
+child process is a LoggedProcess (process.py)."""
 
 from tests.harness.clock import FAKETIME, skewed_clock_env
 from tests.harness.nodes import (
-    LISTENING,
     NodeProcess,
     eventually,
     free_ports,
@@ -13,6 +13,7 @@ from tests.harness.nodes import (
     stop_all,
     wait_for,
 )
+from tests.harness.process import LISTENING, LoggedProcess
 from tests.harness.procfs import cpu_seconds, status_bytes
 from tests.harness.proxy import FaultProxy, Link, Links
 from tests.harness.redis import (
@@ -32,6 +33,7 @@ __all__ = [
     "FaultProxy",
     "Link",
     "Links",
+    "LoggedProcess",
     "NodeProcess",
     "RedisServer",
     "cpu_seconds",

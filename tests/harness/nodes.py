@@ -9,9 +9,7 @@ nodes through `NodeProcess`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -23,11 +21,10 @@ from typing import TypeVar
 
 import orjson
 
-from tests.harness.procfs import cpu_seconds, status_bytes
+from tests.harness.process import LoggedProcess
 
 T = TypeVar("T")
 
-LISTENING = re.compile(r"listening on http://([^\s:/]+):(\d+)")
 PORT_TAKEN = "cannot listen on"  # the node's one-line error when its port is in use
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 20.0
@@ -49,10 +46,9 @@ def node_env(extra: dict[str, str] | None) -> dict[str, str]:
     return {**clean, **(extra or {})}
 
 
-class NodeProcess:
+class NodeProcess(LoggedProcess):
     """One `shareddb serve` process with its own data dir and log file. `start()` again restarts it
-    on the same port; `session=True` puts it in a session of its own, so a Ctrl-C reaches only the
-    caller (the bench), which then stops its nodes in order."""
+    on the same port; `session=True` runs it in a session of its own (see LoggedProcess)."""
 
     def __init__(
         self,
@@ -63,28 +59,18 @@ class NodeProcess:
         port: int = 0,
         session: bool = False,
     ) -> None:
+        super().__init__(data.parent / f"{data.name}.log", session=session)
         self.data = data
         self.node_id = node_id
         self.args = list(args)
         self.env = env
         self.requested_port = port
-        self.session = session
         self.port = 0
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log_path = data.parent / f"{data.name}.log"
-        self.commands: list[str] = []  # every command line it was started with
-        self.spawned_at = 0.0  # time.monotonic() when the process was last spawned
-        self.listening_at = 0.0  # ... and when its listening line was seen
-        self._log_offset = 0
+        self.listening_at = 0.0  # time.monotonic() when its listening line was last seen
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None, f"node {self.node_id} was never started"
-        return self.proc.pid
 
     def command(self) -> list[str]:
         return serve_command(self.data, self.node_id, self.port or self.requested_port, self.args)
@@ -94,60 +80,19 @@ class NodeProcess:
         restart whose port is still held by someone's outgoing connection tries again."""
         deadline = time.monotonic() + RESTART_TIMEOUT
         while True:
-            try:
-                return self._start_once(timeout)
-            except AssertionError:
-                restart = self.port != 0
-                if not restart or PORT_TAKEN not in self.new_log() or time.monotonic() > deadline:
-                    raise
-
-    def _start_once(self, timeout: float) -> NodeProcess:
-        cmd = self.command()
-        self.commands.append(" ".join(cmd))
-        with open(self.log_path, "ab") as log:
-            self._log_offset = log.tell()
-            self.spawned_at = time.monotonic()
-            self.proc = subprocess.Popen(
-                cmd,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=node_env(self.env),
-                start_new_session=self.session,
-            )
-        match = wait_for(
-            lambda: LISTENING.search(self.new_log()) or self._exited(),
-            timeout,
-            f"node {self.node_id} to listen",
-            [self],
-        )
-        if not isinstance(match, re.Match):
-            raise AssertionError(f"node {self.node_id} exited early:\n{self.logs()}")
-        self.listening_at = time.monotonic()
-        self.port = int(match.group(2))
-        return self
-
-    def _exited(self) -> bool:
-        return self.proc is not None and self.proc.poll() is not None
-
-    def new_log(self) -> str:
-        """The log written since the last start."""
-        try:
-            with open(self.log_path, "rb") as log:
-                log.seek(self._log_offset)
-                return log.read().decode("utf-8", "replace")
-        except FileNotFoundError:
-            return ""
-
-    def logs(self) -> str:
-        if not self.log_path.exists():
-            return ""
-        return self.log_path.read_text("utf-8", "replace")
-
-    def signal(self, signum: int) -> None:
-        assert self.proc is not None
-        with contextlib.suppress(ProcessLookupError):
-            self.proc.send_signal(signum)
+            self.spawn(self.command(), node_env(self.env))
+            port = self.listening_port(timeout)
+            if port is not None:
+                self.listening_at = time.monotonic()
+                self.port = port
+                return self
+            restart = self.port != 0
+            if self.running() or not restart or PORT_TAKEN not in self.new_log():
+                why = f"did not listen within {timeout}s" if self.running() else "exited early"
+                self.cleanup()
+                raise AssertionError(f"node {self.node_id} {why}:\n{self.logs()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"node {self.node_id}: port {self.port} stayed taken")
 
     def kill(self) -> None:
         """`kill -9`: no shutdown code runs."""
@@ -170,34 +115,16 @@ class NodeProcess:
         self.signal(signal.SIGCONT)
 
     def restart(self) -> NodeProcess:
-        if self.proc is not None and self.proc.poll() is None:
+        if self.running():
             self.stop()
         return self.start()
 
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
     def cleanup(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
+        if self.running():
+            assert self.proc is not None
             self.proc.send_signal(signal.SIGCONT)
             self.proc.kill()
             self.proc.wait(10)
-
-    def rss_bytes(self) -> int | None:
-        """Resident memory of the current process (VmRSS); None when it is not running."""
-        return status_bytes(self.pid, "VmRSS") if self.running() else None
-
-    def hwm_bytes(self) -> int | None:
-        """Peak resident memory of the current process so far (VmHWM)."""
-        return status_bytes(self.pid, "VmHWM") if self.running() else None
-
-    def anon_bytes(self) -> int | None:
-        """Resident memory that is the process's own (heap), without mapped file pages: SQLite's
-        mmap of the store counts in VmRSS/VmHWM but is page cache, shared and reclaimable."""
-        return status_bytes(self.pid, "RssAnon") if self.running() else None
-
-    def cpu_seconds(self) -> float | None:
-        return cpu_seconds(self.pid) if self.running() else None
 
 
 def stop_all(nodes: Sequence[NodeProcess], timeout: float = STOP_TIMEOUT) -> None:

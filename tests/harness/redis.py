@@ -17,7 +17,6 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -27,6 +26,7 @@ import pytest
 import redis
 
 from tests.harness.nodes import free_ports
+from tests.harness.process import LoggedProcess
 
 DEFAULT_BINARY = "/usr/bin/redis-server"
 START_TIMEOUT = 20.0
@@ -82,8 +82,8 @@ def ping(port: int) -> bool:
         return False
 
 
-class RedisServer:
-    """One redis-server with its own directory (its AOF and log live there)."""
+class RedisServer(LoggedProcess):
+    """One redis-server with its own directory (its AOF and, unless told otherwise, its log)."""
 
     def __init__(
         self,
@@ -94,13 +94,12 @@ class RedisServer:
         binary: str | None = None,
         log_path: Path | None = None,
     ) -> None:
+        super().__init__(log_path or directory / "redis.log")
         self.directory = directory
         self.aof = aof
         self.databases = databases
         self.binary = binary  # None: the installed one, or skip the test
-        self.log_path = log_path or directory / "redis.log"
         self.port = 0
-        self.proc: subprocess.Popen[bytes] | None = None
 
     def url(self, db: int = 0) -> str:
         return f"redis://127.0.0.1:{self.port}/{db}"
@@ -125,7 +124,7 @@ class RedisServer:
             "--maxmemory-policy",
             "noeviction",  # a store must never lose keys to make room
             "--logfile",
-            str(self.log_path),
+            "",  # stdout, which goes to log_path
             "--daemonize",
             "no",
         ]
@@ -138,9 +137,7 @@ class RedisServer:
             if fresh:
                 self.port = free_port()
             assert self.port != FORBIDDEN_PORT
-            self.proc = subprocess.Popen(
-                self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-            )
+            self.spawn(self.command())
             if self._wait_ready(timeout):
                 return self
             if not fresh:  # a restart must get its old port back
@@ -163,12 +160,6 @@ class RedisServer:
         """True when the server answers PING (not while it is still loading its AOF)."""
         return ping(self.port)
 
-    def logs(self) -> str:
-        return self.log_path.read_text("utf-8", "replace") if self.log_path.exists() else ""
-
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
     def stop(self, timeout: float = 20.0) -> None:
         """SIGTERM (a clean shutdown) and wait."""
         if self.running():
@@ -184,12 +175,10 @@ class RedisServer:
             self.proc.wait(10)
 
     def pause(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGSTOP)
+        self.signal(signal.SIGSTOP)
 
     def resume(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGCONT)
+        self.signal(signal.SIGCONT)
 
     def restart(self) -> RedisServer:
         self.stop()
