@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install run test test-fast lint format bench bench-replication sim chaos crash clean
+.PHONY: install run test test-fast lint format bench bench-replication sim chaos crash soak clean
 
 install: $(VENV)/.installed
 
@@ -38,10 +38,10 @@ bench-replication: install
 	$(BIN)/python bench/replication.py $(ARGS)
 
 # Fault testing (see "Guarantees and how we test them" in the README). SEEDS is how many runs,
-# SEED replays one run.
+# SEED replays one run. DURATION is seconds: 60 for chaos, 120 for soak unless given.
 SEEDS    ?=
 SEED     ?=
-DURATION ?= 60
+DURATION ?=
 CYCLES   ?= 1000
 SEED_ARGS = $(if $(SEEDS),--seeds $(SEEDS)) $(if $(SEED),--seed $(SEED))
 
@@ -49,7 +49,10 @@ sim: install
 	$(BIN)/python -m tests.sim $(SEED_ARGS) $(ARGS)
 
 chaos: install
-	$(BIN)/python -m tests.chaos --duration $(DURATION) $(SEED_ARGS) $(ARGS)
+	$(BIN)/python -m tests.chaos --duration $(or $(DURATION),60) $(SEED_ARGS) $(ARGS)
+
+soak: install
+	$(BIN)/python -m tests.soak --duration $(or $(DURATION),120) $(if $(SEED),--seed $(SEED)) $(ARGS)
 
 crash: install
 	$(BIN)/python -m tests.crash --cycles $(CYCLES) $(if $(SEED),--seed $(SEED)) $(ARGS)

@@ -16,8 +16,9 @@ from functools import partial
 from pathlib import Path
 
 import orjson
+from tests.harness import free_ports
 
-from bench.processes import Fleet, free_ports, http_get
+from bench.processes import Fleet, http_get
 from bench.targets import Target
 
 MEMBERS = 3

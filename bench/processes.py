@@ -10,7 +10,6 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -19,9 +18,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from tests.harness import LoggedProcess
+
 T = TypeVar("T")
 
-LISTENING = re.compile(r"listening on http://([^\s:/]+):(\d+)")
 # Log lines worth a look after a run (Python logging's levels); etcd.py passes its own.
 COMPLAINT = re.compile(r"\b(WARNING|ERROR|CRITICAL)\b|Traceback")
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\d[ T][\d:.,]+\s*")
@@ -38,8 +38,9 @@ class StartError(Exception):
     """A server did not come up; the message carries the end of its log."""
 
 
-class ServerProcess:
-    """One server process in a new session, so the whole group can be signalled at once."""
+class ServerProcess(LoggedProcess):
+    """One server process of the harness, in a new session, so the whole group can be signalled
+    at once; with what the bench reports of it."""
 
     def __init__(
         self,
@@ -51,50 +52,26 @@ class ServerProcess:
         clean_exits: tuple[int, ...] = (0,),
         stop_last: bool = False,
     ) -> None:
+        super().__init__(log_path, session=True)
         self.name = name
         self.cmd = list(cmd)
-        self.log_path = log_path
         self.complaint = complaint
         self.clean_exits = clean_exits  # exit statuses after SIGTERM that mean a clean shutdown
         # A backend other servers use (Redis): stopped once they have, so they do not lose it first.
         self.stop_last = stop_last
-        self.proc: subprocess.Popen[bytes] | None = None
         self.stop_offset: int | None = None  # log size when SIGTERM was sent
 
     def start(self) -> ServerProcess:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                self.cmd,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                # A Ctrl-C reaches only the bench, which then stops every server in order.
-                start_new_session=True,
-            )
+        self.spawn(self.cmd)
         return self
 
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None, f"{self.name} was never started"
-        return self.proc.pid
-
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text("utf-8", "replace")
-        except FileNotFoundError:
-            return ""
-
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
-        return "\n".join(self.log().splitlines()[-lines:])
+        return super().log_tail(lines)
 
     def complaints(self, *, shutdown: bool = False) -> list[str]:
         """Warning and error lines (and tracebacks) logged while serving, or with `shutdown`
         after SIGTERM was sent; timestamps stripped."""
-        text = self.log()
+        text = self.logs()
         cut = len(text) if self.stop_offset is None else self.stop_offset
         part = text[cut:] if shutdown else text[:cut]
         return [TIMESTAMP.sub("", x) for x in part.splitlines() if self.complaint.search(x)]
@@ -117,8 +94,11 @@ class ServerProcess:
 
     def wait_listening(self, timeout: float = START_TIMEOUT) -> int:
         """The port named by the `listening on http://HOST:PORT` line of the log."""
-        match = self.wait_until(lambda: LISTENING.search(self.log()), timeout, "its listening line")
-        return int(match.group(2))
+        port = self.listening_port(timeout)
+        if port is None:
+            why = "exited" if not self.running() else f"logged no listening line in {timeout:g}s"
+            raise StartError(f"{self.name} {why}:\n{self.log_tail()}")
+        return port
 
     def wait_until(self, predicate: Callable[[], T | None], timeout: float, what: str) -> T:
         """Poll `predicate` until truthy; fail with the log if the process exits or time runs out."""
@@ -132,24 +112,6 @@ class ServerProcess:
             if time.monotonic() > deadline:
                 raise StartError(f"{self.name}: no {what} after {timeout:g}s:\n{self.log_tail()}")
             time.sleep(POLL_INTERVAL)
-
-    def cpu_seconds(self) -> float | None:
-        """User + system CPU time so far (Linux /proc), or None where it cannot be read."""
-        try:
-            stat = Path(f"/proc/{self.pid}/stat").read_text()
-        except OSError:
-            return None
-        # The command name may hold spaces; the fields after its closing parenthesis do not.
-        fields = stat[stat.rindex(")") + 2 :].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def rss_bytes(self) -> int | None:
-        try:
-            status = Path(f"/proc/{self.pid}/status").read_text()
-        except OSError:
-            return None
-        line = next((x for x in status.splitlines() if x.startswith("VmRSS:")), None)
-        return int(line.split()[1]) * 1024 if line else None
 
     def signal_group(self, signum: int) -> None:
         if self.proc is None:
@@ -195,7 +157,7 @@ class Fleet:
     def _stop(servers: Sequence[ServerProcess], timeout: float) -> list[str]:
         for server in servers:
             if server.running():
-                server.stop_offset = len(server.log())
+                server.stop_offset = len(server.logs())
                 server.signal_group(signal.SIGTERM)
         deadline = time.monotonic() + timeout
         killed = []
@@ -211,23 +173,6 @@ class Fleet:
             # Anything the server left behind in its group goes too.
             server.signal_group(signal.SIGKILL)
         return killed
-
-
-def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """Ports that are free right now, for servers that must know each other's URLs before they
-    start (peers, etcd members) and so cannot bind port 0 and report it. All sockets are held open
-    together so the ports differ; another process could still take one before the server binds it,
-    which then fails with a clear 'cannot listen' in its log."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind((host, 0))
-            sockets.append(sock)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes] | None:

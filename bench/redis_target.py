@@ -10,19 +10,16 @@ then skips the Redis scenarios with that note.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import socket
 import subprocess
 from functools import partial
 from pathlib import Path
 
-from bench.processes import Fleet, free_ports
+from tests.harness import RedisServer, find_redis_server, free_port, ping
+
+from bench.processes import Fleet
 from bench.targets import Target, node_command
 
-DEFAULT_BINARY = "/usr/bin/redis-server"
-FORBIDDEN_PORT = 6379  # the machine's own Redis: the bench never touches it
 MIN_VERSION = (7, 0)  # what `--store redis://` needs
 READY_TIMEOUT = 30.0
 VERSION = re.compile(r"v=(\d+)\.(\d+)\.(\d+)")
@@ -31,10 +28,6 @@ VERSION = re.compile(r"v=(\d+)\.(\d+)\.(\d+)")
 COMPLAINT = re.compile(
     r"^(?!.*Memory overcommit).*\b(ERR|[Ee]rror|FATAL|[Ff]atal|[Ff]ailed|Can't|Unable|MISCONF|OOM)\b"
 )
-
-
-def binary() -> str | None:
-    return shutil.which("redis-server") or (DEFAULT_BINARY if os.path.exists(DEFAULT_BINARY) else None)
 
 
 def version(redis_server: str) -> tuple[int, int, int] | None:
@@ -50,7 +43,7 @@ def version(redis_server: str) -> tuple[int, int, int] | None:
 
 def unavailable() -> str | None:
     """Why the Redis scenarios cannot run on this machine, or None when they can."""
-    redis_server = binary()
+    redis_server = find_redis_server()
     if redis_server is None:
         return "redis-server is not installed (Debian: apt-get install -y redis-server)"
     found = version(redis_server)
@@ -62,26 +55,9 @@ def unavailable() -> str | None:
 
 
 def describe() -> str:
-    redis_server = binary()
+    redis_server = find_redis_server()
     found = version(redis_server) if redis_server else None
     return f"Redis {'.'.join(map(str, found))}" if found else "Redis"
-
-
-def free_port() -> int:
-    while True:
-        (port,) = free_ports(1)
-        if port != FORBIDDEN_PORT:
-            return port
-
-
-def ping(port: int) -> bool:
-    """True once the server answers PING (not while it is still starting or loading)."""
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1.0) as conn:
-            conn.sendall(b"*1\r\n$4\r\nPING\r\n")
-            return conn.recv(64).startswith(b"+PONG")
-    except OSError:
-        return False
 
 
 def start_redis_node(fleet: Fleet, workdir: Path) -> Target:
@@ -90,36 +66,16 @@ def start_redis_node(fleet: Fleet, workdir: Path) -> Target:
     Both processes are the target's servers, so CPU us/req counts Redis's work too: the cost of a
     request to the whole system, as for etcd's members.
     """
-    redis_server = binary()
+    redis_server = find_redis_server()
     if redis_server is None:
         raise RuntimeError(unavailable())
-    port = free_port()
-    assert port != FORBIDDEN_PORT
-    directory = workdir / "redis"
-    directory.mkdir(parents=True, exist_ok=True)
-    cmd = [
-        redis_server,
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--dir",
-        str(directory),
-        "--appendonly",
-        "yes",
-        "--appendfsync",
-        "always",
-        "--save",
-        "",
-        "--maxmemory-policy",
-        "noeviction",
-        "--daemonize",
-        "no",
-        "--logfile",
-        "",  # stdout, which the Fleet sends to logs/redis.log
-    ]
-    log = workdir / "logs" / "redis.log"
-    redis = fleet.start("redis", cmd, log, complaint=COMPLAINT, stop_last=True)
+    # The harness's server: its command line, on a free port; the Fleet runs and stops it.
+    server = RedisServer(
+        workdir / "redis", aof=True, binary=redis_server, log_path=workdir / "logs" / "redis.log"
+    )
+    server.port = port = free_port()
+    server.directory.mkdir(parents=True, exist_ok=True)
+    redis = fleet.start("redis", server.command(), server.log_path, complaint=COMPLAINT, stop_last=True)
     redis.wait_until(partial(ping, port), READY_TIMEOUT, "answer to PING")
     node = fleet.start(
         "redis_node",

@@ -103,5 +103,6 @@ def _parse_head(head: bytes) -> tuple[int, int]:
 
 
 def now() -> float:
-    """The one clock every timing in the replication bench uses (monotonic seconds)."""
-    return time.perf_counter()
+    """The one clock every timing in the replication bench uses (monotonic seconds); the harness
+    stamps a node's start and listening times with it too."""
+    return time.monotonic()

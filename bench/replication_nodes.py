@@ -2,8 +2,8 @@
 (wrk, the paced load generator, py-spy): all in sessions of their own, all stopped by Fleet.close()
 however the bench ends.
 
-A node binds port 0 and names its port in its log line; every wait polls with a deadline and,
-when the deadline passes, fails with the end of every node's log.
+Nodes are the harness's (tests/harness): a node binds port 0 and names its port in its log line;
+every wait polls with a deadline and, when the deadline passes, fails with the end of every log.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
@@ -23,12 +22,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
-
-from bench.replication_http import now
+from tests.harness import NodeProcess, stop_all
+from tests.harness import wait_for as harness_wait_for
 
 T = TypeVar("T")
 
-LISTENING = re.compile(r"listening on http://([^\s:/]+):(\d+)")
 COMPLAINT = re.compile(r"\b(WARNING|ERROR|CRITICAL)\b|Traceback")
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
@@ -38,41 +36,6 @@ LOG_TAIL = 25
 
 class BenchError(Exception):
     """A node did not come up, did not converge in time, or a load generator failed."""
-
-
-def serve_command(data: Path, node_id: str, port: int, args: Sequence[str]) -> list[str]:
-    return [
-        sys.executable,
-        *("-m", "shareddb", "serve", "--host", "127.0.0.1", "--port", str(port)),
-        *("--data", str(data), "--node-id", node_id, *args),
-    ]
-
-
-def node_env() -> dict[str, str]:
-    """Our environment without SHAREDDB_* settings, so nothing but the flags configures a node."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("SHAREDDB_")}
-
-
-def proc_status(pid: int, field: str) -> int | None:
-    """A `kB` field of /proc/PID/status (VmHWM, VmRSS), in bytes; None once the process is gone."""
-    try:
-        text = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    for line in text.splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    return None
-
-
-def proc_cpu_seconds(pid: int) -> float | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name may hold spaces; the fields after its closing parenthesis do not.
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def http_json(url: str, timeout: float = 5.0) -> Any:
@@ -90,97 +53,29 @@ class Digest:
     digest: str
 
 
-class Node:
-    """One `shareddb serve` process; `start()` again restarts it on the same port and data dir."""
+class Node(NodeProcess):
+    """One `shareddb serve` process of the harness, in a session of its own, with what the bench
+    reads from it: digests, members, and the warnings it logged while it was measured."""
 
     def __init__(self, name: str, data: Path, args: Sequence[str]) -> None:
+        super().__init__(data, name, *args, session=True)
         self.name = name
-        self.data = data
-        self.args = list(args)
-        self.log_path = data.parent / f"{name}.log"
-        self.port = 0
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.spawned_at = 0.0  # now() when the process was spawned
-        self.listening_at = 0.0  # now() when its listening line was seen
-        self.commands: list[str] = []  # every command line it was started with
-        self._log_offset = 0
         self._log_end: int | None = None  # set by retire(): what is logged after is teardown
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None, f"node {self.name} was never started"
-        return self.proc.pid
-
-    def command(self) -> list[str]:
-        return serve_command(self.data, self.name, self.port, self.args)
-
     def start(self, timeout: float = START_TIMEOUT) -> Node:
-        cmd = self.command()
-        self.commands.append(" ".join(cmd))
-        with open(self.log_path, "ab") as log:
-            self._log_offset = log.tell()
-            self.spawned_at = now()
-            self.proc = subprocess.Popen(
-                cmd,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=node_env(),
-                # A Ctrl-C reaches only the bench, which then stops every node in order.
-                start_new_session=True,
-            )
-        match = wait_for(
-            lambda: LISTENING.search(self.new_log()), timeout, f"{self.name} to listen", [self]
-        )
-        self.listening_at = now()
-        self.port = int(match.group(2))
+        try:
+            super().start(timeout)
+        except AssertionError as exc:
+            raise BenchError(str(exc)) from None
         return self
 
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def stop(self, timeout: float = STOP_TIMEOUT) -> int | None:
-        """SIGTERM, wait; SIGKILL if it is still there after `timeout`. Returns the exit code."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self._signal(signal.SIGCONT)
-            self._signal(signal.SIGTERM)
+    def stop(self, timeout: float = STOP_TIMEOUT) -> int:
+        """SIGTERM, wait; SIGKILL if it is still there after `timeout`."""
         try:
-            return self.proc.wait(timeout)
+            return super().stop(timeout)
         except subprocess.TimeoutExpired:
-            self.kill()
-            return None
-
-    def kill(self) -> None:
-        """`kill -9`: no shutdown code runs."""
-        if self.proc is not None and self.proc.poll() is None:
-            self._signal(signal.SIGKILL)
-            self.proc.wait()
-
-    def _signal(self, signum: int) -> None:
-        if self.proc is not None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signum)
-
-    def hwm_bytes(self) -> int | None:
-        """Peak resident memory of the current process so far (VmHWM)."""
-        return proc_status(self.pid, "VmHWM") if self.running() else None
-
-    def rss_bytes(self) -> int | None:
-        return proc_status(self.pid, "VmRSS") if self.running() else None
-
-    def anon_bytes(self) -> int | None:
-        """Resident memory that is the process's own (heap), without mapped file pages: SQLite's
-        mmap of the store counts in VmRSS/VmHWM but is page cache, shared and reclaimable."""
-        return proc_status(self.pid, "RssAnon") if self.running() else None
-
-    def cpu_seconds(self) -> float | None:
-        return proc_cpu_seconds(self.pid) if self.running() else None
+            self.cleanup()
+            return -signal.SIGKILL
 
     def digest(self) -> Digest | None:
         data = http_json(self.url + "/v1/digest")
@@ -197,21 +92,6 @@ class Node:
         if view is None:
             return 0
         return sum(1 for m in view["members"] if m.get("state") == "up")
-
-    def new_log(self) -> str:
-        """The log written since the last start."""
-        try:
-            with open(self.log_path, "rb") as log:
-                log.seek(self._log_offset)
-                return log.read().decode("utf-8", "replace")
-        except FileNotFoundError:
-            return ""
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text("utf-8", "replace")
-        except FileNotFoundError:
-            return ""
 
     def mark_end(self) -> None:
         """The measurement is over: lines logged from here on (peers going away) are not news."""
@@ -272,22 +152,6 @@ class Fleet:
         stop_all(self.nodes)
 
 
-def stop_all(nodes: Sequence[Node]) -> None:
-    """SIGTERM every running node at once (each takes a second or two), then wait; SIGKILL what
-    is still there after STOP_TIMEOUT."""
-    running = [n for n in nodes if n.running()]
-    for node in running:
-        node._signal(signal.SIGCONT)
-        node._signal(signal.SIGTERM)
-    deadline = time.monotonic() + STOP_TIMEOUT
-    for node in running:
-        assert node.proc is not None
-        try:
-            node.proc.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            node.kill()
-
-
 def wait_for(
     predicate: Callable[[], T | None],
     timeout: float,
@@ -295,23 +159,13 @@ def wait_for(
     nodes: Sequence[Node] = (),
     interval: float = POLL,
 ) -> T:
-    """Poll `predicate` until it is truthy; on timeout, or when a node exits, fail with the logs."""
-    deadline = now() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        dead = [n for n in nodes if n.proc is not None and not n.running()]
-        if dead or now() > deadline:
-            why = (
-                f"{', '.join(n.name for n in dead)} exited" if dead else f"timed out after {timeout:g}s"
-            )
-            tails = "\n".join(
-                f"--- end of {n.name}.log ---\n" + "\n".join(n.log().splitlines()[-LOG_TAIL:])
-                for n in nodes
-            )
-            raise BenchError(f"{why} waiting for {what}\n{tails}")
-        time.sleep(interval)
+    """The harness's wait, failing as soon as a node exits, as a BenchError with each log's end."""
+    try:
+        return harness_wait_for(
+            predicate, timeout, what, nodes, interval, stop_on_exit=True, log_lines=LOG_TAIL
+        )
+    except AssertionError as exc:
+        raise BenchError(str(exc)) from None
 
 
 def converged(nodes: Sequence[Node]) -> Digest | None:

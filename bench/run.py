@@ -213,7 +213,7 @@ class Bench:
 
     def print_log_tails(self) -> None:
         for server in self.fleet.servers:
-            if server.name != "hello" and server.log().strip():
+            if server.name != "hello" and server.logs().strip():
                 print(f"--- end of the log of {server.name} ---\n{server.log_tail()}", file=sys.stderr)
 
     # -- measuring --------------------------------------------------------------------------------

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
+from tests.harness import free_ports, serve_command
 
-from bench.processes import Fleet, ServerProcess, free_ports, http_get
+from bench.processes import Fleet, ServerProcess, http_get
 
 HELLO = Path(__file__).resolve().parent / "hello.py"
 SETTLE_TIMEOUT = 60.0
@@ -58,11 +59,7 @@ def start_hello(fleet: Fleet, workdir: Path) -> Target:
 
 def node_command(data: Path, node_id: str, port: int, peers: Sequence[str] = ()) -> list[str]:
     """`shareddb serve` with the default store (SQLite, in `data`); redis_target.py adds --store."""
-    cmd = [sys.executable, "-m", "shareddb", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    cmd += ["--data", str(data), "--node-id", node_id]
-    if peers:
-        cmd += ["--peers", ",".join(peers)]
-    return cmd
+    return serve_command(data, node_id, port, ("--peers", ",".join(peers)) if peers else ())
 
 
 def start_node(fleet: Fleet, workdir: Path) -> Target:

@@ -85,8 +85,16 @@ def _check_key(
     deletes = [op for op in ops if op.value is None]
     acked = [op.version for op in writes if durable(op, wiped) and op.version]
     if live is None:
-        if acked and not any(op.outcome is not Outcome.FAIL for op in deletes):
-            found.lost.append(f"{key!r} is gone; it was acknowledged at {max(acked)}, never deleted")
+        # A key may be written again after a delete (a bounded key space): only a delete sent after
+        # an acknowledged write can have removed it.
+        for write in writes:
+            if durable(write, wiped) and not any(
+                op.outcome is not Outcome.FAIL and op.started > write.started for op in deletes
+            ):
+                found.lost.append(
+                    f"{key!r} is gone; it was acknowledged at {write.version}, never deleted"
+                )
+                return
         return
     value, version = live
     writer = next((op for op in writes if op.value == value), None)
@@ -98,7 +106,7 @@ def _check_key(
         found.unexpected.append(f"{key!r} = {value!r} at {version}, acknowledged as {writer.version}")
     elif writer.node_id is not None and version_node(version) != writer.node_id:
         found.unexpected.append(f"{key!r} = {value!r} at {version}, written on {writer.node_id}")
-    if any(durable(op, wiped) for op in deletes):
+    if any(durable(op, wiped) and (op.version or "") > version for op in deletes):
         found.resurrected.append(f"{key!r} = {value!r} at {version} after its delete was acknowledged")
     elif acked and version < max(acked):
         found.lost.append(f"{key!r} holds {version}, older than the acknowledged {max(acked)}")

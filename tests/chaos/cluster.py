@@ -16,12 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shareddb.node import NODE_ID_FILE
-from tests.chaos.proxy import FaultProxy, Links
 from tests.cluster.replication_helpers import digest, http, live_items, wait_all_up
-from tests.harness import NodeProcess, skewed_clock_env, wait_for
+from tests.harness import FaultProxy, Links, NodeProcess, skewed_clock_env, wait_for
 
 COPY_TIMEOUT = 2.0  # seconds a wipe waits for the others to pull what the node has acknowledged
-RESTART_TIMEOUT = 20.0  # a restart may find its port briefly taken by an outgoing connection
 LOG_TAIL = 40
 
 
@@ -90,7 +88,7 @@ class ChaosCluster:
             await slot.proxy.start()
         for slot in self.slots:
             slot.node.args = self._args(slot, "--peers", ",".join(self._other_urls(slot)))
-        await asyncio.gather(*(asyncio.to_thread(_start, slot.node) for slot in self.slots))
+        await asyncio.gather(*(asyncio.to_thread(slot.node.start) for slot in self.slots))
         await asyncio.to_thread(wait_all_up, self.nodes)
 
     async def close(self) -> None:
@@ -125,7 +123,7 @@ class ChaosCluster:
         """Start a killed node again, on its port and under its advertised URL."""
         slot = self.slots[index]
         async with slot.busy:
-            await asyncio.to_thread(_start, slot.node)
+            await asyncio.to_thread(slot.node.start)
             slot.node.node_id = slot.stored_id()  # restarts pass the id it made up, if it did
             slot.killed = False
 
@@ -146,7 +144,7 @@ class ChaosCluster:
         slot = self.slots[index]
         async with slot.busy:
             slot.node.env = skewed_clock_env(seconds) if seconds else None
-            await asyncio.to_thread(_restart, slot.node)
+            await asyncio.to_thread(slot.node.restart)
             slot.skew = seconds
 
     async def wipe(self, index: int, new_id: bool, join_via: int | None) -> Wipe:
@@ -239,21 +237,3 @@ def _feed_progress(node: NodeProcess) -> tuple[int, dict[str, int]]:
 
 def _port_of(node: NodeProcess) -> Callable[[], int]:
     return lambda: node.port
-
-
-def _start(node: NodeProcess) -> None:
-    """Start `node`; retry while its port is held by someone else's outgoing connection."""
-    deadline = time.monotonic() + RESTART_TIMEOUT
-    while True:
-        try:
-            node.start()
-            return
-        except AssertionError:
-            if "cannot listen on" not in node.new_log() or time.monotonic() > deadline:
-                raise
-
-
-def _restart(node: NodeProcess) -> None:
-    if node.running():
-        node.stop()
-    _start(node)

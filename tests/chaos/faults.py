@@ -14,8 +14,7 @@ import random
 from dataclasses import dataclass
 
 from tests.chaos.cluster import ChaosCluster
-from tests.chaos.proxy import Link
-from tests.harness import FAKETIME
+from tests.harness import FAKETIME, Link
 
 KINDS = ("partition", "kill", "pause", "skew", "wipe")
 LENGTHS = {  # seconds a fault lasts (for kill and wipe: how long the node stays down)

@@ -8,8 +8,10 @@ import random
 import time
 import traceback
 from collections import Counter
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tests.chaos.checks import (
     INVARIANT_1,
@@ -29,7 +31,7 @@ from tests.chaos.checks import (
 )
 from tests.chaos.cluster import ChaosCluster
 from tests.chaos.faults import Fault, fault_kinds, make_plan, run_plan
-from tests.chaos.workload import WORKLOADS, Client, Op, Outcome
+from tests.chaos.workload import CHAOS_LOAD, WORKLOADS, Client, Load, Op, Outcome
 
 NODES = 5
 CONVERGE_TIMEOUT = 60.0
@@ -40,6 +42,7 @@ class Report:
     seed: int
     duration: float
     plan: list[Fault]
+    nodes: int = NODES
     history: list[Op] = field(default_factory=list)
     findings: Findings = field(default_factory=Findings)
     checks: list[Check] = field(default_factory=list)
@@ -58,21 +61,35 @@ async def run_chaos(seed: int, duration: float, workdir: Path) -> Report:
     rng = random.Random(seed)
     report = Report(seed, duration, make_plan(rng, duration, NODES, fault_kinds()))
     print(f"chaos seed={seed}: {len(report.plan)} faults in {duration:g}s on {NODES} nodes", flush=True)
-    cluster = ChaosCluster(workdir, NODES)
+    await run_schedule(ChaosCluster(workdir, NODES), report)
+    return report
+
+
+Watcher = Callable[[ChaosCluster, asyncio.Event], Coroutine[Any, Any, None]]
+
+
+async def run_schedule(
+    cluster: ChaosCluster, report: Report, load: Load = CHAOS_LOAD, watchers: Sequence[Watcher] = ()
+) -> None:
+    """Start `cluster`, run a client per node and `watchers` while the report's plan is carried out,
+    heal, and check; the cluster is closed when it returns. `watchers` run until the plan is done."""
     try:
         await cluster.start()
         stop = asyncio.Event()
-        clients = [
+        tasks = [
             asyncio.create_task(
-                Client(slot, random.Random(f"{seed}/{slot.index}"), report.history).run(stop)
+                Client(slot, random.Random(f"{report.seed}/{slot.index}"), report.history, load).run(
+                    stop
+                )
             )
             for slot in cluster.slots
         ]
+        tasks += [asyncio.create_task(watch(cluster, stop)) for watch in watchers]
         try:
             await run_plan(cluster, report.plan)
         finally:
             stop.set()
-            await asyncio.gather(*clients)
+            await asyncio.gather(*tasks)
         await _heal_and_check(cluster, report)
     except Exception:
         report.error = traceback.format_exc()
@@ -80,7 +97,6 @@ async def run_chaos(seed: int, duration: float, workdir: Path) -> Report:
         report.log_tails = cluster.log_tails()
         report.cut_connections = cluster.links.counts
         await cluster.close()
-    return report
 
 
 async def _heal_and_check(cluster: ChaosCluster, report: Report) -> None:
@@ -98,7 +114,8 @@ async def _heal_and_check(cluster: ChaosCluster, report: Report) -> None:
         report.checks.append(Check(INVARIANT_2, "digests after the heal", failed))
         return
     report.convergence = time.monotonic() - healed
-    agreed = f"all {NODES} nodes answered the same digest and listing after {report.convergence:.1f}s"
+    size = len(cluster.slots)
+    agreed = f"all {size} nodes answered the same digest and listing after {report.convergence:.1f}s"
     report.checks.append(Check(INVARIANT_2, agreed))
     final = (await cluster.listings())[0]
     report.checks += _state_checks(report, final, cluster.wipes)
@@ -137,7 +154,7 @@ def _state_checks(report: Report, final: Final, wiped: Wipes) -> list[Check]:
 
 def summary(report: Report) -> str:
     """The one summary of a run: seed, operations, faults, findings, convergence, checks."""
-    lines = [f"seed {report.seed}: {report.duration:g}s of faults on {NODES} nodes"]
+    lines = [f"seed {report.seed}: {report.duration:g}s of faults on {report.nodes} nodes"]
     for name in WORKLOADS:
         outcomes = Counter(op.outcome for op in report.history if op.workload == name)
         counts = "  ".join(f"{outcome.value} {outcomes[outcome]:>5}" for outcome in Outcome)

@@ -90,3 +90,15 @@ def test_version_below_one_acknowledged_before_it_was_sent_is_a_clock_going_back
     assert clock_problems([op("a", "x", Outcome.OK, V3), op("b", "y", Outcome.OK, V2, at=1.0)])
     # Overlapping requests may take their versions in either order.
     assert not clock_problems([op("a", "x", Outcome.OK, V3), op("b", "y", Outcome.OK, V2, at=0.05)])
+
+
+def test_key_written_again_after_its_delete_may_live_and_must_not_vanish() -> None:
+    # A bounded key space (the soak) writes a deleted key again: that write wins, and is required.
+    history = [
+        op("d", "x", Outcome.OK, V1, workload="delete"),
+        op("d", None, Outcome.OK, V2, workload="delete", at=1.0),
+        op("d", "z", Outcome.OK, V3, workload="delete", at=2.0),
+    ]
+    assert findings(history, {"d": ("z", V3)}) == Findings()
+    assert len(findings(history, {}).lost) == 1
+    assert len(findings(history, {"d": ("x", V1)}).resurrected) == 1

@@ -5,7 +5,7 @@ start it, one local process per service:
 
 - a service built from the Dockerfile runs `python -m shareddb` followed by the Dockerfile's CMD (or
   the service's `command`), in the Dockerfile's ENV overlaid by the service's `environment`;
-- a `redis:7` service is a local redis-server (tests/redis_server.py) with the same persistence;
+- a `redis:7` service is a local redis-server (tests/harness/redis.py) with the same persistence;
 - each `hostname:port` of the compose network becomes a loopback port, each named volume a directory:
   `http://node1:8080` becomes the loopback URL of node1's process, `redis://redis1:6379/0` that of
   redis1's server, `/data` node1's volume directory. A URL naming a host and port that no service
@@ -36,8 +36,7 @@ import yaml
 from shareddb.config import SETTINGS
 from shareddb.store.sqlite import sqlite_path
 from tests.cluster.replication_helpers import put, read_seed, seed_call, wait_all_up, wait_readable
-from tests.harness import NodeProcess
-from tests.redis_server import RedisServer, free_port, send
+from tests.harness import NodeProcess, RedisServer, free_port, send
 
 pytestmark = pytest.mark.cluster
 

@@ -1,7 +1,7 @@
 """A node whose disk fills up or turns read-only: 507 for writes, reads go on, nothing acknowledged
 is lost, and writes (and replication) resume by themselves once the disk takes them again.
 
-Each node's data dir is a small real file system mounted by the test (tests/disk.py); its log is
+Each node's data dir is a small real file system mounted by the test (tests/harness/disk.py); its log is
 written outside it.
 """
 
@@ -23,8 +23,8 @@ from tests.cluster.replication_helpers import (
     seed_call,
     wait_converged,
 )
-from tests.disk import FailingDisk, SmallDisk
 from tests.harness import NodeProcess, run_cli, wait_for
+from tests.harness.disk import FailingDisk, SmallDisk
 
 pytestmark = pytest.mark.cluster
 

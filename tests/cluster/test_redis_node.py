@@ -1,6 +1,6 @@
 """A node whose store is a Redis (`--store redis://HOST:PORT/DB`), as a user runs it.
 
-Each test starts its own redis-server (tests/redis_server.py) on a free port; the durability tests
+Each test starts its own redis-server (tests/harness/redis.py) on a free port; the durability tests
 use one with `appendonly yes` and `appendfsync always`, which is what the README tells users to run.
 """
 
@@ -31,8 +31,7 @@ from tests.cluster.replication_helpers import (
     wait_all_up,
     wait_converged,
 )
-from tests.harness import NodeProcess, run_cli, wait_for
-from tests.redis_server import RedisServer, free_port, running_redis
+from tests.harness import NodeProcess, RedisServer, free_port, run_cli, running_redis, wait_for
 
 pytestmark = pytest.mark.cluster
 

@@ -1,6 +1,6 @@
 """Nodes that find each other through a shared Redis registry (`--registry`), as a user runs them.
 
-Every test starts its own registry redis-server (tests/redis_server.py, no persistence, so a restart
+Every test starts its own registry redis-server (tests/harness/redis.py, no persistence, so a restart
 empties it) and real node processes with a short `--registry-ttl`. They check invariant 2 of
 DESIGN.md (nodes that can reach each other converge) through discovery alone, the registry-specific
 member states of SPEC.md (a node whose entry expired is `left` and no longer pulled; it is `up` again
@@ -29,8 +29,7 @@ from tests.cluster.replication_helpers import (
     wait_readable,
     wait_state,
 )
-from tests.harness import NodeProcess, run_cli, wait_for
-from tests.redis_server import RedisServer, running_redis, send
+from tests.harness import NodeProcess, RedisServer, run_cli, running_redis, send, wait_for
 
 pytestmark = pytest.mark.cluster
 

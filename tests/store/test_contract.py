@@ -21,7 +21,7 @@ from shareddb.record import Record, make_version
 from shareddb.store.base import Change, Checkpoint, FeedPage, Outcome, Store, StoreUnavailable
 from shareddb.store.redis import RedisStore
 from shareddb.store.sqlite import SQLiteStore
-from tests.redis_server import store_url
+from tests.harness import store_url
 
 ClockSource = Callable[[], int]
 

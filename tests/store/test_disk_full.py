@@ -1,6 +1,6 @@
 """The SQLite store on a disk that fills up: StoreFull, a usable connection, and no lost commit.
 
-In-process on a small real tmpfs (tests/disk.py), so the test can look at the store's files while
+In-process on a small real tmpfs (tests/harness/disk.py), so the test can look at the store's files while
 the store is open. The node-level behaviour (507, replication) is in tests/cluster/test_disk_full.py.
 """
 
@@ -15,8 +15,8 @@ import pytest
 from shareddb.record import Record, make_version
 from shareddb.store.base import StoreFull
 from shareddb.store.sqlite import SQLiteStore, sqlite_path
-from tests.disk import SmallDisk
 from tests.harness import eventually
+from tests.harness.disk import SmallDisk
 
 VALUE = "v" * 4000
 MAX_WRITES = 3000

@@ -1,7 +1,7 @@
 """What the Redis store adds to the contract: whole batches, a Redis that fails under it, and a Redis
 that is no longer the one it wrote to.
 
-Every test runs a real redis-server of its own (tests/redis_server.py) and, after each fault,
+Every test runs a real redis-server of its own (tests/harness/redis.py) and, after each fault,
 checks the raw Redis content against itself (`stored_state`): every record has its sequence number,
 its version index entry, its place in the key order and in the digest, and the meta agrees.
 """
@@ -32,8 +32,7 @@ from shareddb.store.base import (
 )
 from shareddb.store.redis import RedisStore, check_redis_url, redact_url
 from shareddb.store.redis_scripts import WRITE
-from tests.harness import eventually
-from tests.redis_server import RedisServer, running_redis
+from tests.harness import RedisServer, eventually, running_redis
 
 PREFIX = b"sdb:"
 

@@ -1,6 +1,6 @@
 """The node registry in-process against a real redis-server: entries, heartbeats, expiry, faults.
 
-Each test runs its own redis-server (tests/redis_server.py) and drives `Registry` objects with their
+Each test runs its own redis-server (tests/harness/redis.py) and drives `Registry` objects with their
 own member lists, as the nodes of a cluster would, without the HTTP part. Every wait polls with a
 deadline.
 """
@@ -19,8 +19,7 @@ from redis.asyncio import Redis
 
 from shareddb.membership import Membership
 from shareddb.registry import Entry, Registry
-from tests.harness import eventually
-from tests.redis_server import RedisServer, free_port, running_redis
+from tests.harness import RedisServer, eventually, free_port, running_redis
 
 TTL = 1.0
 

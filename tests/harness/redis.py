@@ -17,7 +17,6 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -26,14 +25,22 @@ from pathlib import Path
 import pytest
 import redis
 
+from tests.harness.nodes import free_ports
+from tests.harness.process import LoggedProcess
+
 DEFAULT_BINARY = "/usr/bin/redis-server"
 START_TIMEOUT = 20.0
 FORBIDDEN_PORT = 6379  # the machine's own Redis: tests never touch it
 
 
+def find_redis_server() -> str | None:
+    """The installed redis-server, or None."""
+    return shutil.which("redis-server") or (DEFAULT_BINARY if os.path.exists(DEFAULT_BINARY) else None)
+
+
 def redis_server_binary() -> str:
     """The redis-server to run; skips the test when there is none (fails it under CI)."""
-    path = shutil.which("redis-server") or (DEFAULT_BINARY if os.path.exists(DEFAULT_BINARY) else None)
+    path = find_redis_server()
     if path is None:
         if os.environ.get("CI") == "true":
             pytest.fail(
@@ -44,10 +51,9 @@ def redis_server_binary() -> str:
 
 
 def free_port() -> int:
+    """A free loopback port that is not the machine's own Redis port."""
     while True:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
+        (port,) = free_ports(1)
         if port != FORBIDDEN_PORT:
             return port
 
@@ -68,19 +74,32 @@ def send(port: int, *args: str, timeout: float = 2.0) -> bytes:
         return reply.split(b"\r\n", 1)[0]
 
 
-class RedisServer:
-    """One redis-server with its own directory (its AOF and log live there)."""
+def ping(port: int) -> bool:
+    """True when the server on `port` answers PING (not while it is still starting or loading)."""
+    try:
+        return send(port, "PING", timeout=1.0) == b"+PONG"
+    except OSError:
+        return False
 
-    def __init__(self, directory: Path, *, aof: bool = False, databases: int = 16) -> None:
+
+class RedisServer(LoggedProcess):
+    """One redis-server with its own directory (its AOF and, unless told otherwise, its log)."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        aof: bool = False,
+        databases: int = 16,
+        binary: str | None = None,
+        log_path: Path | None = None,
+    ) -> None:
+        super().__init__(log_path or directory / "redis.log")
         self.directory = directory
         self.aof = aof
         self.databases = databases
+        self.binary = binary  # None: the installed one, or skip the test
         self.port = 0
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def log_path(self) -> Path:
-        return self.directory / "redis.log"
 
     def url(self, db: int = 0) -> str:
         return f"redis://127.0.0.1:{self.port}/{db}"
@@ -90,7 +109,7 @@ class RedisServer:
         if self.aof:
             persistence = ["--appendonly", "yes", "--appendfsync", "always"]
         return [
-            redis_server_binary(),
+            self.binary or redis_server_binary(),
             "--port",
             str(self.port),
             "--bind",
@@ -102,8 +121,10 @@ class RedisServer:
             *persistence,
             "--databases",
             str(self.databases),
+            "--maxmemory-policy",
+            "noeviction",  # a store must never lose keys to make room
             "--logfile",
-            str(self.log_path),
+            "",  # stdout, which goes to log_path
             "--daemonize",
             "no",
         ]
@@ -116,9 +137,7 @@ class RedisServer:
             if fresh:
                 self.port = free_port()
             assert self.port != FORBIDDEN_PORT
-            self.proc = subprocess.Popen(
-                self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-            )
+            self.spawn(self.command())
             if self._wait_ready(timeout):
                 return self
             if not fresh:  # a restart must get its old port back
@@ -139,16 +158,7 @@ class RedisServer:
 
     def ping(self) -> bool:
         """True when the server answers PING (not while it is still loading its AOF)."""
-        try:
-            return send(self.port, "PING", timeout=1.0) == b"+PONG"
-        except OSError:
-            return False
-
-    def logs(self) -> str:
-        return self.log_path.read_text("utf-8", "replace") if self.log_path.exists() else ""
-
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return ping(self.port)
 
     def stop(self, timeout: float = 20.0) -> None:
         """SIGTERM (a clean shutdown) and wait."""
@@ -165,12 +175,10 @@ class RedisServer:
             self.proc.wait(10)
 
     def pause(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGSTOP)
+        self.signal(signal.SIGSTOP)
 
     def resume(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGCONT)
+        self.signal(signal.SIGCONT)
 
     def restart(self) -> RedisServer:
         self.stop()

@@ -1,0 +1,1 @@
+"""The soak: a long, gentle chaos run on three nodes that also watches each node's memory."""
