@@ -175,6 +175,14 @@ class History:
             ):
                 self.lost_with_disk.add(write)
 
+    def held_outside(self, key: str, version: str) -> bool:
+        """A removed node wrote or held `key` at `version`: a member that had not heard of the
+        removal yet may take it from there (the removal spreads asynchronously)."""
+        origin = version_origin(version)
+        return origin in self.removed or any(
+            _held(self.marks[i], key, version) for i in self.outside if i in self.marks
+        )
+
     def check_final(self, states: dict[int, dict[str, Record]], at_heal: dict[str, str]) -> None:
         """Liveness met: every node holds the same, and it is what the history says it must be."""
         first = next(iter(states.values()))
@@ -194,11 +202,16 @@ class History:
                     raise Violation(f"{INVARIANT_3}: {key}@{version} vanished in the end")
             elif now.version != version and not (
                 # A removed node's data, taken by a node that had not heard of the removal yet.
-                now.version > version and version_origin(now.version) in self.removed
+                now.version > version and self.held_outside(key, now.version)
             ):
                 raise Violation(
                     f"{INVARIANT_3}: {key} ends at {now.version}, the greatest held was {version}"
                 )
+
+
+def _held(marks: SlotMarks, key: str, version: str) -> bool:
+    record = marks.held.get(key)
+    return record is not None and record.version == version
 
 
 def key_at_least(records: dict[str, Record], key: str, version: str, held: list[SlotMarks]) -> bool:
