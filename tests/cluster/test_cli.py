@@ -521,7 +521,10 @@ def value_of(url: str, key: str) -> str | None:
 
 
 def unlocked(data: Path) -> bool:
-    """No process holds the node's data dir lock (node.py's LOCK file): the node is gone."""
+    """No process holds the node's data dir lock (node.py's LOCK file): the node is gone, or it
+    never got as far as making its data dir."""
+    if not data.exists():
+        return True
     with open(data / "LOCK", "a") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
