@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import socket
 import time
 import urllib.request
 from pathlib import Path
@@ -139,3 +140,20 @@ def test_a_far_behind_pull_holds_about_one_answer_in_memory(
     anon, mapped = memory_kib(a, "RssAnon"), memory_kib(a, "RssFile")
     print(f"origin at the end: {anon} KiB anonymous, {mapped} KiB file")
     assert max(growths) < bound, f"a pull grew the origin by {max(growths)} KiB (bound {bound} KiB)"
+
+
+def test_puller_that_hangs_up_during_a_long_poll_leaves_no_traceback(start_node: StartNode) -> None:
+    """Invariant 6: no request crashes a node. A puller that stops while its long poll waits (a
+    peer shutting down) is no error of the origin's: the answer goes nowhere, nothing is logged."""
+    node = start_node("a")
+    put = urllib.request.Request(node.url + "/v1/kv/k", data=b"1", method="PUT")
+    urllib.request.urlopen(put, timeout=10).close()
+    with urllib.request.urlopen(node.url + "/v1/peer/changes?since=0", timeout=10) as response:
+        first = orjson.loads(response.read())
+    target = f"/v1/peer/changes?since={first['last_seq']}&instance={first['instance']}&wait=20"
+    with socket.create_connection(("127.0.0.1", node.port), timeout=10) as hung_up:
+        hung_up.sendall(f"GET {target} HTTP/1.1\r\nHost: a\r\n\r\n".encode())
+    put = urllib.request.Request(node.url + "/v1/kv/k", data=b"2", method="PUT")
+    urllib.request.urlopen(put, timeout=10).close()  # wakes the long poll, whose puller is gone
+    assert node.stop() == 0
+    assert "Traceback" not in node.logs(), node.logs()

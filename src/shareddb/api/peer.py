@@ -64,10 +64,15 @@ async def changes(node: Node, request: web.BaseRequest) -> web.StreamResponse:
     # Written out part by part, each part sent (or buffered only up to aiohttp's small limit)
     # before the next is encoded: a large batch is held once, as records, not again as JSON.
     response = web.StreamResponse(headers={"Content-Type": JSON})
-    await response.prepare(request)
-    for part in encode_reply(reply):
-        await response.write(part)
-    await response.write_eof()
+    try:
+        await response.prepare(request)
+        for part in encode_reply(reply):
+            await response.write(part)
+        await response.write_eof()
+    except ConnectionError:
+        # The puller went away during its long poll (it stopped, or gave up waiting): it asks
+        # again from its checkpoint, so nothing is lost, and there is nothing to log.
+        pass
     return response
 
 
