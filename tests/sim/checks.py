@@ -183,6 +183,16 @@ class History:
             _held(self.marks[i], key, version) for i in self.outside if i in self.marks
         )
 
+    def deleted_outside(self, key: str, version: str) -> bool:
+        """A removed node held a delete of `key` above `version` (see `held_outside`)."""
+        return any(
+            (record := self.marks[i].held.get(key)) is not None
+            and record.deleted
+            and record.version > version
+            for i in self.outside
+            if i in self.marks
+        )
+
     def check_final(self, states: dict[int, dict[str, Record]], at_heal: dict[str, str]) -> None:
         """Liveness met: every node holds the same, and it is what the history says it must be."""
         first = next(iter(states.values()))
@@ -198,7 +208,7 @@ class History:
         for key, version in at_heal.items():
             now = first.get(key)
             if now is None:
-                if self.written[(key, version)] is not None:
+                if self.written[(key, version)] is not None and not self.deleted_outside(key, version):
                     raise Violation(f"{INVARIANT_3}: {key}@{version} vanished in the end")
             elif now.version != version and not (
                 # A removed node's data, taken by a node that had not heard of the removal yet.
