@@ -292,6 +292,8 @@ class Node:
 
         Saved before it is answered: the entry survives a crash, and so does the clock value it
         carries."""
+        if node_id == self.id and self.replicator is not None:
+            self.replicator.leaving()  # by its own choice: nothing to warn about
         if not self.membership.leave(node_id, self.clock.now(self._now())):
             return False
         if self.replicator is not None:

@@ -15,8 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-from shareddb.clock import COUNTER_MASK, physical
+import orjson
+
+from shareddb.clock import COUNTER_MASK, from_millis, physical
 from shareddb.membership import Removed
+from shareddb.node import Node
 from shareddb.record import Record, version_hlc, version_origin
 from shareddb.replication.transport import PeerError
 from shareddb.store.base import Outcome
@@ -67,6 +70,7 @@ OPTIONAL_KINDS = (
 # Every run wipes a node that comes back under its old id with its clock turned back, at a step in
 # this range (drawn before the first step, so a shorter replay of the seed keeps the same steps).
 REWIND_STEPS = (40, 240)
+REWIND_WINDOW_MS = 10 * MINUTE  # well inside the tombstone grace (an hour)
 MAX_BURST = 12
 
 
@@ -300,8 +304,13 @@ class Simulation:
         node = slot.node
         assert node is not None
         old = node.origin
+        # Within the tombstone grace of now: a clock further behind than that is outside what
+        # the design covers (a delete purged meanwhile could lose to its writes).
+        recent = from_millis(self.world.clock_of(slot)() - REWIND_WINDOW_MS)
         minted = sorted(
-            version_hlc(version) for _, version in self.history.written if version_origin(version) == old
+            hlc
+            for _, version in self.history.written
+            if version_origin(version) == old and (hlc := version_hlc(version)) >= recent
         )
         # An instant at which it minted versions past the first of that millisecond, if any.
         counted = [hlc for hlc in minted if hlc & COUNTER_MASK] or minted
@@ -504,7 +513,9 @@ class Simulation:
         node = slot.node
         assert node is not None
         held = await records(node)
-        if slot.removed == node.origin and node.membership.self_entry.left:
+        if slot.removed == node.origin and await saved_as_left(node):
+            # From here on it knows for good (a crash cannot make it forget): nothing it
+            # writes may reach another node.
             self.history.seal(node.origin, node.clock.last)
         self.history.check_records(slot.index, held)
         self.history.check_sealed(slot.index, node.origin, held)
@@ -576,6 +587,15 @@ class Simulation:
         raise Violation(
             f"{INVARIANT_2}: no convergence after {HEAL_ROUNDS} rounds of pulls: {differences(states)}"
         )
+
+
+async def saved_as_left(node: Node) -> bool:
+    """The node's saved member list says this incarnation of it left or was removed."""
+    saved = await node.store.get_meta("members")
+    return any(
+        entry["id"] == node.id and entry.get("inc") == node.incarnation and entry["left"]
+        for entry in (orjson.loads(saved) if saved else [])
+    )
 
 
 def differences(states: dict[int, dict[str, Record]], limit: int = 3) -> str:

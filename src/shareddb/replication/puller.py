@@ -116,7 +116,10 @@ class Replicator:
 
     def _members_changed(self) -> None:
         self.reconcile()
-        if self._running and (self._persisting is None or self._persisting.done()):
+        if self._running and self.membership.self_entry.left and not self._out:
+            # Learnt from a node that joined through us, say: saved and said at once, as below.
+            self._spawn(self._removed("a member"))
+        elif self._running and (self._persisting is None or self._persisting.done()):
             self._persisting = asyncio.get_running_loop().create_task(self.persist_members())
 
     async def persist_members(self) -> None:
@@ -286,9 +289,13 @@ class Replicator:
         self._caught_up(reply)
         return True
 
-    async def _removed(self, url: str) -> None:
-        """A peer says this incarnation of the node left or was removed: stop replicating, and
-        save that before anything else, so that a restart with this store stays out too."""
+    def leaving(self) -> None:
+        """This node leaves the cluster by its own choice (see `Node.leave`)."""
+        self._out = True
+
+    async def _removed(self, source: str) -> None:
+        """A peer (`source`) says this incarnation of the node left or was removed: stop
+        replicating, and save that first, so that a restart with this store stays out too."""
         if self._out:
             return
         self._out = True
@@ -296,7 +303,7 @@ class Replicator:
             "this node (%s) was removed from the cluster (or left it), says %s: it no longer "
             "replicates; to add it again, start it with an empty --data and --join URL",
             self.node_id,
-            url,
+            source,
         )
         if not self.membership.self_entry.left:
             self.membership.leave(self.node_id, self.clock.now(self.now()))
