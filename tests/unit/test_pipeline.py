@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Callable, Collection
+from pathlib import Path
 
 import pytest
 
-from shareddb.record import Record, make_version
-from shareddb.store.base import Checkpoint, Outcome, StoreFull, StoreUnavailable
+from shareddb.config import Settings
+from shareddb.node import Node
+from shareddb.record import Record, make_version, version_hlc
+from shareddb.store.base import Checkpoint, Outcome, Store, StoreFull, StoreUnavailable
 from shareddb.store.memory import MemoryBackend, MemoryData, MemoryStore
 from shareddb.store.pipeline import Batch, OutcomeUnknown, PipelineStore, Planner
 
@@ -237,3 +240,27 @@ async def test_a_full_store_is_logged_once_and_again_when_it_can_write(
         assert "the store can write again" in messages
     finally:
         await store.close()
+
+
+async def test_a_node_runs_on_a_memory_store_and_finds_its_data_when_reopened(tmp_path: Path) -> None:
+    data = MemoryData()
+
+    def in_memory(where: Path, clock_high: Callable[[], int], mint: Callable[[], str]) -> Store:
+        return MemoryStore(data, clock_high=clock_high, new_instance=mint)
+
+    settings = Settings(data=tmp_path / "node", node_id="n1")
+    node = await Node.open(settings, make_store=in_memory)
+    try:
+        assert isinstance(node.store, MemoryStore)
+        written = await node.put("k", "v")
+        assert written.outcome is Outcome.CREATED
+    finally:
+        await node.close()
+    assert not (tmp_path / "node" / "shareddb.sqlite3").exists()
+
+    node = await Node.open(settings, make_store=in_memory)
+    try:
+        assert await node.get("k") == Record("k", "v", written.version)
+        assert node.store.clock_high >= version_hlc(written.version)
+    finally:
+        await node.close()

@@ -94,22 +94,32 @@ def _records(op: Op) -> Sequence[Record]:
 
 def op_size(op: Op) -> int:
     """What an operation counts against MAX_BATCH_BYTES."""
+    if isinstance(op, ClientWrite):  # the common case, on every write: no generator
+        return len(op.record.key) + len(op.record.value or "") + CHANGE_OVERHEAD + 64
     return sum(len(r.key) + len(r.value or "") + CHANGE_OVERHEAD for r in _records(op)) + 64
 
 
 def unstorable(op: Op) -> str | None:
     """Why an operation cannot be stored (text that is not valid UTF-8: a lone surrogate), or None.
     Checked before a batch is planned, so one such operation fails alone, not its whole batch."""
-    texts: list[str] = []
-    for record in _records(op):
-        texts += (record.key, record.version, record.value or "")
-    if isinstance(op, PeerBatch) and op.checkpoint is not None:
-        texts += (op.checkpoint.peer, op.checkpoint.instance)
-    elif isinstance(op, SetMeta):
-        texts += (op.name, op.value)
     try:
-        for text in texts:
-            text.encode("utf-8")
+        if isinstance(op, ClientWrite):  # the common case, on every write
+            op.record.key.encode("utf-8")
+            if op.record.value is not None:
+                op.record.value.encode("utf-8")
+            op.record.version.encode("utf-8")
+            return None
+        for record in _records(op):
+            record.key.encode("utf-8")
+            record.version.encode("utf-8")
+            if record.value is not None:
+                record.value.encode("utf-8")
+        if isinstance(op, PeerBatch) and op.checkpoint is not None:
+            op.checkpoint.peer.encode("utf-8")
+            op.checkpoint.instance.encode("utf-8")
+        elif isinstance(op, SetMeta):
+            op.name.encode("utf-8")
+            op.value.encode("utf-8")
     except UnicodeEncodeError as exc:
         return str(exc)
     return None
@@ -432,17 +442,23 @@ class PipelineStore:
         """Commit one batch, then refresh the cache, answer its callers and wake readers."""
         ops: list[Op] = []
         futures: list[asyncio.Future[Any]] = []
-        for op, future in batch:
+        keys: set[str] = set()
+        purge_upto: int | None = None
+        for op, future in batch:  # one pass: this runs on the event loop for every write
             if (why := unstorable(op)) is not None:
                 if not future.done():
                     future.set_exception(StoreUnavailable(f"cannot store this: {why}"))
-            else:
-                ops.append(op)
-                futures.append(future)
+                continue
+            ops.append(op)
+            futures.append(future)
+            if isinstance(op, ClientWrite):
+                keys.add(op.record.key)
+            elif isinstance(op, PeerBatch):
+                keys.update(record.key for record in op.records)
+            elif isinstance(op, PurgeTombstones):
+                purge_upto = max(op.max_seq, purge_upto or 0)
         if not ops:
             return
-        keys = {record.key for op in ops for record in _records(op)}
-        purge_upto = max((op.max_seq for op in ops if isinstance(op, PurgeTombstones)), default=None)
         seq = self.last_seq
         planner = partial(_plan_at, ops, self._clock_source)
         try:
