@@ -456,7 +456,7 @@ class PipelineStore:
             elif isinstance(op, PeerBatch):
                 keys.update(record.key for record in op.records)
             elif isinstance(op, PurgeTombstones):
-                purge_upto = max(op.max_seq, purge_upto or 0)
+                purge_upto = op.max_seq if purge_upto is None else max(purge_upto, op.max_seq)
         if not ops:
             return
         seq = self.last_seq
