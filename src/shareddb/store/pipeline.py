@@ -424,6 +424,10 @@ class PipelineStore:
         commits what was queued before, then stops."""
         while True:
             if not self._queue:
+                # The callers just answered usually write again in the next step of the loop: one
+                # yield finds their writes without a wake-up of its own (a loop step per batch).
+                await asyncio.sleep(0)
+            if not self._queue:
                 if self._closing:
                     return
                 self._wake.clear()

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import queue
 import sqlite3
 import threading
 import uuid
@@ -78,6 +79,46 @@ CHECKPOINT_PAUSE = 0.2
 WAL_LIMIT = 512 * 1024 * 1024
 
 
+class _WriterThread:
+    """The one thread that touches the write connection: runs one call at a time and answers on
+    the event loop. Lighter than a one-thread executor: a hand-off per batch is one queue put and
+    one loop callback, which matters at small batches."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...], Any] | None]
+        self._jobs = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="shareddb-writer", daemon=True)
+        self._thread.start()
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._jobs.put((fn, args, future))
+        return future
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            fn, args, future = job
+            try:
+                result = fn(*args)
+            except BaseException as exc:
+                future.get_loop().call_soon_threadsafe(_settle, future, None, exc)
+            else:
+                future.get_loop().call_soon_threadsafe(_settle, future, result, None)
+
+    def stop(self) -> None:
+        """Finish the calls queued, then end the thread (without waiting for it)."""
+        self._jobs.put(None)
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
 class SQLiteBackend:
     """A pipeline `Backend` in one SQLite file. See the module docstring for the threading model."""
 
@@ -100,7 +141,7 @@ class SQLiteBackend:
         self._checkpointer: threading.Thread | None = None
         self._checkpoint_due = threading.Event()
         self._closing = False
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="shareddb-writer")
+        self._writer = _WriterThread()
         self._reader_pool = ThreadPoolExecutor(1, thread_name_prefix="shareddb-reader")
         self._wdb: sqlite3.Connection | None = None
         self._point: sqlite3.Connection | None = None
@@ -111,7 +152,7 @@ class SQLiteBackend:
     async def open(self) -> None:
         loop = asyncio.get_running_loop()
         try:
-            self._wdb = await loop.run_in_executor(self._writer, self._open_writer)
+            self._wdb = await self._writer.call(self._open_writer)
             self._point = self._connect()
             self._scan = await loop.run_in_executor(self._reader_pool, self._connect)
         except StoreOpenError:
@@ -138,7 +179,7 @@ class SQLiteBackend:
         self._shutdown_pools()
 
     def _shutdown_pools(self) -> None:
-        self._writer.shutdown()
+        self._writer.stop()
         self._reader_pool.shutdown()
 
     def _connect(self) -> sqlite3.Connection:
@@ -187,7 +228,7 @@ class SQLiteBackend:
         self._closing = True
         loop = asyncio.get_running_loop()
         if self._wdb is not None:
-            await loop.run_in_executor(self._writer, self._wdb.close)
+            await self._writer.call(self._wdb.close)
         if self._checkpointer is not None:
             self._stopping.set()
             self._checkpoint_due.set()
@@ -316,8 +357,7 @@ class SQLiteBackend:
         """One hand-off to the writer thread: lookup, plan and write in one transaction."""
         if self._wdb is None or self._closing:
             raise StoreUnavailable("the store is closed")
-        loop = asyncio.get_running_loop()
-        batch: Batch = await loop.run_in_executor(self._writer, self._write, keys, purge_upto, plan)
+        batch: Batch = await self._writer.call(self._write, keys, purge_upto, plan)
         self._tally = batch.tally
         return batch
 
