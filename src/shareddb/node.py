@@ -46,6 +46,12 @@ PAGE = 1000
 WRITE_ATTEMPTS = 8
 
 
+# Makes a node's store, not yet opened, from its data dir, the source of its clock's high-water mark
+# and the source of a new store's instance id. The default follows --store; the simulation and unit
+# tests may pass their own (a `MemoryStore`, say).
+StoreFactory = Callable[[Path, Callable[[], int], Callable[[], str]], Store]
+
+
 class NodeError(Exception):
     """The node cannot start; the message is one line meant for the user."""
 
@@ -98,10 +104,12 @@ class Node:
         monotonic: Callable[[], float] = time.monotonic,
         mint_id: Callable[[], str] = lambda: f"node-{secrets.token_hex(3)}",
         mint_instance: Callable[[], str] = lambda: secrets.token_hex(16),
+        make_store: StoreFactory | None = None,
     ) -> Node:
         """Open the node's data dir and store. `now` (wall-clock milliseconds) and `monotonic`
         (seconds) are the node's only sources of time, `mint_id` of a new node id and
-        `mint_instance` of a new store's instance id; the simulation passes its own."""
+        `mint_instance` of a new store's instance id; the simulation passes its own.
+        `make_store` replaces the store `settings.store` names."""
         if settings.registry:
             try:
                 check_registry_url(settings.registry)
@@ -117,8 +125,10 @@ class Node:
             node_id = _resolve_node_id(data, settings.node_id, mint_id)
             clock = HybridClock()
             spec = settings.store
-            if spec == "sqlite":
-                store: Store = SQLiteStore(
+            if make_store is not None:
+                store: Store = make_store(data, lambda: clock.last, mint_instance)
+            elif spec == "sqlite":
+                store = SQLiteStore(
                     sqlite_path(data), clock_high=lambda: clock.last, new_instance=mint_instance
                 )
             elif spec.startswith(("redis://", "rediss://")):

@@ -2,7 +2,7 @@
 
 A backend joins the suite with one line in BACKENDS: a function that makes a not-yet-opened store at
 a location (a fresh directory per store) with a given HLC high-water source. Opening the same
-location again must reopen the same data.
+location again must reopen the same data (the memory store keeps its data per location here).
 """
 
 from __future__ import annotations
@@ -19,15 +19,19 @@ import pytest
 from shareddb.clock import HybridClock
 from shareddb.record import Record, make_version
 from shareddb.store.base import Change, Checkpoint, FeedPage, Outcome, Store, StoreUnavailable
+from shareddb.store.memory import MemoryData, MemoryStore
 from shareddb.store.redis import RedisStore
 from shareddb.store.sqlite import SQLiteStore
 from tests.harness import store_url
 
 ClockSource = Callable[[], int]
 
+MEMORY: dict[Path, MemoryData] = {}  # what each location's memory store holds across reopens
+
 BACKENDS: dict[str, Callable[[Path, ClockSource], Store]] = {
     "sqlite": lambda where, clock: SQLiteStore(where / "db.sqlite3", clock_high=clock),
     "redis": lambda where, clock: RedisStore(store_url(where), clock_high=clock),
+    "memory": lambda where, clock: MemoryStore(MEMORY.setdefault(where, MemoryData()), clock_high=clock),
 }
 
 WALL = 1_700_000_000_000

@@ -1,13 +1,13 @@
 """The Redis store: one Redis database per node, each batch written by one atomic Lua script.
 
-Writes are group-committed as in the SQLite store: they queue on the event loop, and one writer task
-commits whatever has queued, one batch at a time. A batch reads the stored versions of its keys (one
-round trip), is planned in Python by `MergePlan` (the LWW, sequence and digest rules every backend
-shares), and is written by one script call that also saves the sequence, live count, digest buckets,
-clock high-water mark, checkpoints and node meta. Redis runs a script atomically and its AOF keeps a
-script's effects as one MULTI/EXEC block (a torn one is dropped on load), so no crash leaves a record
-without its sequence number. Durability is that of the Redis: `appendonly yes` and `appendfsync
-always` make an acknowledged write survive a crash of the Redis host too.
+The write pipeline (store/pipeline.py) group-commits; for each batch this backend reads the stored
+versions of its keys (one round trip), has the pipeline plan it (the LWW, sequence, digest and purge
+rules every backend shares), and writes it by one script call that also saves the sequence, live
+count, digest buckets, clock high-water mark, checkpoints and node meta. Redis runs a script
+atomically and its AOF keeps a script's effects as one MULTI/EXEC block (a torn one is dropped on
+load), so no crash leaves a record without its sequence number. Durability is that of the Redis:
+`appendonly yes` and `appendfsync always` make an acknowledged write survive a crash of the Redis
+host too.
 
 This node must be the only writer of its database. Each batch carries a fresh token and the script
 writes only while the stored token is the one this store committed last: that check-and-set runs in
@@ -16,8 +16,8 @@ never written over. When the answer to a batch is lost (the connection broke aft
 sent), the outcome is settled before anything else is written: a fencing script either finds the
 batch's token (it committed) or replaces the old token (it never will).
 
-This module must not decide anything about merging: `MergePlan` does. Layout, under a prefix
-(`sdb:` by default):
+This module must not decide anything about merging or purging: the pipeline does. Layout, under a
+prefix (`sdb:` by default):
 
     meta    hash  instance, seq, live, hlc, batch (token), format
     rec     hash  key -> version, or version NUL value for a live value (one HGET reads a record)
@@ -32,12 +32,10 @@ This module must not decide anything about merging: `MergePlan` does. Layout, un
 
 from __future__ import annotations
 
-import asyncio
-import collections
 import logging
 import urllib.parse
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -57,30 +55,29 @@ from redis.exceptions import (
 from shareddb.record import Record
 from shareddb.store.base import (
     CHANGE_OVERHEAD,
-    DIGEST_BUCKETS,
     Change,
-    ChangeSignal,
     Checkpoint,
-    Digest,
     FeedPage,
-    MergePlan,
-    Outcome,
     StoreFull,
     StoreUnavailable,
     bucket_of,
-    combine_buckets,
-    fail_all,
     prefix_end,
 )
-from shareddb.store.cache import RecordCache
+from shareddb.store.pipeline import (
+    Batch,
+    OutcomeUnknown,
+    PipelineStore,
+    Planner,
+    Stored,
+    Tally,
+    Tombstones,
+)
 from shareddb.store.redis_scripts import BY_SCORE, CREATE, FEED, FENCE, SCAN, WRITE, Keys
 
 log = logging.getLogger("shareddb.store")
 
 FORMAT = "1"
 DEFAULT_PREFIX = "sdb:"
-MAX_BATCH = 4096
-MAX_BATCH_BYTES = 32 * 1024 * 1024  # one script call; Redis refuses requests past 512 MiB
 CHUNK = 1000  # keys per command when reading many (purge candidates, bucket listings)
 MAX_CONNECTIONS = 32
 SOCKET_TIMEOUT = 5.0  # a Redis that stops answering fails calls with 503 after this long
@@ -119,62 +116,28 @@ def redact_url(url: str) -> str:
     return f"{scheme}://{user}:***@{host}{slash}{path}"
 
 
-@dataclass(slots=True)
-class _Op:
-    record: Record | None = None  # a client write
-    records: Sequence[Record] = ()  # a batch from a peer
-    checkpoint: Checkpoint | None = None
-    meta: tuple[str, str] | None = None
-    purge: tuple[int, str] | None = None  # (max seq, version bound) of tombstones to drop
-
-    def size(self) -> int:
-        records = (self.record,) if self.record is not None else self.records
-        return sum(len(r.key) + len(r.value or "") + 64 for r in records) + 64
-
-    def unstorable(self) -> str | None:
-        """Why this op cannot be written (text that is not valid UTF-8), or None."""
-        texts: list[str] = []
-        for record in (self.record,) if self.record is not None else self.records:
-            texts += (record.key, record.version, record.value or "")
-        if self.checkpoint is not None:
-            texts += (self.checkpoint.peer, self.checkpoint.instance)
-        if self.meta is not None:
-            texts += self.meta
-        try:
-            for text in texts:
-                text.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            return str(exc)
-        return None
-
-
 @dataclass(frozen=True, slots=True)
-class _Batch:
-    """What a written batch changes in memory once it is known to be committed."""
+class _Sent:
+    """A batch sent to Redis: what this store adopts once it is known to be committed."""
 
     before: str  # the token it expected
     token: str
-    seq: int
-    live: int
-    clock_high: int
-    buckets: dict[int, int]
+    tally: Tally
 
 
-class RedisStore:
-    """A `Store` in one Redis database. See the module docstring for the layout and the rules."""
+class RedisBackend:
+    """A pipeline `Backend` in one Redis database. See the module docstring for the layout."""
 
     def __init__(
         self,
         url: str,
         *,
-        clock_high: Callable[[], int] = lambda: 0,
         prefix: str = DEFAULT_PREFIX,
         max_connections: int = MAX_CONNECTIONS,
         new_instance: Callable[[], str] = lambda: uuid.uuid4().hex,
     ) -> None:
         check_redis_url(url)
         self.url = url
-        self._clock_source = clock_high
         self._new_instance = new_instance
         self._keys = Keys.under(prefix)
         self._max_connections = max_connections
@@ -182,21 +145,12 @@ class RedisStore:
         self._execute: Callable[..., Awaitable[Any]] = _not_open
         self._instance = ""
         self._token = ""
-        self._seq = 0
-        self._live = 0
-        self._clock_high = 0
-        self._buckets = [0] * DIGEST_BUCKETS
+        self._tally = Tally.empty()
         self._shas: dict[str, str] = {}
-        self._queue: collections.deque[tuple[_Op, asyncio.Future[Any]]] = collections.deque()
-        self._wake = asyncio.Event()
-        self._writer: asyncio.Task[None] | None = None
         self._closing = False
-        self._unsettled: _Batch | None = None  # written, but its answer was lost
+        self._unsettled: _Sent | None = None  # written, but its answer was lost
         self._lost: str | None = None  # set once the Redis no longer holds this store
         self._reachable = True  # False from a failed call until the next one that works
-        self._signal = ChangeSignal()
-        self._cache = RecordCache()
-        self._generation = 0  # bumped whenever the cache is updated or dropped
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -246,20 +200,16 @@ class RedisStore:
             raise StoreUnavailable(f"cannot use Redis at {where}: {_one_line(exc)}") from exc
         self._instance = meta["instance"]
         self._token = meta["batch"]
-        self._seq = int(meta["seq"])
-        self._live = int(meta["live"])
-        self._clock_high = int(meta["hlc"])
+        buckets = [0] * len(self._tally.buckets)
         for bucket, value in digest.items():
-            self._buckets[int(bucket)] = int.from_bytes(value, "big")
-        self._writer = asyncio.get_running_loop().create_task(self._write_loop())
+            buckets[int(bucket)] = int.from_bytes(value, "big")
+        self._tally = Tally(int(meta["seq"]), int(meta["live"]), int(meta["hlc"]), tuple(buckets))
 
     async def close(self) -> None:
+        """Called by the pipeline once its last batch is written."""
         if self._closing:
             return
         self._closing = True
-        self._wake.set()
-        if self._writer is not None:
-            await self._writer  # it commits everything queued before close, then stops
         await self._disconnect()
 
     async def _disconnect(self) -> None:
@@ -287,7 +237,6 @@ class RedisStore:
         if self._lost is None:
             self._lost = reason
             log.error("store unusable: %s", reason)
-        self._drop_cache()
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -296,12 +245,14 @@ class RedisStore:
         return self._instance
 
     @property
-    def last_seq(self) -> int:
-        return self._seq
+    def tally(self) -> Tally:
+        return self._tally
 
     @property
-    def clock_high(self) -> int:
-        return self._clock_high
+    def cache_valid(self) -> bool:
+        # While Redis is known to be away, every read fails alike, cached or not; while a batch's
+        # outcome is unknown, what Redis holds may be newer than anything cached or read.
+        return self._reachable and self._lost is None and self._unsettled is None
 
     def _check_usable(self) -> None:
         if self._client is None or self._closing:
@@ -349,20 +300,8 @@ class RedisStore:
         return StoreUnavailable(f"Redis at {redact_url(self.url)}: {_one_line(exc)}")
 
     async def get(self, key: str) -> Record | None:
-        self._check_usable()
-        # While Redis is known to be away, every call fails alike, cached or not.
-        record = self._cache.get(key) if self._reachable else None
-        if record is not None:
-            return record
-        generation = self._generation
         raw = await self._command("HGET", self._keys.rec, key.encode("utf-8", ENCODING_ERRORS))
-        if raw is None:
-            return None
-        record = _record(key, raw)
-        # A batch that committed while this read was in flight may have cached a newer record.
-        if generation == self._generation:
-            self._cache.put(record)
-        return record
+        return None if raw is None else _record(key, raw)
 
     async def checkpoint(self, peer: str) -> Checkpoint | None:
         raw = await self._command("HGET", self._keys.cp, peer.encode("utf-8", ENCODING_ERRORS))
@@ -391,7 +330,7 @@ class RedisStore:
         records = [_record(bytes(flat[i]).decode("utf-8"), flat[i + 1]) for i in range(0, len(flat), 2)]
         return [record for record in records if record.value is not None]
 
-    async def changes_since(self, seq: int, limit: int, max_bytes: int | None = None) -> FeedPage:
+    async def changes_since(self, seq: int, limit: int, max_bytes: int | None) -> FeedPage:
         if limit <= 0:
             self._check_usable()
             return FeedPage([], seq)
@@ -410,12 +349,6 @@ class RedisStore:
             return FeedPage(changes, max(seq, _score(flat[1])))
         return FeedPage(changes, changes[-1].seq if changes else seq)
 
-    async def wait_for_changes(self, seq: int, timeout: float) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while self._seq <= seq and (remaining := deadline - loop.time()) > 0:
-            await self._signal.wait(remaining)
-
     async def bucket_versions(self, bucket: int) -> dict[str, str]:
         found: dict[str, str] = {}
         cursor = 0
@@ -428,147 +361,32 @@ class RedisStore:
             if int(cursor) == 0:
                 return found
 
-    def digest(self) -> Digest:
-        return Digest(self._live, combine_buckets(self._buckets), tuple(self._buckets))
-
     # -- writes --------------------------------------------------------------------------------
 
-    async def write(self, record: Record) -> Outcome:
-        result: Outcome = await self._enqueue(_Op(record=record))
-        return result
-
-    async def apply(self, records: Sequence[Record], checkpoint: Checkpoint | None = None) -> int:
-        result: int = await self._enqueue(_Op(records=records, checkpoint=checkpoint))
-        return result
-
-    async def set_meta(self, name: str, value: str) -> None:
-        await self._enqueue(_Op(meta=(name, value)))
-
-    async def purge_tombstones(self, max_seq: int, before: str) -> int:
-        purged: int = await self._enqueue(_Op(purge=(max_seq, before)))
-        return purged
-
-    def _enqueue(self, op: _Op) -> asyncio.Future[Any]:
-        self._check_usable()
-        if self._writer is None:
-            raise StoreUnavailable("the store is not open")
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append((op, future))
-        self._wake.set()
-        return future
-
-    async def _write_loop(self) -> None:
-        """The writer task: commit whatever has queued up, one script call per batch.
-
-        While one batch is in flight the next one queues up, so the batch size grows with the
-        load (the group commit). After `close` it commits what was queued before, then stops.
-        """
-        while True:
-            if not self._queue:
-                if self._closing:
-                    return
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            batch = [self._queue.popleft()]
-            size = batch[0][0].size()
-            while self._queue and len(batch) < MAX_BATCH:
-                size += self._queue[0][0].size()
-                if size > MAX_BATCH_BYTES:
-                    break
-                batch.append(self._queue.popleft())
-            try:
-                results, accepted = await self._commit([op for op, _ in batch])
-            except StoreUnavailable as exc:
-                fail_all((f for _, f in batch), exc)
-            except Exception as exc:
-                log.exception("write batch failed")
-                fail_all((f for _, f in batch), StoreUnavailable(f"write failed: {_one_line(exc)}"))
-            else:
-                self._resolve(batch, results, accepted)
-
-    def _resolve(
-        self,
-        batch: list[tuple[_Op, asyncio.Future[Any]]],
-        results: list[object],
-        accepted: list[Record],
-    ) -> None:
-        """After a commit: refresh the cache, then answer the writers."""
-        self._generation += 1
-        self._cache.committed(accepted)
-        for (_, future), result in zip(batch, results, strict=True):
-            if future.done():
-                continue
-            if isinstance(result, BaseException):
-                future.set_exception(result)
-            else:
-                future.set_result(result)
-        self._signal.notify()
-
-    async def _commit(self, ops: list[_Op]) -> tuple[list[object], list[Record]]:
-        """Plan one batch against the stored versions and write it in one script call."""
+    async def commit(self, keys: Collection[str], purge_upto: int | None, plan: Planner) -> Batch:
+        """Settle the last batch if its answer was lost, look up, plan, write in one script call."""
         self._check_usable()
         if self._unsettled is not None:
             await self._settle()
-        results: list[object] = [None] * len(ops)
-        usable: list[int] = []
-        for index, op in enumerate(ops):
-            if (error := op.unstorable()) is not None:
-                results[index] = StoreUnavailable(f"cannot store this: {error}")
-            else:
-                usable.append(index)
-        keys = {record.key for i in usable if (record := ops[i].record) is not None}
-        keys.update(r.key for i in usable for r in ops[i].records)
-        purges = [(i, purge) for i in usable if (purge := ops[i].purge) is not None]
         try:
             current = await self._versions(keys)
-            tombstones = await self._tombstones(max(p[0] for _, p in purges)) if purges else {}
+            tombstones = await self._tombstones(purge_upto) if purge_upto is not None else {}
         except (RedisError, OSError) as exc:
             raise self._unavailable(exc) from exc
-
-        plan = MergePlan(current, self._seq, self._live, self._buckets)
-        checkpoints: dict[str, str] = {}
-        node_meta: dict[str, str] = {}
-        for index in usable:
-            op = ops[index]
-            if op.purge is not None:
-                results[index] = 0
-            elif op.record is not None:
-                results[index] = plan.merge(op.record, only_over_live=True)
-            elif op.meta is not None:
-                node_meta[op.meta[0]] = op.meta[1]
-            else:
-                won = 0
-                for record in op.records:
-                    won += plan.merge(record) is not Outcome.SUPERSEDED
-                if op.checkpoint is not None:
-                    cp = op.checkpoint
-                    checkpoints[cp.peer] = f"{cp.seq} {cp.instance}"
-                results[index] = won
-        purged = self._purge(plan, purges, tombstones, results)
-
-        batch = _Batch(
-            before=self._token,
-            token=uuid.uuid4().hex,
-            seq=plan.seq,
-            live=plan.live,
-            clock_high=max(self._clock_high, self._clock_source()),
-            buckets=plan.buckets,
-        )
-        args = _write_args(batch, plan, purged, checkpoints, node_meta)
+        batch = plan(self._tally, current, tombstones)
+        sent = _Sent(before=self._token, token=uuid.uuid4().hex, tally=batch.tally)
         try:
-            await self._script(WRITE, self._keys, args)
+            await self._script(WRITE, self._keys, _write_args(sent, batch))
         except (RedisError, OSError) as exc:
-            self._unsettled = batch
-            self._drop_cache()
+            self._unsettled = sent
             if not await self._settle():
                 raise self._unavailable(exc) from exc
         else:
-            self._adopt(batch)
+            self._adopt(sent)
         self._reachable = True
-        return results, plan.accepted
+        return batch
 
-    async def _versions(self, keys: set[str]) -> dict[str, tuple[bool, str]]:
+    async def _versions(self, keys: Collection[str]) -> Stored:
         """The stored (live, version) of each of `keys` that exists: one round trip."""
         if not keys:
             return {}
@@ -580,9 +398,9 @@ class RedisStore:
             if raw is not None
         }
 
-    async def _tombstones(self, max_seq: int) -> dict[str, tuple[int, str]]:
+    async def _tombstones(self, max_seq: int) -> Tombstones:
         """Key -> (seq, version) of every tombstone at or below `max_seq`."""
-        found: dict[str, tuple[int, str]] = {}
+        found: Tombstones = {}
         offset = 0
         while True:
             flat = await self._script(
@@ -597,46 +415,9 @@ class RedisStore:
                 return found
             offset += CHUNK
 
-    @staticmethod
-    def _purge(
-        plan: MergePlan,
-        purges: list[tuple[int, tuple[int, str]]],
-        stored: dict[str, tuple[int, str]],
-        results: list[object],
-    ) -> list[str]:
-        """Drop the tombstones the purges ask for, as they stand after the batch's merges (as the
-        SQLite store does in its transaction). Returns the keys to delete."""
-        if not purges:
-            return []
-        candidates = dict(stored)
-        for key, (_, value, version, seq) in plan.rows.items():
-            if value is None:
-                candidates[key] = (seq, version)
-            else:
-                candidates.pop(key, None)
-        purged: list[str] = []
-        for index, (max_seq, before) in purges:
-            doomed = [(k, v) for k, (s, v) in candidates.items() if s <= max_seq and v < before]
-            for key, version in doomed:
-                del candidates[key]
-                plan.forget(key, version)
-                plan.rows.pop(key, None)
-                purged.append(key)
-                plan.accepted.append(Record(key, None, ""))
-            results[index] = len(doomed)
-        return purged
-
-    def _adopt(self, batch: _Batch) -> None:
-        self._token = batch.token
-        self._seq = batch.seq
-        self._live = batch.live
-        self._clock_high = batch.clock_high
-        for bucket, value in batch.buckets.items():
-            self._buckets[bucket] = value
-
-    def _drop_cache(self) -> None:
-        self._cache = RecordCache()
-        self._generation += 1
+    def _adopt(self, sent: _Sent) -> None:
+        self._token = sent.token
+        self._tally = sent.tally
 
     async def _settle(self) -> bool:
         """Find out whether the unsettled batch committed, and make sure it never commits later.
@@ -645,20 +426,19 @@ class RedisStore:
         The fence script replaces the token that batch expects, so from then on it cannot write;
         if the token is already that batch's own, the batch committed. True when it committed.
         """
-        batch = self._unsettled
-        assert batch is not None
+        sent = self._unsettled
+        assert sent is not None
         fence = uuid.uuid4().hex
         try:
-            outcome = await self._script(FENCE, [self._keys.meta], [batch.before, batch.token, fence])
+            outcome = await self._script(FENCE, [self._keys.meta], [sent.before, sent.token, fence])
         except (RedisError, OSError) as exc:
-            raise StoreUnavailable(
+            raise OutcomeUnknown(
                 f"Redis at {redact_url(self.url)}: {_one_line(exc)} (the outcome of the last write "
                 "batch is not known yet)"
             ) from exc
         self._unsettled = None
         if outcome == b"committed":
-            self._adopt(batch)
-            self._signal.notify()
+            self._adopt(sent)
             return True
         if outcome == b"fenced":
             self._token = fence
@@ -670,29 +450,44 @@ class RedisStore:
         raise StoreUnavailable(self._lost)
 
 
-def _write_args(
-    batch: _Batch,
-    plan: MergePlan,
-    purged: list[str],
-    checkpoints: dict[str, str],
-    node_meta: dict[str, str],
-) -> list[object]:
+class RedisStore(PipelineStore):
+    """A `Store` in one Redis database: the write pipeline on a `RedisBackend`."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        clock_high: Callable[[], int] = lambda: 0,
+        prefix: str = DEFAULT_PREFIX,
+        max_connections: int = MAX_CONNECTIONS,
+        new_instance: Callable[[], str] = lambda: uuid.uuid4().hex,
+    ) -> None:
+        self.url = url
+        backend = RedisBackend(
+            url, prefix=prefix, max_connections=max_connections, new_instance=new_instance
+        )
+        super().__init__(backend, clock_high=clock_high)
+
+
+def _write_args(sent: _Sent, batch: Batch) -> list[object]:
     """The ARGV of the WRITE script."""
     live: list[object] = []
     dead: list[object] = []
-    for key, value, version, seq in plan.rows.values():
+    for key, value, version, seq in batch.rows:
         encoded = version.encode("utf-8")
         if value is None:
             dead += (key.encode("utf-8"), encoded, seq)
         else:
             live += (key.encode("utf-8"), encoded + b"\0" + value.encode("utf-8"), encoded, seq)
-    args: list[object] = [batch.before, batch.token, batch.seq, batch.live, batch.clock_high]
+    tally = sent.tally
+    args: list[object] = [sent.before, sent.token, tally.seq, tally.live, tally.clock_high]
     args += (len(live) // 4, *live, len(dead) // 3, *dead)
-    args += (len(purged), *(key.encode("utf-8") for key in purged))
+    args += (len(batch.purged), *(key.encode("utf-8") for key in batch.purged))
     args.append(len(batch.buckets))
     for bucket, digest in batch.buckets.items():
         args += (bucket, digest.to_bytes(16, "big"))
-    for section in (checkpoints, node_meta):
+    checkpoints = {cp.peer: f"{cp.seq} {cp.instance}" for cp in batch.checkpoints}
+    for section in (checkpoints, batch.meta):
         args.append(len(section))
         for name, text in section.items():
             args += (name.encode("utf-8"), text.encode("utf-8"))

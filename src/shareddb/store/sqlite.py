@@ -1,10 +1,11 @@
-"""The embedded store: one SQLite file in WAL mode with one writer thread and group commit.
+"""The embedded store: one SQLite file in WAL mode, written by one writer thread.
 
-Writes from concurrent requests queue up while the writer thread commits the previous batch; the next
-batch takes them all in one transaction and one fsync, and each caller is answered only after that
-commit. Point reads run on the event loop on their own connection: in WAL mode a reader never waits
-for the writer, so a read is not stalled behind a long batch. Scans and the changes feed run on a
-reader thread so a large page never holds up the loop.
+The write pipeline (store/pipeline.py) group-commits; this backend writes each batch in one hand-off
+to its writer thread: the lookup, the planning and the write run there in one transaction with one
+fsync, in few SQLite calls (each call releases and retakes the GIL, and a busy event loop makes
+every retake slow). Point reads run on the event loop on their own connection: in WAL mode a reader
+never waits for the writer, so a read is not stalled behind a long batch. Scans and the changes feed
+run on a reader thread so a large page never holds up the loop.
 """
 
 from __future__ import annotations
@@ -17,9 +18,8 @@ import queue
 import sqlite3
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -28,21 +28,15 @@ from shareddb.record import Record
 from shareddb.store.base import (
     DIGEST_BUCKETS,
     Change,
-    ChangeSignal,
     Checkpoint,
-    Digest,
     FeedPage,
-    MergePlan,
-    Outcome,
     StoreFull,
     StoreUnavailable,
     bucket_of,
     change_size,
-    combine_buckets,
-    fail_all,
     prefix_end,
 )
-from shareddb.store.cache import RecordCache
+from shareddb.store.pipeline import Batch, PipelineStore, Planner, Stored, Tally, Tombstones
 from shareddb.store.sqlite_faults import (
     StoreCorrupt,
     StoreOpenError,
@@ -76,7 +70,6 @@ INSERT INTO kv (key, value, version, seq) VALUES (?, ?, ?, ?)
 ON CONFLICT (key) DO UPDATE SET value = excluded.value, version = excluded.version, seq = excluded.seq
 """
 
-MAX_BATCH = 4096
 LOOKUP_CHUNK = 500
 BUSY_TIMEOUT_MS = 10_000
 # Checkpoints (copying the WAL back into the database file, with an fsync of its own) run on a
@@ -86,55 +79,69 @@ CHECKPOINT_PAUSE = 0.2
 WAL_LIMIT = 512 * 1024 * 1024
 
 
-@dataclass(slots=True)
-class _Op:
-    record: Record | None = None  # a client write
-    records: Sequence[Record] = ()  # a batch from a peer
-    checkpoint: Checkpoint | None = None
-    meta: tuple[str, str] | None = None
-    purge: tuple[int, str] | None = None  # (max seq, version bound) of tombstones to drop
+class _WriterThread:
+    """The one thread that touches the write connection: runs one call at a time and answers on
+    the event loop. Lighter than a one-thread executor: a hand-off per batch is one queue put and
+    one loop callback, which matters at small batches."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...], Any] | None]
+        self._jobs = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="shareddb-writer", daemon=True)
+        self._thread.start()
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._jobs.put((fn, args, future))
+        return future
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            fn, args, future = job
+            try:
+                result = fn(*args)
+            except BaseException as exc:
+                future.get_loop().call_soon_threadsafe(_settle, future, None, exc)
+            else:
+                future.get_loop().call_soon_threadsafe(_settle, future, result, None)
+
+    def stop(self) -> None:
+        """Finish the calls queued, then end the thread (without waiting for it)."""
+        self._jobs.put(None)
 
 
-@dataclass(frozen=True, slots=True)
-class _State:
-    seq: int
-    live: int
-    clock_high: int
-    buckets: tuple[int, ...]
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
 
 
-class SQLiteStore:
-    """A `Store` in one SQLite file. See the module docstring for the threading model."""
+class SQLiteBackend:
+    """A pipeline `Backend` in one SQLite file. See the module docstring for the threading model."""
 
     def __init__(
         self,
         path: Path,
         *,
-        clock_high: Callable[[], int] = lambda: 0,
         synchronous: str = "FULL",
         vfs: str | None = None,
         new_instance: Callable[[], str] = lambda: uuid.uuid4().hex,
     ) -> None:
         self.path = path
-        self._clock_source = clock_high
         self._new_instance = new_instance
         self._synchronous = synchronous
         self._vfs = vfs  # an SQLite VFS registered by name (the power-loss tests use their own)
         self._instance = ""
-        # What the event loop sees (`_state`) is replaced whole after each commit, in `_resolve`;
-        # the writer thread works ahead on `_written`. Neither is ever changed in place.
-        self._state = _State(0, 0, 0, (0,) * DIGEST_BUCKETS)
-        self._written = self._state
+        # Replaced whole, on the event loop, once a commit is back from the writer thread.
+        self._tally = Tally.empty()
         self._stopping = threading.Event()
-        self._queue: queue.SimpleQueue[tuple[_Op, asyncio.Future[Any]] | None] = queue.SimpleQueue()
-        self._writer: threading.Thread | None = None
         self._checkpointer: threading.Thread | None = None
         self._checkpoint_due = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
-        self._cannot_write = False  # the last batch failed for want of disk (writer thread only)
-        self._signal = ChangeSignal()
-        self._cache = RecordCache()
+        self._writer = _WriterThread()
         self._reader_pool = ThreadPoolExecutor(1, thread_name_prefix="shareddb-reader")
         self._wdb: sqlite3.Connection | None = None
         self._point: sqlite3.Connection | None = None
@@ -144,26 +151,36 @@ class SQLiteStore:
 
     async def open(self) -> None:
         loop = asyncio.get_running_loop()
-        self._loop = loop
         try:
-            self._wdb = await loop.run_in_executor(self._reader_pool, self._open_writer)
+            self._wdb = await self._writer.call(self._open_writer)
             self._point = self._connect()
             self._scan = await loop.run_in_executor(self._reader_pool, self._connect)
         except StoreOpenError:
-            self._reader_pool.shutdown()
+            self._abandon()
             raise
         except (sqlite3.Error, OSError) as exc:
-            self._reader_pool.shutdown()
+            self._abandon()
             if isinstance(exc, sqlite3.Error) and is_corrupt(exc):
                 raise StoreCorrupt(self.path, str(exc)) from None
             hint = "; is its disk full or read-only?" if isinstance(write_error(exc), StoreFull) else ""
             raise StoreOpenError(f"cannot open store {self.path}: {exc}{hint}") from exc
-        self._writer = threading.Thread(target=self._write_loop, name="shareddb-writer", daemon=True)
-        self._writer.start()
         self._checkpointer = threading.Thread(
             target=self._checkpoint_loop, name="shareddb-checkpoint", daemon=True
         )
         self._checkpointer.start()
+
+    def _abandon(self) -> None:
+        """A failed open: release what it opened; the store stays closed."""
+        self._closing = True
+        for db in (self._wdb, self._point):
+            if db is not None:
+                db.close()
+        self._wdb = self._point = None
+        self._shutdown_pools()
+
+    def _shutdown_pools(self) -> None:
+        self._writer.stop()
+        self._reader_pool.shutdown()
 
     def _connect(self) -> sqlite3.Connection:
         target = self.path if self._vfs is None else f"file:{quote(str(self.path))}?vfs={self._vfs}"
@@ -199,29 +216,29 @@ class SQLiteStore:
         buckets = [0] * DIGEST_BUCKETS
         for bucket, digest in db.execute("SELECT bucket, hash FROM digest"):
             buckets[bucket] = int.from_bytes(digest, "big")
-        self._state = self._written = _State(
+        self._tally = Tally(
             int(meta.get("seq", 0)), int(meta.get("live", 0)), int(meta.get("hlc", 0)), tuple(buckets)
         )
         return db
 
     async def close(self) -> None:
+        """Called by the pipeline once its last batch is written."""
         if self._closing:
             return
         self._closing = True
-        if self._writer is not None:
-            self._queue.put(None)  # the writer commits everything queued before this, then stops
-            await asyncio.to_thread(self._writer.join)
+        loop = asyncio.get_running_loop()
+        if self._wdb is not None:
+            await self._writer.call(self._wdb.close)
         if self._checkpointer is not None:
             self._stopping.set()
             self._checkpoint_due.set()
             await asyncio.to_thread(self._checkpointer.join)
-        loop = asyncio.get_running_loop()
         if self._scan is not None:
             await loop.run_in_executor(self._reader_pool, self._scan.close)
         if self._point is not None:
             self._point.close()
             self._point = None
-        self._reader_pool.shutdown()
+        self._shutdown_pools()
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -230,12 +247,12 @@ class SQLiteStore:
         return self._instance
 
     @property
-    def last_seq(self) -> int:
-        return self._state.seq
+    def tally(self) -> Tally:
+        return self._tally
 
     @property
-    def clock_high(self) -> int:
-        return self._state.clock_high
+    def cache_valid(self) -> bool:
+        return True  # only this store's own commits change the file
 
     def _reader(self) -> sqlite3.Connection:
         if self._point is None or self._closing:
@@ -243,20 +260,8 @@ class SQLiteStore:
         return self._point
 
     async def get(self, key: str) -> Record | None:
-        record = self._cache.get(key)
-        if record is not None and not self._closing:
-            return record
-        try:
-            row = (
-                self._reader().execute("SELECT value, version FROM kv WHERE key = ?", (key,)).fetchone()
-            )
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"read failed: {exc}") from exc
-        if row is None:
-            return None
-        record = Record(key, row[0], row[1])
-        self._cache.put(record)
-        return record
+        row = self._read_one("SELECT value, version FROM kv WHERE key = ?", key)
+        return None if row is None else Record(key, row[0], row[1])
 
     async def checkpoint(self, peer: str) -> Checkpoint | None:
         row = self._read_one("SELECT instance, seq FROM checkpoints WHERE peer = ?", peer)
@@ -277,15 +282,9 @@ class SQLiteStore:
         records: list[Record] = await self._in_reader(self._scan_rows, prefix, after, limit)
         return records
 
-    async def changes_since(self, seq: int, limit: int, max_bytes: int | None = None) -> FeedPage:
+    async def changes_since(self, seq: int, limit: int, max_bytes: int | None) -> FeedPage:
         page: FeedPage = await self._in_reader(self._change_rows, seq, limit, max_bytes)
         return page
-
-    async def wait_for_changes(self, seq: int, timeout: float) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while self._state.seq <= seq and (remaining := deadline - loop.time()) > 0:
-            await self._signal.wait(remaining)
 
     async def bucket_versions(self, bucket: int) -> dict[str, str]:
         found: dict[str, str] = await self._in_reader(self._bucket_rows, bucket)
@@ -295,10 +294,6 @@ class SQLiteStore:
         assert self._scan is not None
         rows = self._scan.execute("SELECT key, version FROM kv")
         return {key: version for key, version in rows if bucket_of(key) == bucket}
-
-    def digest(self) -> Digest:
-        state = self._state
-        return Digest(state.live, combine_buckets(state.buckets), state.buckets)
 
     async def _in_reader(self, fn: Callable[..., Any], *args: Any) -> Any:
         if self._closing:
@@ -358,75 +353,83 @@ class SQLiteStore:
 
     # -- writes --------------------------------------------------------------------------------
 
-    async def write(self, record: Record) -> Outcome:
-        result: Outcome = await self._enqueue(_Op(record=record))
-        return result
-
-    async def apply(self, records: Sequence[Record], checkpoint: Checkpoint | None = None) -> int:
-        result: int = await self._enqueue(_Op(records=records, checkpoint=checkpoint))
-        return result
-
-    async def set_meta(self, name: str, value: str) -> None:
-        await self._enqueue(_Op(meta=(name, value)))
-
-    async def purge_tombstones(self, max_seq: int, before: str) -> int:
-        purged: int = await self._enqueue(_Op(purge=(max_seq, before)))
-        return purged
-
-    def _enqueue(self, op: _Op) -> asyncio.Future[Any]:
-        if self._closing or self._writer is None:
+    async def commit(self, keys: Collection[str], purge_upto: int | None, plan: Planner) -> Batch:
+        """One hand-off to the writer thread: lookup, plan and write in one transaction."""
+        if self._wdb is None or self._closing:
             raise StoreUnavailable("the store is closed")
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.put((op, future))
-        return future
+        batch: Batch = await self._writer.call(self._write, keys, purge_upto, plan)
+        self._tally = batch.tally
+        return batch
 
-    def _write_loop(self) -> None:
-        """The writer thread: commit whatever has queued up, one transaction per batch.
-
-        It never waits for the event loop between batches: while one batch commits, the next one
-        queues up, so the batch size grows with the load (the group commit).
-        """
-        assert self._wdb is not None
-        assert self._loop is not None
-        stopping = False
-        while not stopping:
-            first = self._queue.get()
-            if first is None:
-                break
-            batch = [first]
-            while len(batch) < MAX_BATCH:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stopping = True
-                    break
-                batch.append(item)
-            try:
-                results, accepted, state = self._commit([op for op, _ in batch])
-            except Exception as exc:
-                error = write_error(exc)
-                self._note_cannot_write(error)
-                self._loop.call_soon_threadsafe(fail_all, [f for _, f in batch], error)
-            else:
-                self._note_cannot_write(None)
-                self._loop.call_soon_threadsafe(self._resolve, batch, results, accepted, state)
+    def _write(self, keys: Collection[str], purge_upto: int | None, plan: Planner) -> Batch:
+        """Runs on the writer thread: one transaction, one fsync, for the whole batch."""
+        try:
+            return self._transaction(keys, purge_upto, plan)
+        except Exception as exc:
+            raise write_error(exc) from exc
+        finally:
             self._checkpoint_due.set()
-            if self._wal_size() > WAL_LIMIT:
+            if self._wal_size() > WAL_LIMIT and self._wdb is not None:
                 with contextlib.suppress(sqlite3.Error):
                     self._wdb.execute("PRAGMA wal_checkpoint(RESTART)")
-        self._wdb.close()
 
-    def _note_cannot_write(self, error: StoreUnavailable | None) -> None:
-        """Log when the disk stops and starts taking writes again, once each, not per write."""
-        full = isinstance(error, StoreFull)
-        if full and not self._cannot_write:
-            log.error("%s; writes get 507 until it can, reads go on", error)
-        elif not full and self._cannot_write and error is None:
-            log.info("the store can write again")
-        if full or error is None:
-            self._cannot_write = full
+    def _transaction(self, keys: Collection[str], purge_upto: int | None, plan: Planner) -> Batch:
+        db = self._wdb
+        assert db is not None
+        if db.in_transaction:  # the rollback after a failed commit failed too: retry it first
+            db.execute("ROLLBACK")
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            tombstones: Tombstones = {}
+            if purge_upto is not None:
+                rows = db.execute(
+                    "SELECT key, seq, version FROM kv WHERE value IS NULL AND seq <= ?", (purge_upto,)
+                )
+                tombstones = {key: (seq, version) for key, seq, version in rows}
+            batch = plan(self._tally, self._lookup(db, keys), tombstones)
+            db.executemany(UPSERT, batch.rows)
+            if batch.purged:
+                db.executemany("DELETE FROM kv WHERE key = ?", [(key,) for key in batch.purged])
+            if batch.checkpoints:
+                db.executemany(
+                    "INSERT OR REPLACE INTO checkpoints (peer, instance, seq) VALUES (?, ?, ?)",
+                    [(cp.peer, cp.instance, cp.seq) for cp in batch.checkpoints],
+                )
+            if batch.meta:
+                db.executemany(
+                    "INSERT OR REPLACE INTO node_meta (name, value) VALUES (?, ?)", batch.meta.items()
+                )
+            tally = batch.tally
+            db.executemany(
+                "INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)",
+                [("seq", str(tally.seq)), ("live", str(tally.live)), ("hlc", str(tally.clock_high))],
+            )
+            db.executemany(
+                "INSERT OR REPLACE INTO digest (bucket, hash) VALUES (?, ?)",
+                [(b, h.to_bytes(16, "big")) for b, h in batch.buckets.items()],
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            # A failed COMMIT (disk full, I/O error) leaves the transaction open; roll it back so
+            # the connection takes the next batch. The original error is the one that matters.
+            if db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+            raise
+        return batch
+
+    @staticmethod
+    def _lookup(db: sqlite3.Connection, keys: Collection[str]) -> Stored:
+        """The stored (live, version) of each of `keys` that exists."""
+        found: Stored = {}
+        pending = list(keys)
+        for start in range(0, len(pending), LOOKUP_CHUNK):
+            chunk = pending[start : start + LOOKUP_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            sql = f"SELECT key, value IS NOT NULL, version FROM kv WHERE key IN ({marks})"
+            for key, live, version in db.execute(sql, chunk):
+                found[key] = (bool(live), version)
+        return found
 
     def _wal_size(self) -> int:
         try:
@@ -456,107 +459,22 @@ class SQLiteStore:
         finally:
             db.close()
 
-    def _resolve(
+
+class SQLiteStore(PipelineStore):
+    """A `Store` in one SQLite file: the write pipeline on a `SQLiteBackend`."""
+
+    def __init__(
         self,
-        batch: list[tuple[_Op, asyncio.Future[Any]]],
-        results: list[object],
-        accepted: list[Record],
-        state: _State,
+        path: Path,
+        *,
+        clock_high: Callable[[], int] = lambda: 0,
+        synchronous: str = "FULL",
+        vfs: str | None = None,
+        new_instance: Callable[[], str] = lambda: uuid.uuid4().hex,
     ) -> None:
-        """On the event loop, after a commit: publish the new state, refresh the cache, then
-        answer the writers."""
-        self._state = state
-        self._cache.committed(accepted)
-        for (_, future), result in zip(batch, results, strict=True):
-            if not future.done():
-                future.set_result(result)
-        self._signal.notify()
-
-    def _commit(self, ops: list[_Op]) -> tuple[list[object], list[Record], _State]:
-        """Runs on the writer thread: one transaction, one fsync, for the whole batch.
-
-        It makes few SQLite calls per batch (one lookup per 500 keys, one executemany), because
-        each call releases and retakes the GIL, and a busy event loop makes every retake slow.
-        """
-        db = self._wdb
-        assert db is not None
-        base = self._written
-        clock_high = max(base.clock_high, self._clock_source())
-        keys = {op.record.key for op in ops if op.record is not None}
-        keys.update(r.key for op in ops for r in op.records)
-        results: list[object] = []
-        purges: list[tuple[int, tuple[int, str]]] = []
-        if db.in_transaction:  # the rollback after a failed commit failed too: retry it first
-            db.execute("ROLLBACK")
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            plan = MergePlan(self._lookup(db, keys), base.seq, base.live, base.buckets)
-            for op in ops:
-                if op.purge is not None:
-                    purges.append((len(results), op.purge))
-                    results.append(0)
-                elif op.record is not None:
-                    results.append(plan.merge(op.record, only_over_live=True))
-                elif op.meta is not None:
-                    db.execute("INSERT OR REPLACE INTO node_meta (name, value) VALUES (?, ?)", op.meta)
-                    results.append(None)
-                else:
-                    won = 0
-                    for record in op.records:
-                        won += plan.merge(record) is not Outcome.SUPERSEDED
-                    if op.checkpoint is not None:
-                        cp = op.checkpoint
-                        db.execute(
-                            "INSERT OR REPLACE INTO checkpoints (peer, instance, seq) VALUES (?, ?, ?)",
-                            (cp.peer, cp.instance, cp.seq),
-                        )
-                    results.append(won)
-            db.executemany(UPSERT, plan.rows.values())
-            # After the upserts, so a purge sees this batch's writes (same transaction).
-            for index, (max_seq, before) in purges:
-                doomed = db.execute(
-                    "SELECT key, version FROM kv WHERE value IS NULL AND seq <= ? AND version < ?",
-                    (max_seq, before),
-                ).fetchall()
-                for key, version in doomed:
-                    plan.forget(key, version)
-                db.executemany("DELETE FROM kv WHERE key = ?", [(key,) for key, _ in doomed])
-                results[index] = len(doomed)
-                plan.accepted.extend(Record(key, None, "") for key, _ in doomed)
-            db.executemany(
-                "INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)",
-                [("seq", str(plan.seq)), ("live", str(plan.live)), ("hlc", str(clock_high))],
-            )
-            db.executemany(
-                "INSERT OR REPLACE INTO digest (bucket, hash) VALUES (?, ?)",
-                [(b, h.to_bytes(16, "big")) for b, h in plan.buckets.items()],
-            )
-            db.execute("COMMIT")
-        except BaseException:
-            # A failed COMMIT (disk full, I/O error) leaves the transaction open; roll it back so
-            # the connection takes the next batch. The original error is the one that matters.
-            if db.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    db.execute("ROLLBACK")
-            raise
-        buckets = list(base.buckets)
-        for bucket, value in plan.buckets.items():
-            buckets[bucket] = value
-        self._written = _State(plan.seq, plan.live, clock_high, tuple(buckets))
-        return results, plan.accepted, self._written
-
-    @staticmethod
-    def _lookup(db: sqlite3.Connection, keys: set[str]) -> dict[str, tuple[bool, str]]:
-        """The stored (live, version) of each of `keys` that exists."""
-        found: dict[str, tuple[bool, str]] = {}
-        pending = list(keys)
-        for start in range(0, len(pending), LOOKUP_CHUNK):
-            chunk = pending[start : start + LOOKUP_CHUNK]
-            marks = ",".join("?" * len(chunk))
-            sql = f"SELECT key, value IS NOT NULL, version FROM kv WHERE key IN ({marks})"
-            for key, live, version in db.execute(sql, chunk):
-                found[key] = (bool(live), version)
-        return found
+        self.path = path
+        backend = SQLiteBackend(path, synchronous=synchronous, vfs=vfs, new_instance=new_instance)
+        super().__init__(backend, clock_high=clock_high)
 
 
 def sqlite_path(data_dir: Path) -> Path:

@@ -1,0 +1,145 @@
+"""The pure planning of a batch: the LWW merge (`MergePlan`), the purge rule, results per operation."""
+
+from __future__ import annotations
+
+import itertools
+
+from shareddb.record import Record, make_version
+from shareddb.store.base import DIGEST_BUCKETS, Checkpoint, MergePlan, Outcome, bucket_of, record_hash
+from shareddb.store.pipeline import (
+    ClientWrite,
+    Op,
+    PeerBatch,
+    PurgeTombstones,
+    SetMeta,
+    Tally,
+    plan_batch,
+)
+
+EMPTY = (0,) * DIGEST_BUCKETS
+
+
+def v(hlc: int, node: str = "n1") -> str:
+    return make_version(hlc, node)
+
+
+def put(key: str, value: str, hlc: int) -> Record:
+    return Record(key, value, v(hlc))
+
+
+def tomb(key: str, hlc: int) -> Record:
+    return Record(key, None, v(hlc))
+
+
+def fresh(current: dict[str, tuple[bool, str]] | None = None, seq: int = 0, live: int = 0) -> MergePlan:
+    return MergePlan(dict(current or {}), seq, live, EMPTY)
+
+
+def test_a_new_key_is_created_with_the_next_sequence_number() -> None:
+    plan = fresh(seq=7)
+    assert plan.merge(put("k", "v", 1)) is Outcome.CREATED
+    assert plan.rows == {"k": ("k", "v", v(1), 8)}
+    assert (plan.seq, plan.live) == (8, 1)
+    assert plan.buckets == {bucket_of("k"): record_hash("k", v(1))}
+    assert plan.accepted == [put("k", "v", 1)]
+
+
+def test_an_older_or_equal_version_is_superseded_and_plans_nothing() -> None:
+    """Invariant 3: the stored value is the greatest version written."""
+    plan = fresh({"k": (True, v(5))}, seq=3, live=1)
+    assert plan.merge(put("k", "old", 4)) is Outcome.SUPERSEDED
+    assert plan.merge(put("k", "same", 5)) is Outcome.SUPERSEDED
+    assert plan.merge(tomb("k", 5)) is Outcome.SUPERSEDED
+    assert (plan.rows, plan.buckets, plan.accepted, plan.seq, plan.live) == ({}, {}, [], 3, 1)
+
+
+def test_a_client_delete_needs_a_live_value_but_a_peer_tombstone_does_not() -> None:
+    plan = fresh()
+    assert plan.merge(tomb("k", 1), only_over_live=True) is Outcome.NOT_FOUND
+    assert plan.rows == {}
+    assert plan.merge(tomb("k", 1)) is Outcome.DELETED  # from a peer: kept, it blocks older writes
+    assert plan.live == 0
+    assert plan.merge(put("k", "stale", 0)) is Outcome.SUPERSEDED
+
+
+def test_a_later_record_in_the_same_plan_replaces_an_earlier_one() -> None:
+    plan = fresh()
+    assert plan.merge(put("k", "a", 1)) is Outcome.CREATED
+    assert plan.merge(put("k", "b", 2)) is Outcome.UPDATED
+    assert plan.merge(tomb("k", 3)) is Outcome.DELETED
+    assert plan.rows == {"k": ("k", None, v(3), 3)}
+    assert plan.live == 0
+    assert plan.buckets == {bucket_of("k"): record_hash("k", v(3))}
+
+
+def test_the_digest_does_not_depend_on_the_order_records_arrive_in() -> None:
+    """Invariant 2: two stores holding the same (key, version) pairs have equal digests."""
+    records = [put("a", "1", 1), put("b", "2", 2), tomb("a", 3), put("c", "3", 1), put("b", "x", 1)]
+    outcomes = set()
+    for order in itertools.permutations(records):
+        plan = fresh()
+        for record in order:
+            plan.merge(record)
+        outcomes.add((tuple(sorted(plan.buckets.items())), plan.live))
+    assert len(outcomes) == 1
+
+
+def test_forgetting_a_tombstone_leaves_its_bucket_as_if_never_written() -> None:
+    plan = fresh()
+    plan.merge(tomb("k", 1))
+    plan.forget("k", v(1))
+    assert plan.buckets == {bucket_of("k"): 0}
+
+
+def test_a_batch_answers_each_operation_in_order() -> None:
+    base = Tally(10, 1, 500, EMPTY)
+    ops: list[Op] = [
+        ClientWrite(put("a", "1", 1)),
+        SetMeta("members", "[]"),
+        PeerBatch([put("a", "old", 0), put("b", "2", 2)], Checkpoint("p", "i", 4)),
+        ClientWrite(tomb("zz", 3)),
+        PeerBatch([], Checkpoint("p", "i", 9)),
+        SetMeta("members", '["x"]'),
+    ]
+    batch = plan_batch(ops, 400, base, {}, {})
+    assert batch.results == [Outcome.CREATED, None, 1, Outcome.NOT_FOUND, 0, None]
+    assert batch.checkpoints == [Checkpoint("p", "i", 9)]  # the last one of a peer wins
+    assert batch.meta == {"members": '["x"]'}
+    assert (batch.tally.seq, batch.tally.live) == (12, 3)
+    assert batch.tally.clock_high == 500  # never goes backwards
+    assert plan_batch([], 900, base, {}, {}).tally.clock_high == 900
+
+
+def test_a_purge_drops_old_tombstones_at_or_below_its_sequence_and_counts_them() -> None:
+    """Invariant 4: a tombstone some member may still need is never dropped."""
+    base = Tally(20, 0, 0, EMPTY)
+    stored_tombs = {"old": (5, v(5)), "young": (6, v(500)), "late": (15, v(6))}
+    ops = [PurgeTombstones(10, v(100, ""))]
+    batch = plan_batch(ops, 0, base, {}, stored_tombs)
+    assert batch.results == [1]
+    assert batch.purged == ["old"]
+    assert batch.accepted == [Record("old", None, "")]  # the cache forgets it
+    assert batch.tally.seq == 20
+
+
+def test_a_purge_sees_the_batch_it_is_in() -> None:
+    """A key written live in the batch is kept; a tombstone written in it may go (never stored)."""
+    base = Tally(2, 1, 0, EMPTY)
+    stored = {"back": (False, v(1)), "gone": (True, v(1))}
+    ops: list[Op] = [
+        PeerBatch([put("back", "again", 2), tomb("gone", 2)]),
+        PurgeTombstones(100, v(1000, "")),
+    ]
+    batch = plan_batch(ops, 0, base, stored, {"back": (1, v(1))})
+    assert batch.results == [2, 1]
+    assert batch.purged == ["gone"]
+    assert [row[0] for row in batch.rows] == ["back"]
+    assert batch.tally.live == 1
+
+
+def test_two_purges_in_one_batch_each_count_only_what_they_dropped() -> None:
+    tombs = {"a": (1, v(1)), "b": (2, v(2)), "c": (3, v(3))}
+    ops = [PurgeTombstones(1, v(100, "")), PurgeTombstones(3, v(100, ""))]
+    batch = plan_batch(ops, 0, Tally(3, 0, 0, EMPTY), {}, tombs)
+    assert batch.results == [1, 2]
+    assert sorted(batch.purged) == ["a", "b", "c"]
