@@ -57,6 +57,13 @@ class Member:
         """This incarnation of the member left or was removed: it is never taken back."""
         return self.left and incarnation == self.incarnation
 
+    def renew(self, incarnation: str) -> None:
+        """Another life of the member: how far the one we knew had applied our feed says nothing
+        about it."""
+        if incarnation != self.incarnation:
+            self.incarnation = incarnation
+            self.applied = None
+
 
 class Removed(Exception):
     """A node that left or was removed asked to take part again with the same incarnation."""
@@ -128,7 +135,12 @@ class Membership:
             if node_id == self.self_id:
                 own = self.self_entry
                 if incarnation != own.incarnation:
-                    continue  # about another life of this id
+                    # An earlier life of this id: this life's entry must be the greater one, so
+                    # that every node takes it over that one (see `heard_from`).
+                    if version >= own.version:
+                        own.version = version + 1
+                        changed = True
+                    continue
                 if left and not own.left:
                     # Another node removed us from the cluster: we stop replicating for good.
                     version = max(version, own.version)
@@ -150,31 +162,25 @@ class Membership:
                     changed = True
             elif version > current.version:
                 current.url, current.left, current.version = url, left, version
-                current.incarnation = incarnation
+                current.renew(incarnation)
                 changed = True
         if changed:
             self.on_change()
         return changed
 
     def reported(self, entry: dict[str, Any]) -> None:
-        """The entry a node gave about itself in its own answer: it speaks for its incarnation.
-
-        A new incarnation replaces the one we knew, and a node that says it left has left,
-        whatever the versions: its clock may be behind the entries others wrote about it.
-        """
-        node_id, incarnation = entry["id"], str(entry.get("inc", ""))
-        member = self.members.get(node_id)
-        if member is None or node_id == self.self_id:
+        """The entry a node gave about itself in its own answer. Within its incarnation it
+        speaks for itself: a node that says it left has left, whatever the versions (its clock
+        may be behind the entries others wrote about it)."""
+        member = self.members.get(entry["id"])
+        if member is None or entry["id"] == self.self_id:
             return
-        left = bool(entry["left"])
-        if incarnation != member.incarnation:
-            member.url, member.left, member.incarnation = entry["url"], left, incarnation
-        elif left and not member.left:
+        if str(entry.get("inc", "")) == member.incarnation and entry["left"] and not member.left:
             member.left = True
+            member.version = max(int(entry["v"]), member.version)
+            self.on_change()
         else:
-            return
-        member.version = max(int(entry["v"]), member.version + 1)
-        self.on_change()
+            self.merge([entry])
 
     def check(self, node_id: str, incarnation: str) -> None:
         """Raise `Removed` when that incarnation of `node_id` left or was removed."""
@@ -191,12 +197,14 @@ class Membership:
         url: str | None,
         version: int | None = None,
         incarnation: str | None = None,
-    ) -> None:
+    ) -> bool:
         """A successful exchange with `node_id`; adds it as a member when it is new to us.
 
-        `version` and `incarnation` come from the node's own announcement (its pulls). A new
-        incarnation is a new life of the id (its store was made anew): its entry is rewritten
-        above the one we hold, whatever its clock says, so that a later removal names it.
+        `version` and `incarnation` come from the node's own announcement (its pulls). Lives of
+        one id are ordered by their entries' versions: a new life sees the entry of the one before
+        in the member list and announces itself above it (see `merge`). So a late message of an
+        earlier life never takes the place of a later one. Returns whether the message comes from
+        the life of the member we hold (its progress counts).
         """
         member = self.members.get(node_id)
         if member is None and node_id != self.self_id and url:
@@ -204,17 +212,22 @@ class Membership:
             self.members[node_id] = member
             self.static_urls.discard(url)
             self.on_change()
-        elif member is not None and url and version is not None:
-            renewed = incarnation is not None and incarnation != member.incarnation
-            if renewed or (version > member.version and not member.removed(incarnation or "")):
-                # It announced itself again (restarted, maybe as a new life): active, at its URL.
-                member.url, member.left = url, False
-                member.version = version if version > member.version else member.version + 1
-                if incarnation is not None:
-                    member.incarnation = incarnation
-                self.on_change()
-        if member is not None:
-            member.last_contact = self._clock()
+        elif (
+            member is not None
+            and url
+            and version is not None
+            and version > member.version
+            and not member.removed(incarnation or member.incarnation)
+        ):
+            # It announced itself again (restarted, maybe as a new life): active, at its URL.
+            member.url, member.left, member.version = url, False, version
+            if incarnation is not None:
+                member.renew(incarnation)
+            self.on_change()
+        if member is None:
+            return False
+        member.last_contact = self._clock()
+        return incarnation is None or incarnation == member.incarnation
 
     def record_progress(self, node_id: str, applied: int) -> None:
         member = self.members.get(node_id)

@@ -1,7 +1,8 @@
 """The simulated cluster: real nodes over a simulated network, in virtual time.
 
-Each slot is one place in the cluster (a URL and a data dir). The node there is a real `Node`: a real
-SQLite store in the slot's data dir, the real replicator, feed and member list. What is simulated is
+Each slot is one place in the cluster (a URL and a data dir). The node there is a real `Node`: the
+real write pipeline on the memory backend (its `MemoryData` is the slot's disk: what a commit put
+there survives a crash), the real replicator, feed and member list. What is simulated is
 what lies between the nodes and around them: the network (`SimTransport`, which hands a pull to the
 source's real `Feed` and can lose, delay or duplicate it), the wall clocks (virtual milliseconds,
 skewed per node, or frozen), the process lifetimes (a crash drops the node without letting it save
@@ -28,6 +29,7 @@ from shareddb.record import Record
 from shareddb.registry import HEARTBEAT, WITHDRAW, Registry
 from shareddb.replication.puller import Replicator
 from shareddb.replication.transport import PeerError, PeerRemoved, PullReply, PullRequest
+from shareddb.store.memory import MemoryData, MemoryStore
 
 # Virtual wall-clock time starts here (2027-01-15), so skews in either direction stay positive.
 EPOCH_MS = 1_800_000_000_000
@@ -48,6 +50,7 @@ class Slot:
     replicator: Replicator | None = None
     skew_ms: int = 0
     frozen_ms: int | None = None  # its wall clock stands still at this instant
+    disk: MemoryData = field(default_factory=MemoryData)  # its store: what survives a crash
     registry: Registry | None = None  # the node's registry client, while up in a registry world
     registry_cut: bool = False  # it cannot reach the registry
     removed: str | None = None  # the origin (id~incarnation) removed from the cluster, until wiped
@@ -230,6 +233,9 @@ class World:
             monotonic=self.monotonic,
             mint_id=lambda: f"n{slot.index}-{self.rng.randrange(16**4):04x}",
             mint_instance=lambda: f"{self.rng.getrandbits(128):032x}",
+            make_store=lambda _data, high, mint: MemoryStore(
+                slot.disk, clock_high=high, new_instance=mint
+            ),
         )
         replicator = await node.attach_replication(slot.url, SimTransport(self, slot))
 
@@ -265,6 +271,7 @@ class World:
         if slot.node is not None:
             await self.crash(slot)
         shutil.rmtree(slot.data)
+        slot.disk = MemoryData()
         slot.node_id = node_id
 
     async def registry_tick(self, slot: Slot) -> str:

@@ -35,10 +35,12 @@ class Feed:
         if puller and puller != self.node_id:
             # A member that left or was removed is refused with its old store (invariant 8).
             self.membership.check(puller, request.puller_incarnation)
-            self.membership.heard_from(
-                puller, request.puller_url, request.puller_version, request.puller_incarnation
+            # No incarnation given (a hand-made request): it is not a new life.
+            current = self.membership.heard_from(
+                puller, request.puller_url, request.puller_version, request.puller_incarnation or None
             )
-            self.membership.record_progress(puller, since)
+            if current:  # how far a late request of an earlier life had got says nothing now
+                self.membership.record_progress(puller, since)
         limit = max(1, min(request.limit, MAX_LIMIT))
         page = await store.changes_since(since, limit, MAX_ANSWER_BYTES)
         if not page.changes and request.wait > 0:
@@ -83,6 +85,6 @@ class Feed:
         self.membership.merge(entries)
         if entries:
             self.membership.heard_from(
-                newcomer["id"], newcomer["url"], newcomer["v"], str(newcomer.get("inc", ""))
+                newcomer["id"], newcomer["url"], newcomer["v"], str(newcomer.get("inc", "")) or None
             )
         return self.membership.entries()

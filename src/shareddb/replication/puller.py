@@ -237,21 +237,24 @@ class Replicator:
         # Its entries first: a node that left says so in the same answer as the writes it took
         # since, and those must not be applied.
         self.membership.merge(reply.members)
+        incarnation = incarnation_of(reply.instance)
+        says_left = False
         for entry in reply.members:
             if entry["id"] == reply.node:
                 self.membership.reported(entry)
+                says_left = bool(entry["left"]) and entry.get("inc") == incarnation
         if self.membership.self_entry.left and not self._out:
             await self._removed(url)  # the answer says this node was removed
         source = self.membership.members.get(reply.node)
-        if source is not None and source.removed(incarnation_of(reply.instance)):
+        if says_left or (source is not None and source.removed(incarnation)):
             # A member that left or was removed, back with its old store: none of its data is
             # taken (invariant 8). Its state stays `left`; it is not pulled again.
             self.membership.identified(url, reply.node)
             if reply.node not in self._refused:
                 self._refused.add(reply.node)
                 log.warning(
-                    "refusing %s at %s: it was removed from the cluster (or left it) and came "
-                    "back with its old data",
+                    "refusing the changes of %s at %s: it was removed from the cluster (or "
+                    "left it)",
                     reply.node,
                     url,
                 )
