@@ -24,7 +24,7 @@ from shareddb.record import Record, version_hlc, version_origin
 from shareddb.replication.transport import PeerError
 from shareddb.store.base import Outcome
 from tests.sim.checks import INVARIANT_2, History, Violation, Write, greatest
-from tests.sim.world import SimRegistry, Slot, World, records
+from tests.sim.world import TOMBSTONE_GRACE_MS, SimRegistry, Slot, World, records
 
 HOT_KEYS = [f"hot-{i}" for i in range(6)]
 HEAL_ROUNDS = 12
@@ -573,7 +573,7 @@ class Simulation:
                                 f"{INVARIANT_2}: {slot.name} cannot pull {url}: {exc}"
                             ) from exc
                 await self.check(slot)
-            world.time_ms += 90 * MINUTE  # past the tombstone grace: purges run everywhere
+            world.time_ms += TOMBSTONE_GRACE_MS + MINUTE  # past the grace: purges run everywhere
             for slot in world.slots:
                 await slot.running[1].purge()
             for slot in world.slots:

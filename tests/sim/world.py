@@ -31,6 +31,7 @@ from shareddb.replication.puller import Replicator
 from shareddb.replication.transport import PeerError, PeerRemoved, PullReply, PullRequest
 from shareddb.store.memory import MemoryData, MemoryStore
 
+TOMBSTONE_GRACE_MS = 2 * 60 * 60 * 1000
 # Virtual wall-clock time starts here (2027-01-15), so skews in either direction stay positive.
 EPOCH_MS = 1_800_000_000_000
 REGISTRY_URL = "redis://sim-registry:6390/0"
@@ -238,6 +239,10 @@ class World:
             ),
         )
         replicator = await node.attach_replication(slot.url, SimTransport(self, slot))
+        # Longer than the longest jump of virtual time: a jump is time in which no node reaches
+        # any other, and a node cut off for longer than the grace may bring a deleted key back
+        # (docs/design.md, "Membership and removal"); that is outside what the design covers.
+        replicator.tombstone_grace_ms = TOMBSTONE_GRACE_MS
 
         def members_changed() -> None:
             slot.members_dirty = True
