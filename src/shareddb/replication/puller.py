@@ -253,8 +253,7 @@ class Replicator:
             if reply.node not in self._refused:
                 self._refused.add(reply.node)
                 log.warning(
-                    "refusing the changes of %s at %s: it was removed from the cluster (or "
-                    "left it)",
+                    "refusing the changes of %s at %s: it was removed from the cluster (or left it)",
                     reply.node,
                     url,
                 )
