@@ -84,10 +84,8 @@ class Membership:
         self.self_entry = Member(self_id, self_url, left=False, version=0, incarnation=incarnation)
         self.members: dict[str, Member] = {}
         self.static_urls: set[str] = set()  # --peers / --join URLs whose node id is not known yet
-        self.peer_urls: set[str] = set()  # every --peers / --join URL
-        # --peers URLs where the member we knew left: pulled again, for another node may answer
-        # there now, but no reason to hold up the tombstone purge (a node gone for good may not).
-        self.probe_urls: set[str] = set()
+        # URLs where a member that left answered again: not pulled (see `pull_urls`).
+        self.refused_urls: set[str] = set()
         self._clock = clock
         self._progress = asyncio.Event()
         self.on_change: Callable[[], None] = lambda: None
@@ -95,11 +93,16 @@ class Membership:
     # -- what gets pulled -----------------------------------------------------------------------
 
     def pull_urls(self) -> set[str]:
-        """Every URL this node should pull from: active members and unidentified static peers."""
+        """Every URL this node should pull from: active members, unidentified static peers, and
+        the URLs of members that left where nobody active is known now: another node may answer
+        there (a new life of the one that left, or a node in its place), and pulling is how we
+        find it. Those do not hold up the tombstone purge: a node gone for good may never answer.
+        """
         if self.self_entry.left:
             return set()
         urls = {m.url for m in self.members.values() if not m.left and not m.registry_expired}
-        return urls | self.static_urls | self.probe_urls
+        departed = {m.url for m in self.members.values() if m.left} - urls - self.refused_urls
+        return urls | self.static_urls | (departed - {self.self_entry.url})
 
     def id_for_url(self, url: str) -> str | None:
         """The member at `url`: the one not left, else the latest entry."""
@@ -120,26 +123,20 @@ class Membership:
         self.self_entry = Member(self.self_id, url, left, version, self.incarnation)
 
     def add_static(self, url: str) -> None:
-        if url == self.self_entry.url:
-            return
-        self.peer_urls.add(url)
-        if self.id_for_url(url) is None:
+        if url != self.self_entry.url and self.id_for_url(url) is None:
             self.static_urls.add(url)
-        else:
-            self._gone_from(url)
 
     def identified(self, url: str, node_id: str) -> None:
         """A static URL answered as `node_id` (maybe ourselves: then it is never pulled)."""
-        if url in self.static_urls or url in self.probe_urls:
+        if url in self.static_urls:
             self.static_urls.discard(url)
-            self.probe_urls.discard(url)
             self.on_change()
 
-    def _gone_from(self, url: str) -> None:
-        """A member at `url` left: if that is a --peers URL where no member is active now, it is
-        pulled again, to find whoever answers there (say, a new node in its place)."""
-        if url in self.peer_urls and not any(m.url == url and not m.left for m in self.members.values()):
-            self.probe_urls.add(url)
+    def refuse(self, url: str) -> None:
+        """A member that left answered at `url`: it is not pulled again (until a member that
+        is active is known there)."""
+        self.static_urls.discard(url)
+        self.refused_urls.add(url)
 
     def merge(self, entries: list[dict[str, Any]]) -> bool:
         """Fold in entries from another node by LWW on their versions, except that within one
@@ -169,21 +166,16 @@ class Membership:
             if current is None:
                 self.members[node_id] = Member(node_id, url, left, version, incarnation)
                 self.static_urls.discard(url)
-                if not left:
-                    self.probe_urls.discard(url)
                 changed = True
             elif incarnation == current.incarnation and left != current.left:
                 # Within one incarnation, left wins whatever the versions: it is final, and a
                 # removal written with a clock behind the member's own entries must still count.
                 if left:
                     current.left, current.version = True, max(version, current.version)
-                    self._gone_from(current.url)
                     changed = True
             elif version > current.version:
                 current.url, current.left, current.version = url, left, version
                 current.renew(incarnation)
-                if left:
-                    self._gone_from(url)
                 changed = True
         if changed:
             self.on_change()
@@ -199,7 +191,6 @@ class Membership:
         if str(entry.get("inc", "")) == member.incarnation and entry["left"] and not member.left:
             member.left = True
             member.version = max(int(entry["v"]), member.version)
-            self._gone_from(member.url)
             self.on_change()
         else:
             self.merge([entry])
@@ -233,7 +224,6 @@ class Membership:
             member = Member(node_id, url, False, version or 0, incarnation or "")
             self.members[node_id] = member
             self.static_urls.discard(url)
-            self.probe_urls.discard(url)
             self.on_change()
         elif (
             member is not None
@@ -244,7 +234,6 @@ class Membership:
         ):
             # It announced itself again (restarted, maybe as a new life): active, at its URL.
             member.url, member.left, member.version = url, False, version
-            self.probe_urls.discard(url)
             if incarnation is not None:
                 member.renew(incarnation)
             self.on_change()
@@ -275,7 +264,6 @@ class Membership:
         if member is None:
             return False
         member.left, member.version = True, max(version, member.version + 1)
-        self._gone_from(member.url)
         self.on_change()
         return True
 

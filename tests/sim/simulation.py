@@ -541,15 +541,17 @@ class Simulation:
             if not slot.up:
                 await world.start(slot)
         self.note("heal", "every fault healed, every node up")
-        settled = [s for s in world.slots if s.removed is None and not s.joining]
+        inside = [s for s in world.slots if s.removed is None]
+        settled = [s for s in inside if not s.joining]
         for slot in world.slots:
             target = world.by_url.get(slot.join or "")
-            if not (slot.joining and target is not None and settled):
+            members = settled or [s for s in inside if s is not slot]
+            if not (slot.joining and target is not None and members):
                 continue
             if target.removed is not None or target.joining:
                 # It was told to join through a node that has left since, or that never got in
                 # itself: the operator points its --join at a member of the cluster.
-                through = self.rng.choice(settled)
+                through = self.rng.choice(members)
                 slot.join = through.url
                 self.note("heal", f"{slot.name} now joins through {through.name}")
         inside = [s for s in world.slots if s.removed is None]

@@ -164,6 +164,9 @@ def test_a_node_that_left_on_purpose_is_not_brought_back_by_an_old_registry_entr
     members.leave("b", 60)  # `shareddb leave --node b`, at a version past its registry entry
     reg.apply(listing(live=[B]), clock.now + TTL)
     assert members.state(members.members["b"]) == "left"
+    # Its URL is probed for a node in its place; once b itself answers there, never again.
+    assert members.pull_urls() == {"http://b:8080"}
+    members.refuse("http://b:8080")
     assert members.pull_urls() == set()
     assert members.entries()[1]["left"] is True
 

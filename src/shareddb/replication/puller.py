@@ -245,11 +245,19 @@ class Replicator:
                 says_left = bool(entry["left"]) and entry.get("inc") == incarnation
         if self.membership.self_entry.left and not self._out:
             await self._removed(url)  # the answer says this node was removed
+        if stale := self.membership.others_at(url, reply.node):
+            # One URL is one node: the members listed here before (say, a wiped node that came
+            # back under a new id) are gone. Left, they no longer hold up the tombstone purge.
+            log.info("node %s now answers at %s in place of %s", reply.node, url, ", ".join(stale))
+            version = self.clock.now(self.now())
+            for old in stale:
+                self.membership.leave(old, version)
+            await self.persist_members()  # with the clock value the entries carry
         source = self.membership.members.get(reply.node)
         if says_left or (source is not None and source.removed(incarnation)):
             # A member that left or was removed, back with its old store: none of its data is
             # taken (invariant 8). Its state stays `left`; it is not pulled again.
-            self.membership.identified(url, reply.node)
+            self.membership.refuse(url)
             if reply.node not in self._refused:
                 self._refused.add(reply.node)
                 log.warning(
@@ -260,14 +268,6 @@ class Replicator:
             return False
         self.membership.identified(url, reply.node)
         self.membership.heard_from(reply.node, url)
-        if stale := self.membership.others_at(url, reply.node):
-            # One URL is one node: the members listed here before (say, a wiped node that came
-            # back under a new id) are gone. Left, they no longer hold up the tombstone purge.
-            log.info("node %s now answers at %s in place of %s", reply.node, url, ", ".join(stale))
-            version = self.clock.now(self.now())
-            for old in stale:
-                self.membership.leave(old, version)
-            await self.persist_members()  # with the clock value the entries carry
         position = Checkpoint(reply.node, reply.instance, reply.until)
         if not reply.records:
             # Nothing to apply (an idle feed, or only this node's own writes coming back): move
