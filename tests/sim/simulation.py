@@ -341,12 +341,16 @@ class Simulation:
         return node is not None and slot.removed is None and not node.membership.self_entry.left
 
     def removal_candidates(self) -> list[tuple[Slot, Slot]]:
-        """(remover, removed): the remover lists the other's current incarnation as active."""
+        """(remover, removed): the remover lists the other's current incarnation as active, and
+        at least one more member: an operator removes a node through a member that stays in
+        touch with the cluster, not through one whose only link is the node it removes."""
         pairs = []
         for remover in self.world.slots:
             if not self.can_remove(remover):
                 continue
             assert remover.node is not None
+            if len(remover.node.membership.active()) < 2:
+                continue
             for other in self.world.slots:
                 if other is remover or other.removed is not None or not other.origin:
                     continue
