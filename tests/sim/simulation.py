@@ -567,9 +567,10 @@ class Simulation:
                     if slot.registry is not None:
                         await world.registry_tick(slot)
             for slot in world.slots:
-                node, replicator = slot.running
                 if slot.joining:
                     await self.join(slot)
+            for slot in world.slots:
+                node, replicator = slot.running
                 for url in sorted(node.membership.pull_urls()):
                     try:
                         await replicator.pull_once(url)
@@ -579,9 +580,12 @@ class Simulation:
                                 f"{INVARIANT_2}: {slot.name} cannot pull {url}: {exc}"
                             ) from exc
                 await self.check(slot)
-            world.time_ms += TOMBSTONE_GRACE_MS + MINUTE  # past the grace: purges run everywhere
-            for slot in world.slots:
-                await slot.running[1].purge()
+            if round_ > 1:
+                # Once every node has had a round to hear of every other: past the grace,
+                # purges run everywhere (sooner, the nodes would be cut off for longer than it).
+                world.time_ms += TOMBSTONE_GRACE_MS + MINUTE
+                for slot in world.slots:
+                    await slot.running[1].purge()
             for slot in world.slots:
                 held = await self.check(slot)
                 if slot.removed is None:
