@@ -181,20 +181,6 @@ class Membership:
             self.on_change()
         return changed
 
-    def reported(self, entry: dict[str, Any]) -> None:
-        """The entry a node gave about itself in its own answer. Within its incarnation it
-        speaks for itself: a node that says it left has left, whatever the versions (its clock
-        may be behind the entries others wrote about it)."""
-        member = self.members.get(entry["id"])
-        if member is None or entry["id"] == self.self_id:
-            return
-        if str(entry.get("inc", "")) == member.incarnation and entry["left"] and not member.left:
-            member.left = True
-            member.version = max(int(entry["v"]), member.version)
-            self.on_change()
-        else:
-            self.merge([entry])
-
     def check(self, node_id: str, incarnation: str) -> None:
         """Raise `Removed` when that incarnation of `node_id` left or was removed."""
         member = self.members.get(node_id)

@@ -74,7 +74,6 @@ class Replicator:
         self.tombstone_grace_ms = tombstone_grace_ms
         self._pullers: dict[str, asyncio.Task[None]] = {}
         self._positions: dict[str, Checkpoint] = {}  # per peer id; may run ahead of the saved one
-        self._refused: set[str] = set()  # removed members that answered at a URL we pulled
         self._out = membership.self_entry.left  # this node left or was removed; it said so
         self._tasks: set[asyncio.Task[None]] = set()
         self._persisting: asyncio.Task[None] | None = None
@@ -235,14 +234,14 @@ class Replicator:
             self.membership.identified(url, reply.node)
             return False
         # Its entries first: a node that left says so in the same answer as the writes it took
-        # since, and those must not be applied.
+        # since, and those must not be applied. Within one incarnation `left` wins in the merge
+        # whatever the versions, and the source's word on itself counts even where we do not
+        # list it yet.
         self.membership.merge(reply.members)
         incarnation = incarnation_of(reply.instance)
-        says_left = False
-        for entry in reply.members:
-            if entry["id"] == reply.node:
-                self.membership.reported(entry)
-                says_left = bool(entry["left"]) and entry.get("inc") == incarnation
+        says_left = any(
+            e["id"] == reply.node and e["left"] and e.get("inc") == incarnation for e in reply.members
+        )
         if self.membership.self_entry.left and not self._out:
             await self._removed(url)  # the answer says this node was removed
         if stale := self.membership.others_at(url, reply.node):
@@ -257,14 +256,13 @@ class Replicator:
         if says_left or (source is not None and source.removed(incarnation)):
             # A member that left or was removed, back with its old store: none of its data is
             # taken (invariant 8). Its state stays `left`; it is not pulled again.
-            self.membership.refuse(url)
-            if reply.node not in self._refused:
-                self._refused.add(reply.node)
+            if url not in self.membership.refused_urls:
                 log.warning(
                     "refusing the changes of %s at %s: it was removed from the cluster (or left it)",
                     reply.node,
                     url,
                 )
+            self.membership.refuse(url)
             return False
         self.membership.identified(url, reply.node)
         self.membership.heard_from(reply.node, url)
