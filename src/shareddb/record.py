@@ -21,6 +21,7 @@ DEFAULT_MAX_VALUE_BYTES = 1024 * 1024
 NODE_ID_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 # The incarnation a version carries: the first hex digits of the store's random instance id.
 INCARNATION_CHARS = 12
+_INCARNATION_PATTERN = re.compile(r"[0-9a-f]{12}")  # INCARNATION_CHARS hex digits
 _VERSION_PATTERN = re.compile(r"[0-9a-f]{16}-[A-Za-z0-9_.-]{1,64}(~[0-9a-f]{12})?")
 _HLC_WIDTH = 16
 
@@ -45,6 +46,11 @@ def incarnation_of(instance_id: str) -> str:
     same node id with another incarnation is another life of that node, with versions of its own.
     """
     return instance_id[:INCARNATION_CHARS]
+
+
+def is_incarnation(text: object) -> bool:
+    """Whether `text` is an incarnation as `incarnation_of` makes them."""
+    return isinstance(text, str) and _INCARNATION_PATTERN.fullmatch(text) is not None
 
 
 def make_origin(node_id: str, incarnation: str) -> str:

@@ -17,7 +17,7 @@ from shareddb.api.query import parse_query, split_target
 from shareddb.api.routing import Route
 from shareddb.membership import Outside, Removed
 from shareddb.node import Node
-from shareddb.record import INCARNATION_CHARS, node_id_error
+from shareddb.record import is_incarnation, node_id_error
 from shareddb.replication.transport import PullRequest, encode_reply
 
 MAX_JOIN_BODY = 1024 * 1024
@@ -44,7 +44,7 @@ async def changes(node: Node, request: web.BaseRequest) -> web.StreamResponse:
     if not 0 <= wait <= 60:
         raise bad_request("wait must be between 0 and 60 seconds")
     incarnation = params.get("inc", "")
-    if incarnation and not _is_incarnation(incarnation):
+    if incarnation and not is_incarnation(incarnation):
         raise bad_request(f"bad incarnation {incarnation!r}")
     pull = PullRequest(
         since=_int(params, "since"),
@@ -89,7 +89,7 @@ def _entries(payload: Any) -> list[dict[str, Any]]:
             and entry["url"].startswith(("http://", "https://"))
             and isinstance(entry.get("left"), bool)
             and isinstance(entry.get("v"), int)
-            and (_is_incarnation(entry.get("inc", "")) or entry.get("inc", "") == "")
+            and (is_incarnation(entry.get("inc")) or entry.get("inc", "") == "")
         ):
             raise bad_request(f"bad member entry: {entry!r}")
     return entries
@@ -110,14 +110,6 @@ async def join(node: Node, request: web.BaseRequest) -> web.Response:
         raise ApiError(410, str(exc)) from None
     except Outside as exc:
         raise ApiError(503, str(exc)) from None
-
-
-def _is_incarnation(text: object) -> bool:
-    return (
-        isinstance(text, str)
-        and len(text) == INCARNATION_CHARS
-        and all(c in "0123456789abcdef" for c in text)
-    )
 
 
 def routes(node: Node) -> list[Route]:
