@@ -33,10 +33,18 @@ class Record:
     key: str
     value: str | None
     version: str
+    # When the value expires: wall-clock milliseconds by the clock of the node that wrote it, or
+    # None for never. Part of the write its version names (docs/design.md, "Expiry").
+    expires: int | None = None
 
     @property
     def deleted(self) -> bool:
         return self.value is None
+
+    def live_at(self, now: int) -> bool:
+        """Whether the record holds a value at wall-clock millisecond `now` (not deleted, not
+        expired)."""
+        return self.value is not None and (self.expires is None or self.expires > now)
 
 
 def incarnation_of(instance_id: str) -> str:

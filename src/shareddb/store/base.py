@@ -59,8 +59,17 @@ class Checkpoint:
 
 @dataclass(frozen=True, slots=True)
 class Change:
+    """One entry of the changes feed.
+
+    `txn`: 0, or the feed position of the transaction the change belongs to; the changes of one
+    transaction come together, in one page, never split. `current`: False for a change of a
+    transaction whose key has been written again since (the later write comes later in the
+    feed): a peer applies it, for the transaction's sake, but a watcher skips it."""
+
     seq: int
     record: Record
+    txn: int = 0
+    current: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +110,12 @@ class Store(Protocol):
     @property
     def clock_high(self) -> int:
         """The HLC high-water mark persisted with the last committed write."""
+        ...
+
+    @property
+    def feed_floor(self) -> int:
+        """The feed replays every change after this sequence number exactly; below it, purged
+        tombstones are gone from it (a watch from there is answered 410)."""
         ...
 
     async def open(self) -> None: ...

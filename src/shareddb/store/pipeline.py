@@ -140,6 +140,7 @@ class Tally:
     live: int  # live keys
     clock_high: int  # the HLC high-water mark
     buckets: tuple[int, ...]  # digest buckets
+    floor: int = 0  # the greatest sequence number of a purged tombstone (see Store.feed_floor)
 
     @classmethod
     def empty(cls) -> Tally:
@@ -350,6 +351,10 @@ class PipelineStore:
     @property
     def clock_high(self) -> int:
         return self._backend.tally.clock_high
+
+    @property
+    def feed_floor(self) -> int:
+        return self._backend.tally.floor
 
     def digest(self) -> Digest:
         return self._backend.tally.digest()
