@@ -1,16 +1,16 @@
 """The REST API of keys: PUT, GET, DELETE /v1/kv/{key} and GET /v1/kv (listing by prefix).
 
 The key is taken from the raw request path and percent-decoded strictly, so `/` and any escaped
-character round-trip exactly. Bodies are read up to --max-value-bytes and no further.
+character round-trip exactly. Bodies are read up to --max-value-bytes and no further (api/bodies.py).
 """
 
 from __future__ import annotations
 
-import asyncio
 from functools import partial
 
 from aiohttp import web
 
+from shareddb.api.bodies import read_text
 from shareddb.api.errors import ApiError, bad_request, json_response
 from shareddb.api.query import decode, parse_query, split_target
 from shareddb.api.routing import Route
@@ -24,7 +24,6 @@ PREFIX_LENGTH = len(PREFIX)
 TEXT = "text/plain; charset=utf-8"
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
-READ_CHUNK = 64 * 1024
 
 
 def _key_and_params(request: web.BaseRequest) -> tuple[str, dict[str, str]]:
@@ -45,39 +44,10 @@ def _etag(version: str) -> dict[str, str]:
     return {"ETag": f'"{version}"'}
 
 
-async def _read_value(request: web.BaseRequest, limit: int) -> str:
-    """The body as text, refused with 413 as soon as it passes `limit` bytes."""
-    length = request.content_length
-    if length is not None:
-        if length > limit:
-            raise ApiError(413, f"value is {length} bytes, the limit is {limit}")
-        if length == 0:
-            return ""
-        try:
-            body = await request.content.readexactly(length)
-        except asyncio.IncompleteReadError:
-            raise bad_request("body ended before its Content-Length") from None
-        try:
-            return body.decode("utf-8")
-        except UnicodeDecodeError:
-            raise bad_request("body is not valid UTF-8") from None
-    chunks: list[bytes] = []
-    size = 0
-    while chunk := await request.content.read(READ_CHUNK):
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, f"value is over the {limit}-byte limit")
-        chunks.append(chunk)
-    try:
-        return b"".join(chunks).decode("utf-8")
-    except UnicodeDecodeError:
-        raise bad_request("body is not valid UTF-8") from None
-
-
 async def put(node: Node, request: web.BaseRequest) -> web.Response:
     key, params = _key_and_params(request)
     policy = copy_policy(params, node)
-    value = await _read_value(request, node.settings.max_value_bytes)
+    value = await read_text(request, node.settings.max_value_bytes)
     result = await node.put(key, value)
     await await_copies(node, result.version, policy)
     status = 201 if result.outcome is Outcome.CREATED else 200
