@@ -32,7 +32,8 @@ CODES = {
 
 
 class ApiError(Exception):
-    """A failure the client can act on: a status, one readable line, maybe extra fields (the version a 504 kept, the current version of a 412)."""
+    """A failure the client can act on: a status, one readable line, maybe extra fields (the
+    version a 504 kept, the current version of a 412)."""
 
     def __init__(self, status: int, message: str, *, close: bool = False, **extra: Any) -> None:
         super().__init__(message)
