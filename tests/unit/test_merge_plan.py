@@ -5,13 +5,15 @@ from __future__ import annotations
 import itertools
 
 from shareddb.record import Record, make_version
-from shareddb.store.base import DIGEST_BUCKETS, Checkpoint, MergePlan, Outcome, bucket_of, record_hash
-from shareddb.store.pipeline import (
+from shareddb.store.base import DIGEST_BUCKETS, Checkpoint, Outcome, bucket_of, record_hash
+from shareddb.store.plan import (
     ClientWrite,
+    MergePlan,
     Op,
     PeerBatch,
     PurgeTombstones,
     SetMeta,
+    Stored,
     Tally,
     plan_batch,
 )
@@ -31,14 +33,14 @@ def tomb(key: str, hlc: int) -> Record:
     return Record(key, None, v(hlc))
 
 
-def fresh(current: dict[str, tuple[bool, str]] | None = None, seq: int = 0, live: int = 0) -> MergePlan:
+def fresh(current: Stored | None = None, seq: int = 0, live: int = 0) -> MergePlan:
     return MergePlan(dict(current or {}), seq, live, EMPTY)
 
 
 def test_a_new_key_is_created_with_the_next_sequence_number() -> None:
     plan = fresh(seq=7)
     assert plan.merge(put("k", "v", 1)) is Outcome.CREATED
-    assert plan.rows == {"k": ("k", "v", v(1), 8)}
+    assert plan.rows == {"k": ("k", "v", v(1), 8, None, 0)}
     assert (plan.seq, plan.live) == (8, 1)
     assert plan.buckets == {bucket_of("k"): record_hash("k", v(1))}
     assert plan.accepted == [put("k", "v", 1)]
@@ -46,7 +48,7 @@ def test_a_new_key_is_created_with_the_next_sequence_number() -> None:
 
 def test_an_older_or_equal_version_is_superseded_and_plans_nothing() -> None:
     """Invariant 3: the stored value is the greatest version written."""
-    plan = fresh({"k": (True, v(5))}, seq=3, live=1)
+    plan = fresh({"k": (True, v(5), None)}, seq=3, live=1)
     assert plan.merge(put("k", "old", 4)) is Outcome.SUPERSEDED
     assert plan.merge(put("k", "same", 5)) is Outcome.SUPERSEDED
     assert plan.merge(tomb("k", 5)) is Outcome.SUPERSEDED
@@ -67,7 +69,7 @@ def test_a_later_record_in_the_same_plan_replaces_an_earlier_one() -> None:
     assert plan.merge(put("k", "a", 1)) is Outcome.CREATED
     assert plan.merge(put("k", "b", 2)) is Outcome.UPDATED
     assert plan.merge(tomb("k", 3)) is Outcome.DELETED
-    assert plan.rows == {"k": ("k", None, v(3), 3)}
+    assert plan.rows == {"k": ("k", None, v(3), 3, None, 0)}
     assert plan.live == 0
     assert plan.buckets == {bucket_of("k"): record_hash("k", v(3))}
 
@@ -125,7 +127,7 @@ def test_a_purge_drops_old_tombstones_at_or_below_its_sequence_and_counts_them()
 def test_a_purge_sees_the_batch_it_is_in() -> None:
     """A key written live in the batch is kept; a tombstone written in it may go (never stored)."""
     base = Tally(2, 1, 0, EMPTY)
-    stored = {"back": (False, v(1)), "gone": (True, v(1))}
+    stored: Stored = {"back": (False, v(1), None), "gone": (True, v(1), None)}
     ops: list[Op] = [
         PeerBatch([put("back", "again", 2), tomb("gone", 2)]),
         PurgeTombstones(100, v(1000, "")),

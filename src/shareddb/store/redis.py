@@ -63,15 +63,8 @@ from shareddb.store.base import (
     bucket_of,
     prefix_end,
 )
-from shareddb.store.pipeline import (
-    Batch,
-    OutcomeUnknown,
-    PipelineStore,
-    Planner,
-    Stored,
-    Tally,
-    Tombstones,
-)
+from shareddb.store.pipeline import OutcomeUnknown, PipelineStore, wall_millis
+from shareddb.store.plan import Batch, Planner, Stored, Tally, Tombstones
 from shareddb.store.redis_scripts import BY_SCORE, CREATE, FEED, FENCE, SCAN, WRITE, Keys
 
 log = logging.getLogger("shareddb.store")
@@ -314,7 +307,10 @@ class RedisBackend:
         raw = await self._command("HGET", self._keys.node, name.encode("utf-8", ENCODING_ERRORS))
         return None if raw is None else bytes(raw).decode("utf-8")
 
-    async def scan(self, prefix: str, after: str | None, limit: int) -> list[Record]:
+    async def expiring(self) -> list[Record]:
+        return []
+
+    async def scan(self, prefix: str, after: str | None, limit: int, now: int) -> list[Record]:
         if limit <= 0:
             self._check_usable()
             return []
@@ -328,7 +324,7 @@ class RedisBackend:
         high = b"+" if end is None else b"(" + end.encode("utf-8", ENCODING_ERRORS)
         flat = await self._read_script(SCAN, [self._keys.live, self._keys.rec], [low, high, limit])
         records = [_record(bytes(flat[i]).decode("utf-8"), flat[i + 1]) for i in range(0, len(flat), 2)]
-        return [record for record in records if record.value is not None]
+        return [record for record in records if record.live_at(now)]
 
     async def changes_since(self, seq: int, limit: int, max_bytes: int | None) -> FeedPage:
         if limit <= 0:
@@ -393,7 +389,7 @@ class RedisBackend:
         ordered = list(keys)
         found = await self._execute("HMGET", self._keys.ver, *(key.encode("utf-8") for key in ordered))
         return {
-            key: (raw[:1] == b"+", raw[1:].decode("ascii"))
+            key: (raw[:1] == b"+", raw[1:].decode("ascii"), None)
             for key, raw in zip(ordered, found, strict=True)
             if raw is not None
         }
@@ -461,19 +457,20 @@ class RedisStore(PipelineStore):
         prefix: str = DEFAULT_PREFIX,
         max_connections: int = MAX_CONNECTIONS,
         new_instance: Callable[[], str] = lambda: uuid.uuid4().hex,
+        now: Callable[[], int] = wall_millis,
     ) -> None:
         self.url = url
         backend = RedisBackend(
             url, prefix=prefix, max_connections=max_connections, new_instance=new_instance
         )
-        super().__init__(backend, clock_high=clock_high)
+        super().__init__(backend, clock_high=clock_high, now=now)
 
 
 def _write_args(sent: _Sent, batch: Batch) -> list[object]:
     """The ARGV of the WRITE script."""
     live: list[object] = []
     dead: list[object] = []
-    for key, value, version, seq in batch.rows:
+    for key, value, version, seq, _, _ in batch.rows:
         encoded = version.encode("utf-8")
         if value is None:
             dead += (key.encode("utf-8"), encoded, seq)
