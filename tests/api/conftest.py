@@ -8,7 +8,7 @@ refused request changed nothing.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +23,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from shareddb.api.app import create_router
+from shareddb.clock import wall_millis
 from shareddb.config import Settings
 from shareddb.node import Node
 from shareddb.record import Record
@@ -168,8 +169,11 @@ class Api:
 
 
 @asynccontextmanager
-async def running_api(data: Path, **settings: Any) -> AsyncIterator[Api]:
-    node = await Node.open(Settings(data=data, node_id="n1", **settings))
+async def running_api(
+    data: Path, *, now: Callable[[], int] = wall_millis, **settings: Any
+) -> AsyncIterator[Api]:
+    """`now`: the node's wall clock in milliseconds (a test may hold it still and move it)."""
+    node = await Node.open(Settings(data=data, node_id="n1", **settings), now=now)
     # The real server (server.py) accepts request lines up to MAX_REQUEST_LINE; so does this one.
     server = RawTestServer(create_router(node))
     try:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from shareddb.api.openapi_apps import extend
+
 Doc = dict[str, Any]
 
 ERROR_CODES = [
@@ -20,6 +22,9 @@ ERROR_CODES = [
     "forbidden",
     "timeout",
     "unavailable",
+    "precondition_failed",
+    "gone",
+    "unsupported_media_type",
     "insufficient_storage",
 ]
 
@@ -670,3 +675,5 @@ OPENAPI: Doc = {
     },
     "security": [{"bearerAuth": []}, {}],
 }
+
+extend(OPENAPI)  # conditional writes, TTL, transactions: api/openapi_apps.py

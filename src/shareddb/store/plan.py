@@ -35,10 +35,13 @@ from shareddb.store.base import (
 # -- operations ----------------------------------------------------------------------------------
 
 
+ANY = "*"  # a Condition's version that any live version matches (never a version itself)
+
+
 @dataclass(frozen=True, slots=True)
 class Condition:
-    """`key` is live at exactly `version`, or (with `version` None) absent: never written,
-    deleted or expired."""
+    """`key` is live at exactly `version` (at any version, with `ANY`), or (with `version`
+    None) absent: never written, deleted or expired."""
 
     key: str
     version: str | None
@@ -233,7 +236,10 @@ class MergePlan:
         return stored[1]
 
     def holds(self, condition: Condition) -> bool:
-        return self.visible(condition.key) == condition.version
+        visible = self.visible(condition.key)
+        if condition.version == ANY:
+            return visible is not None
+        return visible == condition.version
 
     def merge(self, record: Record, *, only_over_live: bool = False, txn: int = 0) -> Outcome:
         """Apply one record. `only_over_live`: a client's write, whose delete needs a value there
