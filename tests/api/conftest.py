@@ -8,6 +8,7 @@ refused request changed nothing.
 from __future__ import annotations
 
 import asyncio
+import io
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ TEXT = "text/plain; charset=utf-8"
 TOKEN = "s3cret"
 SMALL_MAX_VALUE = 16
 RAW_TIMEOUT = 5.0
+LARGE_BODY = 1024 * 1024
 
 
 def enc(text: str) -> str:
@@ -89,7 +91,9 @@ class Api:
         all_headers: dict[str, str] = dict(headers or {})
         if auth and self.token is not None:
             all_headers.setdefault("Authorization", f"Bearer {self.token}")
-        body = data.encode("utf-8") if isinstance(data, str) else data
+        raw = data.encode("utf-8") if isinstance(data, str) else data
+        # aiohttp streams a large body from a file object rather than sending it in one write.
+        body = io.BytesIO(raw) if raw is not None and len(raw) > LARGE_BODY else raw
         async with self.client.session.request(
             method, self.url(target), data=body, headers=all_headers
         ) as response:
