@@ -17,9 +17,9 @@ READ_CHUNK = 64 * 1024
 ENCODINGS = frozenset({"", "identity", "gzip", "x-gzip", "deflate"})
 
 
-async def read_body(request: web.BaseRequest, limit: int) -> bytes:
+async def read_body(request: web.BaseRequest, limit: int, what: str = "body") -> bytes:
     """The body, inflated; 413 as soon as it passes `limit` bytes, 400 when it does not inflate,
-    415 for an encoding the node does not read."""
+    415 for an encoding the node does not read. `what` names the body in messages."""
     encoding = request.headers.get("Content-Encoding", "").strip().lower()
     if encoding not in ENCODINGS:
         raise ApiError(415, f"Content-Encoding {encoding!r} is not supported; use gzip or deflate")
@@ -27,7 +27,7 @@ async def read_body(request: web.BaseRequest, limit: int) -> bytes:
     plain = encoding in ("", "identity")
     if plain and length is not None:
         if length > limit:
-            raise ApiError(413, f"body is {length} bytes, the limit is {limit}")
+            raise ApiError(413, f"{what} is {length} bytes, the limit is {limit}")
         if length == 0:
             return b""
         try:
@@ -40,7 +40,7 @@ async def read_body(request: web.BaseRequest, limit: int) -> bytes:
         while chunk := await request.content.read(READ_CHUNK):
             size += len(chunk)
             if size > limit:
-                raise ApiError(413, f"body is over the {limit}-byte limit")
+                raise ApiError(413, f"{what} is over the {limit}-byte limit")
             chunks.append(chunk)
     except web.RequestPayloadError:
         # The rest of the body is unreadable: the node stops reading it (no lingering read that
@@ -51,8 +51,8 @@ async def read_body(request: web.BaseRequest, limit: int) -> bytes:
 
 
 async def read_text(request: web.BaseRequest, limit: int) -> str:
-    """The body as UTF-8 text (see `read_body`)."""
-    body = await read_body(request, limit)
+    """The body as UTF-8 text: a value (see `read_body`)."""
+    body = await read_body(request, limit, "value")
     try:
         return body.decode("utf-8")
     except UnicodeDecodeError:
