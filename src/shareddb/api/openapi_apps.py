@@ -25,6 +25,18 @@ EXPIRES = {
 
 SCHEMAS: Doc = {
     "Expires": EXPIRES,
+    "KeyVersion": {
+        "type": "object",
+        "required": ["key", "version"],
+        "properties": {
+            "key": _ref("schemas", "Key"),
+            "version": {
+                "allOf": [_ref("schemas", "Version")],
+                "nullable": True,
+                "description": "null: the key is absent (or nothing was written).",
+            },
+        },
+    },
     "PreconditionFailed": {
         "type": "object",
         "required": ["error", "message", "version"],
@@ -86,14 +98,7 @@ SCHEMAS: Doc = {
             "results": {
                 "type": "array",
                 "description": "In the order of `then`; version null for a delete of an absent key.",
-                "items": {
-                    "type": "object",
-                    "required": ["key", "version"],
-                    "properties": {
-                        "key": _ref("schemas", "Key"),
-                        "version": {"allOf": [_ref("schemas", "Version")], "nullable": True},
-                    },
-                },
+                "items": _ref("schemas", "KeyVersion"),
             },
         },
     },
@@ -106,14 +111,7 @@ SCHEMAS: Doc = {
             "failed": {
                 "type": "array",
                 "description": "Every condition that did not hold, with the key's current version.",
-                "items": {
-                    "type": "object",
-                    "required": ["key", "version"],
-                    "properties": {
-                        "key": _ref("schemas", "Key"),
-                        "version": {"allOf": [_ref("schemas", "Version")], "nullable": True},
-                    },
-                },
+                "items": _ref("schemas", "KeyVersion"),
             },
         },
     },
