@@ -149,28 +149,27 @@ class MemoryBackend:
 
     async def changes_since(self, seq: int, limit: int, max_bytes: int | None) -> FeedPage:
         now = await self._now()
+        if limit <= 0:
+            return FeedPage([], seq)
         # The feed: rows not covered by a transaction entry, and the entries, by sequence.
-        units: list[tuple[int, list[Change]]] = [
-            (s, [Change(s, Record(key, value, version, expires))])
-            for key, (value, version, s, expires, txn) in now.rows.items()
-            if s > seq and not txn
-        ]
-        for at, entry in now.entries.items():
-            if at > seq:
-                units.append((at, [_as_current(change, at, now.rows) for change in entry]))
-        units.sort(key=lambda unit: unit[0])
+        positions = [(s, key) for key, (_, _, s, _, txn) in now.rows.items() if s > seq and not txn]
+        positions += [(at, "") for at in now.entries if at > seq]  # "" is never a key
+        positions.sort()
         changes: list[Change] = []
         total = 0
-        taken = 0
-        for _, unit in units:
+        for taken, (at, key) in enumerate(positions):
             if taken >= limit:
                 return FeedPage(changes, _position(changes[-1]))
+            if key:
+                value, version, _, expires, _ = now.rows[key]
+                unit = [Change(at, Record(key, value, version, expires))]
+            else:
+                unit = [_as_current(change, at, now.rows) for change in now.entries[at]]
             total += sum(change_size(c.record.key, c.record.value) for c in unit)
             if max_bytes is not None and total > max_bytes and changes:
                 return FeedPage(changes, _position(changes[-1]))
             changes.extend(unit)
-            taken += 1
-        if taken >= limit:
+        if len(positions) >= limit:
             return FeedPage(changes, _position(changes[-1]))
         return FeedPage(changes, max(seq, now.tally.seq))
 
