@@ -40,9 +40,11 @@ def test_discard_forgets_only_what_is_still_due_at_that_version() -> None:
     assert index.expired(100) == 0
 
 
-def test_stale_heap_entries_do_not_pile_up() -> None:
+def test_a_hundred_thousand_values_expiring_at_once_are_counted_without_moving_them() -> None:
     index = ExpiryIndex()
-    for n in range(10_000):
-        index.committed([rec("hot", str(n), 1_000_000 + n)])
-    assert len(index._heap) < 3000
-    assert index.next_expiry() == 1_000_000 + 9_999
+    index.load(rec(f"k{n:06d}", "1", 5000) for n in range(100_000))
+    assert index.expired(4999) == 0
+    assert index.expired(5000) == 100_000
+    assert index.due(5000, 3) == [("k000000", "1"), ("k000001", "1"), ("k000002", "1")]
+    index.committed(rec(f"k{n:06d}", "1", None, value=None) for n in range(1000))
+    assert index.expired(5000) == 99_000

@@ -390,10 +390,16 @@ class PipelineStore:
 
     async def _reap_loop(self) -> None:
         """The reaper: a chunk at a time, so a mass expiry goes in many small batches between
-        the writes of clients. Reads hide expired values whether or not it has run yet."""
+        the writes of clients, paced to take at most half the time. Reads hide expired values
+        whether or not it has run yet."""
+        loop = asyncio.get_running_loop()
         while True:
             try:
+                started = loop.time()
                 if await self.reap():
+                    # Give clients as much time again as the chunk took: a mass expiry takes at
+                    # most half of the writer (and of the interpreter, which its commits hold).
+                    await asyncio.sleep(loop.time() - started)
                     continue
             except StoreUnavailable:
                 await asyncio.sleep(REAP_PAUSE)  # the store logs why; tried again
