@@ -224,7 +224,7 @@ class Bench:
         options = WrkOptions(self.wrk.threads, self.wrk.connections, self.args.warmup)
         for scenario in self.plan:
             target = self.targets[scenario.target]
-            run_wrk(target.url, scenario.script, self.workload.lua_args(), options)
+            run_wrk(target.url, scenario.script, self.workload.lua_args(scenario.ops), options)
             if target.name == "cluster":
                 settle(target)
         print(f"warmed up ({self.args.warmup} s per scenario)", flush=True)
@@ -246,7 +246,8 @@ class Bench:
         target = self.targets[scenario.target]
         raw = self.workdir / "wrk" / f"{scenario.name}-{round_number}.txt"
         before = target.cpu_seconds()
-        result = run_wrk(target.url, scenario.script, self.workload.lua_args(), self.wrk, raw)
+        args = self.workload.lua_args(scenario.ops)
+        result = run_wrk(target.url, scenario.script, args, self.wrk, raw)
         after = target.cpu_seconds()
         cpu = None
         if before is not None and after is not None and result.requests:
