@@ -167,7 +167,9 @@ def checks(summaries: Sequence[Summary]) -> list[Check]:
                 f"{single} {by_name[single].rps:,.0f}/s"
             )
             ratio = rate / by_name[single].rps
-            found.append(Check(f"{txn} ops/s / {single} req/s", ratio, "none (comparison)", None, verdict))
+            found.append(
+                Check(f"{txn} ops/s / {single} req/s", ratio, "none (comparison)", None, verdict)
+            )
     return found
 
 

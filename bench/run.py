@@ -32,8 +32,17 @@ if __package__ in (None, ""):
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from bench import etcd, redis_target
+from bench.expiry import (
+    EXPIRING_KEYS,
+    P99_GOAL,
+    ExpiryError,
+    ExpiryResult,
+    run_expiry,
+    summary_lines,
+)
 from bench.processes import Fleet, StartError
 from bench.report import (
+    Check,
     Run,
     checks,
     checks_text,
@@ -49,6 +58,7 @@ from bench.workload import PreloadError, Workload, preload, preload_etcd
 from bench.wrk import WrkError, WrkOptions, run_wrk, wrk_binary, wrk_version
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
+EXPIRY = "expiry"  # the name of the mass-expiry section in --only
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -69,7 +79,34 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=[],
         metavar="NAME[,NAME]",
         help=f"run only these scenarios (repeatable), plus the {BASELINE} baseline; "
-        f"one of: {', '.join(NAMES)}",
+        f"one of: {', '.join(NAMES)}; or {EXPIRY} for the mass-expiry section",
+    )
+    parser.add_argument(
+        "--expiry",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="after the rounds, GET p99 while --expiry-keys keys expire at once vs idle "
+        f"(bench/expiry.py, about a minute); default: yes unless --only leaves out {EXPIRY}",
+    )
+    parser.add_argument(
+        "--expiry-seconds",
+        type=int,
+        default=10,
+        help="length of each of the two GET windows of the expiry section (default 10)",
+    )
+    parser.add_argument(
+        "--expiry-keys",
+        type=int,
+        default=EXPIRING_KEYS,
+        help=f"keys that expire at once (default {EXPIRING_KEYS})",
+    )
+    parser.add_argument(
+        "--expiry-allowance",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="time from the start of loading the expiring keys to the window's start "
+        "(default: estimated from one transaction)",
     )
     parser.add_argument(
         "--cluster",
@@ -111,7 +148,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     args.only = [name.strip() for item in args.only for name in item.split(",") if name.strip()]
-    for flag, value in (("--seconds", args.seconds), ("--rounds", args.rounds), ("--keys", args.keys)):
+    if args.expiry is None:
+        args.expiry = not args.only or EXPIRY in args.only
+    if args.only:  # only the section: the baseline, and the node it runs on
+        args.only = [name for name in args.only if name != EXPIRY] or [BASELINE]
+    positive = (
+        ("--seconds", args.seconds),
+        ("--rounds", args.rounds),
+        ("--keys", args.keys),
+        ("--expiry-seconds", args.expiry_seconds),
+        ("--expiry-keys", args.expiry_keys),
+    )
+    for flag, value in positive:
         if value <= 0:
             parser.error(f"{flag} must be positive")
     if args.warmup < 0 or args.value_bytes < 0 or args.threads < 1 or args.connections < args.threads:
@@ -132,6 +180,7 @@ class Bench:
         self.workdir = Path(tempfile.mkdtemp(prefix="shareddb-bench-"))
         self.targets: dict[str, Target] = {}
         self.runs: dict[str, list[Run]] = {s.name: [] for s in plan}
+        self.expiry: ExpiryResult | None = None
         self.started = time.time()
 
     def run(self) -> int:
@@ -139,6 +188,8 @@ class Bench:
         self.notes.append(f"load average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
         runs = len(self.plan) * self.args.rounds
         total = runs * self.args.seconds + len(self.plan) * self.args.warmup
+        if self.args.expiry:
+            total += 2 * self.args.expiry_seconds + 15  # + loading the expiring keys
         print(
             f"{len(self.plan)} scenarios x {self.args.rounds} rounds x {self.args.seconds} s "
             f"(+ warm-up): about {total / 60:.1f} min of load; {self.notes[-1]}",
@@ -149,10 +200,12 @@ class Bench:
             self.start_targets()
             self.warm_up()
             self.measure_rounds()
+            if self.args.expiry:
+                self.measure_expiry()
         except KeyboardInterrupt:
             print("\ninterrupted: stopping every server", file=sys.stderr)
             code = 130
-        except (StartError, PreloadError, WrkError) as exc:
+        except (StartError, PreloadError, WrkError, ExpiryError) as exc:
             print(f"\nbench FAILED: {exc}", file=sys.stderr)
             self.print_log_tails()
             code = 1
@@ -168,7 +221,7 @@ class Bench:
     # -- servers ----------------------------------------------------------------------------------
 
     def start_targets(self) -> None:
-        needed = {s.target for s in self.plan}
+        needed = {s.target for s in self.plan} | ({"node"} if self.args.expiry else set())
         print("starting:", ", ".join(sorted(needed)), flush=True)
         self.targets["hello"] = start_hello(self.fleet, self.workdir)
         if "node" in needed:
@@ -262,6 +315,20 @@ class Bench:
             }
         return Run(round_number, result, cpu, settled)
 
+    def measure_expiry(self) -> None:
+        keys = self.args.expiry_keys
+        print(f"mass expiry: idle GET window, then {keys:,} keys expiring in the next", flush=True)
+        options = WrkOptions(self.wrk.threads, self.wrk.connections, self.args.expiry_seconds)
+        self.expiry = run_expiry(
+            self.targets["node"].url,
+            self.workload,
+            options,
+            keys,
+            self.args.expiry_allowance,
+            self.workdir,
+        )
+        print("\n".join(summary_lines(self.expiry)), flush=True)
+
     # -- reporting --------------------------------------------------------------------------------
 
     def report(self, servers: list[dict[str, Any]]) -> None:
@@ -270,6 +337,17 @@ class Bench:
         descriptions = {name: t.description for name, t in self.targets.items()}
         summaries = summarise(self.runs, self.plan, descriptions)
         found = checks(summaries)
+        if self.expiry is not None:
+            ratio = self.expiry.ratio
+            found.append(
+                Check(
+                    "get p99 expiring / idle",
+                    ratio,
+                    f"<= {P99_GOAL:.2f}",
+                    ratio <= P99_GOAL,
+                    "met" if ratio <= P99_GOAL else "NOT met",
+                )
+            )
         print(
             f"\nmedians of {self.args.rounds} rounds; x hello = req/s / hello-world req/s; "
             "x hello CPU = hello-world CPU us/req / CPU us/req\n"
@@ -277,6 +355,10 @@ class Bench:
         print(table(summaries))
         print("\ntargets (ratios):")
         print(checks_text(found))
+        if self.expiry is not None:
+            print(f"\nmass expiry ({self.args.expiry_seconds} s GET windows on the SQLite node):")
+            print("\n".join(summary_lines(self.expiry)))
+            self.notes.extend(self.expiry.notes)
         cluster_runs = self.runs.get("cluster_put", [])
         if cluster_runs and not all(r.settle and r.settle["converged"] for r in cluster_runs):
             self.notes.append(
@@ -302,6 +384,8 @@ class Bench:
                 "keys": self.workload.keys,
                 "value_bytes": self.workload.value_bytes,
                 "cluster": self.args.cluster,
+                "expiry_seconds": self.args.expiry_seconds if self.args.expiry else None,
+                "expiry_keys": self.args.expiry_keys if self.args.expiry else None,
             },
             "machine": {
                 "cpus": os.cpu_count(),
@@ -322,6 +406,7 @@ class Bench:
                 }
                 for c in found
             ],
+            "expiry": None if self.expiry is None else self.expiry.to_json(),
             "notes": self.notes,
             "servers": servers,
         }
