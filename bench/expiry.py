@@ -3,27 +3,32 @@ same GET load on the same node when nothing expires (issue goal: at most 2x).
 
 Time is the real clock. On the SQLite node, after the scenarios' rounds:
 
-1. idle: wrk `kv_get.lua` (the preloaded keys) for the window's length, /metrics sampled meanwhile;
+1. idle: wrk `kv_get.lua` (the preloaded keys) for --seconds, /metrics sampled meanwhile;
 2. load: 100,000 other keys (`expiring-N`, 100-byte values) through `POST /v1/txn`, 1000 puts per
    transaction, each transaction's `ttl` chosen so that every key expires at the same planned
    instant (give or take the half second an integer ttl allows): the window's start plus LEAD;
 3. expiring: the same wrk GET load, from that start; the keys expire LEAD seconds into it, and the
-   reaper turns them into tombstones in chunks of 1000 through the write pipeline meanwhile.
+   reaper turns them into tombstones in chunks of 1000 through the write pipeline meanwhile. The
+   window ends TAIL seconds after the reaper is done (or after --expiry-seconds);
+4. idle again, as in 1: the ratio's denominator is the mean p99 of the two idle windows, so a
+   change in the machine's load over the section shows (and is split) rather than hidden.
 
-/metrics is sampled every SAMPLE_EVERY seconds during both windows (and after the second until
-the reaper is done): `shareddb_keys` drops as the clock passes the expiry (reads hide an expired
-value with or without the reaper), and `shareddb_sequence` rises by one per tombstone the reaper
-writes, nothing else writing meanwhile. So the samples show when the reaper started and finished,
-relative to the window.
+/metrics is sampled every SAMPLE_EVERY seconds during every window (and after the expiring one
+until the reaper is done), and how long each answer took shows stalls of the node's event loop.
+`shareddb_keys` drops as the clock passes the expiry (reads hide an expired value with or without
+the reaper), and `shareddb_sequence` rises by one per tombstone the reaper writes, nothing else
+writing meanwhile. So the samples show when the reaper started and finished, relative to the
+window.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import math
 import random
-import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,9 +36,10 @@ from typing import Any
 import aiohttp
 import orjson
 
-from bench.processes import http_get
-from bench.wrk import WrkOptions, WrkResult, run_wrk
+from bench.report import NOISY_SPREAD, Check
+from bench.sampler import SAMPLE_EVERY, Sample, Sampler, metrics_sample
 from bench.workload import PreloadError, Workload
+from bench.wrk import WrkOptions, WrkResult, run_wrk
 
 EXPIRING_KEYS = 100_000
 EXPIRING_PREFIX = "expiring-"
@@ -42,61 +48,46 @@ LOAD_CONCURRENCY = 2  # transactions in flight while loading
 LEAD = 2.0  # seconds from the window's start to the expiry
 # The load must be over this long before the window starts, so its writes do not count.
 QUIET_BEFORE = 1.0
-SAMPLE_EVERY = 0.1  # seconds between /metrics samples
+TAIL = 1.0  # seconds the expiring window goes on once the reaper is done
 REAP_TIMEOUT = 120.0  # seconds after the window the bench waits for the reaper to finish
 P99_GOAL = 2.0  # GET p99 while expiring / idle, at most
 SCRIPT = "kv_get.lua"
 
 
+def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
+    """The section's options of bench/run.py; `name` selects it in --only."""
+    parser.add_argument(
+        "--expiry",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="after the rounds, GET p99 while --expiry-keys keys expire at once vs idle "
+        f"(bench/expiry.py, about a minute); default: yes unless --only leaves out {name}",
+    )
+    parser.add_argument(
+        "--expiry-seconds",
+        type=int,
+        default=60,
+        help="the longest the GET window runs while the keys expire (default 60; it ends "
+        f"{TAIL:g} s after the reaper is done; the idle windows last --seconds)",
+    )
+    parser.add_argument(
+        "--expiry-keys",
+        type=int,
+        default=EXPIRING_KEYS,
+        help=f"keys that expire at once (default {EXPIRING_KEYS})",
+    )
+    parser.add_argument(
+        "--expiry-allowance",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="time from the start of loading the expiring keys to the window's start "
+        "(default: estimated from one transaction)",
+    )
+
+
 class ExpiryError(Exception):
     """The mass-expiry section could not measure what it is meant to (load too slow, a failure)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Sample:
-    at: float  # wall-clock seconds
-    keys: int  # shareddb_keys: live keys by the clock
-    seq: int  # shareddb_sequence: the node's feed sequence
-    took: float  # seconds the node took to answer: a stalled event loop shows here
-
-
-class Sampler:
-    """Polls /metrics on a thread until stopped; one Sample per poll."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.samples: list[Sample] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> Sampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            sample = metrics_sample(self.url)
-            if sample is not None:
-                self.samples.append(sample)
-            self._stop.wait(SAMPLE_EVERY)
-
-
-def metrics_sample(url: str) -> Sample | None:
-    began = time.monotonic()
-    answer = http_get(f"{url}/metrics")
-    took = time.monotonic() - began
-    if answer is None or answer[0] != 200:
-        return None
-    found: dict[str, int] = {}
-    for line in answer[1].decode().splitlines():
-        name, _, value = line.partition(" ")
-        if name in ("shareddb_keys", "shareddb_sequence"):
-            found[name] = int(float(value))
-    return Sample(time.time(), found["shareddb_keys"], found["shareddb_sequence"], took)
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +180,7 @@ class Reaped:
 class ExpiryResult:
     idle: Window
     expiring: Window
+    idle_after: Window
     loaded: Loaded
     reaped: Reaped
     keys_before: int  # shareddb_keys just before the expiring window
@@ -196,14 +188,23 @@ class ExpiryResult:
     notes: list[str] = field(default_factory=list)
 
     @property
+    def idle_p99_ms(self) -> float:
+        return (self.idle.result.p99_ms + self.idle_after.result.p99_ms) / 2
+
+    @property
     def ratio(self) -> float:
-        return self.expiring.result.p99_ms / self.idle.result.p99_ms
+        return self.expiring.result.p99_ms / self.idle_p99_ms
 
     @property
     def reaper_in_window(self) -> bool:
         r = self.reaped
         length = self.expiring.end - self.expiring.start
         return r.started is not None and r.finished is not None and r.finished <= length
+
+    def check(self) -> Check:
+        met = self.ratio <= P99_GOAL
+        name = "get p99 expiring / idle"
+        return Check(name, self.ratio, f"<= {P99_GOAL:.2f}", met, "met" if met else "NOT met")
 
     def to_json(self) -> dict[str, Any]:
         start = self.expiring.start
@@ -224,11 +225,13 @@ class ExpiryResult:
             },
             "keys_before": self.keys_before,
             "keys_after": self.keys_after,
+            "idle_p99_ms": round(self.idle_p99_ms, 3),
             "p99_ratio": round(self.ratio, 4),
             "goal": f"<= {P99_GOAL:.2f}",
             "met": self.ratio <= P99_GOAL,
             "idle": self.idle.to_json(),
             "expiring": self.expiring.to_json(),
+            "idle_after": self.idle_after.to_json(),
             "notes": self.notes,
         }
 
@@ -237,10 +240,17 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 2)
 
 
-def measure_window(url: str, workload: Workload, options: WrkOptions, raw: Path) -> Window:
-    with Sampler(url) as sampler:
+def measure_window(
+    url: str,
+    workload: Workload,
+    options: WrkOptions,
+    raw: Path,
+    until: Callable[[Sample], bool] | None = None,
+) -> Window:
+    """wrk's GET load for `options.seconds`, or until TAIL seconds after `until` first holds."""
+    with Sampler(url, until, TAIL) as sampler:
         start = time.time()
-        result = run_wrk(url, SCRIPT, workload.lua_args(), options, raw)
+        result = run_wrk(url, SCRIPT, workload.lua_args(), options, raw, sampler.stop)
         end = time.time()
     return Window(start, end, result, tuple(sampler.samples))
 
@@ -264,18 +274,22 @@ def reaper_timeline(window: Window, seq_loaded: int, keys: int, live: int) -> Re
 def run_expiry(
     url: str,
     workload: Workload,
+    idle_options: WrkOptions,
     options: WrkOptions,
     keys: int,
     allowance: float | None,
     workdir: Path,
 ) -> ExpiryResult:
     """The whole section on the node at `url`, which holds `workload` and nothing that expires.
-    `allowance`: seconds from the start of the load to the window's; None: from a probe."""
+
+    The idle window lasts `idle_options.seconds`; the expiring one until TAIL seconds after the
+    reaper has tombstoned every expiring key, `options.seconds` at most. `allowance`: seconds from
+    the start of the load to the expiring window's; None: estimated from one transaction."""
     first = metrics_sample(url)
     if first is None:
         raise ExpiryError(f"{url}/metrics did not answer")
     live = first.keys
-    idle = measure_window(url, workload, options, workdir / "wrk" / "expiry-idle.txt")
+    idle = measure_window(url, workload, idle_options, workdir / "wrk" / "expiry-idle.txt")
     if allowance is None:
         allowance = allowance_for(url, workload, keys)
     window_start = time.time() + allowance
@@ -286,7 +300,8 @@ def run_expiry(
     before = metrics_sample(url)
     if before is None or before.keys != live + keys:
         raise ExpiryError(f"the node counts {before and before.keys} keys, not {live + keys}")
-    expiring = measure_window(url, workload, options, workdir / "wrk" / "expiry-expiring.txt")
+    raw = workdir / "wrk" / "expiry-expiring.txt"
+    expiring = measure_window(url, workload, options, raw, lambda s: s.seq >= before.seq + keys)
     # Go on sampling until the reaper is done, so the timeline says when it finished.
     samples = list(expiring.samples)
     deadline = time.monotonic() + REAP_TIMEOUT
@@ -299,37 +314,54 @@ def run_expiry(
         time.sleep(SAMPLE_EVERY)
     expiring = Window(expiring.start, expiring.end, expiring.result, tuple(samples))
     reaped = reaper_timeline(expiring, before.seq, keys, live)
-    result = ExpiryResult(idle, expiring, loaded, reaped, before.keys, samples[-1].keys)
+    after = measure_window(url, workload, idle_options, workdir / "wrk" / "expiry-idle-after.txt")
+    result = ExpiryResult(idle, expiring, after, loaded, reaped, before.keys, samples[-1].keys)
     length = expiring.end - expiring.start
+    idle_p99 = (idle.result.p99_ms, after.result.p99_ms)
+    if abs(idle_p99[0] - idle_p99[1]) > NOISY_SPREAD * result.idle_p99_ms:
+        result.notes.append(
+            f"expiry: the idle windows' GET p99 differ ({idle_p99[0]:.1f} ms before, "
+            f"{idle_p99[1]:.1f} ms after): the machine was busy, the p99 ratio is unreliable; "
+            "run again"
+        )
     if reaped.finished is None:
         result.notes.append(
             f"the reaper had not tombstoned all {keys} keys {REAP_TIMEOUT:g} s after the window"
         )
     elif not result.reaper_in_window:
         result.notes.append(
-            f"the reaper finished {reaped.finished:.1f} s after the window's start, past its end "
-            f"({length:.1f} s): raise --expiry-seconds to measure all of its work"
+            f"the reaper finished {reaped.finished:.1f} s after the expiring window's start, past "
+            f"its end ({length:.1f} s): raise --expiry-seconds to measure all of its work"
         )
     return result
 
 
 def summary_lines(result: ExpiryResult) -> list[str]:
     """The section's lines of the printed report."""
-    idle, busy = result.idle.result, result.expiring.result
     r, start = result.reaped, result.expiring.start
 
     def at(value: float | None) -> str:
         return "never" if value is None else f"{value:+.1f} s"
 
+    def line(name: str, window: Window) -> str:
+        w = window.result
+        slowest = max((s.took for s in window.samples), default=0.0) * 1000
+        return (
+            f"  {name:<24} {window.end - window.start:5.1f} s {w.rps:>8,.0f} req/s  p50 "
+            f"{w.p50_ms:6.2f} ms  p99 {w.p99_ms:7.2f} ms  max {w.max_ms:7.2f} ms  slowest "
+            f"/metrics {slowest:5.0f} ms"
+        )
+
     length = result.expiring.end - start
     return [
-        f"  GET load, idle                  {idle.rps:>9,.0f} req/s  p50 {idle.p50_ms:6.2f} ms  "
-        f"p99 {idle.p99_ms:7.2f} ms  max {idle.max_ms:7.2f} ms",
-        f"  GET load, {result.loaded.keys:,} keys expiring {busy.rps:>9,.0f} req/s  "
-        f"p50 {busy.p50_ms:6.2f} ms  p99 {busy.p99_ms:7.2f} ms  max {busy.max_ms:7.2f} ms",
+        line("GET, idle", result.idle),
+        line(f"GET, {result.loaded.keys:,} keys expiring", result.expiring),
+        line("GET, idle again", result.idle_after),
+        f"  p99 expiring / mean idle p99 ({result.idle_p99_ms:.2f} ms) = {result.ratio:.2f} "
+        f"(goal <= {P99_GOAL:.2f})",
         f"  loaded through {result.loaded.transactions} transactions in "
         f"{result.loaded.seconds:.1f} s; they expire from {at(result.loaded.earliest - start)} to "
-        f"{at(result.loaded.latest - start)} into the {length:.1f} s window",
+        f"{at(result.loaded.latest - start)} into the {length:.1f} s expiring window",
         f"  reaper: first tombstone {at(r.started)}, all {r.tombstones:,} by {at(r.finished)}; "
         f"keys counted {result.keys_before:,} -> {result.keys_after:,} (hidden by the clock at "
         f"{at(r.keys_gone)})",
