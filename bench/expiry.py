@@ -347,7 +347,7 @@ def summary_lines(result: ExpiryResult) -> list[str]:
         w = window.result
         slowest = max((s.took for s in window.samples), default=0.0) * 1000
         return (
-            f"  {name:<24} {window.end - window.start:5.1f} s {w.rps:>8,.0f} req/s  p50 "
+            f"  {name:<26} {window.end - window.start:5.1f} s {w.rps:>8,.0f} req/s  p50 "
             f"{w.p50_ms:6.2f} ms  p99 {w.p99_ms:7.2f} ms  max {w.max_ms:7.2f} ms  slowest "
             f"/metrics {slowest:5.0f} ms"
         )
