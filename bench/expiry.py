@@ -326,12 +326,12 @@ def run_expiry(
         )
     if reaped.finished is None:
         result.notes.append(
-            f"the reaper had not tombstoned all {keys} keys {REAP_TIMEOUT:g} s after the window"
+            f"expiry: the reaper had not tombstoned all {keys} keys {REAP_TIMEOUT:g} s after the window"
         )
     elif not result.reaper_in_window:
         result.notes.append(
-            f"the reaper finished {reaped.finished:.1f} s after the expiring window's start, past "
-            f"its end ({length:.1f} s): raise --expiry-seconds to measure all of its work"
+            f"expiry: the reaper finished {reaped.finished:.1f} s after the expiring window's "
+            f"start, past its end ({length:.1f} s): raise --expiry-seconds to measure all of it"
         )
     return result
 
