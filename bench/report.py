@@ -52,6 +52,7 @@ class Summary:
             "measures": self.scenario.measures,
             "target": self.target,
             "rps": round(self.rps, 1),
+            "ops_per_request": self.scenario.ops,
             "p50_ms": self.p50_ms,
             "p99_ms": self.p99_ms,
             "cpu_us_per_request": _rounded(self.cpu_us_per_request),
