@@ -394,6 +394,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.redis and redis_reason is not None:
             raise ValueError(f"--redis: {redis_reason}")
         plan, notes = select(args.only, args.cluster, etcd_reason, redis_reason)
+        for scenario in plan:
+            if scenario.ops > args.keys:
+                raise ValueError(f"{scenario.name} needs --keys {scenario.ops} or more")
     except (WrkError, ValueError) as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 2
