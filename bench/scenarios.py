@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 BASELINE = "hello"
+TXN_OPS = 100  # puts per transaction in the txn scenario
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +21,8 @@ class Scenario:
     script: str  # in bench/scripts
     measures: str
     writes: bool
+    # Operations each request carries (a transaction's puts): passed to the script as OPS.
+    ops: int = 1
 
 
 SCENARIOS: tuple[Scenario, ...] = (
@@ -27,6 +30,9 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("get", "node", "kv_get.lua", "GET /v1/kv/{key}, a random preloaded key", False),
     Scenario("seed_update", "node", "seed_update.lua", "GET /nodes/update?name=K&value=V (100 B)", True),
     Scenario("put", "node", "kv_put.lua", "PUT /v1/kv/{key}, 100-byte body", True),
+    Scenario(
+        "txn", "node", "kv_txn.lua", f"POST /v1/txn of {TXN_OPS} puts (100 B values)", True, TXN_OPS
+    ),
     Scenario("redis_get", "redis_node", "kv_get.lua", "get, on a node with --store redis://", False),
     Scenario("redis_put", "redis_node", "kv_put.lua", "put, on a node with --store redis://", True),
     Scenario("cluster_put", "cluster", "kv_put.lua", "PUT /v1/kv/{key} on node 1 of --cluster N", True),
@@ -38,6 +44,8 @@ NAMES = tuple(s.name for s in SCENARIOS)
 
 # Each Redis scenario against the same requests on the SQLite node.
 REDIS_PAIRS = (("redis_get", "get"), ("redis_put", "put"))
+# Operations per second inside transactions against single writes per second.
+TXN_PAIRS = (("txn", "put"),)
 
 
 def select(
