@@ -31,6 +31,7 @@ from shareddb.store.base import (
 )
 from shareddb.store.memory import MemoryData, MemoryStore
 from shareddb.store.pipeline import PipelineStore
+from shareddb.store.plan import Condition, Conflict
 from shareddb.store.redis import RedisStore
 from shareddb.store.sqlite import SQLiteStore
 from tests.harness import eventually, store_url
@@ -878,6 +879,18 @@ async def test_scan_leaves_out_values_expired_by_now_and_still_fills_the_page(st
     assert await store.scan("s", None, 100) == kept
     assert [r.key for r in await store.scan("", None, 11)] == [r.key for r in kept] + ["t"]
     assert store.digest().count == 11
+
+
+async def test_a_write_plans_from_the_stored_expiry(stores: Stores) -> None:
+    """An expired value is absent to a condition and to a write's outcome, reaped or not."""
+    clock = FakeClock()
+    store = await stores.open(now=clock)
+    await store.write(expiring("k", "v", 1, WALL + 1000))
+    assert await store.write(put("k", "w", 2), Condition("k", None)) == Conflict([Condition("k", v(1))])
+    clock.now = WALL + 1000
+    assert await store.write(put("k", "w", 2), Condition("k", v(1))) == Conflict([Condition("k", None)])
+    assert await store.write(put("k", "w", 2), Condition("k", None)) is Outcome.CREATED
+    assert await store.get("k") == put("k", "w", 2)
 
 
 async def test_values_that_expire_are_known_again_after_reopen(stores: Stores) -> None:
