@@ -73,10 +73,21 @@ from shareddb.store.base import (
     bucket_of,
     prefix_end,
 )
-from shareddb.store.entries import decode_entry, encode_entry
+from shareddb.store.entries import decode_entry
 from shareddb.store.pipeline import OutcomeUnknown, PipelineStore, wall_millis
 from shareddb.store.plan import Batch, Planner, Stored, Tally, Tombstones
-from shareddb.store.redis_scripts import BY_SCORE, CREATE, FEED, FENCE, SCAN, WRITE, Keys
+from shareddb.store.redis_scripts import (
+    BY_SCORE,
+    CREATE,
+    FEED,
+    FENCE,
+    SCAN,
+    WRITE,
+    Keys,
+    decode_head,
+    decode_record,
+    write_args,
+)
 
 log = logging.getLogger("shareddb.store")
 
@@ -313,7 +324,7 @@ class RedisBackend:
 
     async def get(self, key: str) -> Record | None:
         raw = await self._command("HGET", self._keys.rec, key.encode("utf-8", ENCODING_ERRORS))
-        return None if raw is None else _record(key, raw)
+        return None if raw is None else decode_record(key, raw)
 
     async def checkpoint(self, peer: str) -> Checkpoint | None:
         raw = await self._command("HGET", self._keys.cp, peer.encode("utf-8", ENCODING_ERRORS))
@@ -335,7 +346,7 @@ class RedisBackend:
                 BY_SCORE, [self._keys.exp, self._keys.rec], ["-inf", "+inf", offset, CHUNK]
             )
             for i in range(0, len(flat), 3):
-                record = _record(bytes(flat[i]).decode("utf-8"), flat[i + 2])
+                record = decode_record(bytes(flat[i]).decode("utf-8"), flat[i + 2])
                 if record.value is not None and record.expires is not None:
                     found.append(record)
             if len(flat) < 3 * CHUNK:
@@ -357,7 +368,9 @@ class RedisBackend:
         flat = await self._read_script(
             SCAN, [self._keys.live, self._keys.rec, self._keys.exp], [low, high, limit, now]
         )
-        return [_record(bytes(flat[i]).decode("utf-8"), flat[i + 1]) for i in range(0, len(flat), 2)]
+        return [
+            decode_record(bytes(flat[i]).decode("utf-8"), flat[i + 1]) for i in range(0, len(flat), 2)
+        ]
 
     async def changes_since(self, seq: int, limit: int, max_bytes: int | None) -> FeedPage:
         if limit <= 0:
@@ -374,7 +387,7 @@ class RedisBackend:
         for i in range(2, len(flat), 4):
             member, at, body = bytes(flat[i]), _score(flat[i + 1]), bytes(flat[i + 2])
             if member[:1] != b"\0":
-                changes.append(Change(at, _record(member.decode("utf-8"), body)))
+                changes.append(Change(at, decode_record(member.decode("utf-8"), body)))
                 continue
             # A transaction entry, whole; each change marked current when its key's row still
             # holds its sequence number.
@@ -394,7 +407,7 @@ class RedisBackend:
             for raw_key, raw_version in _hash_items(items):
                 key = raw_key.decode("utf-8")
                 if bucket_of(key) == bucket:
-                    found[key] = _head(raw_version[1:])[0]
+                    found[key] = decode_head(raw_version[1:])[0]
             if int(cursor) == 0:
                 return found
 
@@ -413,7 +426,7 @@ class RedisBackend:
         batch = plan(self._tally, current, tombstones)
         sent = _Sent(before=self._token, token=uuid.uuid4().hex, tally=batch.tally)
         try:
-            await self._script(WRITE, self._keys, _write_args(sent, batch))
+            await self._script(WRITE, self._keys, write_args(sent.before, sent.token, batch))
         except (RedisError, OSError) as exc:
             self._unsettled = sent
             if not await self._settle():
@@ -430,7 +443,7 @@ class RedisBackend:
         ordered = list(keys)
         found = await self._execute("HMGET", self._keys.ver, *(key.encode("utf-8") for key in ordered))
         return {
-            key: (raw[:1] == b"+", *_head(raw[1:]))
+            key: (raw[:1] == b"+", *decode_head(raw[1:]))
             for key, raw in zip(ordered, found, strict=True)
             if raw is not None
         }
@@ -445,7 +458,7 @@ class RedisBackend:
             )
             for i in range(0, len(flat), 3):
                 key = bytes(flat[i]).decode("utf-8")
-                found[key] = (_score(flat[i + 1]), _record(key, flat[i + 2]).version)
+                found[key] = (_score(flat[i + 1]), decode_record(key, flat[i + 2]).version)
             if len(flat) < 3 * CHUNK:
                 return found
             offset += CHUNK
@@ -503,55 +516,6 @@ class RedisStore(PipelineStore):
             url, prefix=prefix, max_connections=max_connections, new_instance=new_instance
         )
         super().__init__(backend, clock_high=clock_high, now=now)
-
-
-def _write_args(sent: _Sent, batch: Batch) -> list[object]:
-    """The ARGV of the WRITE script."""
-    tally = sent.tally
-    dissolve = "" if batch.dissolve_upto is None else batch.dissolve_upto
-    args: list[object] = [sent.before, sent.token, tally.seq, tally.live, tally.clock_high]
-    args += (tally.floor, dissolve, len(batch.rows))
-    for key, value, version, seq, expires, txn in batch.rows:
-        head = version.encode("utf-8")
-        if expires is not None:
-            head += b"\1%d" % expires
-        if value is None:
-            args += (key.encode("utf-8"), head, b"-" + head, seq, b"", txn)
-        else:
-            record = head + b"\0" + value.encode("utf-8")
-            args += (
-                key.encode("utf-8"),
-                record,
-                b"+" + head,
-                seq,
-                b"" if expires is None else expires,
-                txn,
-            )
-    args += (len(batch.purged), *(key.encode("utf-8") for key in batch.purged))
-    args.append(len(batch.entries))
-    for seq, changes in batch.entries:
-        args += (seq, encode_entry(changes))
-    args.append(len(batch.buckets))
-    for bucket, digest in batch.buckets.items():
-        args += (bucket, digest.to_bytes(16, "big"))
-    checkpoints = {cp.peer: f"{cp.seq} {cp.instance}" for cp in batch.checkpoints}
-    for section in (checkpoints, batch.meta):
-        args.append(len(section))
-        for name, text in section.items():
-            args += (name.encode("utf-8"), text.encode("utf-8"))
-    return args
-
-
-def _record(key: str, raw: bytes) -> Record:
-    head, live, value = bytes(raw).partition(b"\0")
-    version, expires = _head(head)
-    return Record(key, value.decode("utf-8") if live else None, version, expires)
-
-
-def _head(head: bytes) -> tuple[str, int | None]:
-    """The version and expiry of a record's HEAD (see the layout)."""
-    version, _, expires = bytes(head).partition(b"\1")
-    return version.decode("ascii"), int(expires) if expires else None
 
 
 def _position(change: Change) -> int:

@@ -1,8 +1,13 @@
-"""The Redis store's key layout and its Lua scripts (each runs atomically inside Redis)."""
+"""The Redis store's key layout, how records and batches are encoded for it, and its Lua scripts
+(each runs atomically inside Redis). The layout is described in store/redis.py."""
 
 from __future__ import annotations
 
 from typing import NamedTuple
+
+from shareddb.record import Record
+from shareddb.store.entries import encode_entry
+from shareddb.store.plan import Batch
 
 
 class Keys(NamedTuple):
@@ -259,3 +264,52 @@ if ended and taken < limit then
 end
 return out
 """
+
+
+def write_args(before: str, token: str, batch: Batch) -> list[object]:
+    """The ARGV of the WRITE script: `batch`, written when the store's token is `before`."""
+    tally = batch.tally
+    dissolve = "" if batch.dissolve_upto is None else batch.dissolve_upto
+    args: list[object] = [before, token, tally.seq, tally.live, tally.clock_high]
+    args += (tally.floor, dissolve, len(batch.rows))
+    for key, value, version, seq, expires, txn in batch.rows:
+        head = version.encode("utf-8")
+        if expires is not None:
+            head += b"\1%d" % expires
+        if value is None:
+            args += (key.encode("utf-8"), head, b"-" + head, seq, b"", txn)
+        else:
+            record = head + b"\0" + value.encode("utf-8")
+            args += (
+                key.encode("utf-8"),
+                record,
+                b"+" + head,
+                seq,
+                b"" if expires is None else expires,
+                txn,
+            )
+    args += (len(batch.purged), *(key.encode("utf-8") for key in batch.purged))
+    args.append(len(batch.entries))
+    for seq, changes in batch.entries:
+        args += (seq, encode_entry(changes))
+    args.append(len(batch.buckets))
+    for bucket, digest in batch.buckets.items():
+        args += (bucket, digest.to_bytes(16, "big"))
+    checkpoints = {cp.peer: f"{cp.seq} {cp.instance}" for cp in batch.checkpoints}
+    for section in (checkpoints, batch.meta):
+        args.append(len(section))
+        for name, text in section.items():
+            args += (name.encode("utf-8"), text.encode("utf-8"))
+    return args
+
+
+def decode_record(key: str, raw: bytes) -> Record:
+    head, live, value = bytes(raw).partition(b"\0")
+    version, expires = decode_head(head)
+    return Record(key, value.decode("utf-8") if live else None, version, expires)
+
+
+def decode_head(head: bytes) -> tuple[str, int | None]:
+    """The version and expiry of a record's HEAD (see the layout)."""
+    version, _, expires = bytes(head).partition(b"\1")
+    return version.decode("ascii"), int(expires) if expires else None
