@@ -10,16 +10,18 @@ import asyncio
 import builtins
 import ssl
 import time
+from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any, TypeVar
 
 import httpx
-from httpx_sse import SSEError, aconnect_sse
+from httpx_sse import ServerSentEvent, aconnect_sse
 
 from shareddb.client import calls
 from shareddb.client.calls import Call, Nodes, describe, nobody_answered
-from shareddb.client.errors import InvalidAnswer, Unavailable, error_from_answer
+from shareddb.client.errors import Unavailable
 from shareddb.client.model import (
     Condition,
     Entry,
@@ -31,7 +33,7 @@ from shareddb.client.model import (
     txn_document,
 )
 from shareddb.client.sync import DEFAULT_URL, GIVE_UP_AFTER, IDLE_TIMEOUT, PAGE
-from shareddb.client.watch import WatchState
+from shareddb.client.watch import WatchState, listing_seq, refused, stream_check
 
 T = TypeVar("T")
 
@@ -203,28 +205,53 @@ class AsyncClient:
 
 
 class AsyncWatch:
-    """The events of a watch: `async with db.watch("app/") as events: async for e in events: ...`.
-    `url` is the node it streams from, `seq` the last position delivered there."""
+    """The events of a watch: `async with db.watch("app/") as events: async for e in events:`.
+    It connects on entering the `async with` (or at the first `anext()`): a watch without `since` sees
+    the changes from then on. `url` is the node it streams from, `seq` the last position
+    delivered there."""
 
     def __init__(self, client: AsyncClient, state: WatchState, idle_timeout: float) -> None:
         self._client = client
         self._state = state
-        self._idle_timeout = idle_timeout
+        self._timeout = httpx.Timeout(client.timeout, read=idle_timeout)
         self.url = client.url
-        self._events = self._run()
+        self._pending: deque[Event] = deque()
+        self._stream: AsyncExitStack | None = None
+        self._sse: AsyncGenerator[ServerSentEvent, None] | None = None
 
     @property
     def seq(self) -> int | None:
         return self._state.seq
 
+    async def open(self) -> AsyncWatch:
+        """Connect now, if not connected yet."""
+        while self._sse is None and not self._pending:
+            await self._connect()
+        return self
+
     def __aiter__(self) -> AsyncWatch:
         return self
 
     async def __anext__(self) -> Event:
-        return await anext(self._events)
+        while True:
+            if self._pending:
+                return self._pending.popleft()
+            if self._sse is None:
+                await self._connect()
+                continue
+            try:
+                sse = await anext(self._sse)
+            except StopAsyncIteration:
+                await self._failed(streaming=True, why="the node ended the stream")
+                continue
+            except httpx.TransportError as exc:
+                await self._failed(streaming=True, why=describe(exc))
+                continue
+            if event := self._state.event(sse, self.url):
+                return event
 
     async def __aenter__(self) -> AsyncWatch:
-        return self
+        return await self.open()
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -232,7 +259,47 @@ class AsyncWatch:
         await self.close()
 
     async def close(self) -> None:
-        await self._events.aclose()
+        sse, stream, self._sse, self._stream = self._sse, self._stream, None, None
+        if sse is not None:
+            await sse.aclose()
+        if stream is not None:
+            await stream.aclose()
+
+    async def _connect(self) -> None:
+        """One attempt to open the stream (listing first when the watch must start over)."""
+        state, fresh = self._state, self._state.must_relist
+        try:
+            if fresh:
+                self._pending.extend(await self._relist())
+            async with AsyncExitStack() as stack:
+                source = await stack.enter_async_context(
+                    aconnect_sse(
+                        self._client._http,
+                        "GET",
+                        self.url + "/v1/watch",
+                        params=state.params(),
+                        headers=state.headers(),
+                        timeout=self._timeout,
+                    )
+                )
+                response = source.response
+                if response.status_code == 200:
+                    stream_check(response, self.url)
+                    self._sse, self._stream = source.aiter_sse(), stack.pop_all()
+                    state.connected()
+                    return
+                await response.aread()
+                refused(state, response, self.url, fresh=fresh)
+        except (httpx.TransportError, Unavailable) as exc:
+            await self._failed(streaming=False, why=describe(exc))
+
+    async def _failed(self, *, streaming: bool, why: str) -> None:
+        await self.close()
+        nodes = self._client._nodes
+        self.url = self._state.failed(
+            self.url, nodes, streaming=streaming, why=why, now=time.monotonic()
+        )
+        await asyncio.sleep(self._state.delay())
 
     async def _relist(self) -> builtins.list[Event]:
         state, entries = self._state, builtins.list[Entry]()
@@ -245,48 +312,4 @@ class AsyncWatch:
             page = await self._client._send(
                 calls.listing(state.list_prefix(), page.next, PAGE), only=self.url
             )
-        if first.seq is None:
-            raise InvalidAnswer(
-                0, f"{self.url} answers listings without a seq: it cannot watch", self.url
-            )
-        return state.relisted(entries, first.seq)
-
-    async def _run(self) -> AsyncGenerator[Event, None]:
-        state, http = self._state, self._client._http
-        timeout = httpx.Timeout(self._client.timeout, read=self._idle_timeout)
-        relisted = False
-        while True:
-            streaming = False
-            try:
-                if state.must_relist:
-                    for listed in await self._relist():
-                        yield listed
-                    relisted = True
-                async with aconnect_sse(
-                    http,
-                    "GET",
-                    self.url + "/v1/watch",
-                    params=state.params(),
-                    headers=state.headers(),
-                    timeout=timeout,
-                ) as source:
-                    response = source.response
-                    if response.status_code == 410 and state.relist and not relisted:
-                        state.start_over()
-                        continue
-                    if response.status_code != 200:
-                        await response.aread()
-                        raise error_from_answer(response.status_code, response.content, self.url)
-                    state.connected()
-                    streaming, relisted = True, False
-                    async for sse in source.aiter_sse():
-                        if event := state.event(sse, self.url):
-                            yield event
-                why = "the node ended the stream"
-            except (httpx.TransportError, Unavailable) as exc:
-                why = describe(exc)
-            except SSEError:
-                raise calls.not_shareddb(self.url) from None
-            now = time.monotonic()
-            self.url = state.failed(self.url, self._client._nodes, streaming=streaming, why=why, now=now)
-            await asyncio.sleep(state.delay())
+        return state.relisted(entries, listing_seq(first, self.url))

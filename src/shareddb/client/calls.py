@@ -118,8 +118,8 @@ def retry_elsewhere(call: Call[Any], response: httpx.Response) -> bool:
 
 
 def nobody_answered(urls: Sequence[str], failures: Sequence[str]) -> Unavailable:
-    why = "; ".join(failures)
-    return Unavailable(0, f"cannot reach {', '.join(urls)}: {why}" if why else "no node to ask")
+    """Every URL failed; `failures` says how, one `URL: why` each."""
+    return Unavailable(0, f"cannot reach {'; '.join(failures)}" if failures else "no node to ask")
 
 
 # -- reading answers ------------------------------------------------------------------------------

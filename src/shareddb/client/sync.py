@@ -9,16 +9,18 @@ from __future__ import annotations
 import builtins
 import ssl
 import time
-from collections.abc import Generator, Iterator, Mapping, Sequence
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack
 from types import TracebackType
 from typing import Any, TypeVar
 
 import httpx
-from httpx_sse import SSEError, connect_sse
+from httpx_sse import ServerSentEvent, connect_sse
 
 from shareddb.client import calls
 from shareddb.client.calls import Call, Nodes, describe, nobody_answered
-from shareddb.client.errors import InvalidAnswer, Unavailable, error_from_answer
+from shareddb.client.errors import Unavailable
 from shareddb.client.model import (
     Condition,
     Entry,
@@ -29,7 +31,7 @@ from shareddb.client.model import (
     Written,
     txn_document,
 )
-from shareddb.client.watch import WatchState
+from shareddb.client.watch import WatchState, listing_seq, refused, stream_check
 
 T = TypeVar("T")
 
@@ -206,27 +208,52 @@ class Client:
 
 class Watch:
     """The events of a watch: `with db.watch("app/") as events: for event in events: ...`.
-    `url` is the node it streams from, `seq` the last position delivered there."""
+    It connects on entering the `with` (or at the first `next()`): a watch without `since` sees
+    the changes from then on. `url` is the node it streams from, `seq` the last position
+    delivered there."""
 
     def __init__(self, client: Client, state: WatchState, idle_timeout: float) -> None:
         self._client = client
         self._state = state
-        self._idle_timeout = idle_timeout
+        self._timeout = httpx.Timeout(client.timeout, read=idle_timeout)
         self.url = client.url
-        self._events = self._run()
+        self._pending: deque[Event] = deque()
+        self._stream: ExitStack | None = None
+        self._sse: Iterator[ServerSentEvent] | None = None
 
     @property
     def seq(self) -> int | None:
         return self._state.seq
 
+    def open(self) -> Watch:
+        """Connect now, if not connected yet."""
+        while self._sse is None and not self._pending:
+            self._connect()
+        return self
+
     def __iter__(self) -> Watch:
         return self
 
     def __next__(self) -> Event:
-        return next(self._events)
+        while True:
+            if self._pending:
+                return self._pending.popleft()
+            if self._sse is None:
+                self._connect()
+                continue
+            try:
+                sse = next(self._sse)
+            except StopIteration:
+                self._failed(streaming=True, why="the node ended the stream")
+                continue
+            except httpx.TransportError as exc:
+                self._failed(streaming=True, why=describe(exc))
+                continue
+            if event := self._state.event(sse, self.url):
+                return event
 
     def __enter__(self) -> Watch:
-        return self
+        return self.open()
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -234,7 +261,45 @@ class Watch:
         self.close()
 
     def close(self) -> None:
-        self._events.close()
+        if self._stream is not None:
+            self._stream.close()
+        self._stream = self._sse = None
+
+    def _connect(self) -> None:
+        """One attempt to open the stream (listing first when the watch must start over)."""
+        state, fresh = self._state, self._state.must_relist
+        try:
+            if fresh:
+                self._pending.extend(self._relist())
+            with ExitStack() as stack:
+                source = stack.enter_context(
+                    connect_sse(
+                        self._client._http,
+                        "GET",
+                        self.url + "/v1/watch",
+                        params=state.params(),
+                        headers=state.headers(),
+                        timeout=self._timeout,
+                    )
+                )
+                response = source.response
+                if response.status_code == 200:
+                    stream_check(response, self.url)
+                    self._sse, self._stream = source.iter_sse(), stack.pop_all()
+                    state.connected()
+                    return
+                response.read()
+                refused(state, response, self.url, fresh=fresh)
+        except (httpx.TransportError, Unavailable) as exc:
+            self._failed(streaming=False, why=describe(exc))
+
+    def _failed(self, *, streaming: bool, why: str) -> None:
+        self.close()
+        nodes = self._client._nodes
+        self.url = self._state.failed(
+            self.url, nodes, streaming=streaming, why=why, now=time.monotonic()
+        )
+        time.sleep(self._state.delay())
 
     def _relist(self) -> builtins.list[Event]:
         state, entries = self._state, builtins.list[Entry]()
@@ -245,47 +310,4 @@ class Watch:
             if page.next is None or state.key is not None:
                 break
             page = self._client._send(calls.listing(state.list_prefix(), page.next, PAGE), only=self.url)
-        if first.seq is None:
-            raise InvalidAnswer(
-                0, f"{self.url} answers listings without a seq: it cannot watch", self.url
-            )
-        return state.relisted(entries, first.seq)
-
-    def _run(self) -> Generator[Event, None, None]:
-        state, http = self._state, self._client._http
-        timeout = httpx.Timeout(self._client.timeout, read=self._idle_timeout)
-        relisted = False
-        while True:
-            streaming = False
-            try:
-                if state.must_relist:
-                    yield from self._relist()
-                    relisted = True
-                with connect_sse(
-                    http,
-                    "GET",
-                    self.url + "/v1/watch",
-                    params=state.params(),
-                    headers=state.headers(),
-                    timeout=timeout,
-                ) as source:
-                    response = source.response
-                    if response.status_code == 410 and state.relist and not relisted:
-                        state.start_over()
-                        continue
-                    if response.status_code != 200:
-                        response.read()
-                        raise error_from_answer(response.status_code, response.content, self.url)
-                    state.connected()
-                    streaming, relisted = True, False
-                    for sse in source.iter_sse():
-                        if event := state.event(sse, self.url):
-                            yield event
-                why = "the node ended the stream"
-            except (httpx.TransportError, Unavailable) as exc:
-                why = describe(exc)
-            except SSEError:
-                raise calls.not_shareddb(self.url) from None
-            now = time.monotonic()
-            self.url = state.failed(self.url, self._client._nodes, streaming=streaming, why=why, now=now)
-            time.sleep(state.delay())
+        return state.relisted(entries, listing_seq(first, self.url))

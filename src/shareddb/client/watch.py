@@ -20,11 +20,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import httpx
 from httpx_sse import ServerSentEvent
 
 from shareddb.client.calls import Nodes, iso_time, not_shareddb
-from shareddb.client.errors import Unavailable
-from shareddb.client.model import Entry, Event
+from shareddb.client.errors import Gone, InvalidAnswer, Unavailable, error_from_answer
+from shareddb.client.model import Entry, Event, Page
 
 RECONNECT_FIRST_DELAY = 0.05
 RECONNECT_MAX_DELAY = 2.0
@@ -160,3 +161,25 @@ class WatchState:
             self.live.add(key)
         else:
             self.live.discard(key)
+
+
+def stream_check(response: httpx.Response, url: str) -> None:
+    """A 200 that is not an event stream is not a shareddb node."""
+    if response.headers.get("Content-Type", "").partition(";")[0].strip() != "text/event-stream":
+        raise not_shareddb(url)
+
+
+def refused(state: WatchState, response: httpx.Response, url: str, *, fresh: bool) -> None:
+    """A node refused the watch: on 410 list again (unless the watch may not, or just did),
+    else raise what the answer stands for."""
+    error = error_from_answer(response.status_code, response.content, url)
+    if isinstance(error, Gone) and state.relist and not fresh:
+        state.start_over()
+        return
+    raise error
+
+
+def listing_seq(page: Page, url: str) -> int:
+    if page.seq is None:
+        raise InvalidAnswer(0, f"{url} answers listings without a seq: it cannot watch", url)
+    return page.seq
