@@ -270,17 +270,25 @@ def event_line(event: Event) -> str:
 @click.argument("prefix", default="")
 @click.option("--json", "as_json", is_flag=True, help="Print each event as one JSON object.")
 @click.option("--since", type=click.IntRange(min=0), default=None, help="Replay the changes after SEQ.")
+@click.option("-n", "--count", type=click.IntRange(min=1), default=None, help="Exit after N events.")
 @url_option
 @token_option
 def watch(
-    prefix: str, as_json: bool, since: int | None, urls: tuple[str, ...], token: str | None
+    prefix: str,
+    as_json: bool,
+    since: int | None,
+    count: int | None,
+    urls: tuple[str, ...],
+    token: str | None,
 ) -> None:
     """Print every change to keys under PREFIX (all keys when left out), one line each, until
-    Ctrl-C."""
+    Ctrl-C (or N events)."""
     try:
         with connected(urls, token) as client, client.watch(prefix, since=since) as events:
-            for event in events:
+            for seen, event in enumerate(events, start=1):
                 click.echo(orjson.dumps(event.to_json()).decode() if as_json else event_line(event))
+                if seen == count:
+                    return
     except KeyboardInterrupt:
         return
 
