@@ -303,7 +303,9 @@ class AsyncWatch:
 
     async def _relist(self) -> builtins.list[Event]:
         state, entries = self._state, builtins.list[Entry]()
-        first = await self._client._send(calls.listing(state.list_prefix(), None, PAGE), only=self.url)
+        first = await self._client._send(
+            calls.listing(state.list_prefix(), None, state.first_page(PAGE)), only=self.url
+        )
         page = first
         while True:
             entries += page.entries

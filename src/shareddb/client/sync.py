@@ -303,7 +303,9 @@ class Watch:
 
     def _relist(self) -> builtins.list[Event]:
         state, entries = self._state, builtins.list[Entry]()
-        first = self._client._send(calls.listing(state.list_prefix(), None, PAGE), only=self.url)
+        first = self._client._send(
+            calls.listing(state.list_prefix(), None, state.first_page(PAGE)), only=self.url
+        )
         page = first
         while True:
             entries += page.entries

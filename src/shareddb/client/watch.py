@@ -63,6 +63,11 @@ class WatchState:
     def list_prefix(self) -> str:
         return self.key if self.key is not None else self.prefix
 
+    def first_page(self, page: int) -> int:
+        """How many keys the first page of a relisting asks for: the watched key, when there is
+        one, comes first among the keys it prefixes."""
+        return 1 if self.key is not None else page
+
     def matches(self, key: str) -> bool:
         return key == self.key if self.key is not None else key.startswith(self.prefix)
 
