@@ -12,7 +12,7 @@ import ssl
 import time
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, suppress
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -218,6 +218,7 @@ class AsyncWatch:
         self._pending: deque[Event] = deque()
         self._stream: AsyncExitStack | None = None
         self._sse: AsyncGenerator[ServerSentEvent, None] | None = None
+        self._closed = False
 
     @property
     def seq(self) -> int | None:
@@ -234,6 +235,8 @@ class AsyncWatch:
 
     async def __anext__(self) -> Event:
         while True:
+            if self._closed:
+                raise StopAsyncIteration
             if self._pending:
                 return self._pending.popleft()
             if self._sse is None:
@@ -259,11 +262,17 @@ class AsyncWatch:
         await self.close()
 
     async def close(self) -> None:
+        """Disconnect; the iteration ends."""
+        self._closed = True
+        await self._drop()
+
+    async def _drop(self) -> None:
         sse, stream, self._sse, self._stream = self._sse, self._stream, None, None
-        if sse is not None:
-            await sse.aclose()
-        if stream is not None:
-            await stream.aclose()
+        with suppress(httpx.TransportError):
+            if sse is not None:
+                await sse.aclose()
+            if stream is not None:
+                await stream.aclose()
 
     async def _connect(self) -> None:
         """One attempt to open the stream (listing first when the watch must start over)."""
@@ -294,7 +303,7 @@ class AsyncWatch:
             await self._failed(streaming=False, why=describe(exc))
 
     async def _failed(self, *, streaming: bool, why: str) -> None:
-        await self.close()
+        await self._drop()
         nodes = self._client._nodes
         self.url = self._state.failed(
             self.url, nodes, streaming=streaming, why=why, now=time.monotonic()

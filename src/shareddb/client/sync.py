@@ -11,7 +11,7 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -220,6 +220,7 @@ class Watch:
         self._pending: deque[Event] = deque()
         self._stream: ExitStack | None = None
         self._sse: Iterator[ServerSentEvent] | None = None
+        self._closed = False
 
     @property
     def seq(self) -> int | None:
@@ -236,6 +237,8 @@ class Watch:
 
     def __next__(self) -> Event:
         while True:
+            if self._closed:
+                raise StopIteration
             if self._pending:
                 return self._pending.popleft()
             if self._sse is None:
@@ -261,9 +264,15 @@ class Watch:
         self.close()
 
     def close(self) -> None:
-        if self._stream is not None:
-            self._stream.close()
-        self._stream = self._sse = None
+        """Disconnect; the iteration ends."""
+        self._closed = True
+        self._drop()
+
+    def _drop(self) -> None:
+        stream, self._stream, self._sse = self._stream, None, None
+        if stream is not None:
+            with suppress(httpx.TransportError):
+                stream.close()
 
     def _connect(self) -> None:
         """One attempt to open the stream (listing first when the watch must start over)."""
@@ -294,7 +303,7 @@ class Watch:
             self._failed(streaming=False, why=describe(exc))
 
     def _failed(self, *, streaming: bool, why: str) -> None:
-        self.close()
+        self._drop()
         nodes = self._client._nodes
         self.url = self._state.failed(
             self.url, nodes, streaming=streaming, why=why, now=time.monotonic()
