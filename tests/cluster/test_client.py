@@ -336,6 +336,7 @@ def test_transaction_applies_all_or_nothing(start_node: StartNode) -> None:
             db.txn(if_=[IfAbsent("t/a"), IfVersion("t/c", old.version)], then=[Put("t/d", "4")])
         assert failed.value.failed == [Failed("t/a", a.version), Failed("t/c", None)]
         assert db.get("t/d") is None
+        assert db.txn(then=[Put("t/w", "x")], w=1, timeout=2)[0].key == "t/w"
         with pytest.raises(BadRequest):
             db.txn_json({"if": [], "then": [{"op": "frobnicate", "key": "x"}]})
 

@@ -283,7 +283,7 @@ def listing(prefix: str, after: str | None, limit: int | None) -> Call[Page]:
     return Call("GET", "/v1/kv", parse, params=params)
 
 
-def txn(document: Mapping[str, Any]) -> Call[list[TxnResult]]:
+def txn(document: Mapping[str, Any], *, w: int | None, timeout: float | None) -> Call[list[TxnResult]]:
     def parse(response: httpx.Response, url: str) -> list[TxnResult]:
         results = json_object(response, url).get("results")
         if not isinstance(results, list):
@@ -293,9 +293,11 @@ def txn(document: Mapping[str, Any]) -> Call[list[TxnResult]]:
         except (KeyError, TypeError):
             raise not_shareddb(url) from None
 
+    params: dict[str, str] = {}
+    wait = _copies(params, w, timeout)
     body = orjson.dumps(document)
     headers = {"Content-Type": "application/json"}
-    return Call("POST", "/v1/txn", parse, headers=headers, content=body, idempotent=False)
+    return Call("POST", "/v1/txn", parse, frozenset({200}), params, headers, body, False, None, wait)
 
 
 def document(path: str, params: dict[str, str] | None = None) -> Call[dict[str, Any]]:

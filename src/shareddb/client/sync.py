@@ -160,15 +160,24 @@ class Client:
             after = found.next
 
     def txn(
-        self, if_: Sequence[Condition] = (), then: Sequence[Operation] = ()
+        self,
+        if_: Sequence[Condition] = (),
+        then: Sequence[Operation] = (),
+        *,
+        w: int | None = None,
+        timeout: float | None = None,
     ) -> builtins.list[TxnResult]:
         """Apply every operation of `then` in one atomic commit if every condition of `if_` holds
-        (else PreconditionFailed listing each failed condition, nothing written)."""
-        return self.txn_json(txn_document(builtins.list(if_), builtins.list(then)))
+        (else PreconditionFailed listing each failed condition, nothing written); `w` and `timeout`
+        as for `put`."""
+        document = txn_document(builtins.list(if_), builtins.list(then))
+        return self.txn_json(document, w=w, timeout=timeout)
 
-    def txn_json(self, document: Mapping[str, Any]) -> builtins.list[TxnResult]:
+    def txn_json(
+        self, document: Mapping[str, Any], *, w: int | None = None, timeout: float | None = None
+    ) -> builtins.list[TxnResult]:
         """A transaction already in its JSON form `{"if": [...], "then": [...]}`."""
-        return self._send(calls.txn(document))
+        return self._send(calls.txn(document, w=w, timeout=timeout))
 
     def watch(
         self,
