@@ -164,23 +164,24 @@ class WatchProcess:
 def test_watch_prints_one_line_per_event_and_stops_on_ctrl_c(start_node: StartNode) -> None:
     node = start_node("w1")
     with Client(node.url) as db:
+        db.put("app/old", "o")
         listed = db.list("app/")
         assert listed.seq is not None
         a = db.put("app/a", "alpha")
         db.put("elsewhere", "x")
-        gone = db.delete("app/a")
+        gone = db.delete("app/old")
         readable = WatchProcess("app/", "--since", str(listed.seq), "--url", node.url)
         as_json = WatchProcess("app/", "--json", "--since", str(listed.seq), "--url", node.url)
         try:
             lines = readable.wait_lines(2, "two readable lines")
             put_line, delete_line = (line.split("\t") for line in lines)
             assert put_line[1:] == ["put", "app/a", a.version, '"alpha"']
-            assert delete_line[1:] == ["delete", "app/a", gone or "-", "-"]
+            assert delete_line[1:] == ["delete", "app/old", gone or "-", "-"]
             assert int(put_line[0]) < int(delete_line[0])
             events = [orjson.loads(line) for line in as_json.wait_lines(2, "two JSON lines")]
             assert [(e["event"], e["key"], e["value"]) for e in events] == [
                 ("put", "app/a", "alpha"),
-                ("delete", "app/a", None),
+                ("delete", "app/old", None),
             ]
             assert events[0]["version"] == a.version
             db.put("app/b", "beta", ttl=60)
