@@ -145,6 +145,14 @@ def test_events_advance_the_seq_and_resume_with_last_event_id() -> None:
     assert watch.headers() == {"Last-Event-ID": "7"}
 
 
+def test_a_watch_from_now_resumes_from_where_it_connected() -> None:
+    watch = state()
+    watch.start_at(12)
+    assert watch.params() == {"prefix": "p/", "since": "12"}
+    watch.dropped()  # before any event
+    assert watch.headers() == {"Last-Event-ID": "12"}
+
+
 def test_since_is_sent_until_the_stream_resumes() -> None:
     watch = WatchState("", "one", 5, relist=True, give_up_after=10.0)
     assert watch.params() == {"key": "one", "since": "5"}

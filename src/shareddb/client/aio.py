@@ -289,6 +289,11 @@ class AsyncWatch:
         try:
             if fresh:
                 self._pending.extend(await self._relist())
+            elif state.seq is None:
+                now = await self._client._send(
+                    calls.listing(state.list_prefix(), None, 1), only=self.url
+                )
+                state.start_at(listing_seq(now, self.url))
             async with AsyncExitStack() as stack:
                 source = await stack.enter_async_context(
                     aconnect_sse(

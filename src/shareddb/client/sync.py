@@ -289,6 +289,9 @@ class Watch:
         try:
             if fresh:
                 self._pending.extend(self._relist())
+            elif state.seq is None:
+                now = self._client._send(calls.listing(state.list_prefix(), None, 1), only=self.url)
+                state.start_at(listing_seq(now, self.url))
             with ExitStack() as stack:
                 source = stack.enter_context(
                     connect_sse(

@@ -1,7 +1,8 @@
 """What a watch remembers between connections, shared by the sync and the asyncio iterator.
 
-A watch streams from one node and remembers the last seq it delivered, so a dropped stream resumes
-on the same node with `Last-Event-ID` and misses nothing. Seqs belong to one node: when the watch
+A watch streams from one node and remembers the last seq it delivered (a watch "from now" starts
+at the node's seq when it connects, read from a one-key listing), so a dropped stream resumes on the
+same node with `Last-Event-ID` and misses nothing. Seqs belong to one node: when the watch
 must move to another node (the first cannot be reached), or the node answers 410 (it cannot
 replay from there), it lists the prefix on the node it will watch and delivers what differs from
 what it has delivered so far, as events marked `relisted`:
@@ -94,6 +95,12 @@ class WatchState:
         else:
             self.start_over()
         return following
+
+    def start_at(self, seq: int) -> None:
+        """A watch from now starts at the node's position when it connects, so that a stream
+        that breaks before its first event resumes from there, missing nothing."""
+        self.seq = seq
+        self.resuming = False
 
     def dropped(self) -> None:
         """The stream ended or broke: resume on the same node from the last seq delivered."""
