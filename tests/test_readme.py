@@ -13,7 +13,9 @@ headers that matter (each must be in the response; Date, Server and Content-Leng
 a blank line and the body.
 
 A block right after `<!-- node: ARGS -->` runs against its own node started with those `serve`
-flags (for example a token); a block after `<!-- not run -->` is not run.
+flags (for example a token); a block after `<!-- not run -->` is not run. A block right after
+`<!-- file: NAME -->` (the Python client's examples) is a file NAME in the directory the commands
+run in, its addresses rewritten like the commands'; `python` is this interpreter.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 WILDCARD = "…"
 NOT_RUN = "<!-- not run -->"
 NODE_MARKER = re.compile(r"<!-- node: (.*) -->")
+FILE_MARKER = re.compile(r"<!-- file: ([\w.-]+) -->")
 ADDRESS = re.compile(r"\b(?:localhost|127\.0\.0\.1):\d{2,5}\b")
 FENCE = re.compile(r"```(\w*)\s*$")
 TABLE_HEADER = "| flag | env var | default | meaning |"
@@ -82,6 +85,21 @@ def parse_blocks(text: str) -> list[Block]:
             blocks.append(block)
         i = end + 1
     return blocks
+
+
+def parse_files(text: str) -> dict[str, str]:
+    """The README's example files: name -> content."""
+    files: dict[str, str] = {}
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        marker = FILE_MARKER.fullmatch(line.strip())
+        if marker is None:
+            continue
+        start = next(j for j in range(i + 1, len(lines)) if lines[j].strip()) + 1
+        assert FENCE.match(lines[start - 1]), f"README.md:{i + 1}: no code block after the file marker"
+        end = next(j for j in range(start, len(lines)) if lines[j].startswith("```"))
+        files[marker.group(1)] = "\n".join(lines[start:end]) + "\n"
+    return files
 
 
 def _examples(body: list[str], first_line: int) -> Iterator[Example]:
@@ -187,13 +205,18 @@ def _on(node: NodeProcess, text: str) -> str:
     return ADDRESS.sub(f"127.0.0.1:{node.port}", text)
 
 
-def run_example(example: Example, node: NodeProcess, env: dict[str, str]) -> None:
+def run_example(
+    example: Example, node: NodeProcess, env: dict[str, str], workdir: Path, files: dict[str, str]
+) -> None:
+    for name, content in files.items():
+        (workdir / name).write_text(_on(node, content), "utf-8")
     command = _on(node, example.command)
     result = subprocess.run(
         ["bash", "-c", command],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         env={**env, "SHAREDDB_URL": node.url},
+        cwd=workdir,
         timeout=COMMAND_TIMEOUT,
         check=False,
     )
@@ -208,11 +231,13 @@ def run_example(example: Example, node: NodeProcess, env: dict[str, str]) -> Non
 
 
 def command_env(bin_dir: Path) -> dict[str, str]:
-    """The environment of the examples: `shareddb` is this interpreter's, no SHAREDDB_ settings."""
+    """The environment of the examples: `shareddb` and `python` are this interpreter's, no
+    SHAREDDB_ settings."""
     bin_dir.mkdir()
-    script = bin_dir / "shareddb"
-    script.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -m shareddb "$@"\n')
-    script.chmod(0o755)
+    for name, run in (("shareddb", "-m shareddb "), ("python", "")):
+        script = bin_dir / name
+        script.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} {run}"$@"\n')
+        script.chmod(0o755)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SHAREDDB_")}
     env["PATH"] = os.pathsep.join([str(bin_dir), env.get("PATH", "")])
     return env
@@ -221,8 +246,11 @@ def command_env(bin_dir: Path) -> dict[str, str]:
 def test_readme_examples_give_the_output_shown(tmp_path: Path) -> None:
     if shutil.which("curl") is None:
         pytest.skip("the README's examples use curl, which is not installed")
-    blocks = parse_blocks(README.read_text("utf-8"))
+    text = README.read_text("utf-8")
+    blocks, files = parse_blocks(text), parse_files(text)
     env = command_env(tmp_path / "bin")
+    workdir = tmp_path / "work"
+    workdir.mkdir()
     nodes: dict[tuple[str, ...], NodeProcess] = {}
     try:
         for block in blocks:
@@ -234,7 +262,7 @@ def test_readme_examples_give_the_output_shown(tmp_path: Path) -> None:
                 nodes[block.node_args] = node
                 node.start()
             for example in block.examples:
-                run_example(example, node, env)
+                run_example(example, node, env, workdir, files)
     finally:
         for node in nodes.values():
             if node.running():
@@ -263,11 +291,27 @@ def test_readme_runs_an_example_of_every_endpoint() -> None:
         "w": r"[?&]w=\d",
         "timeout": r"[?&]timeout=",
         "token": r"Authorization: Bearer",
+        "shareddb set --if-absent": r"shareddb set .*--if-absent",
+        "shareddb set --if-version": r"shareddb set .*--if-version",
+        "shareddb set --ttl": r"shareddb set .*--ttl",
+        "shareddb txn": r"shareddb txn",
+        "shareddb watch": r"shareddb watch",
+        "shareddb watch --json": r"shareddb watch .*--json",
+        "the Python client": r"^python \w+\.py$",
     }
     missing = [
         what for what, pattern in shown.items() if not any(re.search(pattern, c) for c in commands)
     ]
     assert not missing, f"the README runs no example of: {', '.join(missing)}"
+
+
+def test_readme_runs_every_example_file() -> None:
+    text = README.read_text("utf-8")
+    commands = " ".join(ex.command for block in parse_blocks(text) for ex in block.examples)
+    files = parse_files(text)
+    assert {"counter.py", "lock.py"} <= files.keys()
+    unused = [name for name in files if name not in commands]
+    assert not unused, f"no README command runs {', '.join(unused)}"
 
 
 def config_table() -> str:

@@ -8,14 +8,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import click
 import orjson
 
-from shareddb.client import Client, ClientError
+from shareddb.client import DEFAULT_URL, Client, ClientError, Event, PreconditionFailed
 from shareddb.config import SETTINGS, Settings
 from shareddb.node import NodeError
 from shareddb.record import DEFAULT_MAX_VALUE_BYTES
@@ -23,8 +24,6 @@ from shareddb.store.sqlite_faults import StoreOpenError
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
-
-DEFAULT_URL = "http://127.0.0.1:8080"
 
 
 class Fail(click.ClickException):
@@ -141,60 +140,92 @@ def cluster_up(
 # -- client commands ------------------------------------------------------------------------------
 
 url_option = click.option(
-    "--url", envvar="SHAREDDB_URL", default=DEFAULT_URL, show_default=True, help="Node to ask."
+    "--url",
+    "urls",
+    envvar="SHAREDDB_URL",
+    multiple=True,
+    default=(DEFAULT_URL,),
+    show_default=True,
+    help="Node to ask; give it several times (or comma-separated) to fail over to the next.",
 )
 token_option = click.option("--token", envvar="SHAREDDB_TOKEN", default=None, help="Bearer token.")
 
 
-def _call(url: str, token: str | None, action: Callable[[Client], Coroutine[Any, Any, T]]) -> T:
-    async def go() -> T:
-        async with Client(url, token=token) as client:
-            return await action(client)
+def failure_line(exc: ClientError) -> str:
+    """One line for a failed request; a failed condition names every key and its version."""
+    if isinstance(exc, PreconditionFailed):
+        held = ", ".join(
+            f"{f.key!r} is absent" if f.version is None else f"{f.key!r} is at version {f.version}"
+            for f in exc.failed
+        )
+        return f"precondition failed, nothing written: {held}"
+    return exc.message
 
+
+@contextmanager
+def connected(urls: Sequence[str], token: str | None) -> Iterator[Client]:
+    """A client of the nodes at `urls`; a failed request becomes one line (`Fail`)."""
     try:
-        return run(go())
+        with Client(urls, token=token) as client:
+            yield client
     except ClientError as exc:
-        raise Fail(exc.message) from None
+        raise Fail(failure_line(exc)) from None
 
 
 @cli.command()
 @click.argument("key")
 @url_option
 @token_option
-def get(key: str, url: str, token: str | None) -> None:
+def get(key: str, urls: tuple[str, ...], token: str | None) -> None:
     """Print the value of KEY."""
-    found = _call(url, token, lambda c: c.get(key))
-    if found is None:
+    with connected(urls, token) as client:
+        entry = client.get(key)
+    if entry is None:
         raise Fail(f"key {key!r} not found")
-    click.echo(found[0])
+    click.echo(entry.value)
 
 
 @cli.command("set")
 @click.argument("key")
 @click.argument("value", required=False)
+@click.option("--ttl", type=click.IntRange(min=1), default=None, help="Expire after S seconds.")
+@click.option("--if-version", default=None, metavar="VER", help="Only if KEY is at version VER.")
+@click.option("--if-absent", is_flag=True, help="Only if KEY does not exist.")
 @click.option("-w", "copies", type=click.IntRange(min=1), default=None, help="Wait for N copies.")
 @url_option
 @token_option
-def set_(key: str, value: str | None, copies: int | None, url: str, token: str | None) -> None:
+def set_(
+    key: str,
+    value: str | None,
+    ttl: int | None,
+    if_version: str | None,
+    if_absent: bool,
+    copies: int | None,
+    urls: tuple[str, ...],
+    token: str | None,
+) -> None:
     """Set KEY to VALUE (read from stdin when VALUE is left out); prints the new version."""
+    if if_version is not None and if_absent:
+        raise Fail("--if-version and --if-absent exclude each other")
     if value is None:
         try:
-            text = sys.stdin.buffer.read().decode("utf-8")
+            value = sys.stdin.buffer.read().decode("utf-8")
         except UnicodeDecodeError:
             raise Fail("the value on standard input is not valid UTF-8") from None
-    else:
-        text = value
-    click.echo(_call(url, token, lambda c: c.put(key, text, w=copies)))
+    with connected(urls, token) as client:
+        written = client.put(key, value, ttl=ttl, if_version=if_version, if_absent=if_absent, w=copies)
+    click.echo(written.version)
 
 
 @cli.command()
 @click.argument("key")
+@click.option("--if-version", default=None, metavar="VER", help="Only if KEY is at version VER.")
 @url_option
 @token_option
-def rm(key: str, url: str, token: str | None) -> None:
+def rm(key: str, if_version: str | None, urls: tuple[str, ...], token: str | None) -> None:
     """Delete KEY."""
-    if not _call(url, token, lambda c: c.delete(key)):
-        raise Fail(f"key {key!r} not found")
+    with connected(urls, token) as client:
+        client.delete(key, if_version=if_version)
 
 
 @cli.command()
@@ -202,47 +233,93 @@ def rm(key: str, url: str, token: str | None) -> None:
 @click.option("-l", "--long", "long_", is_flag=True, help="Also print version and value.")
 @url_option
 @token_option
-def ls(prefix: str, long_: bool, url: str, token: str | None) -> None:
+def ls(prefix: str, long_: bool, urls: tuple[str, ...], token: str | None) -> None:
     """List the keys under PREFIX (all keys when left out), in order."""
-
-    async def go(client: Client) -> None:
-        async for item in client.items(prefix):
+    with connected(urls, token) as client:
+        for entry in client.items(prefix):
             if long_:
-                click.echo(f"{item.key}\t{item.version}\t{orjson.dumps(item.value).decode()}")
+                click.echo(f"{entry.key}\t{entry.version}\t{orjson.dumps(entry.value).decode()}")
             else:
-                click.echo(item.key)
-
-    _call(url, token, go)
+                click.echo(entry.key)
 
 
 @cli.command()
 @url_option
 @token_option
-def dump(url: str, token: str | None) -> None:
+def dump(urls: tuple[str, ...], token: str | None) -> None:
     """Print every key and value as one JSON object."""
-
-    async def go(client: Client) -> None:
+    with connected(urls, token) as client:
         separator = ""
         click.echo("{", nl=False)
-        async for item in client.items():
-            pair = orjson.dumps(item.key).decode() + ": " + orjson.dumps(item.value).decode()
+        for entry in client.items():
+            pair = orjson.dumps(entry.key).decode() + ": " + orjson.dumps(entry.value).decode()
             click.echo(f"{separator}\n  {pair}", nl=False)
             separator = ","
         click.echo("\n}" if separator else "}")
 
-    _call(url, token, go)
+
+def event_line(event: Event) -> str:
+    """`SEQ<TAB>put<TAB>KEY<TAB>VERSION<TAB>VALUE-as-JSON[<TAB>expires ISO]`; a delete shows `-`
+    for the value (and for the version when it was learnt from a listing)."""
+    value = "-" if event.value is None else orjson.dumps(event.value).decode()
+    line = f"{event.seq}\t{event.kind}\t{event.key}\t{event.version or '-'}\t{value}"
+    return line + (f"\texpires {event.to_json()['expires']}" if event.expires else "")
+
+
+@cli.command()
+@click.argument("prefix", default="")
+@click.option("--json", "as_json", is_flag=True, help="Print each event as one JSON object.")
+@click.option("--since", type=click.IntRange(min=0), default=None, help="Replay the changes after SEQ.")
+@click.option("-n", "--count", type=click.IntRange(min=1), default=None, help="Exit after N events.")
+@url_option
+@token_option
+def watch(
+    prefix: str,
+    as_json: bool,
+    since: int | None,
+    count: int | None,
+    urls: tuple[str, ...],
+    token: str | None,
+) -> None:
+    """Print every change to keys under PREFIX (all keys when left out), one line each, until
+    Ctrl-C (or N events)."""
+    try:
+        with connected(urls, token) as client, client.watch(prefix, since=since) as events:
+            for seen, event in enumerate(events, start=1):
+                click.echo(orjson.dumps(event.to_json()).decode() if as_json else event_line(event))
+                if seen == count:
+                    return
+    except KeyboardInterrupt:
+        return
+
+
+@cli.command()
+@click.argument("file", type=click.File("rb"))
+@url_option
+@token_option
+def txn(file: BinaryIO, urls: tuple[str, ...], token: str | None) -> None:
+    """Apply the transaction in FILE (`-`: standard input), JSON {"if": [...], "then": [...]};
+    prints KEY and new version (`-` for the delete of an absent key) per operation."""
+    name = "standard input" if file.name in ("-", "<stdin>") else file.name
+    try:
+        document = orjson.loads(file.read())
+    except orjson.JSONDecodeError as exc:
+        raise Fail(f"{name} is not JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise Fail(f'{name} is not a JSON object {{"if": [...], "then": [...]}}')
+    with connected(urls, token) as client:
+        results = client.txn_json(document)
+    for result in results:
+        click.echo(f"{result.key}\t{result.version or '-'}")
 
 
 @cli.command()
 @url_option
 @token_option
-def status(url: str, token: str | None) -> None:
+def status(urls: tuple[str, ...], token: str | None) -> None:
     """Show this node and every member it knows: state, lag, last contact, URL."""
-
-    async def go(client: Client) -> tuple[dict[str, Any], dict[str, Any]]:
-        return await client.cluster(), await client.digest()
-
-    view, digest = _call(url, token, go)
+    with connected(urls, token) as client:
+        view, digest = client.cluster(), client.digest()
     me = view["node"]
     rows = [("NODE", "STATE", "LAG", "LAST CONTACT", "URL")]
     rows.append((f"{me['id']} (this)", me.get("state", "up"), "-", "-", me["url"]))
@@ -258,12 +335,12 @@ def status(url: str, token: str | None) -> None:
 @cli.command()
 @url_option
 @token_option
-def verify(url: str, token: str | None) -> None:
+def verify(urls: tuple[str, ...], token: str | None) -> None:
     """Compare every member's digest; list the keys that differ. Exit 1 unless all agree."""
     from shareddb.verify import verify as run_verify
 
     try:
-        report = run(run_verify(url, token))
+        report = run(run_verify(urls, token))
     except ClientError as exc:
         raise Fail(exc.message) from None
     for line in report.lines():
@@ -276,10 +353,12 @@ def verify(url: str, token: str | None) -> None:
 @click.option("--node", "node_id", default=None, help="Remove this member instead of the node at --url.")
 @url_option
 @token_option
-def leave(node_id: str | None, url: str, token: str | None) -> None:
+def leave(node_id: str | None, urls: tuple[str, ...], token: str | None) -> None:
     """Take the node at --url out of the cluster (or, with --node, another member)."""
-    _call(url, token, lambda c: c.leave(node_id))
-    click.echo(f"{node_id or 'the node at ' + url} left the cluster")
+    with connected(urls, token) as client:
+        client.leave(node_id)
+        target = client.url
+    click.echo(f"{node_id or 'the node at ' + target} left the cluster")
 
 
 def main() -> None:

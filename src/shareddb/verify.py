@@ -7,10 +7,11 @@ and, for the first few, the keys whose versions differ between nodes.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from shareddb.client import Client, ClientError
+from shareddb.client import AsyncClient, ClientError
 
 MAX_BUCKETS_SHOWN = 5
 MAX_KEYS_SHOWN = 20
@@ -49,13 +50,14 @@ class Report:
         return out
 
 
-async def verify(url: str, token: str | None) -> Report:
-    async with Client(url, token=token) as entry:
+async def verify(urls: str | Sequence[str], token: str | None) -> Report:
+    """Ask the first node of `urls` that answers for the members, then every member."""
+    async with AsyncClient(urls, token=token) as entry:
         view = await entry.cluster()
     targets = [(view["node"]["id"], view["node"]["url"])]
     targets += [(m["id"] or "?", m["url"]) for m in view["members"] if m["state"] != "left"]
     report = Report()
-    clients = [Client(u, token=token, timeout=60) for _, u in targets]
+    clients = [AsyncClient(u, token=token, timeout=60) for _, u in targets]
     try:
         digests = await asyncio.gather(*(_digest(c) for c in clients))
         for (node_id, node_url), digest in zip(targets, digests, strict=True):
@@ -84,7 +86,7 @@ async def verify(url: str, token: str | None) -> Report:
     return report
 
 
-async def _digest(client: Client) -> dict[str, Any] | None:
+async def _digest(client: AsyncClient) -> dict[str, Any] | None:
     try:
         return await client.digest(buckets=True)
     except ClientError:

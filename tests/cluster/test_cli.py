@@ -7,7 +7,6 @@ traceback. Independent command runs go in parallel (each pays the interpreter's 
 from __future__ import annotations
 
 import fcntl
-import http.server
 import importlib.metadata
 import os
 import re
@@ -15,7 +14,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
@@ -437,33 +435,6 @@ def test_client_reports_an_unreachable_node_in_one_line() -> None:
             "not a url": "not-a-url",
         },
     )
-
-
-class NotShareddb(http.server.BaseHTTPRequestHandler):
-    """Some other web server on the port the user named: 200 and a page of HTML for everything."""
-
-    def _answer(self) -> None:
-        body = b"<html><body>It works!</body></html>"
-        self.send_response(200)
-        self.send_header("Content-Type", "text/html")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    do_GET = do_PUT = do_DELETE = _answer
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def other_server() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotShareddb)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
 
 
 def test_client_reports_a_url_that_is_not_a_shareddb_node_in_one_line(other_server: str) -> None:
