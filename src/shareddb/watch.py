@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 
 import orjson
 
@@ -102,7 +103,7 @@ class Watcher:
         self.closed = True
         self.wake.set()
 
-    async def stream(self, ping_interval: float) -> AsyncIterator[bytes]:
+    async def stream(self, ping_interval: float) -> AsyncGenerator[bytes, None]:
         """What to write to the client, in order: events (several at once when they queued up)
         and pings, at least every `ping_interval` seconds. The caller writes each chunk before
         asking for the next, which is what moves `position` past it. Ends when the watcher is
@@ -136,10 +137,9 @@ class Watcher:
                     self.wake.clear()
                     remaining = next_ping - loop.time()
                     if remaining > 0:
-                        try:
-                            await asyncio.wait_for(self.wake.wait(), remaining)
-                        except TimeoutError:
-                            pass
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(remaining):
+                                await self.wake.wait()
         finally:
             self.hub.forget(self)
 
@@ -187,10 +187,19 @@ class WatchHub:
         self._watchers: set[Watcher] = set()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self._none_left = asyncio.Event()  # set while no watcher is open
+        self._none_left.set()
+        self.fell_behind = 0  # times a live watcher was too slow and went back to the feed
 
     @property
     def watchers(self) -> int:
+        """Open watches."""
         return len(self._watchers)
+
+    @property
+    def behind(self) -> int:
+        """Open watches reading the feed themselves (replaying, or too slow for the hub)."""
+        return len(self._watchers) - self._live
 
     def watch(self, prefix: str, *, exact: bool, since: int) -> Watcher:
         """A new watcher of `prefix` (or of the one key `prefix` when `exact`), to be sent the
@@ -199,6 +208,7 @@ class WatchHub:
             raise StoreUnavailable("the node is shutting down")
         watcher = Watcher(self, prefix, exact, since)
         self._watchers.add(watcher)
+        self._none_left.clear()
         return watcher
 
     def join(self, watcher: Watcher) -> None:
@@ -241,6 +251,8 @@ class WatchHub:
     def forget(self, watcher: Watcher) -> None:
         self._leave(watcher)
         self._watchers.discard(watcher)
+        if not self._watchers:
+            self._none_left.set()
 
     async def close(self, grace: float) -> None:
         """End every watch and refuse new ones: the node is stopping. Streams end cleanly; one
@@ -251,10 +263,9 @@ class WatchHub:
         for watcher in list(self._watchers):
             self._leave(watcher)
             watcher.close()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + grace
-        while self._watchers and loop.time() < deadline:
-            await asyncio.sleep(0.01)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                await self._none_left.wait()
         for watcher in list(self._watchers):
             if watcher.abort is not None:
                 watcher.abort()
@@ -290,6 +301,7 @@ class WatchHub:
             # Too slow to keep up: it drops what waited and reads the (compacted) feed itself
             # from what it has sent, so it holds no more than one page, and writers never wait.
             watcher.fell_behind += 1
+            self.fell_behind += 1
             watcher.wake.set()
 
     async def _run(self) -> None:
