@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import dataclasses
 import os
 import platform
 import shutil
@@ -37,6 +39,7 @@ from bench.report import (
     Run,
     checks,
     checks_text,
+    delay_check,
     noise_notes,
     server_problems,
     summarise,
@@ -45,6 +48,7 @@ from bench.report import (
 )
 from bench.scenarios import BASELINE, NAMES, Scenario, select
 from bench.targets import Target, settle, start_cluster, start_hello, start_node
+from bench.watchers import Delay, measure_delay, watching
 from bench.workload import PreloadError, Workload, preload, preload_etcd
 from bench.wrk import WrkError, WrkOptions, run_wrk, wrk_binary, wrk_version
 
@@ -95,6 +99,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=1,
         help="whole seconds of unrecorded load per scenario before the rounds (default 1; 0: none)",
     )
+    parser.add_argument(
+        "--watchers",
+        type=int,
+        default=1000,
+        help="watch streams open in watched_put and while timing the watch delay (default 1000)",
+    )
+    parser.add_argument(
+        "--watch-rate",
+        type=float,
+        default=1000.0,
+        help="writes per second while timing the watch delay (default 1000)",
+    )
     parser.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
     parser.add_argument(
         "--connections", type=int, default=32, help="wrk keep-alive connections (default 32)"
@@ -132,6 +148,7 @@ class Bench:
         self.workdir = Path(tempfile.mkdtemp(prefix="shareddb-bench-"))
         self.targets: dict[str, Target] = {}
         self.runs: dict[str, list[Run]] = {s.name: [] for s in plan}
+        self.delay: Delay | None = None
         self.started = time.time()
 
     def run(self) -> int:
@@ -149,6 +166,7 @@ class Bench:
             self.start_targets()
             self.warm_up()
             self.measure_rounds()
+            self.measure_watch_delay()
         except KeyboardInterrupt:
             print("\ninterrupted: stopping every server", file=sys.stderr)
             code = 130
@@ -224,7 +242,8 @@ class Bench:
         options = WrkOptions(self.wrk.threads, self.wrk.connections, self.args.warmup)
         for scenario in self.plan:
             target = self.targets[scenario.target]
-            run_wrk(target.url, scenario.script, self.workload.lua_args(), options)
+            with self.watching(scenario, target):
+                run_wrk(target.url, scenario.script, self.workload.lua_args(), options)
             if target.name == "cluster":
                 settle(target)
         print(f"warmed up ({self.args.warmup} s per scenario)", flush=True)
@@ -245,9 +264,10 @@ class Bench:
     def measure(self, scenario: Scenario, round_number: int) -> Run:
         target = self.targets[scenario.target]
         raw = self.workdir / "wrk" / f"{scenario.name}-{round_number}.txt"
-        before = target.cpu_seconds()
-        result = run_wrk(target.url, scenario.script, self.workload.lua_args(), self.wrk, raw)
-        after = target.cpu_seconds()
+        with self.watching(scenario, target):
+            before = target.cpu_seconds()
+            result = run_wrk(target.url, scenario.script, self.workload.lua_args(), self.wrk, raw)
+            after = target.cpu_seconds()
         cpu = None
         if before is not None and after is not None and result.requests:
             cpu = (after - before) * 1e6 / result.requests
@@ -261,6 +281,28 @@ class Bench:
             }
         return Run(round_number, result, cpu, settled)
 
+    def watching(self, scenario: Scenario, target: Target) -> contextlib.AbstractContextManager[None]:
+        count = self.args.watchers if scenario.watchers else 0
+        return watching(
+            self.fleet, target.url, count, self.workload, self.workdir / "logs" / "watchers.log"
+        )
+
+    def measure_watch_delay(self) -> None:
+        """With the watch scenarios: the delay from a write to its event, at a fixed rate."""
+        if not any(s.watchers for s in self.plan):
+            return
+        url, rate = self.targets["node"].url, self.args.watch_rate
+        self.delay = asyncio.run(
+            measure_delay(url, self.args.watchers, self.workload, rate, self.args.seconds)
+        )
+        d = self.delay
+        print(
+            f"watch delay at {d.achieved:,.0f} writes/s with {self.args.watchers:,} watches: "
+            f"p50 {d.p50_ms:.2f} ms  p99 {d.p99_ms:.2f} ms  max {d.max_ms:.2f} ms "
+            f"(p99 after the write's answer {d.p99_after_ack_ms:.2f} ms; {d.missing} missing)",
+            flush=True,
+        )
+
     # -- reporting --------------------------------------------------------------------------------
 
     def report(self, servers: list[dict[str, Any]]) -> None:
@@ -269,6 +311,8 @@ class Bench:
         descriptions = {name: t.description for name, t in self.targets.items()}
         summaries = summarise(self.runs, self.plan, descriptions)
         found = checks(summaries)
+        if self.delay is not None:
+            found.append(delay_check(self.delay.p99_ms, self.delay.rate, self.args.watchers))
         print(
             f"\nmedians of {self.args.rounds} rounds; x hello = req/s / hello-world req/s; "
             "x hello CPU = hello-world CPU us/req / CPU us/req\n"
@@ -321,6 +365,7 @@ class Bench:
                 }
                 for c in found
             ],
+            "watch_delay": None if self.delay is None else dataclasses.asdict(self.delay),
             "notes": self.notes,
             "servers": servers,
         }

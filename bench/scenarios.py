@@ -20,6 +20,7 @@ class Scenario:
     script: str  # in bench/scripts
     measures: str
     writes: bool
+    watchers: int = 0  # watch streams held open on the target while it is measured
 
 
 SCENARIOS: tuple[Scenario, ...] = (
@@ -27,6 +28,14 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("get", "node", "kv_get.lua", "GET /v1/kv/{key}, a random preloaded key", False),
     Scenario("seed_update", "node", "seed_update.lua", "GET /nodes/update?name=K&value=V (100 B)", True),
     Scenario("put", "node", "kv_put.lua", "PUT /v1/kv/{key}, 100-byte body", True),
+    Scenario(
+        "watched_put",
+        "node",
+        "kv_put.lua",
+        "put, with 1,000 watch streams open on the node (GET /v1/watch?key=K, one key each)",
+        True,
+        watchers=1000,
+    ),
     Scenario("redis_get", "redis_node", "kv_get.lua", "get, on a node with --store redis://", False),
     Scenario("redis_put", "redis_node", "kv_put.lua", "put, on a node with --store redis://", True),
     Scenario("cluster_put", "cluster", "kv_put.lua", "PUT /v1/kv/{key} on node 1 of --cluster N", True),
@@ -38,6 +47,8 @@ NAMES = tuple(s.name for s in SCENARIOS)
 
 # Each Redis scenario against the same requests on the SQLite node.
 REDIS_PAIRS = (("redis_get", "get"), ("redis_put", "put"))
+# The writes with watch streams open against the same writes without.
+WATCH_PAIRS = (("watched_put", "put"),)
 
 
 def select(

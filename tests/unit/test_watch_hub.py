@@ -13,7 +13,7 @@ import pytest
 from shareddb.record import Record, make_version
 from shareddb.store.base import Change, FeedPage
 from shareddb.store.memory import MemoryStore
-from shareddb.watch import MAX_PENDING_EVENTS, PING, WatchHub, Watcher, encode_event, iso_millis
+from shareddb.watch import MAX_PENDING_EVENTS, PING, Watcher, WatchHub, encode_event, iso_millis
 from tests.harness import eventually
 
 PING_NEVER = 3600.0
