@@ -321,10 +321,15 @@ class WatchHub:
                     return
                 log.warning("watch: cannot read the changes feed: %s", exc)
                 await asyncio.sleep(RETRY_DELAY)
+            except Exception:  # a bug: the live watchers must not wait for a hub that is gone
+                log.exception("watch: the hub failed; its watchers read the feed themselves")
+                self._fail_live()
+                return
 
     def _fail_live(self) -> None:
-        """The hub fell behind a purge (it cannot have missed nothing): its live watchers go
-        back to reading the feed themselves, where each finds out whether it is gone."""
+        """The hub cannot go on (it fell behind a purge, so it may have missed changes; or it
+        failed): its live watchers go back to reading the feed themselves, where each finds out
+        whether it is gone, and rejoin a new hub task."""
         for watcher in [w for group in self._keys.values() for w in group] + [
             w for group in self._prefixes.values() for w in group
         ]:
