@@ -31,6 +31,9 @@ test: lint
 test-fast: install
 	$(BIN)/pytest -m "not cluster"
 
+# Benchmarks (bench/README.md). ARGS goes to the script: for bench, ARGS=--no-expiry leaves out the
+# mass-expiry section (about 1 of its 5 minutes), ARGS="--only expiry" runs only that section,
+# ARGS="--only txn,put" two scenarios and the baseline, ARGS=--help lists every option.
 bench: install
 	$(BIN)/python bench/run.py $(ARGS)
 

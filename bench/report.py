@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from bench.processes import STOP_TIMEOUT
-from bench.scenarios import BASELINE, REDIS_PAIRS, WATCH_PAIRS, Scenario
+from bench.scenarios import BASELINE, REDIS_PAIRS, TXN_PAIRS, WATCH_PAIRS, Scenario
 from bench.wrk import WrkResult
 
 GET_TARGET = 0.8  # GET /v1/kv/{key} at least this fraction of hello-world req/s
@@ -54,6 +54,7 @@ class Summary:
             "measures": self.scenario.measures,
             "target": self.target,
             "rps": round(self.rps, 1),
+            "ops_per_request": self.scenario.ops,
             "p50_ms": self.p50_ms,
             "p99_ms": self.p99_ms,
             "cpu_us_per_request": _rounded(self.cpu_us_per_request),
@@ -142,6 +143,8 @@ def checks(summaries: Sequence[Summary]) -> list[Check]:
     for summary in summaries:
         if not summary.scenario.writes or summary.scenario.target == "etcd":
             continue
+        if summary.scenario.ops != 1:  # compared with single writes below (TXN_PAIRS)
+            continue
         name = summary.scenario.name
         found.append(
             _goal(f"{name} / 13,000 per s", summary.rps / WRITES_TARGET, 1.0, ">= 1.00 (absolute)")
@@ -170,6 +173,18 @@ def checks(summaries: Sequence[Summary]) -> list[Check]:
                 verdict = f"{check.verdict}; node CPU us/req x{cpu_watched / cpu_plain:.2f}"
                 check = Check(check.name, check.ratio, check.goal, check.met, verdict)
             found.append(check)
+    for txn, single in TXN_PAIRS:
+        if txn in by_name and single in by_name and by_name[single].rps > 0:
+            ops = by_name[txn].scenario.ops
+            rate = by_name[txn].rps * ops
+            verdict = (
+                f"{by_name[txn].rps:,.0f} txn/s x {ops} ops = {rate:,.0f} ops/s; "
+                f"{single} {by_name[single].rps:,.0f}/s"
+            )
+            ratio = rate / by_name[single].rps
+            found.append(
+                Check(f"{txn} ops/s / {single} req/s", ratio, "none (comparison)", None, verdict)
+            )
     return found
 
 

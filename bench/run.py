@@ -34,6 +34,8 @@ if __package__ in (None, ""):
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from bench import etcd, redis_target
+from bench.expiry import ExpiryError, ExpiryResult, run_expiry, summary_lines
+from bench.expiry import add_arguments as add_expiry_arguments
 from bench.processes import Fleet, StartError
 from bench.report import (
     Run,
@@ -53,6 +55,7 @@ from bench.workload import PreloadError, Workload, preload, preload_etcd
 from bench.wrk import WrkError, WrkOptions, run_wrk, wrk_binary, wrk_version
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
+EXPIRY = "expiry"  # the name of the mass-expiry section in --only
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -73,8 +76,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=[],
         metavar="NAME[,NAME]",
         help=f"run only these scenarios (repeatable), plus the {BASELINE} baseline; "
-        f"one of: {', '.join(NAMES)}",
+        f"one of: {', '.join(NAMES)}; or {EXPIRY} for the mass-expiry section",
     )
+    add_expiry_arguments(parser, EXPIRY)
     parser.add_argument(
         "--cluster",
         type=int,
@@ -127,7 +131,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     args.only = [name.strip() for item in args.only for name in item.split(",") if name.strip()]
-    for flag, value in (("--seconds", args.seconds), ("--rounds", args.rounds), ("--keys", args.keys)):
+    if args.expiry is None:
+        args.expiry = not args.only or EXPIRY in args.only
+    if args.only:  # only the section: the baseline, and the node it runs on
+        args.only = [name for name in args.only if name != EXPIRY] or [BASELINE]
+    positive = (
+        ("--seconds", args.seconds),
+        ("--rounds", args.rounds),
+        ("--keys", args.keys),
+        ("--expiry-seconds", args.expiry_seconds),
+        ("--expiry-keys", args.expiry_keys),
+    )
+    for flag, value in positive:
         if value <= 0:
             parser.error(f"{flag} must be positive")
     if args.warmup < 0 or args.value_bytes < 0 or args.threads < 1 or args.connections < args.threads:
@@ -149,6 +164,7 @@ class Bench:
         self.targets: dict[str, Target] = {}
         self.runs: dict[str, list[Run]] = {s.name: [] for s in plan}
         self.delay: Delay | None = None
+        self.expiry: ExpiryResult | None = None
         self.started = time.time()
 
     def run(self) -> int:
@@ -156,6 +172,8 @@ class Bench:
         self.notes.append(f"load average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
         runs = len(self.plan) * self.args.rounds
         total = runs * self.args.seconds + len(self.plan) * self.args.warmup
+        if self.args.expiry:
+            total += self.args.seconds + 30  # idle, loading the expiring keys, reaping them
         print(
             f"{len(self.plan)} scenarios x {self.args.rounds} rounds x {self.args.seconds} s "
             f"(+ warm-up): about {total / 60:.1f} min of load; {self.notes[-1]}",
@@ -167,10 +185,12 @@ class Bench:
             self.warm_up()
             self.measure_rounds()
             self.measure_watch_delay()
+            if self.args.expiry:
+                self.measure_expiry()
         except KeyboardInterrupt:
             print("\ninterrupted: stopping every server", file=sys.stderr)
             code = 130
-        except (StartError, PreloadError, WrkError) as exc:
+        except (StartError, PreloadError, WrkError, ExpiryError) as exc:
             print(f"\nbench FAILED: {exc}", file=sys.stderr)
             self.print_log_tails()
             code = 1
@@ -186,7 +206,7 @@ class Bench:
     # -- servers ----------------------------------------------------------------------------------
 
     def start_targets(self) -> None:
-        needed = {s.target for s in self.plan}
+        needed = {s.target for s in self.plan} | ({"node"} if self.args.expiry else set())
         print("starting:", ", ".join(sorted(needed)), flush=True)
         self.targets["hello"] = start_hello(self.fleet, self.workdir)
         if "node" in needed:
@@ -243,7 +263,7 @@ class Bench:
         for scenario in self.plan:
             target = self.targets[scenario.target]
             with self.watching(scenario, target):
-                run_wrk(target.url, scenario.script, self.workload.lua_args(), options)
+                run_wrk(target.url, scenario.script, self.workload.lua_args(scenario.ops), options)
             if target.name == "cluster":
                 settle(target)
         print(f"warmed up ({self.args.warmup} s per scenario)", flush=True)
@@ -266,7 +286,8 @@ class Bench:
         raw = self.workdir / "wrk" / f"{scenario.name}-{round_number}.txt"
         with self.watching(scenario, target):
             before = target.cpu_seconds()
-            result = run_wrk(target.url, scenario.script, self.workload.lua_args(), self.wrk, raw)
+            args = self.workload.lua_args(scenario.ops)
+            result = run_wrk(target.url, scenario.script, args, self.wrk, raw)
             after = target.cpu_seconds()
         cpu = None
         if before is not None and after is not None and result.requests:
@@ -303,6 +324,21 @@ class Bench:
             flush=True,
         )
 
+    def measure_expiry(self) -> None:
+        keys = self.args.expiry_keys
+        print(f"mass expiry: a GET window idle, then one while {keys:,} keys expire", flush=True)
+        options = WrkOptions(self.wrk.threads, self.wrk.connections, self.args.expiry_seconds)
+        self.expiry = run_expiry(
+            self.targets["node"].url,
+            self.workload,
+            self.wrk,
+            options,
+            keys,
+            self.args.expiry_allowance,
+            self.workdir,
+        )
+        print("\n".join(summary_lines(self.expiry)), flush=True)
+
     # -- reporting --------------------------------------------------------------------------------
 
     def report(self, servers: list[dict[str, Any]]) -> None:
@@ -313,6 +349,8 @@ class Bench:
         found = checks(summaries)
         if self.delay is not None:
             found.append(delay_check(self.delay.p99_ms, self.delay.rate, self.args.watchers))
+        if self.expiry is not None:
+            found.append(self.expiry.check())
         print(
             f"\nmedians of {self.args.rounds} rounds; x hello = req/s / hello-world req/s; "
             "x hello CPU = hello-world CPU us/req / CPU us/req\n"
@@ -320,6 +358,10 @@ class Bench:
         print(table(summaries))
         print("\ntargets (ratios):")
         print(checks_text(found))
+        if self.expiry is not None:
+            print("\nmass expiry (GET load on the SQLite node, idle vs while keys expire):")
+            print("\n".join(summary_lines(self.expiry)))
+            self.notes.extend(self.expiry.notes)
         cluster_runs = self.runs.get("cluster_put", [])
         if cluster_runs and not all(r.settle and r.settle["converged"] for r in cluster_runs):
             self.notes.append(
@@ -345,6 +387,8 @@ class Bench:
                 "keys": self.workload.keys,
                 "value_bytes": self.workload.value_bytes,
                 "cluster": self.args.cluster,
+                "expiry_seconds": self.args.expiry_seconds if self.args.expiry else None,
+                "expiry_keys": self.args.expiry_keys if self.args.expiry else None,
             },
             "machine": {
                 "cpus": os.cpu_count(),
@@ -366,6 +410,7 @@ class Bench:
                 for c in found
             ],
             "watch_delay": None if self.delay is None else dataclasses.asdict(self.delay),
+            "expiry": None if self.expiry is None else self.expiry.to_json(),
             "notes": self.notes,
             "servers": servers,
         }
@@ -394,6 +439,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.redis and redis_reason is not None:
             raise ValueError(f"--redis: {redis_reason}")
         plan, notes = select(args.only, args.cluster, etcd_reason, redis_reason)
+        for scenario in plan:
+            if scenario.ops > args.keys:
+                raise ValueError(f"{scenario.name} needs --keys {scenario.ops} or more")
     except (WrkError, ValueError) as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 2

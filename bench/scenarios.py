@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 BASELINE = "hello"
+TXN_OPS = 100  # puts per transaction in the txn scenario
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +21,8 @@ class Scenario:
     script: str  # in bench/scripts
     measures: str
     writes: bool
+    # Operations each request carries (a transaction's puts): passed to the script as OPS.
+    ops: int = 1
     watchers: int = 0  # watch streams held open on the target while it is measured
 
 
@@ -36,6 +39,9 @@ SCENARIOS: tuple[Scenario, ...] = (
         True,
         watchers=1000,
     ),
+    Scenario(
+        "txn", "node", "kv_txn.lua", f"POST /v1/txn of {TXN_OPS} puts (100 B values)", True, TXN_OPS
+    ),
     Scenario("redis_get", "redis_node", "kv_get.lua", "get, on a node with --store redis://", False),
     Scenario("redis_put", "redis_node", "kv_put.lua", "put, on a node with --store redis://", True),
     Scenario("cluster_put", "cluster", "kv_put.lua", "PUT /v1/kv/{key} on node 1 of --cluster N", True),
@@ -49,6 +55,8 @@ NAMES = tuple(s.name for s in SCENARIOS)
 REDIS_PAIRS = (("redis_get", "get"), ("redis_put", "put"))
 # The writes with watch streams open against the same writes without.
 WATCH_PAIRS = (("watched_put", "put"),)
+# Operations per second inside transactions against single writes per second.
+TXN_PAIRS = (("txn", "put"),)
 
 
 def select(

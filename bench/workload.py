@@ -36,9 +36,9 @@ class Workload:
         """A value of exactly `value_bytes` bytes: ASCII letters and digits, safe in a query string."""
         return "".join(rng.choices(ALPHABET, k=self.value_bytes))
 
-    def lua_args(self) -> list[str]:
-        """The arguments of every script in bench/scripts (see common.lua)."""
-        return [str(self.keys), str(self.value_bytes), self.key_prefix]
+    def lua_args(self, ops: int = 1) -> list[str]:
+        """The arguments of every script in bench/scripts (see common.lua); `ops` per request."""
+        return [str(self.keys), str(self.value_bytes), self.key_prefix, str(ops)]
 
 
 async def preload(url: str, workload: Workload) -> None:

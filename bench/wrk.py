@@ -11,6 +11,8 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ SCRIPTS = Path(__file__).resolve().parent / "scripts"
 RESULT_PREFIX = "BENCH_RESULT "
 # wrk stops by itself after --duration; past this much longer it is hung, not slow.
 GRACE_SECONDS = 30.0
+STOP_POLL = 0.05  # seconds between looks at a run's stop event
 
 
 class WrkError(Exception):
@@ -69,9 +72,17 @@ def wrk_version() -> str:
 
 
 def run_wrk(
-    url: str, script: str, args: list[str], options: WrkOptions, raw_output: Path | None = None
+    url: str,
+    script: str,
+    args: list[str],
+    options: WrkOptions,
+    raw_output: Path | None = None,
+    stop: threading.Event | None = None,
 ) -> WrkResult:
-    """Run wrk with `bench/scripts/<script>` against `url`; raise WrkError on any failure."""
+    """Run wrk with `bench/scripts/<script>` against `url`; raise WrkError on any failure.
+
+    `stop` ends the run early once set: wrk stops on SIGINT and reports what it measured so far.
+    """
     cmd = [
         wrk_binary(),
         f"--threads={options.threads}",
@@ -90,7 +101,7 @@ def run_wrk(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
     )
     try:
-        stdout, stderr = proc.communicate(timeout=options.seconds + GRACE_SECONDS)
+        stdout, stderr = _wait(proc, options.seconds + GRACE_SECONDS, stop)
     except BaseException:
         _kill(proc)
         raise
@@ -140,6 +151,21 @@ def describe_failures(result: WrkResult) -> str:
     if errors:
         problems.append("socket errors " + ", ".join(f"{k}={n}" for k, n in sorted(errors.items())))
     return "; ".join(problems)
+
+
+def _wait(proc: subprocess.Popen[str], timeout: float, stop: threading.Event | None) -> tuple[str, str]:
+    """wrk's output once it exits; SIGINT (wrk's own early end) as soon as `stop` is set."""
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        step = remaining if stop is None or stop.is_set() else min(remaining, STOP_POLL)
+        try:
+            return proc.communicate(timeout=max(step, 0.0))
+        except subprocess.TimeoutExpired:
+            if time.monotonic() >= deadline:
+                raise
+            if stop is not None and stop.is_set():
+                proc.send_signal(signal.SIGINT)
 
 
 def _kill(proc: subprocess.Popen[str]) -> None:

@@ -1,9 +1,11 @@
 -- Shared by every scenario script (each loads it with dofile): the data set and the result line.
 --
--- Script arguments (after `--` on wrk's command line): KEYS VALUE_BYTES KEY_PREFIX.
+-- Script arguments (after `--` on wrk's command line): KEYS VALUE_BYTES KEY_PREFIX [OPS].
 -- A scenario script defines make_request(key, value) and then loads this file. Every request is
 -- built once per thread in init(), so request() only picks one at random: the Lua cost of a request
 -- is the same in every scenario, the hello-world ceiling included, and the ratios compare servers.
+-- make_request may return nil: a script that puts OPS keys in one request (kv_txn.lua) returns a
+-- request for every OPS-th key only, so KEYS / OPS requests are prepared.
 
 local threads = {}
 
@@ -34,10 +36,14 @@ function init(args)
    local keys = tonumber(args[1]) or 10000
    local value_bytes = tonumber(args[2]) or 100
    local prefix = args[3] or "key-"
+   ops_per_request = tonumber(args[4]) or 1
    -- Seeded per thread, or both threads would walk the same key sequence in step.
    math.randomseed(os.time() * 100 + (id or 0))
    for i = 0, keys - 1 do
-      prepared[i + 1] = make_request(prefix .. i, random_text(value_bytes))
+      local built = make_request(prefix .. i, random_text(value_bytes))
+      if built ~= nil then
+         prepared[#prepared + 1] = built
+      end
    end
 end
 

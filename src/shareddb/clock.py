@@ -1,4 +1,5 @@
-"""Hybrid logical clock (Kulkarni et al. 2014). Pure: time is passed in, nothing here does I/O.
+"""Hybrid logical clock (Kulkarni et al. 2014). Pure: time is passed in (`wall_millis` is the
+default source of it, the one reading of the real clock every part of a node is handed).
 
 A timestamp is a 64-bit integer: 48 bits of wall-clock milliseconds and a 16-bit logical counter.
 Every timestamp the clock hands out is greater than every one it handed out or observed before, so
@@ -6,6 +7,8 @@ a node's versions never go backwards while the wall clock stalls, jumps back, or
 """
 
 from __future__ import annotations
+
+import time
 
 COUNTER_BITS = 16
 COUNTER_MASK = (1 << COUNTER_BITS) - 1
@@ -62,3 +65,8 @@ class HybridClock:
         if target > self._last:
             self._last = target
         return within
+
+
+def wall_millis() -> int:
+    """The real wall clock, in milliseconds."""
+    return time.time_ns() // 1_000_000

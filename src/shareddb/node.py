@@ -19,7 +19,7 @@ from typing import IO
 
 import orjson
 
-from shareddb.clock import HybridClock
+from shareddb.clock import HybridClock, wall_millis
 from shareddb.config import Settings
 from shareddb.membership import Member, Membership
 from shareddb.record import (
@@ -35,6 +35,7 @@ from shareddb.replication.feed import Feed
 from shareddb.replication.puller import Replicator
 from shareddb.replication.transport import HttpTransport, Transport
 from shareddb.store.base import Outcome, Store, StoreUnavailable
+from shareddb.store.plan import Behind, Condition, Conflict
 from shareddb.store.redis import RedisStore, redact_url
 from shareddb.store.sqlite import SQLiteStore, sqlite_path
 from shareddb.watch import WatchHub
@@ -50,7 +51,7 @@ WRITE_ATTEMPTS = 8
 # Makes a node's store, not yet opened, from its data dir, the source of its clock's high-water mark
 # and the source of a new store's instance id. The default follows --store; the simulation and unit
 # tests may pass their own (a `MemoryStore`, say).
-StoreFactory = Callable[[Path, Callable[[], int], Callable[[], str]], Store]
+StoreFactory = Callable[[Path, Callable[[], int], Callable[[], str], Callable[[], int]], Store]
 
 
 class NodeError(Exception):
@@ -63,8 +64,23 @@ class WriteResult:
     version: str
 
 
-def wall_millis() -> int:
-    return time.time_ns() // 1_000_000
+@dataclass(frozen=True, slots=True)
+class TxnOp:
+    """One operation of a transaction: a put (`value` not None, maybe with `ttl` seconds) or a
+    delete."""
+
+    key: str
+    value: str | None
+    ttl: int | None = None
+
+
+class PreconditionFailed(Exception):
+    """A conditional write or transaction wrote nothing: these conditions did not hold, each
+    with the key's current version (None: absent)."""
+
+    def __init__(self, failed: list[Condition]) -> None:
+        super().__init__(", ".join(c.key for c in failed))
+        self.failed = failed
 
 
 class Node:
@@ -128,14 +144,19 @@ class Node:
             clock = HybridClock()
             spec = settings.store
             if make_store is not None:
-                store: Store = make_store(data, lambda: clock.last, mint_instance)
+                store: Store = make_store(data, lambda: clock.last, mint_instance, now)
             elif spec == "sqlite":
                 store = SQLiteStore(
-                    sqlite_path(data), clock_high=lambda: clock.last, new_instance=mint_instance
+                    sqlite_path(data),
+                    clock_high=lambda: clock.last,
+                    new_instance=mint_instance,
+                    now=now,
                 )
             elif spec.startswith(("redis://", "rediss://")):
                 try:
-                    store = RedisStore(spec, clock_high=lambda: clock.last, new_instance=mint_instance)
+                    store = RedisStore(
+                        spec, clock_high=lambda: clock.last, new_instance=mint_instance, now=now
+                    )
                 except ValueError as exc:
                     raise NodeError(f"bad --store {redact_url(spec)!r}: {exc}") from None
             else:
@@ -247,18 +268,31 @@ class Node:
     def next_version(self) -> str:
         return make_version(self.clock.now(self._now()), self.origin)
 
+    def now(self) -> int:
+        """The node's wall clock, in milliseconds: what expiry is measured by."""
+        return self._now()
+
     async def get(self, key: str) -> Record | None:
-        """The live record of `key`, or None when it is absent or deleted."""
+        """The live record of `key`, or None when it is absent, deleted or expired."""
         record = await self.store.get(key)
-        return None if record is None or record.value is None else record
+        return record if record is not None and record.live_at(self._now()) else None
 
-    async def put(self, key: str, value: str) -> WriteResult:
-        return await self._write(key, value)
+    async def put(
+        self, key: str, value: str, *, ttl: int | None = None, condition: Condition | None = None
+    ) -> WriteResult:
+        """Store `value`; with `ttl`, it expires that many seconds from now by this node's clock.
+        With `condition`, only when it holds as the write commits (else `PreconditionFailed`)."""
+        return await self._write(key, value, ttl, condition)
 
-    async def delete(self, key: str) -> WriteResult:
-        return await self._write(key, None)
+    async def delete(self, key: str, *, condition: Condition | None = None) -> WriteResult:
+        return await self._write(key, None, None, condition)
 
-    async def _write(self, key: str, value: str | None) -> WriteResult:
+    def _expires(self, ttl: int | None) -> int | None:
+        return None if ttl is None else self._now() + ttl * 1000
+
+    async def _write(
+        self, key: str, value: str | None, ttl: int | None, condition: Condition | None
+    ) -> WriteResult:
         """A client's write: it always wins over what this node holds for the key.
 
         Normally the clock is ahead of every stored version. When a peer's clock ran far ahead
@@ -267,8 +301,12 @@ class Node:
         the clock never hands out that timestamp again (invariant 7).
         """
         version = self.next_version()
+        expires = self._expires(ttl)
         for _ in range(WRITE_ATTEMPTS):
-            outcome = await self.store.write(Record(key, value, version))
+            outcome = await self.store.write(Record(key, value, version, expires), condition)
+            if isinstance(outcome, Conflict):
+                raise PreconditionFailed(outcome.failed)
+            assert isinstance(outcome, Outcome)
             if outcome is not Outcome.SUPERSEDED:
                 return WriteResult(outcome, version)
             stored = await self.store.get(key)
@@ -278,6 +316,29 @@ class Node:
             self.clock.restore(version_hlc(stored.version) + 1)
             version = self.next_version()
         return WriteResult(Outcome.SUPERSEDED, version)
+
+    async def transact(
+        self, conditions: list[Condition], ops: list[TxnOp]
+    ) -> list[tuple[str, str | None]]:
+        """Apply `ops` in one atomic commit when every condition holds (else
+        `PreconditionFailed`). Answers (key, version) per operation, in order; the version is
+        None for a delete of a key that was absent (nothing written)."""
+        for _ in range(WRITE_ATTEMPTS):
+            records = [
+                Record(op.key, op.value, self.next_version(), self._expires(op.ttl)) for op in ops
+            ]
+            result = await self.store.transact(conditions, records)
+            if isinstance(result, Conflict):
+                raise PreconditionFailed(result.failed)
+            if isinstance(result, Behind):  # a peer's clock ran ahead: see `_write`
+                self.clock.restore(version_hlc(result.version) + 1)
+                continue
+            assert isinstance(result, list)
+            return [
+                (r.key, None if outcome is Outcome.NOT_FOUND else r.version)
+                for r, outcome in zip(records, result, strict=True)
+            ]
+        raise StoreUnavailable("the transaction kept losing to versions from ahead of this clock")
 
     async def scan(self, prefix: str, after: str | None, limit: int) -> list[Record]:
         return await self.store.scan(prefix, after, limit)

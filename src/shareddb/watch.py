@@ -15,11 +15,11 @@ import asyncio
 import collections
 import contextlib
 import logging
-import time
 from collections.abc import AsyncGenerator, Callable
 
 import orjson
 
+from shareddb.api.times import iso_time
 from shareddb.store.base import Change, FeedPage, Store, StoreUnavailable
 
 log = logging.getLogger("shareddb.watch")
@@ -38,12 +38,6 @@ RETRY_DELAY = 0.5  # after a read the store refused
 PING = b": ping\n\n"
 
 
-def iso_millis(millis: int) -> str:
-    """Wall-clock milliseconds as ISO-8601 UTC with milliseconds: 2027-01-15T10:00:05.000Z."""
-    seconds, ms = divmod(millis, 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{ms:03d}Z"
-
-
 def encode_event(change: Change) -> bytes:
     """One Server-Sent Event: `id`, `event` (put or delete) and the JSON `data` line."""
     record = change.record
@@ -53,7 +47,7 @@ def encode_event(change: Change) -> bytes:
             "value": record.value,
             "version": record.version,
             "seq": change.seq,
-            "expires": None if record.expires is None else iso_millis(record.expires),
+            "expires": iso_time(record.expires),
         }
     )
     kind = b"delete" if record.value is None else b"put"

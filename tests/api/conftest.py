@@ -8,7 +8,8 @@ refused request changed nothing.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+import io
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from shareddb.api.app import create_router
+from shareddb.clock import wall_millis
 from shareddb.config import Settings
 from shareddb.node import Node
 from shareddb.record import Record
@@ -33,6 +35,7 @@ TEXT = "text/plain; charset=utf-8"
 TOKEN = "s3cret"
 SMALL_MAX_VALUE = 16
 RAW_TIMEOUT = 5.0
+LARGE_BODY = 1024 * 1024
 
 
 def enc(text: str) -> str:
@@ -88,7 +91,9 @@ class Api:
         all_headers: dict[str, str] = dict(headers or {})
         if auth and self.token is not None:
             all_headers.setdefault("Authorization", f"Bearer {self.token}")
-        body = data.encode("utf-8") if isinstance(data, str) else data
+        raw = data.encode("utf-8") if isinstance(data, str) else data
+        # aiohttp streams a large body from a file object rather than sending it in one write.
+        body = io.BytesIO(raw) if raw is not None and len(raw) > LARGE_BODY else raw
         async with self.client.session.request(
             method, self.url(target), data=body, headers=all_headers
         ) as response:
@@ -168,8 +173,11 @@ class Api:
 
 
 @asynccontextmanager
-async def running_api(data: Path, **settings: Any) -> AsyncIterator[Api]:
-    node = await Node.open(Settings(data=data, node_id="n1", **settings))
+async def running_api(
+    data: Path, *, now: Callable[[], int] = wall_millis, **settings: Any
+) -> AsyncIterator[Api]:
+    """`now`: the node's wall clock in milliseconds (a test may hold it still and move it)."""
+    node = await Node.open(Settings(data=data, node_id="n1", **settings), now=now)
     # The real server (server.py) accepts request lines up to MAX_REQUEST_LINE; so does this one.
     server = RawTestServer(create_router(node))
     try:

@@ -181,7 +181,7 @@ async def test_listing_items_carry_key_value_and_version_sorted_by_key(api: Api)
     reply = await api.get("/v1/kv")
     assert reply.json() == {
         "items": [
-            {"key": key, "value": f"value of {key}", "version": versions[key]}
+            {"key": key, "value": f"value of {key}", "version": versions[key], "expires": None}
             for key in ["B", "a", "b", "é", "😀"]
         ],
         "next": None,

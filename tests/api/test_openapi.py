@@ -168,13 +168,14 @@ def test_path_templates_match_their_path_parameters() -> None:
 @pytest.mark.parametrize(
     ("method", "path", "names"),
     [
-        ("get", "/nodes/update", {"name", "value", "replicate", "w", "timeout"}),
+        ("get", "/nodes/update", {"name", "value", "replicate", "w", "timeout", "ttl"}),
         ("get", "/nodes/get", {"name"}),
         ("get", "/nodes/remove", {"name", "replicate", "w", "timeout"}),
         ("get", "/v1/kv", {"prefix", "limit", "after"}),
-        ("put", "/v1/kv/{key}", {"w", "timeout"}),
+        ("put", "/v1/kv/{key}", {"w", "timeout", "ttl"}),
         ("delete", "/v1/kv/{key}", {"w", "timeout"}),
         ("get", "/v1/watch", {"prefix", "key", "since"}),
+        ("post", "/v1/txn", {"w", "timeout"}),
     ],
 )
 def test_query_parameters_of_the_contract_are_described(method: str, path: str, names: set[str]) -> None:
@@ -198,8 +199,13 @@ def test_limit_and_empty_value_follow_the_contract() -> None:
         ("get", "/nodes/dump", {"200", "401", "403", "414", "503"}),
         ("get", "/v1/kv", {"200", "400", "401", "403", "503"}),
         ("get", "/v1/kv/{key}", {"200", "400", "401", "403", "404", "503"}),
-        ("put", "/v1/kv/{key}", {"200", "201", "400", "401", "403", "413", "503", "504", "507"}),
-        ("delete", "/v1/kv/{key}", {"204", "400", "401", "403", "404", "503", "504", "507"}),
+        (
+            "put",
+            "/v1/kv/{key}",
+            {"200", "201", "400", "401", "403", "412", "413", "415", "503", "504", "507"},
+        ),
+        ("delete", "/v1/kv/{key}", {"204", "400", "401", "403", "404", "412", "503", "504", "507"}),
+        ("post", "/v1/txn", {"200", "400", "401", "403", "412", "413", "415", "503", "504", "507"}),
         ("get", "/health", {"200"}),
         ("get", "/v1/cluster", {"200", "401", "403", "503"}),
         ("get", "/v1/digest", {"200", "400", "401", "403", "503"}),
@@ -242,6 +248,8 @@ def test_errors_have_the_shape_of_their_api() -> None:
             name = schema_name(response)
             if path.startswith("/nodes/"):
                 expected = {"SeedTimeout"} if status == "504" else {"SeedError"}
+            elif status == "412":  # the Error shape with the current version(s)
+                expected = {"PreconditionFailed", "TxnConflict"}
             else:
                 expected = {"Error"}
             assert name in expected, f"{method.upper()} {path} {status} answers {name}"
@@ -255,8 +263,10 @@ def test_errors_have_the_shape_of_their_api() -> None:
         "forbidden",
         "timeout",
         "unavailable",
-        "insufficient_storage",
+        "precondition_failed",
         "gone",
+        "unsupported_media_type",
+        "insufficient_storage",
     }
 
 

@@ -24,8 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from shareddb.clock import HybridClock
-from shareddb.node import wall_millis
+from shareddb.clock import HybridClock, wall_millis
 from shareddb.record import Record, make_version, version_hlc
 from shareddb.store.base import StoreUnavailable
 from shareddb.store.sqlite import SQLiteStore, sqlite_path

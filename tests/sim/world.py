@@ -234,8 +234,8 @@ class World:
             monotonic=self.monotonic,
             mint_id=lambda: f"n{slot.index}-{self.rng.randrange(16**4):04x}",
             mint_instance=lambda: f"{self.rng.getrandbits(128):032x}",
-            make_store=lambda _data, high, mint: MemoryStore(
-                slot.disk, clock_high=high, new_instance=mint
+            make_store=lambda _data, high, mint, now: MemoryStore(
+                slot.disk, clock_high=high, new_instance=mint, now=now, reap=False
             ),
         )
         replicator = await node.attach_replication(slot.url, SimTransport(self, slot))

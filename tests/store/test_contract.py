@@ -1,8 +1,9 @@
 """The Store contract (store/base.py), run against every backend.
 
 A backend joins the suite with one line in BACKENDS: a function that makes a not-yet-opened store at
-a location (a fresh directory per store) with a given HLC high-water source. Opening the same
-location again must reopen the same data (the memory store keeps its data per location here).
+a location (a fresh directory per store) with a given HLC high-water source and, optionally, wall
+clock (what decides expiry). Opening the same location again must reopen the same data (the memory
+store keeps its data per location here).
 """
 
 from __future__ import annotations
@@ -13,26 +14,50 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 
-from shareddb.clock import HybridClock
+from shareddb.clock import HybridClock, wall_millis
 from shareddb.record import Record, make_version
-from shareddb.store.base import Change, Checkpoint, FeedPage, Outcome, Store, StoreUnavailable
+from shareddb.store.base import (
+    Change,
+    Checkpoint,
+    FeedPage,
+    Outcome,
+    Store,
+    StoreUnavailable,
+    change_size,
+)
 from shareddb.store.memory import MemoryData, MemoryStore
+from shareddb.store.pipeline import PipelineStore
+from shareddb.store.plan import Condition, Conflict
 from shareddb.store.redis import RedisStore
 from shareddb.store.sqlite import SQLiteStore
-from tests.harness import store_url
+from tests.harness import eventually, store_url
 
 ClockSource = Callable[[], int]
 
 MEMORY: dict[Path, MemoryData] = {}  # what each location's memory store holds across reopens
 
-BACKENDS: dict[str, Callable[[Path, ClockSource], Store]] = {
-    "sqlite": lambda where, clock: SQLiteStore(where / "db.sqlite3", clock_high=clock),
-    "redis": lambda where, clock: RedisStore(store_url(where), clock_high=clock),
-    "memory": lambda where, clock: MemoryStore(MEMORY.setdefault(where, MemoryData()), clock_high=clock),
-}
+
+class MakeStore(Protocol):
+    def __call__(self, where: Path, clock: ClockSource, now: ClockSource = wall_millis) -> Store: ...
+
+
+def _sqlite(where: Path, clock: ClockSource, now: ClockSource = wall_millis) -> Store:
+    return SQLiteStore(where / "db.sqlite3", clock_high=clock, now=now)
+
+
+def _redis(where: Path, clock: ClockSource, now: ClockSource = wall_millis) -> Store:
+    return RedisStore(store_url(where), clock_high=clock, now=now)
+
+
+def _memory(where: Path, clock: ClockSource, now: ClockSource = wall_millis) -> Store:
+    return MemoryStore(MEMORY.setdefault(where, MemoryData()), clock_high=clock, now=now)
+
+
+BACKENDS: dict[str, MakeStore] = {"sqlite": _sqlite, "redis": _redis, "memory": _memory}
 
 WALL = 1_700_000_000_000
 
@@ -58,10 +83,12 @@ class Stores:
         self.root = root
         self._open: list[Store] = []
 
-    async def open(self, name: str = "a", clock: ClockSource = lambda: 0) -> Store:
+    async def open(
+        self, name: str = "a", clock: ClockSource = lambda: 0, now: ClockSource = wall_millis
+    ) -> Store:
         where = self.root / name
         where.mkdir(exist_ok=True)
-        store = BACKENDS[self.backend](where, clock)
+        store = BACKENDS[self.backend](where, clock, now)
         await store.open()
         self._open.append(store)
         return store
@@ -70,9 +97,15 @@ class Stores:
         self._open.remove(store)
         await store.close()
 
-    async def reopen(self, store: Store, name: str = "a", clock: ClockSource = lambda: 0) -> Store:
+    async def reopen(
+        self,
+        store: Store,
+        name: str = "a",
+        clock: ClockSource = lambda: 0,
+        now: ClockSource = wall_millis,
+    ) -> Store:
         await self.close(store)
-        return await self.open(name, clock)
+        return await self.open(name, clock, now)
 
     async def close_all(self) -> None:
         opened, self._open = self._open, []
@@ -788,3 +821,230 @@ async def test_every_call_on_a_closed_store_raises_store_unavailable(stores: Sto
     await stores.close(store)
     with pytest.raises(StoreUnavailable):
         await CLOSED_STORE_CALLS[call](store)
+
+
+# --- expiry: the store's wall clock is a FakeClock, which moves only when a test moves it --------
+
+FAR = 4_000_000_000_000  # an expiry in the 2090s: never reached by any clock of these tests
+
+
+class FakeClock:
+    """Wall-clock milliseconds that move only when a test says so."""
+
+    def __init__(self, start: int = WALL) -> None:
+        self.now = start
+
+    def __call__(self) -> int:
+        return self.now
+
+
+def expiring(key: str, value: str, hlc: int, expires: int) -> Record:
+    return Record(key, value, v(hlc), expires)
+
+
+def pipeline(store: Store) -> PipelineStore:
+    assert isinstance(store, PipelineStore)
+    return store
+
+
+async def test_a_value_keeps_its_expiry_and_get_returns_it(stores: Stores) -> None:
+    clock = FakeClock()
+    store = await stores.open(now=clock)
+    record = expiring("k", "v", 1, WALL + 60_000)
+    assert await store.write(record) is Outcome.CREATED
+    assert await store.get("k") == record
+    assert await store.scan("", None, 10) == [record]
+    reopened = await stores.reopen(store, now=clock)
+    assert await reopened.get("k") == record
+    # A write without an expiry takes it away: the value no longer expires.
+    assert await reopened.write(put("k", "w", 2)) is Outcome.UPDATED
+    assert await reopened.get("k") == put("k", "w", 2)
+    clock.now = WALL + 120_000
+    assert await reopened.scan("", None, 10) == [put("k", "w", 2)]
+
+
+async def test_scan_leaves_out_values_expired_by_now_and_still_fills_the_page(stores: Stores) -> None:
+    clock = FakeClock()
+    store = await stores.open(now=clock)
+    # 50 values that expire, sorting before 10 that do not: a page must read past them all.
+    await store.apply([expiring(f"s{i:02}", "gone", 1, WALL + 1000) for i in range(50)])
+    kept = [put(f"s{i:02}", "kept", 1) for i in range(50, 60)]
+    await store.apply(kept)
+    await store.write(put("t", "other prefix", 1))
+    assert len(await store.scan("s", None, 100)) == 60  # not expired yet
+    clock.now = WALL + 1000  # expired: the expiry is the first millisecond without the value
+    assert await store.scan("s", None, 5) == kept[:5]
+    assert await store.scan("s", "s03", 3) == kept[:3]
+    assert await store.scan("s", "s52", 3) == kept[3:6]
+    assert await store.scan("s", None, 100) == kept
+    assert [r.key for r in await store.scan("", None, 11)] == [r.key for r in kept] + ["t"]
+    assert store.digest().count == 11
+
+
+async def test_a_write_plans_from_the_stored_expiry(stores: Stores) -> None:
+    """An expired value is absent to a condition and to a write's outcome, reaped or not."""
+    clock = FakeClock()
+    store = await stores.open(now=clock)
+    await store.write(expiring("k", "v", 1, WALL + 1000))
+    assert await store.write(put("k", "w", 2), Condition("k", None)) == Conflict([Condition("k", v(1))])
+    clock.now = WALL + 1000
+    assert await store.write(put("k", "w", 2), Condition("k", v(1))) == Conflict([Condition("k", None)])
+    assert await store.write(put("k", "w", 2), Condition("k", None)) is Outcome.CREATED
+    assert await store.get("k") == put("k", "w", 2)
+
+
+async def test_values_that_expire_are_known_again_after_reopen(stores: Stores) -> None:
+    """A store reads which values expire when it opens: the count and the reaper use it."""
+    clock = FakeClock()
+    store = await stores.open(now=clock)
+    await store.write(expiring("k", "v", 1, WALL + 1000))
+    await store.write(put("p", "v", 2))
+    reopened = pipeline(await stores.reopen(store, now=clock))
+    assert reopened.digest().count == 2
+    clock.now = WALL + 1000
+    assert reopened.digest().count == 1
+    await reopened.reap()
+    assert await reopened.get("k") == Record("k", None, v(1))
+    assert reopened.digest().count == 1
+
+
+async def test_the_reaper_turns_an_expired_value_into_a_tombstone_of_the_same_version(
+    stores: Stores,
+) -> None:
+    """docs/design.md, "Expiry": expiry never mints a version, so the digest does not change."""
+    clock = FakeClock()
+    store = await stores.open(now=clock)
+    await store.write(expiring("k", "v", 1, WALL + 500))
+    await store.write(put("p", "v", 2))
+    before = store.digest()
+    assert before.count == 2
+    clock.now = WALL + 500
+    await eventually(lambda: store.last_seq == 3, "the reaper to write the tombstone")
+    assert await store.get("k") == Record("k", None, v(1))
+    after = store.digest()
+    assert after.count == 1
+    assert (after.digest, after.buckets) == (before.digest, before.buckets)
+    assert (await feed(store))[-1] == Change(3, Record("k", None, v(1)))
+    # A later write of the key wins over the tombstone as over any other.
+    assert await store.write(put("k", "again", 3)) is Outcome.CREATED
+
+
+# --- transactions in the feed ---------------------------------------------------------------
+
+
+async def test_a_transaction_is_one_unit_of_the_feed_never_split(stores: Stores) -> None:
+    store = await stores.open()
+    await store.write(put("x", "v", 1))  # seq 1
+    a, b = put("a", "1", 2), Record("b", "2", v(3), FAR)
+    outcomes = await store.transact([], [a, b, tomb("x", 4)])  # seqs 2, 3, 4; the entry at 4
+    assert outcomes == [Outcome.CREATED, Outcome.CREATED, Outcome.DELETED]
+    await store.write(put("y", "v", 5))  # seq 5
+    entry = [Change(2, a, 4), Change(3, b, 4), Change(4, tomb("x", 4), 4)]
+    assert await feed(store) == [*entry, Change(5, put("y", "v", 5))]
+    # A limit counts the entry as one; a byte budget never splits it.
+    assert await store.changes_since(0, 1) == FeedPage(entry, 4)
+    assert await store.changes_since(0, 1, max_bytes=1) == FeedPage(entry, 4)
+    first = change_size("a", "1")
+    assert await store.changes_since(0, 100, max_bytes=first) == FeedPage(entry, 4)
+    assert await store.changes_since(0, 2, max_bytes=10**6) == FeedPage(
+        [*entry, Change(5, put("y", "v", 5))], 5
+    )
+    assert await store.changes_since(4, 100) == FeedPage([Change(5, put("y", "v", 5))], 5)
+    reopened = await stores.reopen(store)
+    assert await reopened.changes_since(0, 1) == FeedPage(entry, 4)
+
+
+async def test_a_row_before_a_transaction_fills_a_page_the_entry_does_not_fit(
+    stores: Stores,
+) -> None:
+    store = await stores.open()
+    await store.write(put("x", "v" * 100, 1))
+    await store.transact([], [put("a", "1", 2), put("b", "2", 3)])
+    page = await store.changes_since(0, 100, max_bytes=change_size("x", "v" * 100) + 10)
+    assert page == FeedPage([Change(1, put("x", "v" * 100, 1))], 1)
+    page = await store.changes_since(page.until, 100, max_bytes=1)
+    assert page == FeedPage([Change(2, put("a", "1", 2), 3), Change(3, put("b", "2", 3), 3)], 3)
+
+
+async def test_a_key_written_again_after_its_transaction_is_no_longer_current_there(
+    stores: Stores,
+) -> None:
+    store = await stores.open()
+    a, b = put("a", "1", 1), put("b", "2", 2)
+    await store.transact([], [a, b])  # seqs 1, 2; the entry at 2
+    await store.write(put("a", "again", 3))  # seq 3
+    expected = [
+        Change(1, a, 2, current=False),
+        Change(2, b, 2),
+        Change(3, put("a", "again", 3)),
+    ]
+    assert await feed(store) == expected
+    assert await store.changes_since(2, 100) == FeedPage(expected[2:], 3)
+    reopened = await stores.reopen(store)
+    assert await feed(reopened) == expected
+
+
+async def test_a_peer_transaction_keeps_a_record_this_store_did_not_take(stores: Stores) -> None:
+    store = await stores.open()
+    await store.apply([put("b", "newer", 9)])  # seq 1
+    assert await store.apply([put("a", "1", 1), put("b", "older", 2)], groups=[(0, 2)]) == 1
+    assert await feed(store) == [
+        Change(1, put("b", "newer", 9)),
+        Change(2, put("a", "1", 1), 2),
+        Change(0, put("b", "older", 2), 2, current=False),
+    ]
+
+
+async def test_a_purge_dissolves_the_transactions_at_or_below_it(stores: Stores) -> None:
+    store = await stores.open()
+    a, b, c, d = put("a", "1", 1), put("b", "2", 2), put("c", "3", 3), put("d", "4", 4)
+    await store.transact([], [a, b])  # the entry at 2
+    await store.transact([], [c, d])  # the entry at 4
+    assert await store.purge_tombstones(3, v(100, "")) == 0
+    # Below the purge: plain rows again; above it: still one entry.
+    expected = [Change(1, a), Change(2, b), Change(3, c, 4), Change(4, d, 4)]
+    assert await feed(store) == expected
+    assert await store.changes_since(0, 1) == FeedPage([Change(1, a)], 1)
+    reopened = await stores.reopen(store)
+    assert await feed(reopened) == expected
+    # Written again after the purge, a key of a dissolved entry moves on like any other.
+    await reopened.write(put("a", "again", 5))
+    assert await feed(reopened) == [*expected[1:], Change(5, put("a", "again", 5))]
+    assert await reopened.purge_tombstones(reopened.last_seq, v(100, "")) == 0
+    assert await feed(reopened) == [
+        Change(2, b),
+        Change(3, c),
+        Change(4, d),
+        Change(5, put("a", "again", 5)),
+    ]
+
+
+async def test_the_feed_floor_moves_with_a_purge_and_survives_reopen(stores: Stores) -> None:
+    store = await stores.open()
+    assert store.feed_floor == 0
+    await store.write(put("k", "v", 1))
+    await store.write(tomb("k", 2))
+    await store.write(put("j", "v", 3))
+    assert await store.purge_tombstones(2, v(100, "")) == 1
+    assert store.feed_floor == 2
+    assert await store.purge_tombstones(3, v(100, "")) == 0  # nothing purged: the floor stays
+    assert store.feed_floor == 2
+    reopened = await stores.reopen(store)
+    assert reopened.feed_floor == 2
+    assert reopened.last_seq == 3
+
+
+async def test_a_transaction_that_deletes_keeps_its_tombstone_in_the_entry_after_a_purge(
+    stores: Stores,
+) -> None:
+    """A tombstone of a transaction purged before the entry is dissolved: the entry still names
+    it, no longer current, and the feed does not fail on the missing row."""
+    store = await stores.open()
+    await store.write(put("k", "v", 1))  # seq 1
+    await store.transact([], [tomb("k", 2), put("j", "w", 3)])  # seqs 2, 3; the entry at 3
+    assert await store.purge_tombstones(2, v(100, "")) == 1
+    assert await store.get("k") is None
+    assert await feed(store) == [
+        Change(2, tomb("k", 2), 3, current=False),
+        Change(3, put("j", "w", 3), 3),
+    ]

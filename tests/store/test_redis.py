@@ -3,7 +3,8 @@ that is no longer the one it wrote to.
 
 Every test runs a real redis-server of its own (tests/harness/redis.py) and, after each fault,
 checks the raw Redis content against itself (`stored_state`): every record has its sequence number,
-its version index entry, its place in the key order and in the digest, and the meta agrees.
+its version index entry, its place in the key order, in the expiry index and in the digest, every
+transaction entry its place in the feed, and the meta agrees.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from redis.asyncio import Redis
 from shareddb.record import Record, make_version
 from shareddb.store.base import (
     DIGEST_BUCKETS,
+    Change,
     Checkpoint,
     Outcome,
     StoreFull,
@@ -94,6 +96,17 @@ class Stored:
     live: int
     buckets: tuple[int, ...]
     checkpoints: dict[bytes, bytes]
+    entries: dict[int, bytes]  # transaction entries by seq
+    covered: dict[str, int]  # key -> the seq of the entry that covers its row
+
+
+def parse_record(key: str, raw: bytes) -> Record:
+    """A record as the layout of store/redis.py keeps it (written out again, to check it)."""
+    head, is_live, value = raw.partition(b"\0")
+    version, _, expires = head.partition(b"\1")
+    return Record(
+        key, value.decode() if is_live else None, version.decode(), int(expires) if expires else None
+    )
 
 
 async def stored_state(url: str) -> Stored:
@@ -103,47 +116,64 @@ async def stored_state(url: str) -> Stored:
         meta = {k.decode(): v.decode() for k, v in (await _hash(client, "meta")).items()}
         rec = await _hash(client, "rec")
         ver = await _hash(client, "ver")
-        seqs = await _zset(client, "seq")
+        feed = await _zset(client, "seq")
         live = set(await _zset(client, "live"))
         tombs = await _zset(client, "tomb")
         digest = await _hash(client, "digest")
         checkpoints = await _hash(client, "cp")
+        exp = await _zset(client, "exp")
+        txn = await _zset(client, "txn")
+        bodies = await _hash(client, "entry")
     finally:
         await client.aclose()
+    seqs = {member: at for member, at in feed.items() if not member.startswith(b"\0")}
+    markers = {int(member[1:]): at for member, at in feed.items() if member.startswith(b"\0")}
+    entries = {int(at): body for at, body in bodies.items()}
+    assert set(markers) == set(entries), "the feed names other transaction entries than are kept"
+    assert all(markers[at] == at for at in markers)
+    covered = {m.decode(): int(at) for m, at in txn.items() if not m.startswith(b"\0")}
+    assert {int(m[1:]): at for m, at in txn.items() if m.startswith(b"\0")} == markers
     records: dict[str, Record] = {}
     buckets = [0] * DIGEST_BUCKETS
     for raw_key, raw in rec.items():
         key = raw_key.decode()
-        version, is_live, value = raw.partition(b"\0")
-        record = Record(key, value.decode() if is_live else None, version.decode())
+        record = parse_record(key, raw)
         records[key] = record
-        assert ver[raw_key] == (b"+" if is_live else b"-") + version, key
+        head = raw.partition(b"\0")[0]
+        assert ver[raw_key] == (b"-" if record.deleted else b"+") + head, key
         assert raw_key in seqs, f"{key} has no sequence number"
-        assert (raw_key in live) == bool(is_live), key
-        assert (raw_key in tombs) == (not is_live), key
-        if not is_live:
+        assert (raw_key in live) == (not record.deleted), key
+        assert (raw_key in tombs) == record.deleted, key
+        if record.deleted:
             assert tombs[raw_key] == seqs[raw_key], key
+        expires = None if record.deleted else record.expires
+        assert exp.get(raw_key) == expires, f"{key} expires at {expires}, not {exp.get(raw_key)}"
+        if key in covered:
+            assert covered[key] in entries, f"{key} is covered by an entry that is gone"
+            assert seqs[raw_key] <= covered[key], key
         buckets[bucket_of(key)] ^= record_hash(key, record.version)
     assert set(ver) == set(rec) == set(seqs), "the indexes name other keys than the records"
     assert live <= set(rec)
     assert set(tombs) <= set(rec)
+    assert set(exp) <= set(rec)
+    assert set(covered) <= set(records)
     assert len(set(seqs.values())) == len(seqs), "two records share a sequence number"
-    assert max(seqs.values(), default=0) <= int(meta["seq"])
+    assert max(feed.values(), default=0) <= int(meta["seq"])
     assert int(meta["live"]) == len(live)
     stored_buckets = [0] * DIGEST_BUCKETS
     for bucket, value in digest.items():
         stored_buckets[int(bucket)] = int.from_bytes(value, "big")
     assert stored_buckets == buckets, "the digest buckets do not match the records"
-    return Stored(records, int(meta["seq"]), len(live), tuple(buckets), checkpoints)
+    return Stored(records, int(meta["seq"]), len(live), tuple(buckets), checkpoints, entries, covered)
 
 
 async def _hash(client: Redis, part: str) -> dict[bytes, bytes]:
     return cast(dict[bytes, bytes], await client.hgetall(PREFIX + part.encode()))
 
 
-async def _zset(client: Redis, part: str) -> dict[bytes, float]:
+async def _zset(client: Redis, part: str) -> dict[bytes, int]:
     members = await client.zrange(PREFIX + part.encode(), 0, -1, withscores=True)
-    return dict(cast(list[tuple[bytes, float]], members))
+    return {member: int(score) for member, score in cast(list[tuple[bytes, float]], members)}
 
 
 async def assert_store_matches_redis(store: RedisStore) -> Stored:
@@ -308,16 +338,17 @@ async def test_a_batch_is_refused_whole_when_a_store_key_has_the_wrong_type(
     before = await assert_store_matches_redis(store)
     admin = Redis.from_url(redis_server.url())
     try:
-        await admin.set(PREFIX + b"tomb", "not a sorted set")  # the last key the script writes
+        # The last key the script writes: the batch is a transaction, so it writes an entry.
+        await admin.set(PREFIX + b"entry", "not a hash")
         with pytest.raises(StoreUnavailable, match="WRONGTYPE"):
-            await store.apply([put("b", "2", 2), Record("a", None, v(3))])
-        await admin.delete(PREFIX + b"tomb")
+            await store.apply([put("b", "2", 2), Record("a", None, v(3))], groups=[(0, 2)])
+        await admin.delete(PREFIX + b"entry")
     finally:
         await admin.aclose()
     assert await assert_store_matches_redis(store) == before
     assert await store.get("b") is None
-    assert await store.apply([put("b", "2", 2), Record("a", None, v(3))]) == 2
-    await assert_store_matches_redis(store)
+    assert await store.apply([put("b", "2", 2), Record("a", None, v(3))], groups=[(0, 2)]) == 2
+    assert sorted((await assert_store_matches_redis(store)).covered) == ["a", "b"]
 
 
 # -- a lost answer -------------------------------------------------------------------------------
@@ -483,6 +514,92 @@ async def test_a_paused_redis_times_out_with_store_unavailable_and_the_store_rec
     stored = await assert_store_matches_redis(store)
     assert set(stored.records) in ({"a", "c"}, {"a", "b", "c"})
     assert await store.get("b") == stored.records.get("b")
+
+
+# -- expiry, transactions and the layout before them -----------------------------------------------
+
+WALL = 1_700_000_000_000
+
+
+async def test_expiry_transactions_and_purges_keep_every_index_in_step(
+    redis_server: RedisServer,
+) -> None:
+    clock = [WALL]
+    store = RedisStore(redis_server.url(), now=lambda: clock[0])
+    await store.open()
+    try:
+        await store.write(Record("e1", "x", v(1), WALL + 1000))
+        await store.write(Record("e2", "y", v(2), WALL + 5000))
+        await store.transact([], [put("a", "1", 3), Record("b", "2", v(4), WALL + 9000)])
+        entry = store.last_seq
+        await store.apply([put("c", "3", 5), put("e2", "old", 1)], groups=[(0, 2)])
+        await store.write(put("a", "again", 6))
+        stored = await assert_store_matches_redis(store)
+        assert stored.covered == {"b": entry, "c": store.last_seq - 1}
+        assert sorted(stored.entries) == [entry, store.last_seq - 1]
+        assert stored.records["b"] == Record("b", "2", v(4), WALL + 9000)
+
+        clock[0] = WALL + 1000
+        await store.reap()  # e1 becomes a tombstone; the reaper may have done it already
+        stored = await assert_store_matches_redis(store)
+        assert stored.records["e1"] == Record("e1", None, v(1))
+
+        assert await store.purge_tombstones(store.last_seq, v(10**9)) == 1
+        stored = await assert_store_matches_redis(store)
+        assert (stored.entries, stored.covered) == ({}, {})
+        assert "e1" not in stored.records
+        assert store.feed_floor == store.last_seq
+    finally:
+        await store.close()
+
+
+async def test_a_store_written_before_expiry_and_transactions_opens_and_reads_as_it_was(
+    redis_server: RedisServer, open_store: OpenStore
+) -> None:
+    """Format 1, as an earlier shareddb left it in a user's Redis: no floor, no expiries, no
+    transaction entries. It opens, reads the same, and takes the new kinds of writes."""
+    instance = "0123456789abcdef0123456789abcdef"
+    a, b = put("a", "one", 1), Record("b", None, v(3))
+    buckets = [0] * DIGEST_BUCKETS
+    for record in (a, b):
+        buckets[bucket_of(record.key)] ^= record_hash(record.key, record.version)
+    admin = Redis.from_url(redis_server.url())
+    try:
+        meta = {"instance": instance, "batch": "t0", "format": "1", "seq": 3, "live": 1, "hlc": 77}
+        await admin.hset(PREFIX + b"meta", mapping=meta)  # type: ignore[arg-type]
+        await admin.hset(PREFIX + b"rec", mapping={"a": f"{v(1)}\0one", "b": v(3)})
+        await admin.hset(PREFIX + b"ver", mapping={"a": f"+{v(1)}", "b": f"-{v(3)}"})
+        await admin.zadd(PREFIX + b"seq", {"a": 1, "b": 3})
+        await admin.zadd(PREFIX + b"live", {"a": 0})
+        await admin.zadd(PREFIX + b"tomb", {"b": 3})
+        digest = {i: h.to_bytes(16, "big") for i, h in enumerate(buckets) if h}
+        await admin.hset(PREFIX + b"digest", mapping=digest)  # type: ignore[arg-type]
+
+        store = await open_store(redis_server.url())
+        assert (store.instance_id, store.last_seq, store.clock_high, store.feed_floor) == (
+            instance,
+            3,
+            77,
+            0,
+        )
+        assert (await store.get("a"), await store.get("b")) == (a, b)
+        assert await store.scan("", None, 10) == [a]
+        assert (await store.changes_since(0, 10)).changes == [Change(1, a), Change(3, b)]
+        assert (store.digest().count, store.digest().buckets) == (1, tuple(buckets))
+        assert await admin.hget(PREFIX + b"meta", "format") == b"2"
+
+        later = Record("x", "v", v(10), 4_000_000_000_000)
+        assert await store.write(later) is Outcome.CREATED
+        await store.transact([], [put("a", "two", 11), put("c", "3", 12)])
+        assert await store.get("x") == later
+        assert (await store.changes_since(3, 10)).changes == [
+            Change(4, later),
+            Change(5, put("a", "two", 11), 6),
+            Change(6, put("c", "3", 12), 6),
+        ]
+        await assert_store_matches_redis(store)
+    finally:
+        await admin.aclose()
 
 
 # -- a Redis that is not this store's any more ---------------------------------------------------

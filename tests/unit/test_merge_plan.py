@@ -5,14 +5,21 @@ from __future__ import annotations
 import itertools
 
 from shareddb.record import Record, make_version
-from shareddb.store.base import DIGEST_BUCKETS, Checkpoint, MergePlan, Outcome, bucket_of, record_hash
-from shareddb.store.pipeline import (
+from shareddb.store.base import DIGEST_BUCKETS, Change, Checkpoint, Outcome, bucket_of, record_hash
+from shareddb.store.plan import (
+    Behind,
     ClientWrite,
+    Condition,
+    Conflict,
+    Expire,
+    MergePlan,
     Op,
     PeerBatch,
     PurgeTombstones,
     SetMeta,
+    Stored,
     Tally,
+    Txn,
     plan_batch,
 )
 
@@ -31,14 +38,14 @@ def tomb(key: str, hlc: int) -> Record:
     return Record(key, None, v(hlc))
 
 
-def fresh(current: dict[str, tuple[bool, str]] | None = None, seq: int = 0, live: int = 0) -> MergePlan:
+def fresh(current: Stored | None = None, seq: int = 0, live: int = 0) -> MergePlan:
     return MergePlan(dict(current or {}), seq, live, EMPTY)
 
 
 def test_a_new_key_is_created_with_the_next_sequence_number() -> None:
     plan = fresh(seq=7)
     assert plan.merge(put("k", "v", 1)) is Outcome.CREATED
-    assert plan.rows == {"k": ("k", "v", v(1), 8)}
+    assert plan.rows == {"k": ("k", "v", v(1), 8, None, 0)}
     assert (plan.seq, plan.live) == (8, 1)
     assert plan.buckets == {bucket_of("k"): record_hash("k", v(1))}
     assert plan.accepted == [put("k", "v", 1)]
@@ -46,7 +53,7 @@ def test_a_new_key_is_created_with_the_next_sequence_number() -> None:
 
 def test_an_older_or_equal_version_is_superseded_and_plans_nothing() -> None:
     """Invariant 3: the stored value is the greatest version written."""
-    plan = fresh({"k": (True, v(5))}, seq=3, live=1)
+    plan = fresh({"k": (True, v(5), None)}, seq=3, live=1)
     assert plan.merge(put("k", "old", 4)) is Outcome.SUPERSEDED
     assert plan.merge(put("k", "same", 5)) is Outcome.SUPERSEDED
     assert plan.merge(tomb("k", 5)) is Outcome.SUPERSEDED
@@ -67,7 +74,7 @@ def test_a_later_record_in_the_same_plan_replaces_an_earlier_one() -> None:
     assert plan.merge(put("k", "a", 1)) is Outcome.CREATED
     assert plan.merge(put("k", "b", 2)) is Outcome.UPDATED
     assert plan.merge(tomb("k", 3)) is Outcome.DELETED
-    assert plan.rows == {"k": ("k", None, v(3), 3)}
+    assert plan.rows == {"k": ("k", None, v(3), 3, None, 0)}
     assert plan.live == 0
     assert plan.buckets == {bucket_of("k"): record_hash("k", v(3))}
 
@@ -125,7 +132,7 @@ def test_a_purge_drops_old_tombstones_at_or_below_its_sequence_and_counts_them()
 def test_a_purge_sees_the_batch_it_is_in() -> None:
     """A key written live in the batch is kept; a tombstone written in it may go (never stored)."""
     base = Tally(2, 1, 0, EMPTY)
-    stored = {"back": (False, v(1)), "gone": (True, v(1))}
+    stored: Stored = {"back": (False, v(1), None), "gone": (True, v(1), None)}
     ops: list[Op] = [
         PeerBatch([put("back", "again", 2), tomb("gone", 2)]),
         PurgeTombstones(100, v(1000, "")),
@@ -143,3 +150,89 @@ def test_two_purges_in_one_batch_each_count_only_what_they_dropped() -> None:
     batch = plan_batch(ops, 0, Tally(3, 0, 0, EMPTY), {}, tombs)
     assert batch.results == [1, 2]
     assert sorted(batch.purged) == ["a", "b", "c"]
+
+
+# -- conditions, transactions, expiry -------------------------------------------------------------
+
+
+def test_a_condition_is_checked_against_the_batch_so_far_and_one_of_many_wins() -> None:
+    base = Tally(1, 1, 0, EMPTY)
+    stored: Stored = {"k": (True, v(1), None)}
+    ops: list[Op] = [ClientWrite(put("k", f"w{n}", 10 + n), Condition("k", v(1))) for n in range(3)]
+    batch = plan_batch(ops, 0, base, stored, {})
+    assert batch.results[0] is Outcome.UPDATED
+    assert batch.results[1:] == [Conflict([Condition("k", v(10))])] * 2
+    assert [row[:3] for row in batch.rows] == [("k", "w0", v(10))]
+
+
+def test_absent_means_never_written_deleted_or_expired() -> None:
+    stored: Stored = {"gone": (False, v(1), None), "old": (True, v(1), 500), "live": (True, v(1), None)}
+    ops: list[Op] = [
+        ClientWrite(put(key, "x", 5), Condition(key, None)) for key in ("new", "gone", "old", "live")
+    ]
+    batch = plan_batch(ops, 0, Tally(3, 2, 0, EMPTY), stored, {}, now=1000)
+    assert batch.results == [Outcome.CREATED] * 3 + [Conflict([Condition("live", v(1))])]
+    assert batch.tally.live == 4  # "old" held a value that had expired: it still counted
+
+
+def test_a_transaction_is_all_or_nothing_and_lists_every_failed_condition() -> None:
+    stored: Stored = {"a": (True, v(1), None)}
+    txn = Txn(
+        [Condition("a", v(2)), Condition("b", v(1)), Condition("a", v(1))],
+        [put("a", "x", 5), put("b", "y", 6)],
+    )
+    batch = plan_batch([txn], 0, Tally(1, 1, 0, EMPTY), stored, {})
+    assert batch.results == [Conflict([Condition("a", v(1)), Condition("b", None)])]
+    assert (batch.rows, batch.entries) == ([], [])
+
+
+def test_a_transaction_losing_to_a_stored_version_writes_nothing() -> None:
+    stored: Stored = {"b": (True, v(9), None)}
+    batch = plan_batch(
+        [Txn([], [put("a", "x", 5), put("b", "y", 6)])], 0, Tally(1, 1, 0, EMPTY), stored, {}
+    )
+    assert batch.results == [Behind("b", v(9))]
+    assert batch.rows == []
+
+
+def test_a_transaction_becomes_one_entry_covering_its_rows() -> None:
+    txn = Txn([], [put("a", "x", 5), tomb("gone", 6), put("b", "y", 7)])
+    batch = plan_batch([txn], 0, Tally(10, 0, 0, EMPTY), {}, {})
+    assert batch.results == [[Outcome.CREATED, Outcome.NOT_FOUND, Outcome.CREATED]]
+    assert batch.entries == [(12, [Change(11, put("a", "x", 5)), Change(12, put("b", "y", 7))])]
+    assert [(row[0], row[3], row[5]) for row in batch.rows] == [("a", 11, 12), ("b", 12, 12)]
+
+
+def test_a_peer_transaction_is_kept_whole_even_where_this_node_has_newer() -> None:
+    stored: Stored = {"a": (True, v(50), None)}
+    records = [put("x", "1", 1), put("a", "old", 5), put("b", "new", 6), put("y", "2", 2)]
+    batch = plan_batch([PeerBatch(records, None, [(1, 3)])], 0, Tally(1, 1, 0, EMPTY), stored, {})
+    assert batch.results == [3]
+    assert batch.entries == [(3, [Change(0, put("a", "old", 5)), Change(3, put("b", "new", 6))])]
+    assert {row[0]: row[5] for row in batch.rows} == {"x": 0, "b": 3, "y": 0}
+
+
+def test_expiry_keeps_the_version_and_the_digest_and_never_touches_a_later_write() -> None:
+    stored: Stored = {"k": (True, v(1), 1000), "newer": (True, v(3), None)}
+    base = Tally(2, 2, 0, EMPTY)
+    early = plan_batch([Expire([("k", v(1))], 999)], 0, base, dict(stored), {}, now=999)
+    assert early.results == [0]  # not expired yet
+    batch = plan_batch(
+        [Expire([("k", v(1)), ("newer", v(2))], 1000)], 0, base, dict(stored), {}, now=1000
+    )
+    assert batch.results == [1]
+    assert batch.rows == [("k", None, v(1), 3, None, 0)]
+    assert batch.buckets == {}
+    assert batch.tally.live == 1
+
+
+def test_a_purge_dissolves_transaction_entries_at_or_below_its_horizon() -> None:
+    batch = plan_batch([PurgeTombstones(7, v(100))], 0, Tally(9, 0, 0, EMPTY), {}, {})
+    assert batch.dissolve_upto == 7
+    assert plan_batch([SetMeta("m", "x")], 0, Tally(9, 0, 0, EMPTY), {}, {}).dissolve_upto is None
+
+
+def test_a_purge_that_drops_tombstones_raises_the_feed_floor() -> None:
+    batch = plan_batch([PurgeTombstones(7, v(100))], 0, Tally(9, 0, 0, EMPTY), {}, {"t": (5, v(1))})
+    assert batch.purged == ["t"]
+    assert batch.tally.floor == 7

@@ -245,8 +245,10 @@ async def test_a_full_store_is_logged_once_and_again_when_it_can_write(
 async def test_a_node_runs_on_a_memory_store_and_finds_its_data_when_reopened(tmp_path: Path) -> None:
     data = MemoryData()
 
-    def in_memory(where: Path, clock_high: Callable[[], int], mint: Callable[[], str]) -> Store:
-        return MemoryStore(data, clock_high=clock_high, new_instance=mint)
+    def in_memory(
+        where: Path, clock_high: Callable[[], int], mint: Callable[[], str], now: Callable[[], int]
+    ) -> Store:
+        return MemoryStore(data, clock_high=clock_high, new_instance=mint, now=now)
 
     settings = Settings(data=tmp_path / "node", node_id="n1")
     node = await Node.open(settings, make_store=in_memory)

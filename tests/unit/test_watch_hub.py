@@ -13,7 +13,7 @@ import pytest
 from shareddb.record import Record, make_version
 from shareddb.store.base import Change, FeedPage
 from shareddb.store.memory import MemoryStore
-from shareddb.watch import MAX_PENDING_EVENTS, PING, Watcher, WatchHub, encode_event, iso_millis
+from shareddb.watch import MAX_PENDING_EVENTS, PING, Watcher, WatchHub, encode_event
 from tests.harness import eventually
 
 PING_NEVER = 3600.0
@@ -183,4 +183,3 @@ def test_events_are_encoded_as_the_contract_shows() -> None:
     )
     gone = Change(8, Record("a", None, "01a3-n1"))
     assert encode_event(gone).startswith(b'id: 8\nevent: delete\ndata: {"key":"a","value":null,')
-    assert iso_millis(0) == "1970-01-01T00:00:00.000Z"

@@ -1,30 +1,31 @@
 """The REST API of keys: PUT, GET, DELETE /v1/kv/{key} and GET /v1/kv (listing by prefix).
 
 The key is taken from the raw request path and percent-decoded strictly, so `/` and any escaped
-character round-trip exactly. Bodies are read up to --max-value-bytes and no further.
+character round-trip exactly. Bodies are read up to --max-value-bytes and no further (api/bodies.py).
 """
 
 from __future__ import annotations
 
-import asyncio
 from functools import partial
 
 from aiohttp import web
 
+from shareddb.api.bodies import read_text
 from shareddb.api.errors import ApiError, bad_request, json_response
-from shareddb.api.query import decode, parse_query, split_target
+from shareddb.api.query import decode, parse_query, split_target, ttl_seconds
 from shareddb.api.routing import Route
+from shareddb.api.times import http_date, iso_time
 from shareddb.api.writes import await_copies, copy_policy
-from shareddb.node import Node
+from shareddb.node import Node, PreconditionFailed
 from shareddb.record import MAX_KEY_BYTES, key_error
 from shareddb.store.base import Outcome
+from shareddb.store.plan import ANY, Condition
 
 PREFIX = "/v1/kv/"
 PREFIX_LENGTH = len(PREFIX)
 TEXT = "text/plain; charset=utf-8"
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
-READ_CHUNK = 64 * 1024
 
 
 def _key_and_params(request: web.BaseRequest) -> tuple[str, dict[str, str]]:
@@ -45,40 +46,44 @@ def _etag(version: str) -> dict[str, str]:
     return {"ETag": f'"{version}"'}
 
 
-async def _read_value(request: web.BaseRequest, limit: int) -> str:
-    """The body as text, refused with 413 as soon as it passes `limit` bytes."""
-    length = request.content_length
-    if length is not None:
-        if length > limit:
-            raise ApiError(413, f"value is {length} bytes, the limit is {limit}")
-        if length == 0:
-            return ""
-        try:
-            body = await request.content.readexactly(length)
-        except asyncio.IncompleteReadError:
-            raise bad_request("body ended before its Content-Length") from None
-        try:
-            return body.decode("utf-8")
-        except UnicodeDecodeError:
-            raise bad_request("body is not valid UTF-8") from None
-    chunks: list[bytes] = []
-    size = 0
-    while chunk := await request.content.read(READ_CHUNK):
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, f"value is over the {limit}-byte limit")
-        chunks.append(chunk)
-    try:
-        return b"".join(chunks).decode("utf-8")
-    except UnicodeDecodeError:
-        raise bad_request("body is not valid UTF-8") from None
+def _condition(key: str, request: web.BaseRequest, *, put: bool) -> Condition | None:
+    """`If-Match: "VER"` (or `*`: any live version) and, on PUT, `If-None-Match: *`."""
+    match = request.headers.get("If-Match")
+    none_match = request.headers.get("If-None-Match")
+    if match is not None and none_match is not None:
+        raise bad_request("send If-Match or If-None-Match, not both")
+    if none_match is not None:
+        if not put or none_match.strip() != "*":
+            raise bad_request('If-None-Match takes only "*" (the key is absent), on PUT')
+        return Condition(key, None)
+    if match is None:
+        return None
+    wanted = match.strip()
+    if wanted == ANY:
+        return Condition(key, ANY)
+    if "," in wanted:
+        raise bad_request("If-Match takes one version")
+    if len(wanted) >= 2 and wanted[0] == wanted[-1] == '"':
+        wanted = wanted[1:-1]
+    return Condition(key, wanted)
+
+
+def precondition_failed(exc: PreconditionFailed) -> ApiError:
+    [failed] = exc.failed
+    current = "absent" if failed.version is None else f"at version {failed.version}"
+    return ApiError(412, f"key {failed.key!r} is {current}", version=failed.version)
 
 
 async def put(node: Node, request: web.BaseRequest) -> web.Response:
     key, params = _key_and_params(request)
     policy = copy_policy(params, node)
-    value = await _read_value(request, node.settings.max_value_bytes)
-    result = await node.put(key, value)
+    ttl = ttl_seconds(params)
+    condition = _condition(key, request, put=True)
+    value = await read_text(request, node.settings.max_value_bytes)
+    try:
+        result = await node.put(key, value, ttl=ttl, condition=condition)
+    except PreconditionFailed as exc:
+        raise precondition_failed(exc) from None
     await await_copies(node, result.version, policy)
     status = 201 if result.outcome is Outcome.CREATED else 200
     return json_response({"key": key, "version": result.version}, status, _etag(result.version))
@@ -90,16 +95,20 @@ async def get(node: Node, request: web.BaseRequest) -> web.Response:
     if record is None:
         raise ApiError(404, f"key {key!r} not found")
     assert record.value is not None
-    return web.Response(
-        body=record.value.encode("utf-8"),
-        headers={"Content-Type": TEXT, "ETag": f'"{record.version}"'},
-    )
+    headers = {"Content-Type": TEXT, "ETag": f'"{record.version}"'}
+    if record.expires is not None:
+        headers["Expires"] = http_date(record.expires)
+    return web.Response(body=record.value.encode("utf-8"), headers=headers)
 
 
 async def delete(node: Node, request: web.BaseRequest) -> web.Response:
     key, params = _key_and_params(request)
     policy = copy_policy(params, node)
-    result = await node.delete(key)
+    condition = _condition(key, request, put=False)
+    try:
+        result = await node.delete(key, condition=condition)
+    except PreconditionFailed as exc:
+        raise precondition_failed(exc) from None
     if result.outcome is Outcome.NOT_FOUND:
         raise ApiError(404, f"key {key!r} not found")
     await await_copies(node, result.version, policy)
@@ -124,7 +133,10 @@ async def listing(node: Node, request: web.BaseRequest) -> web.Response:
     records = records[:limit]
     return json_response(
         {
-            "items": [{"key": r.key, "value": r.value, "version": r.version} for r in records],
+            "items": [
+                {"key": r.key, "value": r.value, "version": r.version, "expires": iso_time(r.expires)}
+                for r in records
+            ],
             "next": records[-1].key if more else None,
             "seq": seq,
         }

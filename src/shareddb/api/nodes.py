@@ -12,7 +12,7 @@ import orjson
 from aiohttp import web
 
 from shareddb.api.errors import JSON, ApiError, bad_request, json_response
-from shareddb.api.query import parse_query, split_target
+from shareddb.api.query import parse_query, split_target, ttl_seconds
 from shareddb.api.routing import Route
 from shareddb.api.writes import await_copies, copy_policy
 from shareddb.node import Node
@@ -51,7 +51,7 @@ async def update(node: Node, request: web.BaseRequest) -> web.Response:
     if error := value_error(value, node.settings.max_value_bytes):
         raise ApiError(413, error)
     policy = copy_policy(params, node)
-    result = await node.put(name, value)
+    result = await node.put(name, value, ttl=ttl_seconds(params))
     await await_copies(node, result.version, policy)
     return json_response(
         {

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from shareddb.api.openapi_apps import extend
+
 Doc = dict[str, Any]
 
 ERROR_CODES = [
@@ -20,8 +22,10 @@ ERROR_CODES = [
     "forbidden",
     "timeout",
     "unavailable",
-    "insufficient_storage",
+    "precondition_failed",
     "gone",
+    "unsupported_media_type",
+    "insufficient_storage",
 ]
 
 
@@ -745,3 +749,5 @@ OPENAPI: Doc = {
     },
     "security": [{"bearerAuth": []}, {}],
 }
+
+extend(OPENAPI)  # conditional writes, TTL, transactions: api/openapi_apps.py

@@ -10,6 +10,7 @@ import re
 from urllib.parse import unquote_to_bytes
 
 from shareddb.api.errors import bad_request
+from shareddb.api.times import MAX_TTL
 
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _NUMBER = re.compile(r"[0-9]+(\.[0-9]*)?([eE][-+]?[0-9]+)?|\.[0-9]+([eE][-+]?[0-9]+)?")
@@ -74,4 +75,14 @@ def positive_int(params: dict[str, str], name: str, default: int) -> int:
         return default
     if not (raw.isascii() and raw.isdigit() and len(raw) <= 9) or int(raw) < 1:
         raise bad_request(f"{name} must be a positive integer, not {raw!r}")
+    return int(raw)
+
+
+def ttl_seconds(params: dict[str, str]) -> int | None:
+    """`ttl=S`: an integer number of seconds from 1 to MAX_TTL, or None when not given."""
+    raw = params.get("ttl")
+    if raw is None:
+        return None
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 9) or not 1 <= int(raw) <= MAX_TTL:
+        raise bad_request(f"ttl must be an integer number of seconds from 1 to {MAX_TTL}, not {raw!r}")
     return int(raw)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from shareddb.membership import Membership, Outside
-from shareddb.record import make_origin, version_hlc, version_origin
+from shareddb.record import Record, make_origin, version_hlc, version_origin
 from shareddb.replication.transport import PullReply, PullRequest
 from shareddb.store.base import Store
 
@@ -52,17 +52,26 @@ class Feed:
         changes, until = page.changes, page.until
         own_since = request.own_since
         origin = make_origin(puller, request.puller_incarnation)
-        records = [
-            change.record
-            for change in changes
+        records: list[Record] = []
+        groups: list[tuple[int, int]] = []
+        txn, start = 0, 0
+        for change in changes:
+            record = change.record
             # The puller already holds what this life of it wrote from own_since on (it says so
             # once it has caught up with this feed; see Replicator._caught_up).
-            if not (
+            if (
                 own_since > 0
-                and version_origin(change.record.version) == origin
-                and version_hlc(change.record.version) >= own_since
-            )
-        ]
+                and version_origin(record.version) == origin
+                and version_hlc(record.version) >= own_since
+            ):
+                continue
+            if change.txn != txn:  # a transaction's changes come together: one group
+                if txn:
+                    groups.append((start, len(records)))
+                txn, start = change.txn, len(records)
+            records.append(record)
+        if txn:
+            groups.append((start, len(records)))
         return PullReply(
             node=self.node_id,
             instance=store.instance_id,
@@ -71,6 +80,7 @@ class Feed:
             last_seq=max(store.last_seq, until),
             records=records,
             members=self.membership.entries(),
+            groups=[(a, b) for a, b in groups if b - a > 1],
         )
 
     def join(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -284,7 +284,7 @@ class Replicator:
                     reply.node,
                     self.clock.max_drift_ms,
                 )
-        await self.store.apply(reply.records, position)
+        await self.store.apply(reply.records, position, reply.groups)
         self._positions[reply.node] = position
         self._caught_up(reply)
         return True

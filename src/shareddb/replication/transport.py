@@ -4,7 +4,7 @@ over the peer API, and the simulation passes in a transport of its own."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import aiohttp
@@ -46,6 +46,8 @@ class PullReply:
     last_seq: int  # the source's latest sequence number
     records: list[Record]
     members: list[dict[str, Any]]
+    # (start, stop) index ranges of `records` that are transactions: applied whole, kept whole.
+    groups: list[tuple[int, int]] = field(default_factory=list)
 
 
 class Transport(Protocol):
@@ -68,8 +70,15 @@ def encode_reply(reply: PullReply) -> Iterator[bytes]:
     }
     parts = [orjson.dumps(head)[:-1], b',"changes":[']
     size = 0
+    txn = _group_marks(reply)
     for index, r in enumerate(reply.records):
-        part = orjson.dumps([r.key, r.value, r.version])
+        # [key, value, version], then the expiry and the transaction mark when there are any.
+        if txn[index]:
+            part = orjson.dumps([r.key, r.value, r.version, r.expires, txn[index]])
+        elif r.expires is not None:
+            part = orjson.dumps([r.key, r.value, r.version, r.expires])
+        else:
+            part = orjson.dumps([r.key, r.value, r.version])
         parts.append(b"," + part if index else part)
         size += len(part)
         if size >= ENCODE_PART:
@@ -79,16 +88,45 @@ def encode_reply(reply: PullReply) -> Iterator[bytes]:
     yield b"".join(parts)
 
 
+def _group_marks(reply: PullReply) -> list[int]:
+    """Per record, 0 or the number (1, 2, ...) of the transaction group it belongs to."""
+    marks = [0] * len(reply.records)
+    for number, (start, stop) in enumerate(reply.groups, 1):
+        marks[start:stop] = [number] * (stop - start)
+    return marks
+
+
 def decode_reply(body: bytes) -> PullReply:
     try:
         data = orjson.loads(body)
+        records: list[Record] = []
+        groups: list[tuple[int, int]] = []
+        mark, start = 0, 0
+        for index, change in enumerate(data["changes"]):
+            key, value, version = change[:3]
+            expires = change[3] if len(change) > 3 else None
+            txn = change[4] if len(change) > 4 else 0
+            if not (isinstance(key, str) and isinstance(version, str)):
+                raise TypeError("a change needs a key and a version")
+            if not (value is None or isinstance(value, str)):
+                raise TypeError("a value is text or null")
+            if not (expires is None or type(expires) is int) or type(txn) is not int:
+                raise TypeError("an expiry and a transaction mark are integers")
+            records.append(Record(key, value, version, expires))
+            if txn != mark:
+                if mark:
+                    groups.append((start, index))
+                mark, start = txn, index
+        if mark:
+            groups.append((start, len(records)))
         return PullReply(
             node=str(data["node"]),
             instance=str(data["instance"]),
             until=int(data["until"]),
             last_seq=int(data["last_seq"]),
-            records=[Record(k, v, ver) for k, v, ver in data["changes"]],
+            records=records,
             members=list(data["members"]),
+            groups=groups,
         )
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise PeerError(f"unreadable answer from peer: {exc}") from exc

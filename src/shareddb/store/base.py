@@ -21,10 +21,13 @@ import enum
 import hashlib
 import zlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
-from shareddb.record import Record, supersedes
+from shareddb.record import Record
+
+if TYPE_CHECKING:
+    from shareddb.store.plan import Condition
 
 DIGEST_BUCKETS = 256
 
@@ -128,12 +131,25 @@ class Store(Protocol):
         """The stored record of `key`, a tombstone included; None when the key was never written."""
         ...
 
-    async def write(self, record: Record) -> Outcome:
-        """A client's write, durable when this returns. A tombstone is written only over a live value."""
+    async def write(self, record: Record, condition: Condition | None = None) -> object:
+        """A client's write, durable when this returns: an `Outcome`. A tombstone is written only
+        over a live value. With a `plan.Condition` that does not hold when the write is planned,
+        nothing is written and the answer is a `plan.Conflict`."""
         ...
 
-    async def apply(self, records: Sequence[Record], checkpoint: Checkpoint | None = None) -> int:
-        """Merge records from a peer by LWW and save `checkpoint`, atomically. Returns how many won."""
+    async def transact(self, conditions: Sequence[Condition], records: Sequence[Record]) -> object:
+        """A client's transaction, all or nothing (see `plan.Txn` for its answers)."""
+        ...
+
+    async def apply(
+        self,
+        records: Sequence[Record],
+        checkpoint: Checkpoint | None = None,
+        groups: Sequence[tuple[int, int]] = (),
+    ) -> int:
+        """Merge records from a peer by LWW and save `checkpoint`, atomically. `groups`: index
+        ranges of `records` that are transactions, kept whole in this node's feed. Returns how
+        many won."""
         ...
 
     async def scan(self, prefix: str, after: str | None, limit: int) -> list[Record]:
@@ -223,57 +239,6 @@ class ChangeSignal:
             self._waiter = asyncio.get_running_loop().create_future()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(self._waiter), timeout)
-
-
-@dataclass(slots=True)
-class MergePlan:
-    """One atomic batch, worked out in memory before a store writes it. Pure: no I/O.
-
-    Give it the stored (live, version) of every key the batch touches; `merge` then applies records
-    in order by the LWW rule, numbering each accepted one with the next sequence number and keeping
-    the live count and digest buckets in step. The store writes `rows` and the changed `buckets` in
-    one transaction; if that fails the plan is dropped and the store is unchanged. Every backend
-    merges through this class, so they cannot disagree on the rule.
-    """
-
-    current: dict[str, tuple[bool, str]]  # key -> (live, version) as stored
-    seq: int
-    live: int
-    base_buckets: Sequence[int]
-    buckets: dict[int, int] = field(default_factory=dict)
-    rows: dict[str, tuple[str, str | None, str, int]] = field(default_factory=dict)
-    accepted: list[Record] = field(default_factory=list)
-
-    def merge(self, record: Record, *, only_over_live: bool = False) -> Outcome:
-        """Apply one record. `only_over_live`: a client's delete, which needs a live value."""
-        key, value, version = record.key, record.value, record.version
-        stored = self.current.get(key)
-        was_live = stored is not None and stored[0]
-        if value is None and only_over_live and not was_live:
-            return Outcome.NOT_FOUND
-        if stored is not None and not supersedes(version, stored[1]):
-            return Outcome.SUPERSEDED
-        self.seq += 1
-        self.rows[key] = (key, value, version, self.seq)
-        self.current[key] = (value is not None, version)
-        bucket = bucket_of(key)
-        digest = self.buckets.get(bucket, self.base_buckets[bucket]) ^ record_hash(key, version)
-        if stored is not None:
-            digest ^= record_hash(key, stored[1])
-        self.buckets[bucket] = digest
-        self.live += (value is not None) - was_live
-        self.accepted.append(record)
-        if value is None:
-            return Outcome.DELETED
-        return Outcome.UPDATED if was_live else Outcome.CREATED
-
-    def forget(self, key: str, version: str) -> None:
-        """A purged tombstone leaves the digest (its key is then as if never written)."""
-        bucket = bucket_of(key)
-        self.buckets[bucket] = self.buckets.get(bucket, self.base_buckets[bucket]) ^ record_hash(
-            key, version
-        )
-        self.current.pop(key, None)
 
 
 def prefix_end(prefix: str) -> str | None:

@@ -51,9 +51,14 @@ class RecordCache:
 
     def refresh(self, record: Record) -> None:
         """A version of `record.key` was committed: replace the cached one if this is newer (a read
-        may already have cached a later commit than the batch being announced)."""
+        may already have cached a later commit than the batch being announced), or the same
+        version expired into a tombstone."""
         cached = self._records.get(record.key)
-        if cached is not None and record.version > cached.version:
+        if cached is None:
+            return
+        if record.version > cached.version or (
+            record.version == cached.version and record.value is None
+        ):
             self.put(record)
 
     def committed(self, accepted: list[Record]) -> None:

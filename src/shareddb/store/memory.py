@@ -15,7 +15,10 @@ from dataclasses import dataclass, field, replace
 
 from shareddb.record import Record
 from shareddb.store.base import Change, Checkpoint, FeedPage, StoreUnavailable, bucket_of, change_size
-from shareddb.store.pipeline import Batch, PipelineStore, Planner, Stored, Tally, Tombstones
+from shareddb.store.pipeline import PipelineStore, wall_millis
+from shareddb.store.plan import Batch, Planner, Stored, Tally, Tombstones
+
+Row = tuple[str | None, str, int, int | None, int]  # value, version, seq, expires, txn
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,7 +27,8 @@ class Snapshot:
 
     instance: str
     tally: Tally
-    rows: dict[str, tuple[str | None, str, int]]  # key -> (value, version, seq)
+    rows: dict[str, Row]  # by key
+    entries: dict[int, list[Change]]  # transaction entries of the feed, by seq
     checkpoints: dict[str, Checkpoint]
     meta: dict[str, str]
 
@@ -60,7 +64,7 @@ class MemoryBackend:
 
     async def open(self) -> None:
         if self.data.snapshot is None:
-            self.data.snapshot = Snapshot(self._new_instance(), Tally.empty(), {}, {}, {})
+            self.data.snapshot = Snapshot(self._new_instance(), Tally.empty(), {}, {}, {}, {})
         self._open = True
 
     async def close(self) -> None:
@@ -81,24 +85,39 @@ class MemoryBackend:
     async def commit(self, keys: Collection[str], purge_upto: int | None, plan: Planner) -> Batch:
         now = await self._now()
         stored: Stored = {
-            key: (row[0] is not None, row[1]) for key in keys if (row := now.rows.get(key)) is not None
+            key: (row[0] is not None, row[1], row[3])
+            for key in keys
+            if (row := now.rows.get(key)) is not None
         }
         tombstones: Tombstones = {}
         if purge_upto is not None:
             tombstones = {
                 key: (seq, version)
-                for key, (value, version, seq) in now.rows.items()
+                for key, (value, version, seq, _, _) in now.rows.items()
                 if value is None and seq <= purge_upto
             }
         batch = plan(now.tally, stored, tombstones)
         rows = dict(now.rows)
-        rows.update((key, (value, version, seq)) for key, value, version, seq in batch.rows)
+        entries = dict(now.entries)
+        if batch.dissolve_upto is not None:
+            for seq in [seq for seq in entries if seq <= batch.dissolve_upto]:
+                for change in entries.pop(seq):
+                    row = rows.get(change.record.key)
+                    if row is not None and row[4] == seq:
+                        rows[change.record.key] = (*row[:4], 0)
+        rows.update((row[0], row[1:]) for row in batch.rows)
+        entries.update(batch.entries)
         for key in batch.purged:
             rows.pop(key, None)
         checkpoints = dict(now.checkpoints)
         checkpoints.update((cp.peer, cp) for cp in batch.checkpoints)
         after = replace(
-            now, tally=batch.tally, rows=rows, checkpoints=checkpoints, meta=now.meta | batch.meta
+            now,
+            tally=batch.tally,
+            rows=rows,
+            entries=entries,
+            checkpoints=checkpoints,
+            meta=now.meta | batch.meta,
         )
         if self.data.refuse is not None:
             raise self.data.refuse
@@ -108,30 +127,50 @@ class MemoryBackend:
 
     async def get(self, key: str) -> Record | None:
         row = (await self._now()).rows.get(key)
-        return None if row is None else Record(key, row[0], row[1])
+        return None if row is None else Record(key, row[0], row[1], row[3])
 
-    async def scan(self, prefix: str, after: str | None, limit: int) -> list[Record]:
+    async def scan(self, prefix: str, after: str | None, limit: int, now: int) -> list[Record]:
         found = [
-            Record(key, value, version)
-            for key, (value, version, _) in (await self._now()).rows.items()
-            if value is not None and key.startswith(prefix) and (after is None or key > after)
+            record
+            for key, (value, version, _, expires, _) in (await self._now()).rows.items()
+            if key.startswith(prefix) and (after is None or key > after)
+            if (record := Record(key, value, version, expires)).live_at(now)
         ]
         found.sort(key=lambda record: record.key)
         return found[: max(limit, 0)]
 
+    async def expiring(self) -> list[Record]:
+        rows = (await self._now()).rows
+        return [
+            Record(key, value, version, expires)
+            for key, (value, version, _, expires, _) in rows.items()
+            if value is not None and expires is not None
+        ]
+
     async def changes_since(self, seq: int, limit: int, max_bytes: int | None) -> FeedPage:
         now = await self._now()
-        newer = sorted((s, key) for key, (_, _, s) in now.rows.items() if s > seq)
+        if limit <= 0:
+            return FeedPage([], seq)
+        # The feed: rows not covered by a transaction entry, and the entries, by sequence.
+        positions = [(s, key) for key, (_, _, s, _, txn) in now.rows.items() if s > seq and not txn]
+        positions += [(at, "") for at in now.entries if at > seq]  # "" is never a key
+        positions.sort()
         changes: list[Change] = []
         total = 0
-        for s, key in newer[: max(limit, 0)]:
-            value, version, _ = now.rows[key]
-            total += change_size(key, value)
+        for taken, (at, key) in enumerate(positions):
+            if taken >= limit:
+                return FeedPage(changes, _position(changes[-1]))
+            if key:
+                value, version, _, expires, _ = now.rows[key]
+                unit = [Change(at, Record(key, value, version, expires))]
+            else:
+                unit = [_as_current(change, at, now.rows) for change in now.entries[at]]
+            total += sum(change_size(c.record.key, c.record.value) for c in unit)
             if max_bytes is not None and total > max_bytes and changes:
-                return FeedPage(changes, changes[-1].seq)
-            changes.append(Change(s, Record(key, value, version)))
-        if len(changes) >= limit:
-            return FeedPage(changes, changes[-1].seq if changes else seq)
+                return FeedPage(changes, _position(changes[-1]))
+            changes.extend(unit)
+        if len(positions) >= limit:
+            return FeedPage(changes, _position(changes[-1]))
         return FeedPage(changes, max(seq, now.tally.seq))
 
     async def checkpoint(self, peer: str) -> Checkpoint | None:
@@ -142,7 +181,19 @@ class MemoryBackend:
 
     async def bucket_versions(self, bucket: int) -> dict[str, str]:
         rows = (await self._now()).rows
-        return {key: version for key, (_, version, _) in rows.items() if bucket_of(key) == bucket}
+        return {key: version for key, (_, version, *_) in rows.items() if bucket_of(key) == bucket}
+
+
+def _as_current(change: Change, at: int, rows: dict[str, Row]) -> Change:
+    """A change of the transaction entry at `at`, as the feed serves it."""
+    row = rows.get(change.record.key)
+    current = change.seq != 0 and row is not None and row[2] == change.seq
+    return Change(change.seq, change.record, at, current)
+
+
+def _position(change: Change) -> int:
+    """How far the feed was read once `change` was: the entry's seq for a transaction's change."""
+    return change.txn or change.seq
 
 
 class MemoryStore(PipelineStore):
@@ -154,6 +205,9 @@ class MemoryStore(PipelineStore):
         *,
         clock_high: Callable[[], int] = lambda: 0,
         new_instance: Callable[[], str] = lambda: uuid.uuid4().hex,
+        now: Callable[[], int] = wall_millis,
+        reap: bool = True,
     ) -> None:
         self.data = MemoryData() if data is None else data
-        super().__init__(MemoryBackend(self.data, new_instance=new_instance), clock_high=clock_high)
+        backend = MemoryBackend(self.data, new_instance=new_instance)
+        super().__init__(backend, clock_high=clock_high, now=now, reap=reap)

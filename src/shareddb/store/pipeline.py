@@ -1,245 +1,82 @@
-"""The one write path every store shares: operations, group commit, merge, purge choice, cache, signal.
+"""The one write path every store shares: group commit, planning, cache, expiry, signal.
 
 Writes queue up on the event loop while one batch commits; the writer task then takes everything
 queued (up to MAX_BATCH operations and MAX_BATCH_BYTES) as the next batch, so the batch size grows
-with the load (the group commit). A batch is planned by pure code here (`plan_batch`: the LWW merge
-of `MergePlan`, the purge rule of `choose_purge`, results per operation) and written by a backend in
-one atomic step; only then is the cache refreshed, are the callers answered, and are long-polling
-readers woken. A backend (SQLite, Redis, memory) does lookups, one atomic write and the reads, and
-decides nothing about merging or purging: the `Backend` protocol below is all it implements.
+with the load (the group commit). A batch is planned by pure code (store/plan.py: the LWW merge,
+conditions, transactions, expiry, the purge rule, results per operation) and written by a backend
+in one atomic step; only then is the cache refreshed, are the callers answered, and are
+long-polling readers woken. A backend (SQLite, Redis, memory) does lookups, one atomic write and
+the reads, and decides nothing about merging, conditions, expiry or purging: the `Backend`
+protocol below is all it implements. The reaper here turns expired values into tombstones.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol
 
+from shareddb.clock import wall_millis
 from shareddb.record import Record
 from shareddb.store.base import (
-    CHANGE_OVERHEAD,
-    DIGEST_BUCKETS,
     ChangeSignal,
     Checkpoint,
     Digest,
     FeedPage,
-    MergePlan,
-    Outcome,
     StoreFull,
     StoreUnavailable,
-    combine_buckets,
     fail_all,
 )
 from shareddb.store.cache import RecordCache
+from shareddb.store.expiry import ExpiryIndex
+from shareddb.store.plan import (
+    Batch,
+    ClientWrite,
+    Condition,
+    Expire,
+    Op,
+    PeerBatch,
+    Planner,
+    PurgeTombstones,
+    SetMeta,
+    Stored,
+    Tally,
+    Tombstones,
+    Txn,
+    op_keys,
+    op_size,
+    plan_batch,
+    unstorable,
+)
 
 log = logging.getLogger("shareddb.store")
 
 MAX_BATCH = 4096  # operations per batch
 MAX_BATCH_BYTES = 32 * 1024 * 1024  # of records per batch (a Redis request stays far below 512 MiB)
+EXPIRE_CHUNK = 1000  # expired values turned into tombstones per operation
+REAP_PAUSE = 1.0  # seconds the reaper sleeps at most between looks at the clock
+
+__all__ = [
+    "Backend",
+    "Batch",
+    "Condition",
+    "OutcomeUnknown",
+    "PipelineStore",
+    "Planner",
+    "Stored",
+    "Tally",
+    "Tombstones",
+    "wall_millis",
+]
 
 
 class OutcomeUnknown(StoreUnavailable):
     """A batch was sent but whether it committed is not known yet (its answer was lost). The
     backend settles it before its next commit; until then cached records may be stale."""
-
-
-# -- operations ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ClientWrite:
-    """A client's write (a tombstone only over a live value). Answers an `Outcome`."""
-
-    record: Record
-
-
-@dataclass(frozen=True, slots=True)
-class PeerBatch:
-    """Records from a peer, merged by LWW, and how far its feed was read. Answers how many won."""
-
-    records: Sequence[Record]
-    checkpoint: Checkpoint | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class SetMeta:
-    """The node's own metadata (the member list, say). Answers None."""
-
-    name: str
-    value: str
-
-
-@dataclass(frozen=True, slots=True)
-class PurgeTombstones:
-    """Drop tombstones at or below `max_seq` whose version sorts before `before`. Answers how many."""
-
-    max_seq: int
-    before: str
-
-
-Op = ClientWrite | PeerBatch | SetMeta | PurgeTombstones
-
-
-def _records(op: Op) -> Sequence[Record]:
-    if isinstance(op, ClientWrite):
-        return (op.record,)
-    if isinstance(op, PeerBatch):
-        return op.records
-    return ()
-
-
-def op_size(op: Op) -> int:
-    """What an operation counts against MAX_BATCH_BYTES."""
-    if isinstance(op, ClientWrite):  # the common case, on every write: no generator
-        return len(op.record.key) + len(op.record.value or "") + CHANGE_OVERHEAD + 64
-    return sum(len(r.key) + len(r.value or "") + CHANGE_OVERHEAD for r in _records(op)) + 64
-
-
-def unstorable(op: Op) -> str | None:
-    """Why an operation cannot be stored (text that is not valid UTF-8: a lone surrogate), or None.
-    Checked before a batch is planned, so one such operation fails alone, not its whole batch."""
-    try:
-        if isinstance(op, ClientWrite):  # the common case, on every write
-            op.record.key.encode("utf-8")
-            if op.record.value is not None:
-                op.record.value.encode("utf-8")
-            op.record.version.encode("utf-8")
-            return None
-        for record in _records(op):
-            record.key.encode("utf-8")
-            record.version.encode("utf-8")
-            if record.value is not None:
-                record.value.encode("utf-8")
-        if isinstance(op, PeerBatch) and op.checkpoint is not None:
-            op.checkpoint.peer.encode("utf-8")
-            op.checkpoint.instance.encode("utf-8")
-        elif isinstance(op, SetMeta):
-            op.name.encode("utf-8")
-            op.value.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        return str(exc)
-    return None
-
-
-# -- planning (pure) ----------------------------------------------------------------------------
-
-Row = tuple[str, str | None, str, int]  # key, value (None: a tombstone), version, seq
-Stored = dict[str, tuple[bool, str]]  # key -> (live, version) as stored
-Tombstones = dict[str, tuple[int, str]]  # key -> (seq, version) of a stored tombstone
-
-
-@dataclass(frozen=True, slots=True)
-class Tally:
-    """What a store keeps beside its rows, as of its last commit: never changed in place."""
-
-    seq: int  # the last sequence number given out
-    live: int  # live keys
-    clock_high: int  # the HLC high-water mark
-    buckets: tuple[int, ...]  # digest buckets
-    floor: int = 0  # the greatest sequence number of a purged tombstone (see Store.feed_floor)
-
-    @classmethod
-    def empty(cls) -> Tally:
-        return cls(0, 0, 0, (0,) * DIGEST_BUCKETS)
-
-    def digest(self) -> Digest:
-        return Digest(self.live, combine_buckets(self.buckets), self.buckets)
-
-
-@dataclass(frozen=True, slots=True)
-class Batch:
-    """One planned batch: what a backend writes in one atomic step, and what the callers get."""
-
-    rows: list[Row]  # records to store (upserts)
-    purged: list[str]  # keys whose tombstones are dropped
-    checkpoints: list[Checkpoint]
-    meta: dict[str, str]  # node meta
-    buckets: dict[int, int]  # changed digest buckets -> their new hash
-    tally: Tally  # the store's tally once this batch commits
-    results: list[object]  # one per operation, in order (not written)
-    accepted: list[Record]  # records written, then purged keys as Record(key, None, "") (not written)
-
-
-Planner = Callable[[Tally, Stored, Tombstones], Batch]
-
-
-def plan_batch(
-    ops: Sequence[Op], clock_high: int, base: Tally, stored: Stored, tombstones: Tombstones
-) -> Batch:
-    """Plan `ops` against the stored state: `stored` holds every key they write that exists, and
-    `tombstones` every tombstone at or below the greatest `max_seq` of their purges."""
-    plan = MergePlan(stored, base.seq, base.live, base.buckets)
-    results: list[object] = []
-    checkpoints: dict[str, Checkpoint] = {}
-    meta: dict[str, str] = {}
-    purges: list[tuple[int, PurgeTombstones]] = []
-    for op in ops:
-        if isinstance(op, ClientWrite):
-            results.append(plan.merge(op.record, only_over_live=True))
-        elif isinstance(op, PeerBatch):
-            results.append(sum(plan.merge(r) is not Outcome.SUPERSEDED for r in op.records))
-            if op.checkpoint is not None:
-                checkpoints[op.checkpoint.peer] = op.checkpoint
-        elif isinstance(op, SetMeta):
-            meta[op.name] = op.value
-            results.append(None)
-        else:
-            purges.append((len(results), op))
-            results.append(0)
-    purged = choose_purge(plan, tombstones, purges, results)
-    buckets = list(base.buckets)
-    for bucket, value in plan.buckets.items():
-        buckets[bucket] = value
-    tally = Tally(plan.seq, plan.live, max(base.clock_high, clock_high), tuple(buckets))
-    return Batch(
-        list(plan.rows.values()),
-        purged,
-        list(checkpoints.values()),
-        meta,
-        dict(plan.buckets),
-        tally,
-        results,
-        plan.accepted,
-    )
-
-
-def choose_purge(
-    plan: MergePlan,
-    stored: Tombstones,
-    purges: Sequence[tuple[int, PurgeTombstones]],
-    results: list[object],
-) -> list[str]:
-    """The purge rule, the one every backend follows: a purge drops each tombstone at or below its
-    `max_seq` whose version sorts before its `before`, as the tombstones stand after the batch's
-    merges (a key written live in the batch is kept; a tombstone written in it may go). Each
-    purge's count goes to `results` at its index; returns the keys to delete."""
-    if not purges:
-        return []
-    candidates = dict(stored)
-    for key, value, version, seq in plan.rows.values():
-        if value is None:
-            candidates[key] = (seq, version)
-        else:
-            candidates.pop(key, None)
-    purged: list[str] = []
-    for index, purge in purges:
-        doomed = [
-            (key, version)
-            for key, (seq, version) in candidates.items()
-            if seq <= purge.max_seq and version < purge.before
-        ]
-        for key, version in doomed:
-            del candidates[key]
-            plan.forget(key, version)
-            plan.rows.pop(key, None)
-            purged.append(key)
-            plan.accepted.append(Record(key, None, ""))
-        results[index] = len(doomed)
-    return purged
 
 
 # -- the backend contract ------------------------------------------------------------------------
@@ -283,17 +120,29 @@ class Backend(Protocol):
         ...
 
     async def commit(self, keys: Collection[str], purge_upto: int | None, plan: Planner) -> Batch:
-        """Write one batch atomically. Look up the stored (live, version) of every key of `keys`
-        that exists and, when `purge_upto` is not None, the (seq, version) of every tombstone at
-        or below it; call `plan(tally, found, tombstones)` once, with no other commit between the
-        lookup and the write; write the batch it returns (rows, purged keys, checkpoints, node
-        meta, the tally's counters, changed digest buckets and clock high-water mark) all or
-        nothing; then adopt its tally and return it."""
+        """Write one batch atomically. Look up the stored (live, version, expires) of every key
+        of `keys` that exists and, when `purge_upto` is not None, the (seq, version) of every
+        tombstone at or below it; call `plan(tally, found, tombstones)` once, with no other commit
+        between the lookup and the write; write the batch it returns (rows, purged keys,
+        transaction entries, entries to dissolve, checkpoints, node meta, the tally's counters,
+        changed digest buckets and clock high-water mark) all or nothing; then adopt its tally
+        and return it.
+
+        The changes feed is the rows by sequence, where a row covered by a transaction entry
+        (its txn is not 0) is left out and the entry is served whole at its own sequence: its
+        changes in one page, each with `txn` set and `current` True when its key's row still
+        holds that sequence. Dissolving an entry drops it and sets its rows' txn to 0."""
         ...
 
     async def get(self, key: str) -> Record | None: ...
 
-    async def scan(self, prefix: str, after: str | None, limit: int) -> list[Record]: ...
+    async def scan(self, prefix: str, after: str | None, limit: int, now: int) -> list[Record]:
+        """Live records under `prefix` after `after`, by key, leaving out those expired by `now`."""
+        ...
+
+    async def expiring(self) -> list[Record]:
+        """Every stored value that has an expiry (read once, when the store opens)."""
+        ...
 
     async def changes_since(self, seq: int, limit: int, max_bytes: int | None) -> FeedPage: ...
 
@@ -310,9 +159,20 @@ class Backend(Protocol):
 class PipelineStore:
     """A `Store` (store/base.py) on a backend: the write pipeline, the read cache and the signal."""
 
-    def __init__(self, backend: Backend, *, clock_high: Callable[[], int] = lambda: 0) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        clock_high: Callable[[], int] = lambda: 0,
+        now: Callable[[], int] = wall_millis,
+        reap: bool = True,
+    ) -> None:
         self._backend = backend
+        self._reap = reap  # run the reaper task (the simulation calls `reap` itself)
         self._clock_source = clock_high
+        self._now = now  # wall-clock milliseconds: what decides expiry
+        self._expiry = ExpiryIndex()
+        self._reaper: asyncio.Task[None] | None = None
         self._queue: collections.deque[tuple[Op, asyncio.Future[Any]]] = collections.deque()
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
@@ -326,7 +186,15 @@ class PipelineStore:
 
     async def open(self) -> None:
         await self._backend.open()
-        self._writer = asyncio.get_running_loop().create_task(self._write_loop())
+        try:
+            self._expiry.load(await self._backend.expiring())
+        except BaseException:
+            await self._backend.close()
+            raise
+        loop = asyncio.get_running_loop()
+        self._writer = loop.create_task(self._write_loop())
+        if self._reap:
+            self._reaper = loop.create_task(self._reap_loop())
 
     async def close(self) -> None:
         """Commit everything queued, then release the backend."""
@@ -334,6 +202,10 @@ class PipelineStore:
             return
         self._closing = True
         self._wake.set()
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
         if self._writer is not None:
             await self._writer
         await self._backend.close()
@@ -357,7 +229,9 @@ class PipelineStore:
         return self._backend.tally.floor
 
     def digest(self) -> Digest:
-        return self._backend.tally.digest()
+        """`count` leaves out values that have expired (tombstones or not yet); the digest is the
+        same either way: it hashes (key, version), and expiry keeps the version."""
+        return self._backend.tally.digest(self._expiry.expired(self._now()))
 
     def _check_open(self) -> None:
         if self._writer is None or self._closing:
@@ -376,7 +250,7 @@ class PipelineStore:
 
     async def scan(self, prefix: str, after: str | None, limit: int) -> list[Record]:
         self._check_open()
-        return await self._backend.scan(prefix, after, limit)
+        return await self._backend.scan(prefix, after, limit, self._now())
 
     async def changes_since(self, seq: int, limit: int, max_bytes: int | None = None) -> FeedPage:
         self._check_open()
@@ -402,12 +276,21 @@ class PipelineStore:
 
     # -- writes --------------------------------------------------------------------------------
 
-    async def write(self, record: Record) -> Outcome:
-        result: Outcome = await self._submit(ClientWrite(record))
-        return result
+    async def write(self, record: Record, condition: Condition | None = None) -> object:
+        """A client's write: an `Outcome`, or a `Conflict` when `condition` does not hold."""
+        return await self._submit(ClientWrite(record, condition))
 
-    async def apply(self, records: Sequence[Record], checkpoint: Checkpoint | None = None) -> int:
-        result: int = await self._submit(PeerBatch(records, checkpoint))
+    async def transact(self, conditions: Sequence[Condition], records: Sequence[Record]) -> object:
+        """A client's transaction (see plan.Txn): a list of `Outcome`s, a `Conflict` or `Behind`."""
+        return await self._submit(Txn(conditions, records))
+
+    async def apply(
+        self,
+        records: Sequence[Record],
+        checkpoint: Checkpoint | None = None,
+        groups: Sequence[tuple[int, int]] = (),
+    ) -> int:
+        result: int = await self._submit(PeerBatch(records, checkpoint, groups))
         return result
 
     async def set_meta(self, name: str, value: str) -> None:
@@ -462,14 +345,14 @@ class PipelineStore:
             futures.append(future)
             if isinstance(op, ClientWrite):
                 keys.add(op.record.key)
-            elif isinstance(op, PeerBatch):
-                keys.update(record.key for record in op.records)
             elif isinstance(op, PurgeTombstones):
                 purge_upto = op.max_seq if purge_upto is None else max(purge_upto, op.max_seq)
+            else:
+                keys.update(op_keys(op))
         if not ops:
             return
         seq = self.last_seq
-        planner = partial(_plan_at, ops, self._clock_source)
+        planner = partial(_plan_at, ops, self._clock_source, self._now)
         try:
             written = await self._backend.commit(keys, purge_upto, planner)
         except StoreUnavailable as exc:
@@ -487,10 +370,43 @@ class PipelineStore:
         self._note_cannot_write(None)
         self._generation += 1
         self._cache.committed(written.accepted)
+        self._expiry.committed(written.accepted)
         for future, result in zip(futures, written.results, strict=True):
             if not future.done():
                 future.set_result(result)
         self._signal.notify()
+
+    async def reap(self) -> int:
+        """Turn up to EXPIRE_CHUNK values whose expiry the clock has passed into tombstones of
+        their own versions (never new ones: docs/design.md, "Expiry"). Answers how many."""
+        now = self._now()
+        due = self._expiry.due(now, EXPIRE_CHUNK)
+        if not due:
+            return 0
+        expired: int = await self._submit(Expire(due, now))
+        # Any left are not what the store holds (cannot happen): not tried again.
+        self._expiry.discard(due)
+        return expired
+
+    async def _reap_loop(self) -> None:
+        """The reaper: a chunk at a time, so a mass expiry goes in many small batches between
+        the writes of clients, paced to take at most half the time. Reads hide expired values
+        whether or not it has run yet."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                started = loop.time()
+                if await self.reap():
+                    # Give clients as much time again as the chunk took: a mass expiry takes at
+                    # most half of the writer (and of the interpreter, which its commits hold).
+                    await asyncio.sleep(loop.time() - started)
+                    continue
+            except StoreUnavailable:
+                await asyncio.sleep(REAP_PAUSE)  # the store logs why; tried again
+                continue
+            upcoming = self._expiry.next_expiry()
+            pause = REAP_PAUSE if upcoming is None else (upcoming - self._now()) / 1000
+            await asyncio.sleep(min(REAP_PAUSE, max(pause, 0.001)))
 
     def _drop_cache(self) -> None:
         self._cache = RecordCache()
@@ -508,8 +424,13 @@ class PipelineStore:
 
 
 def _plan_at(
-    ops: Sequence[Op], clock: Callable[[], int], base: Tally, stored: Stored, tombstones: Tombstones
+    ops: Sequence[Op],
+    clock: Callable[[], int],
+    now: Callable[[], int],
+    base: Tally,
+    stored: Stored,
+    tombstones: Tombstones,
 ) -> Batch:
     """The planner a backend calls between its lookup and its write (on whatever thread it
-    writes from): the clock is read then, so the persisted high-water mark is fresh."""
-    return plan_batch(ops, clock(), base, stored, tombstones)
+    writes from): the clocks are read then, so the persisted high-water mark is fresh."""
+    return plan_batch(ops, clock(), base, stored, tombstones, now())

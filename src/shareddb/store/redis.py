@@ -16,18 +16,28 @@ never written over. When the answer to a batch is lost (the connection broke aft
 sent), the outcome is settled before anything else is written: a fencing script either finds the
 batch's token (it committed) or replaces the old token (it never will).
 
-This module must not decide anything about merging or purging: the pipeline does. Layout, under a
-prefix (`sdb:` by default):
+This module must not decide anything about merging, expiry or purging: the pipeline does. Layout,
+under a prefix (`sdb:` by default):
 
-    meta    hash  instance, seq, live, hlc, batch (token), format
-    rec     hash  key -> version, or version NUL value for a live value (one HGET reads a record)
-    ver     hash  key -> "+version" (live) or "-version" (tombstone): what a batch plans from
-    seq     zset  key scored by its sequence number: the changes feed
+    meta    hash  instance, seq, live, hlc, floor, batch (token), format
+    rec     hash  key -> HEAD, or HEAD NUL value for a live value (one HGET reads a record), where
+                  HEAD is the version, then SOH and the expiry (ms) when the value has one
+    ver     hash  key -> "+HEAD" (live) or "-HEAD" (tombstone): what a batch plans from
+    seq     zset  key scored by its sequence number, and each transaction entry as NUL + its
+                  sequence number, scored by it: the changes feed
     live    zset  live keys, all scored 0: key order for scans (ZRANGEBYLEX, UTF-8 byte order)
     tomb    zset  tombstoned keys scored by sequence: what a purge looks at
     digest  hash  bucket -> 16-byte XOR of its record hashes
     cp      hash  peer -> "seq instance" (checkpoints)
     node    hash  the node's own metadata (set_meta / get_meta), apart from the store's meta
+    exp     zset  keys of live values that expire, scored by their expiry (ms)
+    txn     zset  each transaction entry (NUL + its seq) and each key whose row it covers (the
+                  feed serves the entry in the row's place), scored by the entry's sequence number
+    entry   hash  seq -> a transaction entry's changes (store/entries.py)
+
+Keys never contain NUL, so an entry's member cannot be taken for a key. Versions never contain SOH
+and format 1 (before expiry and transactions) wrote no expiry, so its records read as they are; a
+store of format 1 is marked format 2 when it opens (an older shareddb then refuses it).
 """
 
 from __future__ import annotations
@@ -63,20 +73,26 @@ from shareddb.store.base import (
     bucket_of,
     prefix_end,
 )
-from shareddb.store.pipeline import (
-    Batch,
-    OutcomeUnknown,
-    PipelineStore,
-    Planner,
-    Stored,
-    Tally,
-    Tombstones,
+from shareddb.store.entries import decode_entry
+from shareddb.store.pipeline import OutcomeUnknown, PipelineStore, wall_millis
+from shareddb.store.plan import Batch, Planner, Stored, Tally, Tombstones
+from shareddb.store.redis_scripts import (
+    BY_SCORE,
+    CREATE,
+    FEED,
+    FENCE,
+    SCAN,
+    WRITE,
+    Keys,
+    decode_head,
+    decode_record,
+    write_args,
 )
-from shareddb.store.redis_scripts import BY_SCORE, CREATE, FEED, FENCE, SCAN, WRITE, Keys
 
 log = logging.getLogger("shareddb.store")
 
-FORMAT = "1"
+FORMAT = "2"
+OLDER_FORMAT = "1"  # the same layout without expiry and transactions: read as it is
 DEFAULT_PREFIX = "sdb:"
 CHUNK = 1000  # keys per command when reading many (purge candidates, bucket listings)
 MAX_CONNECTIONS = 32
@@ -184,12 +200,13 @@ class RedisBackend:
                     f"Redis at {where} evicts keys when full (maxmemory-policy {policy}), which would "
                     "drop records; set maxmemory-policy noeviction"
                 )
-            created = [self._new_instance(), uuid.uuid4().hex, FORMAT]
+            created = [self._new_instance(), uuid.uuid4().hex, FORMAT, OLDER_FORMAT]
             meta = _pairs(await self._script(CREATE, [self._keys.meta], created))
             if meta.get("format") != FORMAT:
                 raise StoreUnavailable(
                     f"Redis at {where} holds a store of format {meta.get('format')!r} under "
-                    f"{self._keys.meta.decode()!r}; this version of shareddb reads format {FORMAT}"
+                    f"{self._keys.meta.decode()!r}; this version of shareddb reads formats "
+                    f"{OLDER_FORMAT} and {FORMAT}"
                 )
             digest = _pairs(await self._execute("HGETALL", self._keys.digest), text=False)
         except StoreUnavailable:
@@ -203,7 +220,13 @@ class RedisBackend:
         buckets = [0] * len(self._tally.buckets)
         for bucket, value in digest.items():
             buckets[int(bucket)] = int.from_bytes(value, "big")
-        self._tally = Tally(int(meta["seq"]), int(meta["live"]), int(meta["hlc"]), tuple(buckets))
+        self._tally = Tally(
+            int(meta["seq"]),
+            int(meta["live"]),
+            int(meta["hlc"]),
+            tuple(buckets),
+            int(meta.get("floor", 0)),
+        )
 
     async def close(self) -> None:
         """Called by the pipeline once its last batch is written."""
@@ -301,7 +324,7 @@ class RedisBackend:
 
     async def get(self, key: str) -> Record | None:
         raw = await self._command("HGET", self._keys.rec, key.encode("utf-8", ENCODING_ERRORS))
-        return None if raw is None else _record(key, raw)
+        return None if raw is None else decode_record(key, raw)
 
     async def checkpoint(self, peer: str) -> Checkpoint | None:
         raw = await self._command("HGET", self._keys.cp, peer.encode("utf-8", ENCODING_ERRORS))
@@ -314,7 +337,23 @@ class RedisBackend:
         raw = await self._command("HGET", self._keys.node, name.encode("utf-8", ENCODING_ERRORS))
         return None if raw is None else bytes(raw).decode("utf-8")
 
-    async def scan(self, prefix: str, after: str | None, limit: int) -> list[Record]:
+    async def expiring(self) -> list[Record]:
+        """Read in pages, when the store opens (nothing writes meanwhile)."""
+        found: list[Record] = []
+        offset = 0
+        while True:
+            flat = await self._read_script(
+                BY_SCORE, [self._keys.exp, self._keys.rec], ["-inf", "+inf", offset, CHUNK]
+            )
+            for i in range(0, len(flat), 3):
+                record = decode_record(bytes(flat[i]).decode("utf-8"), flat[i + 2])
+                if record.value is not None and record.expires is not None:
+                    found.append(record)
+            if len(flat) < 3 * CHUNK:
+                return found
+            offset += CHUNK
+
+    async def scan(self, prefix: str, after: str | None, limit: int, now: int) -> list[Record]:
         if limit <= 0:
             self._check_usable()
             return []
@@ -326,28 +365,39 @@ class RedisBackend:
             low = b"-"
         end = prefix_end(prefix)
         high = b"+" if end is None else b"(" + end.encode("utf-8", ENCODING_ERRORS)
-        flat = await self._read_script(SCAN, [self._keys.live, self._keys.rec], [low, high, limit])
-        records = [_record(bytes(flat[i]).decode("utf-8"), flat[i + 1]) for i in range(0, len(flat), 2)]
-        return [record for record in records if record.value is not None]
+        flat = await self._read_script(
+            SCAN, [self._keys.live, self._keys.rec, self._keys.exp], [low, high, limit, now]
+        )
+        return [
+            decode_record(bytes(flat[i]).decode("utf-8"), flat[i + 1]) for i in range(0, len(flat), 2)
+        ]
 
     async def changes_since(self, seq: int, limit: int, max_bytes: int | None) -> FeedPage:
         if limit <= 0:
             self._check_usable()
             return FeedPage([], seq)
         budget = -1 if max_bytes is None else max_bytes
+        keys = self._keys
         flat = await self._read_script(
             FEED,
-            [self._keys.seq, self._keys.rec, self._keys.meta],
+            [keys.seq, keys.rec, keys.meta, keys.txn, keys.entry],
             [f"({seq}", limit, budget, CHANGE_OVERHEAD],
         )
-        changes = [
-            Change(_score(flat[i + 1]), _record(bytes(flat[i]).decode("utf-8"), flat[i + 2]))
-            for i in range(2, len(flat), 3)
-        ]
+        changes: list[Change] = []
+        for i in range(2, len(flat), 4):
+            member, at, body = bytes(flat[i]), _score(flat[i + 1]), bytes(flat[i + 2])
+            if member[:1] != b"\0":
+                changes.append(Change(at, decode_record(member.decode("utf-8"), body)))
+                continue
+            # A transaction entry, whole; each change marked current when its key's row still
+            # holds its sequence number.
+            marks = bytes(flat[i + 3])
+            for change, mark in zip(decode_entry(at, body), marks, strict=True):
+                changes.append(Change(change.seq, change.record, at, mark == ord("1")))
         # Read in the same atomic script as the rows: `until` covers only what the read saw.
         if int(flat[0]) == 1:
             return FeedPage(changes, max(seq, _score(flat[1])))
-        return FeedPage(changes, changes[-1].seq if changes else seq)
+        return FeedPage(changes, _position(changes[-1]) if changes else seq)
 
     async def bucket_versions(self, bucket: int) -> dict[str, str]:
         found: dict[str, str] = {}
@@ -357,7 +407,7 @@ class RedisBackend:
             for raw_key, raw_version in _hash_items(items):
                 key = raw_key.decode("utf-8")
                 if bucket_of(key) == bucket:
-                    found[key] = raw_version[1:].decode("ascii")
+                    found[key] = decode_head(raw_version[1:])[0]
             if int(cursor) == 0:
                 return found
 
@@ -376,7 +426,7 @@ class RedisBackend:
         batch = plan(self._tally, current, tombstones)
         sent = _Sent(before=self._token, token=uuid.uuid4().hex, tally=batch.tally)
         try:
-            await self._script(WRITE, self._keys, _write_args(sent, batch))
+            await self._script(WRITE, self._keys, write_args(sent.before, sent.token, batch))
         except (RedisError, OSError) as exc:
             self._unsettled = sent
             if not await self._settle():
@@ -387,13 +437,13 @@ class RedisBackend:
         return batch
 
     async def _versions(self, keys: Collection[str]) -> Stored:
-        """The stored (live, version) of each of `keys` that exists: one round trip."""
+        """The stored (live, version, expires) of each of `keys` that exists: one round trip."""
         if not keys:
             return {}
         ordered = list(keys)
         found = await self._execute("HMGET", self._keys.ver, *(key.encode("utf-8") for key in ordered))
         return {
-            key: (raw[:1] == b"+", raw[1:].decode("ascii"))
+            key: (raw[:1] == b"+", *decode_head(raw[1:]))
             for key, raw in zip(ordered, found, strict=True)
             if raw is not None
         }
@@ -407,10 +457,8 @@ class RedisBackend:
                 BY_SCORE, [self._keys.tomb, self._keys.rec], ["-inf", max_seq, offset, CHUNK]
             )
             for i in range(0, len(flat), 3):
-                found[bytes(flat[i]).decode("utf-8")] = (
-                    _score(flat[i + 1]),
-                    bytes(flat[i + 2]).decode(),
-                )
+                key = bytes(flat[i]).decode("utf-8")
+                found[key] = (_score(flat[i + 1]), decode_record(key, flat[i + 2]).version)
             if len(flat) < 3 * CHUNK:
                 return found
             offset += CHUNK
@@ -461,42 +509,18 @@ class RedisStore(PipelineStore):
         prefix: str = DEFAULT_PREFIX,
         max_connections: int = MAX_CONNECTIONS,
         new_instance: Callable[[], str] = lambda: uuid.uuid4().hex,
+        now: Callable[[], int] = wall_millis,
     ) -> None:
         self.url = url
         backend = RedisBackend(
             url, prefix=prefix, max_connections=max_connections, new_instance=new_instance
         )
-        super().__init__(backend, clock_high=clock_high)
+        super().__init__(backend, clock_high=clock_high, now=now)
 
 
-def _write_args(sent: _Sent, batch: Batch) -> list[object]:
-    """The ARGV of the WRITE script."""
-    live: list[object] = []
-    dead: list[object] = []
-    for key, value, version, seq in batch.rows:
-        encoded = version.encode("utf-8")
-        if value is None:
-            dead += (key.encode("utf-8"), encoded, seq)
-        else:
-            live += (key.encode("utf-8"), encoded + b"\0" + value.encode("utf-8"), encoded, seq)
-    tally = sent.tally
-    args: list[object] = [sent.before, sent.token, tally.seq, tally.live, tally.clock_high]
-    args += (len(live) // 4, *live, len(dead) // 3, *dead)
-    args += (len(batch.purged), *(key.encode("utf-8") for key in batch.purged))
-    args.append(len(batch.buckets))
-    for bucket, digest in batch.buckets.items():
-        args += (bucket, digest.to_bytes(16, "big"))
-    checkpoints = {cp.peer: f"{cp.seq} {cp.instance}" for cp in batch.checkpoints}
-    for section in (checkpoints, batch.meta):
-        args.append(len(section))
-        for name, text in section.items():
-            args += (name.encode("utf-8"), text.encode("utf-8"))
-    return args
-
-
-def _record(key: str, raw: bytes) -> Record:
-    version, live, value = bytes(raw).partition(b"\0")
-    return Record(key, value.decode("utf-8") if live else None, version.decode("ascii"))
+def _position(change: Change) -> int:
+    """How far the feed was read once `change` was: the entry's seq for a transaction's change."""
+    return change.txn or change.seq
 
 
 def _score(raw: object) -> int:

@@ -1,8 +1,13 @@
-"""The Redis store's key layout and its Lua scripts (each runs atomically inside Redis)."""
+"""The Redis store's key layout, how records and batches are encoded for it, and its Lua scripts
+(each runs atomically inside Redis). The layout is described in store/redis.py."""
 
 from __future__ import annotations
 
 from typing import NamedTuple
+
+from shareddb.record import Record
+from shareddb.store.entries import encode_entry
+from shareddb.store.plan import Batch
 
 
 class Keys(NamedTuple):
@@ -17,28 +22,50 @@ class Keys(NamedTuple):
     digest: bytes
     cp: bytes
     node: bytes
+    exp: bytes
+    txn: bytes
+    entry: bytes
 
     @classmethod
     def under(cls, prefix: str) -> Keys:
         return cls(*((prefix + name).encode("utf-8") for name in cls._fields))
 
 
-TYPES = ("hash", "hash", "hash", "zset", "zset", "zset", "hash", "hash", "hash")  # of each _Keys
+TYPES = (  # of each of Keys
+    "hash",
+    "hash",
+    "hash",
+    "zset",
+    "zset",
+    "zset",
+    "hash",
+    "hash",
+    "hash",
+    "zset",
+    "zset",
+    "hash",
+)
 
-# Create the store's meta unless it exists; answer the meta either way.
+# Create the store's meta unless it exists; answer the meta either way. ARGV: instance, batch
+# token, format, and the older format this one extends (marked with the new one, so an older
+# shareddb, which could not read what is written from now on, refuses the store).
 CREATE = """#!lua
 if redis.call('HEXISTS', KEYS[1], 'instance') == 0 then
   redis.call('HSET', KEYS[1], 'instance', ARGV[1], 'batch', ARGV[2], 'format', ARGV[3],
-             'seq', '0', 'live', '0', 'hlc', '0')
+             'seq', '0', 'live', '0', 'hlc', '0', 'floor', '0')
+elseif redis.call('HGET', KEYS[1], 'format') == ARGV[4] then
+  redis.call('HSET', KEYS[1], 'format', ARGV[3])
 end
 return redis.call('HGETALL', KEYS[1])
 """
 
-# One planned batch. ARGV: expected token, new token, seq, live, hlc, then five sections, each a
-# count followed by its items: live rows (key, record, version, seq), tombstones (key, version,
-# seq), purged keys, digest buckets (bucket, hash), checkpoints (peer, value), node meta (name,
-# value). Every check comes before the first write: a script that fails part-way would keep the
-# writes it made, so nothing in the write part can fail on a well-formed store.
+# One planned batch. ARGV: expected token, new token, seq, live, hlc, floor, the sequence up to
+# which transaction entries are dissolved ('' for none), then six sections, each a count followed
+# by its items: rows (key, record, version entry, seq, expires or '', covering entry's seq or 0),
+# purged keys, transaction entries (seq, body), digest buckets (bucket, hash), checkpoints (peer,
+# value), node meta (name, value). Every check comes before the first write: a script that fails
+# part-way would keep the writes it made, so nothing in the write part can fail on a well-formed
+# store. Dissolving comes first: a row of this batch may be covered by an entry of its own.
 WRITE = (
     """#!lua
 local types = {"""
@@ -53,38 +80,60 @@ end
 if redis.call('HGET', KEYS[1], 'batch') ~= ARGV[1] then
   return redis.error_reply('STALE the store was changed by another writer')
 end
-local meta, rec, ver, seq, live, tomb, digest, cp, node = unpack(KEYS)
-local n = 6
+local meta, rec, ver, seq, live, tomb, digest, cp, node, exp, txn, entry = unpack(KEYS)
+if ARGV[7] ~= '' then
+  for _, member in ipairs(redis.call('ZRANGEBYSCORE', txn, '-inf', ARGV[7])) do
+    if string.byte(member, 1) == 0 then  -- an entry itself, not a key it covers
+      redis.call('HDEL', entry, string.sub(member, 2))
+      redis.call('ZREM', seq, member)
+    end
+  end
+  redis.call('ZREMRANGEBYSCORE', txn, '-inf', ARGV[7])
+end
+local n = 8
 local function count()  -- the count that starts the next section; n moves to its first item
   n = n + 1
   return tonumber(ARGV[n - 1])
 end
 for _ = 1, count() do
-  local key = ARGV[n]
+  local key, at, expires, covering = ARGV[n], ARGV[n + 3], ARGV[n + 4], ARGV[n + 5]
   redis.call('HSET', rec, key, ARGV[n + 1])
-  redis.call('HSET', ver, key, '+' .. ARGV[n + 2])
-  redis.call('ZADD', seq, ARGV[n + 3], key)
-  redis.call('ZADD', live, 0, key)
-  redis.call('ZREM', tomb, key)
-  n = n + 4
-end
-for _ = 1, count() do
-  local key = ARGV[n]
-  redis.call('HSET', rec, key, ARGV[n + 1])
-  redis.call('HSET', ver, key, '-' .. ARGV[n + 1])
-  redis.call('ZADD', seq, ARGV[n + 2], key)
-  redis.call('ZREM', live, key)
-  redis.call('ZADD', tomb, ARGV[n + 2], key)
-  n = n + 3
+  redis.call('HSET', ver, key, ARGV[n + 2])
+  redis.call('ZADD', seq, at, key)
+  if string.byte(ARGV[n + 2], 1) == 43 then  -- '+': a value
+    redis.call('ZADD', live, 0, key)
+    redis.call('ZREM', tomb, key)
+  else
+    redis.call('ZREM', live, key)
+    redis.call('ZADD', tomb, at, key)
+  end
+  if expires == '' then
+    redis.call('ZREM', exp, key)
+  else
+    redis.call('ZADD', exp, expires, key)
+  end
+  if covering == '0' then
+    redis.call('ZREM', txn, key)
+  else
+    redis.call('ZADD', txn, covering, key)
+  end
+  n = n + 6
 end
 for _ = 1, count() do
   local key = ARGV[n]
   redis.call('HDEL', rec, key)
   redis.call('HDEL', ver, key)
-  redis.call('ZREM', seq, key)
-  redis.call('ZREM', live, key)
-  redis.call('ZREM', tomb, key)
+  for _, index in ipairs({seq, live, tomb, exp, txn}) do
+    redis.call('ZREM', index, key)
+  end
   n = n + 1
+end
+for _ = 1, count() do
+  local marker = string.char(0) .. ARGV[n]
+  redis.call('HSET', entry, ARGV[n], ARGV[n + 1])
+  redis.call('ZADD', seq, ARGV[n], marker)
+  redis.call('ZADD', txn, ARGV[n], marker)
+  n = n + 2
 end
 for _, target in ipairs({digest, cp, node}) do
   for _ = 1, count() do
@@ -92,7 +141,8 @@ for _, target in ipairs({digest, cp, node}) do
     n = n + 2
   end
 end
-redis.call('HSET', meta, 'seq', ARGV[3], 'live', ARGV[4], 'hlc', ARGV[5], 'batch', ARGV[2])
+redis.call('HSET', meta, 'seq', ARGV[3], 'live', ARGV[4], 'hlc', ARGV[5], 'floor', ARGV[6],
+           'batch', ARGV[2])
 return 1
 """
 )
@@ -125,43 +175,141 @@ end
 return out
 """
 
-# Live keys in a lex range with their records, read atomically. KEYS: live, rec.
-# ARGV: min, max, count. Answers key, record, key, record, ...
+# Live keys in a lex range with their records, leaving out values expired by `now`, read
+# atomically: up to `count` of them, reading on past expired ones so a page is full when more
+# exist. KEYS: live, rec, exp. ARGV: min, max, count, now. Answers key, record, key, record, ...
 SCAN = """#!lua flags=no-writes
-local keys = redis.call('ZRANGEBYLEX', KEYS[1], ARGV[1], ARGV[2], 'LIMIT', 0, ARGV[3])
+local low, limit, now = ARGV[1], tonumber(ARGV[3]), tonumber(ARGV[4])
 local out = {}
-for i, key in ipairs(keys) do
-  out[2 * i - 1] = key
-  out[2 * i] = redis.call('HGET', KEYS[2], key)
+while #out < 2 * limit do
+  local want = math.max(limit - #out / 2, 32)
+  local keys = redis.call('ZRANGEBYLEX', KEYS[1], low, ARGV[2], 'LIMIT', 0, want)
+  for _, key in ipairs(keys) do
+    local expires = redis.call('ZSCORE', KEYS[3], key)
+    if not expires or tonumber(expires) > now then
+      out[#out + 1] = key
+      out[#out + 1] = redis.call('HGET', KEYS[2], key)
+      if #out >= 2 * limit then
+        return out
+      end
+    end
+  end
+  if #keys < want then
+    return out
+  end
+  low = '(' .. keys[#keys]
 end
 return out
 """
 
 # The changes feed after a sequence, read atomically with the feed's last sequence. KEYS: seq,
-# rec, meta. ARGV: min score (exclusive), count, byte budget (-1: none), per-change overhead.
-# Answers: 1 when the read reached the end of the feed, else 0; the last sequence; then key,
-# score, record, key, ... Changes stop before the one that would pass the budget (the first is
-# always sent), counted as `change_size` counts them, in bytes (with the version).
+# rec, meta, txn, entry. ARGV: min score (exclusive), count, byte budget (-1: none), per-change
+# overhead. The feed is the `seq` zset: rows, less those a transaction entry covers (in `txn`),
+# and each entry as NUL + its seq, served whole (one of `count`; never split by the budget), each
+# of its changes marked current when its key's row still holds that change's sequence.
+# Answers: 1 when the read reached the end of the feed, else 0; the last sequence; then for each
+# unit: member, score, record or entry body, marks ('' for a row; '1' or '0' per change of an
+# entry). Units stop before the one that would pass the budget (the first is always sent),
+# counted as `change_size` counts them, in bytes (with the version). Only an entry and the rows
+# it covers share a score, and NUL sorts before every key: resuming after a score loses nothing.
 FEED = """#!lua flags=no-writes
-local found = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf', 'WITHSCORES', 'LIMIT', 0,
-                         ARGV[2])
+local seqs, rec, meta, txn, entry = unpack(KEYS)
+local low, limit = ARGV[1], tonumber(ARGV[2])
 local budget, overhead = tonumber(ARGV[3]), tonumber(ARGV[4])
-local ended = #found < 2 * tonumber(ARGV[2])
-local out = {0, redis.call('HGET', KEYS[3], 'seq') or '0'}
-local total = 0
-for i = 1, #found, 2 do
-  local record = redis.call('HGET', KEYS[2], found[i])
-  total = total + #found[i] + #record + overhead
-  if budget >= 0 and total > budget and #out > 2 then
-    ended = false
+local out = {0, redis.call('HGET', meta, 'seq') or '0'}
+local total, taken, ended = 0, 0, false
+while taken < limit do
+  local want = limit - taken
+  local found = redis.call('ZRANGEBYSCORE', seqs, low, '+inf', 'WITHSCORES', 'LIMIT', 0, want)
+  for i = 1, #found, 2 do
+    local member = found[i]
+    local body, marks, size = nil, '', 0
+    if string.byte(member, 1) == 0 then
+      body = redis.call('HGET', entry, string.sub(member, 2))
+      local current = {}
+      for j, change in ipairs(cjson.decode(body)) do
+        local at, key, value, version = change[1], change[2], change[3], change[4]
+        size = size + #key + #version + overhead
+        if type(value) == 'string' then
+          size = size + #value
+        end
+        local held = redis.call('ZSCORE', seqs, key)
+        current[j] = (at ~= 0 and held and tonumber(held) == at) and '1' or '0'
+      end
+      marks = table.concat(current)
+    elseif not redis.call('ZSCORE', txn, member) then
+      body = redis.call('HGET', rec, member)
+      size = #member + #body + overhead
+    end
+    if body then
+      total = total + size
+      if budget >= 0 and total > budget and #out > 2 then
+        return out
+      end
+      out[#out + 1] = member
+      out[#out + 1] = found[i + 1]
+      out[#out + 1] = body
+      out[#out + 1] = marks
+      taken = taken + 1
+    end
+  end
+  if #found < 2 * want then
+    ended = true
     break
   end
-  out[#out + 1] = found[i]
-  out[#out + 1] = found[i + 1]
-  out[#out + 1] = record
+  low = '(' .. found[#found]
 end
-if ended then
+if ended and taken < limit then
   out[1] = 1
 end
 return out
 """
+
+
+def write_args(before: str, token: str, batch: Batch) -> list[object]:
+    """The ARGV of the WRITE script: `batch`, written when the store's token is `before`."""
+    tally = batch.tally
+    dissolve = "" if batch.dissolve_upto is None else batch.dissolve_upto
+    args: list[object] = [before, token, tally.seq, tally.live, tally.clock_high]
+    args += (tally.floor, dissolve, len(batch.rows))
+    for key, value, version, seq, expires, txn in batch.rows:
+        head = version.encode("utf-8")
+        if expires is not None:
+            head += b"\1%d" % expires
+        if value is None:
+            args += (key.encode("utf-8"), head, b"-" + head, seq, b"", txn)
+        else:
+            record = head + b"\0" + value.encode("utf-8")
+            args += (
+                key.encode("utf-8"),
+                record,
+                b"+" + head,
+                seq,
+                b"" if expires is None else expires,
+                txn,
+            )
+    args += (len(batch.purged), *(key.encode("utf-8") for key in batch.purged))
+    args.append(len(batch.entries))
+    for seq, changes in batch.entries:
+        args += (seq, encode_entry(changes))
+    args.append(len(batch.buckets))
+    for bucket, digest in batch.buckets.items():
+        args += (bucket, digest.to_bytes(16, "big"))
+    checkpoints = {cp.peer: f"{cp.seq} {cp.instance}" for cp in batch.checkpoints}
+    for section in (checkpoints, batch.meta):
+        args.append(len(section))
+        for name, text in section.items():
+            args += (name.encode("utf-8"), text.encode("utf-8"))
+    return args
+
+
+def decode_record(key: str, raw: bytes) -> Record:
+    head, live, value = bytes(raw).partition(b"\0")
+    version, expires = decode_head(head)
+    return Record(key, value.decode("utf-8") if live else None, version, expires)
+
+
+def decode_head(head: bytes) -> tuple[str, int | None]:
+    """The version and expiry of a record's HEAD (see the layout)."""
+    version, _, expires = bytes(head).partition(b"\1")
+    return version.decode("ascii"), int(expires) if expires else None

@@ -36,7 +36,9 @@ from shareddb.store.base import (
     change_size,
     prefix_end,
 )
-from shareddb.store.pipeline import Batch, PipelineStore, Planner, Stored, Tally, Tombstones
+from shareddb.store.entries import decode_entry, encode_entry
+from shareddb.store.pipeline import PipelineStore, wall_millis
+from shareddb.store.plan import Batch, Planner, Stored, Tally, Tombstones
 from shareddb.store.sqlite_faults import (
     StoreCorrupt,
     StoreOpenError,
@@ -52,9 +54,13 @@ CREATE TABLE IF NOT EXISTS kv (
     key     TEXT PRIMARY KEY,
     value   TEXT,               -- NULL: a tombstone left by a delete
     version TEXT NOT NULL,
-    seq     INTEGER NOT NULL    -- position in this node's changes feed
+    seq     INTEGER NOT NULL,   -- position in this node's changes feed
+    expires INTEGER,            -- wall-clock ms when the value expires; NULL: never
+    txn     INTEGER             -- the seq of the transaction entry that covers it in the feed
 );
 CREATE UNIQUE INDEX IF NOT EXISTS kv_by_seq ON kv (seq);
+-- A transaction of the feed, kept whole until every member has applied it (store/plan.py).
+CREATE TABLE IF NOT EXISTS txns (seq INTEGER PRIMARY KEY, body BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS node_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS digest (bucket INTEGER PRIMARY KEY, hash BLOB NOT NULL);
@@ -66,8 +72,24 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 """
 
 UPSERT = """
-INSERT INTO kv (key, value, version, seq) VALUES (?, ?, ?, ?)
-ON CONFLICT (key) DO UPDATE SET value = excluded.value, version = excluded.version, seq = excluded.seq
+INSERT INTO kv (key, value, version, seq, expires, txn) VALUES (?, ?, ?, ?, ?, ?)
+ON CONFLICT (key) DO UPDATE SET value = excluded.value, version = excluded.version,
+    seq = excluded.seq, expires = excluded.expires, txn = excluded.txn
+"""
+# Stores made before expiry and transactions gain their columns and indexes.
+UPGRADES = (
+    ("expires", "ALTER TABLE kv ADD COLUMN expires INTEGER"),
+    ("txn", "ALTER TABLE kv ADD COLUMN txn INTEGER"),
+)
+INDEXES = """
+CREATE INDEX IF NOT EXISTS kv_expiring ON kv (expires) WHERE expires IS NOT NULL;
+CREATE INDEX IF NOT EXISTS kv_by_txn ON kv (txn) WHERE txn IS NOT NULL;
+"""
+FEED = """
+SELECT seq, key, value, version, expires, NULL FROM kv WHERE seq > ? AND txn IS NULL
+UNION ALL
+SELECT seq, NULL, NULL, NULL, NULL, body FROM txns WHERE seq > ?
+ORDER BY 1 LIMIT ?
 """
 
 LOOKUP_CHUNK = 500
@@ -206,6 +228,11 @@ class SQLiteBackend:
         db.execute("PRAGMA wal_autocheckpoint = 0")
         db.execute("PRAGMA journal_size_limit = 67108864")
         db.executescript(SCHEMA)
+        columns = {row[1] for row in db.execute("PRAGMA table_info(kv)")}
+        for column, upgrade in UPGRADES:
+            if column not in columns:
+                db.execute(upgrade)
+        db.executescript(INDEXES)
         db.execute("BEGIN IMMEDIATE")
         meta = dict(db.execute("SELECT name, value FROM meta").fetchall())
         if "instance" not in meta:
@@ -217,7 +244,11 @@ class SQLiteBackend:
         for bucket, digest in db.execute("SELECT bucket, hash FROM digest"):
             buckets[bucket] = int.from_bytes(digest, "big")
         self._tally = Tally(
-            int(meta.get("seq", 0)), int(meta.get("live", 0)), int(meta.get("hlc", 0)), tuple(buckets)
+            int(meta.get("seq", 0)),
+            int(meta.get("live", 0)),
+            int(meta.get("hlc", 0)),
+            tuple(buckets),
+            int(meta.get("floor", 0)),
         )
         return db
 
@@ -260,8 +291,8 @@ class SQLiteBackend:
         return self._point
 
     async def get(self, key: str) -> Record | None:
-        row = self._read_one("SELECT value, version FROM kv WHERE key = ?", key)
-        return None if row is None else Record(key, row[0], row[1])
+        row = self._read_one("SELECT value, version, expires FROM kv WHERE key = ?", key)
+        return None if row is None else Record(key, row[0], row[1], row[2])
 
     async def checkpoint(self, peer: str) -> Checkpoint | None:
         row = self._read_one("SELECT instance, seq FROM checkpoints WHERE peer = ?", peer)
@@ -278,9 +309,20 @@ class SQLiteBackend:
             raise StoreUnavailable(f"read failed: {exc}") from exc
         return row
 
-    async def scan(self, prefix: str, after: str | None, limit: int) -> list[Record]:
-        records: list[Record] = await self._in_reader(self._scan_rows, prefix, after, limit)
+    async def scan(self, prefix: str, after: str | None, limit: int, now: int) -> list[Record]:
+        records: list[Record] = await self._in_reader(self._scan_rows, prefix, after, limit, now)
         return records
+
+    async def expiring(self) -> list[Record]:
+        records: list[Record] = await self._in_reader(self._expiring_rows)
+        return records
+
+    def _expiring_rows(self) -> list[Record]:
+        assert self._scan is not None
+        rows = self._scan.execute(
+            "SELECT key, value, version, expires FROM kv WHERE expires IS NOT NULL AND value IS NOT NULL"
+        )
+        return [Record(*row) for row in rows]
 
     async def changes_since(self, seq: int, limit: int, max_bytes: int | None) -> FeedPage:
         page: FeedPage = await self._in_reader(self._change_rows, seq, limit, max_bytes)
@@ -303,10 +345,10 @@ class SQLiteBackend:
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"read failed: {exc}") from exc
 
-    def _scan_rows(self, prefix: str, after: str | None, limit: int) -> list[Record]:
+    def _scan_rows(self, prefix: str, after: str | None, limit: int, now: int) -> list[Record]:
         assert self._scan is not None
-        clauses = ["value IS NOT NULL"]
-        args: list[object] = []
+        clauses = ["value IS NOT NULL", "(expires IS NULL OR expires > ?)"]
+        args: list[object] = [now]
         if after is not None and after >= prefix:
             clauses.append("key > ?")
             args.append(after)
@@ -318,8 +360,9 @@ class SQLiteBackend:
             clauses.append("key < ?")
             args.append(end)
         args.append(limit)
-        sql = f"SELECT key, value, version FROM kv WHERE {' AND '.join(clauses)} ORDER BY key LIMIT ?"
-        return [Record(k, v, ver) for k, v, ver in self._scan.execute(sql, args)]
+        where = " AND ".join(clauses)
+        sql = f"SELECT key, value, version, expires FROM kv WHERE {where} ORDER BY key LIMIT ?"
+        return [Record(*row) for row in self._scan.execute(sql, args)]
 
     def _change_rows(self, seq: int, limit: int, max_bytes: int | None) -> FeedPage:
         db = self._scan
@@ -333,22 +376,26 @@ class SQLiteBackend:
         db.execute("BEGIN")
         try:
             last = db.execute("SELECT value FROM meta WHERE name = 'seq'").fetchone()
-            rows = db.execute(
-                "SELECT seq, key, value, version FROM kv WHERE seq > ? ORDER BY seq LIMIT ?",
-                (seq, limit),
-            )
+            rows = db.execute(FEED, (seq, seq, limit))
             # Rows come one at a time: a read that reaches the budget stops there.
-            for s, k, v, ver in rows:
-                total += change_size(k, v)
+            taken = 0
+            for s, k, v, ver, expires, body in rows:
+                unit = (
+                    [Change(s, Record(k, v, ver, expires))]
+                    if body is None
+                    else _entry_changes(db, s, body)
+                )
+                total += sum(change_size(c.record.key, c.record.value) for c in unit)
                 if total > budget and changes:
                     ended = False
                     break
-                changes.append(Change(s, Record(k, v, ver)))
+                changes.extend(unit)
+                taken += 1
             rows.close()
         finally:
             db.execute("COMMIT")
-        if not ended or len(changes) >= limit:
-            return FeedPage(changes, changes[-1].seq if changes else seq)
+        if not ended or taken >= limit:
+            return FeedPage(changes, _position(changes[-1]) if changes else seq)
         return FeedPage(changes, max(seq, int(last[0]) if last else 0))
 
     # -- writes --------------------------------------------------------------------------------
@@ -387,7 +434,20 @@ class SQLiteBackend:
                 )
                 tombstones = {key: (seq, version) for key, seq, version in rows}
             batch = plan(self._tally, self._lookup(db, keys), tombstones)
-            db.executemany(UPSERT, batch.rows)
+            if batch.dissolve_upto is not None:
+                db.execute(
+                    "UPDATE kv SET txn = NULL WHERE txn IS NOT NULL AND txn <= ?",
+                    (batch.dissolve_upto,),
+                )
+                db.execute("DELETE FROM txns WHERE seq <= ?", (batch.dissolve_upto,))
+            db.executemany(
+                UPSERT, [(k, v, ver, s, exp, txn or None) for k, v, ver, s, exp, txn in batch.rows]
+            )
+            if batch.entries:
+                db.executemany(
+                    "INSERT INTO txns (seq, body) VALUES (?, ?)",
+                    [(seq, encode_entry(changes)) for seq, changes in batch.entries],
+                )
             if batch.purged:
                 db.executemany("DELETE FROM kv WHERE key = ?", [(key,) for key in batch.purged])
             if batch.checkpoints:
@@ -402,7 +462,12 @@ class SQLiteBackend:
             tally = batch.tally
             db.executemany(
                 "INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)",
-                [("seq", str(tally.seq)), ("live", str(tally.live)), ("hlc", str(tally.clock_high))],
+                [
+                    ("seq", str(tally.seq)),
+                    ("live", str(tally.live)),
+                    ("hlc", str(tally.clock_high)),
+                    ("floor", str(tally.floor)),
+                ],
             )
             db.executemany(
                 "INSERT OR REPLACE INTO digest (bucket, hash) VALUES (?, ?)",
@@ -420,15 +485,15 @@ class SQLiteBackend:
 
     @staticmethod
     def _lookup(db: sqlite3.Connection, keys: Collection[str]) -> Stored:
-        """The stored (live, version) of each of `keys` that exists."""
+        """The stored (live, version, expires) of each of `keys` that exists."""
         found: Stored = {}
         pending = list(keys)
         for start in range(0, len(pending), LOOKUP_CHUNK):
             chunk = pending[start : start + LOOKUP_CHUNK]
             marks = ",".join("?" * len(chunk))
-            sql = f"SELECT key, value IS NOT NULL, version FROM kv WHERE key IN ({marks})"
-            for key, live, version in db.execute(sql, chunk):
-                found[key] = (bool(live), version)
+            sql = f"SELECT key, value IS NOT NULL, version, expires FROM kv WHERE key IN ({marks})"
+            for key, live, version, expires in db.execute(sql, chunk):
+                found[key] = (bool(live), version, expires)
         return found
 
     def _wal_size(self) -> int:
@@ -460,6 +525,24 @@ class SQLiteBackend:
             db.close()
 
 
+def _entry_changes(db: sqlite3.Connection, at: int, body: bytes) -> list[Change]:
+    """The changes of the transaction entry at `at`, each marked current when its key's row
+    still holds its sequence number."""
+    changes = decode_entry(at, body)
+    keys = [change.record.key for change in changes]
+    held: dict[str, int] = {}
+    for start in range(0, len(keys), LOOKUP_CHUNK):
+        chunk = keys[start : start + LOOKUP_CHUNK]
+        marks = ",".join("?" * len(chunk))
+        held.update(db.execute(f"SELECT key, seq FROM kv WHERE key IN ({marks})", chunk).fetchall())
+    return [Change(c.seq, c.record, at, c.seq != 0 and held.get(c.record.key) == c.seq) for c in changes]
+
+
+def _position(change: Change) -> int:
+    """How far the feed was read once `change` was: the entry's seq for a transaction's change."""
+    return change.txn or change.seq
+
+
 class SQLiteStore(PipelineStore):
     """A `Store` in one SQLite file: the write pipeline on a `SQLiteBackend`."""
 
@@ -471,10 +554,11 @@ class SQLiteStore(PipelineStore):
         synchronous: str = "FULL",
         vfs: str | None = None,
         new_instance: Callable[[], str] = lambda: uuid.uuid4().hex,
+        now: Callable[[], int] = wall_millis,
     ) -> None:
         self.path = path
         backend = SQLiteBackend(path, synchronous=synchronous, vfs=vfs, new_instance=new_instance)
-        super().__init__(backend, clock_high=clock_high)
+        super().__init__(backend, clock_high=clock_high, now=now)
 
 
 def sqlite_path(data_dir: Path) -> Path:

@@ -1,0 +1,214 @@
+"""The OpenAPI description of the API applications build on: conditional writes, TTL, transactions.
+
+`extend` adds it to the document of api/openapi.py: new schemas, parameters and paths, and the
+headers, parameters and answers these features add to the key endpoints.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+Doc = dict[str, Any]
+
+
+def _ref(kind: str, name: str) -> Doc:
+    return {"$ref": f"#/components/{kind}/{name}"}
+
+
+EXPIRES = {
+    "type": "string",
+    "format": "date-time",
+    "nullable": True,
+    "description": "When the key expires (ISO-8601 UTC, by the writing node's clock); null: never.",
+    "example": "2027-01-15T10:00:05.000Z",
+}
+
+SCHEMAS: Doc = {
+    "Expires": EXPIRES,
+    "KeyVersion": {
+        "type": "object",
+        "required": ["key", "version"],
+        "properties": {
+            "key": _ref("schemas", "Key"),
+            "version": {
+                "allOf": [_ref("schemas", "Version")],
+                "nullable": True,
+                "description": "null: the key is absent (or nothing was written).",
+            },
+        },
+    },
+    "PreconditionFailed": {
+        "type": "object",
+        "required": ["error", "message", "version"],
+        "properties": {
+            "error": {"type": "string", "enum": ["precondition_failed"]},
+            "message": {"type": "string"},
+            "version": {
+                "allOf": [_ref("schemas", "Version")],
+                "nullable": True,
+                "description": "The key's current version on this node; null when it is absent.",
+            },
+        },
+    },
+    "TxnCondition": {
+        "type": "object",
+        "required": ["key"],
+        "additionalProperties": False,
+        "description": 'Either {"key", "version"}: live at exactly that version, or {"key", '
+        '"absent": true}: never written, deleted or expired.',
+        "properties": {
+            "key": _ref("schemas", "Key"),
+            "version": _ref("schemas", "Version"),
+            "absent": {"type": "boolean", "enum": [True]},
+        },
+    },
+    "TxnOperation": {
+        "type": "object",
+        "required": ["op", "key"],
+        "additionalProperties": False,
+        "description": 'A put ({"op": "put", "key", "value", optional "ttl"}) or a delete '
+        '({"op": "delete", "key"}).',
+        "properties": {
+            "op": {"type": "string", "enum": ["put", "delete"]},
+            "key": _ref("schemas", "Key"),
+            "value": _ref("schemas", "Value"),
+            "ttl": {"type": "integer", "minimum": 1, "maximum": 315360000},
+        },
+    },
+    "TxnRequest": {
+        "type": "object",
+        "required": ["then"],
+        "additionalProperties": False,
+        "properties": {
+            "if": {"type": "array", "items": _ref("schemas", "TxnCondition"), "maxItems": 1000},
+            "then": {
+                "type": "array",
+                "items": _ref("schemas", "TxnOperation"),
+                "minItems": 1,
+                "maxItems": 1000,
+                "description": "Each key at most once.",
+            },
+        },
+    },
+    "TxnResult": {
+        "type": "object",
+        "required": ["ok", "results"],
+        "properties": {
+            "ok": {"type": "boolean", "enum": [True]},
+            "results": {
+                "type": "array",
+                "description": "In the order of `then`; version null for a delete of an absent key.",
+                "items": _ref("schemas", "KeyVersion"),
+            },
+        },
+    },
+    "TxnConflict": {
+        "type": "object",
+        "required": ["error", "message", "failed"],
+        "properties": {
+            "error": {"type": "string", "enum": ["precondition_failed"]},
+            "message": {"type": "string"},
+            "failed": {
+                "type": "array",
+                "description": "Every condition that did not hold, with the key's current version.",
+                "items": _ref("schemas", "KeyVersion"),
+            },
+        },
+    },
+}
+
+PARAMETERS: Doc = {
+    "ttl": {
+        "name": "ttl",
+        "in": "query",
+        "required": False,
+        "description": "The key expires this many seconds after the write, by this node's clock. "
+        "A write without ttl clears an earlier one.",
+        "schema": {"type": "integer", "minimum": 1, "maximum": 315360000},
+    },
+    "If-Match": {
+        "name": "If-Match",
+        "in": "header",
+        "required": False,
+        "description": 'Write only when the key is live at exactly this version ("VERSION", as '
+        "ETag gives it; * for any version), checked and written in one step on this node.",
+        "schema": {"type": "string"},
+    },
+    "If-None-Match": {
+        "name": "If-None-Match",
+        "in": "header",
+        "required": False,
+        "description": "*: write only when the key is absent (never written, deleted or expired).",
+        "schema": {"type": "string", "enum": ["*"]},
+    },
+}
+
+RESPONSES: Doc = {
+    "UnsupportedEncoding": {
+        "description": "A Content-Encoding other than gzip or deflate (unsupported_media_type).",
+        "content": {"application/json": {"schema": _ref("schemas", "Error")}},
+    },
+    "PreconditionFailed": {
+        "description": "The condition did not hold on this node; nothing was written.",
+        "content": {"application/json": {"schema": _ref("schemas", "PreconditionFailed")}},
+    },
+}
+
+PATHS: Doc = {
+    "/v1/txn": {
+        "post": {
+            "tags": ["kv"],
+            "operationId": "transaction",
+            "summary": "Conditions, then puts and deletes in one atomic commit",
+            "description": "Every operation is applied on every node together: no node ever "
+            "lists some of a transaction's writes without the others.",
+            "parameters": [_ref("parameters", "w"), _ref("parameters", "timeout")],
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": _ref("schemas", "TxnRequest")}},
+            },
+            "responses": {
+                "200": {
+                    "description": "All of `then` was written in one commit.",
+                    "content": {"application/json": {"schema": _ref("schemas", "TxnResult")}},
+                },
+                "400": _ref("responses", "BadRequest"),
+                "412": {
+                    "description": "A condition did not hold; nothing was written.",
+                    "content": {"application/json": {"schema": _ref("schemas", "TxnConflict")}},
+                },
+                "413": _ref("responses", "TooLarge"),
+                "415": _ref("responses", "UnsupportedEncoding"),
+                "504": _ref("responses", "Timeout"),
+                "507": _ref("responses", "Full"),
+            },
+        }
+    },
+}
+
+
+def extend(doc: Doc) -> None:
+    """Add the application API to the document `doc` (paths, components, key endpoints)."""
+    components = doc["components"]
+    components["schemas"].update(SCHEMAS)
+    components["parameters"].update(PARAMETERS)
+    components["responses"].update(RESPONSES)
+    components["headers"]["Expires"] = {
+        "description": "When the key expires (an HTTP date); absent when it does not.",
+        "schema": {"type": "string", "example": "Fri, 15 Jan 2027 10:00:05 GMT"},
+    }
+    paths = doc["paths"]
+    listing = paths["/v1/kv"]["get"]["responses"]
+    failures = {status: listing[status] for status in ("401", "403", "503")}
+    paths["/v1/txn"] = PATHS["/v1/txn"]
+    paths["/v1/txn"]["post"]["responses"].update(failures)
+    key = paths["/v1/kv/{key}"]
+    key["get"]["responses"]["200"]["headers"]["Expires"] = _ref("headers", "Expires")
+    key["put"]["parameters"] += [_ref("parameters", n) for n in ("ttl", "If-Match", "If-None-Match")]
+    key["delete"]["parameters"].append(_ref("parameters", "If-Match"))
+    for method in ("put", "delete"):
+        key[method]["responses"]["412"] = _ref("responses", "PreconditionFailed")
+    key["put"]["responses"]["415"] = _ref("responses", "UnsupportedEncoding")
+    paths["/nodes/update"]["get"]["parameters"].append(_ref("parameters", "ttl"))
+    components["schemas"]["Item"]["properties"]["expires"] = _ref("schemas", "Expires")
+    components["schemas"]["Item"]["required"].append("expires")

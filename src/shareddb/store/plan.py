@@ -1,0 +1,463 @@
+"""Planning a batch of the write pipeline: pure code, no I/O, the same for every backend.
+
+`plan_batch` takes the operations of one batch and the stored state of the keys they touch, and
+works out what the backend writes in one atomic step and what each caller gets back:
+
+- the LWW merge of `MergePlan` (record.supersedes: the greater version wins);
+- conditions (`If-Match`, `If-None-Match: *`, a transaction's `if`), checked against the state as
+  the batch has changed it so far: of many writes naming one version, the first wins, and the
+  others find the version it wrote;
+- transactions, all or nothing, each kept as one entry of the changes feed (see `Txn`);
+- expiry, which never mints a version: an expired value becomes a tombstone of its own version;
+- the purge rule of `choose_purge`.
+
+The design notes are in docs/design.md ("The write pipeline", "Expiry", "Transactions").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from shareddb.record import Record, supersedes
+from shareddb.store.base import (
+    CHANGE_OVERHEAD,
+    DIGEST_BUCKETS,
+    Change,
+    Checkpoint,
+    Digest,
+    Outcome,
+    bucket_of,
+    combine_buckets,
+    record_hash,
+)
+
+# -- operations ----------------------------------------------------------------------------------
+
+
+ANY = "*"  # a Condition's version that any live version matches (never a version itself)
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    """`key` is live at exactly `version` (at any version, with `ANY`), or (with `version`
+    None) absent: never written, deleted or expired."""
+
+    key: str
+    version: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Conflict:
+    """Conditions that did not hold, each with the key's current version (None: absent). The
+    answer to a conditional write or transaction that wrote nothing."""
+
+    failed: list[Condition]
+
+
+@dataclass(frozen=True, slots=True)
+class Behind:
+    """A write whose version was not above the stored one of `key` (a peer's clock ran ahead):
+    nothing was written; the caller retries with a version past `version`."""
+
+    key: str
+    version: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClientWrite:
+    """A client's write (a tombstone only over a live value), maybe conditional. Answers an
+    `Outcome`, or a `Conflict` when its condition does not hold."""
+
+    record: Record
+    condition: Condition | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Txn:
+    """A client's transaction: when every condition holds, every record is written, else none.
+
+    Answers a list of `Outcome`s (one per record, `NOT_FOUND` for a delete of an absent key, which
+    writes nothing), a `Conflict`, or `Behind`. Two or more records written are kept together as
+    one entry of the changes feed until every member has applied them (see `MergePlan.entry`)."""
+
+    conditions: Sequence[Condition]
+    records: Sequence[Record]
+
+
+@dataclass(frozen=True, slots=True)
+class PeerBatch:
+    """Records from a peer, merged by LWW, and how far its feed was read. `groups`: the (start,
+    stop) index ranges of `records` that are transactions. Answers how many records won."""
+
+    records: Sequence[Record]
+    checkpoint: Checkpoint | None = None
+    groups: Sequence[tuple[int, int]] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Expire:
+    """Turn each (key, version) whose value expired by `now` into a tombstone of that same
+    version (never a new one: a later write, from any node, still wins). Answers how many."""
+
+    due: Sequence[tuple[str, str]]
+    now: int
+
+
+@dataclass(frozen=True, slots=True)
+class SetMeta:
+    """The node's own metadata (the member list, say). Answers None."""
+
+    name: str
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeTombstones:
+    """Drop tombstones at or below `max_seq` whose version sorts before `before`, and dissolve
+    the transaction entries at or below `max_seq` (every member has applied them). Answers how
+    many tombstones went."""
+
+    max_seq: int
+    before: str
+
+
+Op = ClientWrite | Txn | PeerBatch | Expire | SetMeta | PurgeTombstones
+
+
+def op_records(op: Op) -> Sequence[Record]:
+    if isinstance(op, ClientWrite):
+        return (op.record,)
+    if isinstance(op, PeerBatch | Txn):
+        return op.records
+    return ()
+
+
+def op_keys(op: Op) -> Sequence[str]:
+    """The keys whose stored state planning `op` needs."""
+    if isinstance(op, ClientWrite):
+        return (op.record.key,)
+    if isinstance(op, Txn):
+        return [c.key for c in op.conditions] + [r.key for r in op.records]
+    if isinstance(op, PeerBatch):
+        return [r.key for r in op.records]
+    if isinstance(op, Expire):
+        return [key for key, _ in op.due]
+    return ()
+
+
+def op_size(op: Op) -> int:
+    """What an operation counts against the pipeline's bytes per batch."""
+    if isinstance(op, ClientWrite):  # the common case, on every write: no generator
+        return len(op.record.key) + len(op.record.value or "") + CHANGE_OVERHEAD + 64
+    return sum(len(r.key) + len(r.value or "") + CHANGE_OVERHEAD for r in op_records(op)) + 64
+
+
+def unstorable(op: Op) -> str | None:
+    """Why an operation cannot be stored (text that is not valid UTF-8: a lone surrogate), or None.
+    Checked before a batch is planned, so one such operation fails alone, not its whole batch."""
+    try:
+        if isinstance(op, ClientWrite):  # the common case, on every write
+            op.record.key.encode("utf-8")
+            if op.record.value is not None:
+                op.record.value.encode("utf-8")
+            op.record.version.encode("utf-8")
+            return None
+        for record in op_records(op):
+            record.key.encode("utf-8")
+            record.version.encode("utf-8")
+            if record.value is not None:
+                record.value.encode("utf-8")
+        if isinstance(op, PeerBatch) and op.checkpoint is not None:
+            op.checkpoint.peer.encode("utf-8")
+            op.checkpoint.instance.encode("utf-8")
+        elif isinstance(op, SetMeta):
+            op.name.encode("utf-8")
+            op.value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return str(exc)
+    return None
+
+
+# -- the stored state and the plan ---------------------------------------------------------------
+
+# key, value (None: a tombstone), version, seq, expires (ms or None), txn (0 or its entry's seq)
+Row = tuple[str, str | None, str, int, int | None, int]
+Stored = dict[str, tuple[bool, str, int | None]]  # key -> (live, version, expires) as stored
+Tombstones = dict[str, tuple[int, str]]  # key -> (seq, version) of a stored tombstone
+
+
+@dataclass(frozen=True, slots=True)
+class Tally:
+    """What a store keeps beside its rows, as of its last commit: never changed in place."""
+
+    seq: int  # the last sequence number given out
+    live: int  # keys holding a value (expired ones too, until they are turned into tombstones)
+    clock_high: int  # the HLC high-water mark
+    buckets: tuple[int, ...]  # digest buckets
+    floor: int = 0  # the greatest sequence number of a purged tombstone (see Store.feed_floor)
+
+    @classmethod
+    def empty(cls) -> Tally:
+        return cls(0, 0, 0, (0,) * DIGEST_BUCKETS)
+
+    def digest(self, expired: int = 0) -> Digest:
+        """`expired`: keys that hold a value that has expired but is not a tombstone yet."""
+        return Digest(self.live - expired, combine_buckets(self.buckets), self.buckets)
+
+
+@dataclass(slots=True)
+class MergePlan:
+    """One atomic batch, worked out in memory before a store writes it.
+
+    Give it the stored (live, version, expires) of every key the batch touches; `merge` then
+    applies records in order by the LWW rule, numbering each accepted one with the next sequence
+    number and keeping the live count and digest buckets in step. The store writes `rows`,
+    `entries` and the changed `buckets` in one transaction; if that fails the plan is dropped and
+    the store is unchanged. Every backend merges through this class, so they cannot disagree.
+    `now` (wall-clock milliseconds) decides which values have expired.
+    """
+
+    current: Stored
+    seq: int
+    live: int
+    base_buckets: Sequence[int]
+    now: int = 0
+    buckets: dict[int, int] = field(default_factory=dict)
+    rows: dict[str, Row] = field(default_factory=dict)
+    entries: list[tuple[int, list[Change]]] = field(default_factory=list)
+    accepted: list[Record] = field(default_factory=list)
+
+    def visible(self, key: str) -> str | None:
+        """The version `key` holds a value at for a reader now, or None (absent or expired)."""
+        stored = self.current.get(key)
+        if stored is None or not stored[0] or (stored[2] is not None and stored[2] <= self.now):
+            return None
+        return stored[1]
+
+    def holds(self, condition: Condition) -> bool:
+        visible = self.visible(condition.key)
+        if condition.version == ANY:
+            return visible is not None
+        return visible == condition.version
+
+    def merge(self, record: Record, *, only_over_live: bool = False, txn: int = 0) -> Outcome:
+        """Apply one record. `only_over_live`: a client's write, whose delete needs a value there
+        and whose outcome says whether a value was there (an expired one is not)."""
+        key, value, version = record.key, record.value, record.version
+        stored = self.current.get(key)
+        was_live = stored is not None and stored[0]
+        if only_over_live:
+            was_visible = self.visible(key) is not None
+            if value is None and not was_visible:
+                return Outcome.NOT_FOUND
+        else:
+            was_visible = was_live
+        if stored is not None and not supersedes(version, stored[1]):
+            return Outcome.SUPERSEDED
+        expires = None if value is None else record.expires
+        self._write(Record(key, value, version, expires), txn)
+        self._rehash(key, version, stored[1] if stored is not None else None)
+        self.live += (value is not None) - was_live
+        if value is None:
+            return Outcome.DELETED
+        return Outcome.UPDATED if was_visible else Outcome.CREATED
+
+    def expire(self, key: str, version: str) -> bool:
+        """Turn the value of `key` at `version` into a tombstone of the same version, when it has
+        expired. The digest does not change: it hashes (key, version) only."""
+        stored = self.current.get(key)
+        if stored is None or not stored[0] or stored[1] != version:
+            return False
+        if stored[2] is None or stored[2] > self.now:
+            return False
+        self._write(Record(key, None, version), 0)
+        self.live -= 1
+        return True
+
+    def entry(self, changes: list[Change]) -> None:
+        """Keep `changes` (a transaction's records: those written carry their sequence number,
+        the others 0) as one entry of the feed, at the sequence number of the last one written.
+        The rows written mark themselves as covered by it: the feed serves the entry in their
+        place, whole, so no page splits it, also once some of its keys are written again."""
+        seq = self.seq
+        self.entries.append((seq, changes))
+        for change in changes:
+            row = self.rows.get(change.record.key)
+            if change.seq and row is not None and row[3] == change.seq:
+                self.rows[change.record.key] = (*row[:5], seq)
+
+    def _write(self, record: Record, txn: int) -> None:
+        self.seq += 1
+        key = record.key
+        self.rows[key] = (key, record.value, record.version, self.seq, record.expires, txn)
+        self.current[key] = (record.value is not None, record.version, record.expires)
+        self.accepted.append(record)
+
+    def _rehash(self, key: str, version: str, old: str | None) -> None:
+        bucket = bucket_of(key)
+        digest = self.buckets.get(bucket, self.base_buckets[bucket]) ^ record_hash(key, version)
+        if old is not None:
+            digest ^= record_hash(key, old)
+        self.buckets[bucket] = digest
+
+    def forget(self, key: str, version: str) -> None:
+        """A purged tombstone leaves the digest (its key is then as if never written)."""
+        bucket = bucket_of(key)
+        self.buckets[bucket] = self.buckets.get(bucket, self.base_buckets[bucket]) ^ record_hash(
+            key, version
+        )
+        self.current.pop(key, None)
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """One planned batch: what a backend writes in one atomic step, and what the callers get."""
+
+    rows: list[Row]  # records to store (upserts)
+    purged: list[str]  # keys whose tombstones are dropped
+    entries: list[tuple[int, list[Change]]]  # new transaction entries of the feed, by seq
+    dissolve_upto: int | None  # transaction entries at or below this seq go, their rows uncovered
+    checkpoints: list[Checkpoint]
+    meta: dict[str, str]  # node meta
+    buckets: dict[int, int]  # changed digest buckets -> their new hash
+    tally: Tally  # the store's tally once this batch commits
+    results: list[object]  # one per operation, in order (not written)
+    accepted: list[Record]  # records written, then purged keys as Record(key, None, "") (not written)
+
+
+Planner = Callable[[Tally, Stored, Tombstones], Batch]
+
+
+def plan_batch(
+    ops: Sequence[Op],
+    clock_high: int,
+    base: Tally,
+    stored: Stored,
+    tombstones: Tombstones,
+    now: int = 0,
+) -> Batch:
+    """Plan `ops` against the stored state: `stored` holds every key they touch that exists, and
+    `tombstones` every tombstone at or below the greatest `max_seq` of their purges. `now` is the
+    wall clock, in milliseconds, that decides expiry."""
+    plan = MergePlan(stored, base.seq, base.live, base.buckets, now)
+    results: list[object] = []
+    checkpoints: dict[str, Checkpoint] = {}
+    meta: dict[str, str] = {}
+    purges: list[tuple[int, PurgeTombstones]] = []
+    for op in ops:
+        if isinstance(op, ClientWrite):
+            condition = op.condition
+            if condition is not None and not plan.holds(condition):
+                results.append(Conflict([Condition(condition.key, plan.visible(condition.key))]))
+            else:
+                results.append(plan.merge(op.record, only_over_live=True))
+        elif isinstance(op, Txn):
+            results.append(_plan_txn(plan, op))
+        elif isinstance(op, PeerBatch):
+            results.append(_plan_peer_batch(plan, op))
+            if op.checkpoint is not None:
+                checkpoints[op.checkpoint.peer] = op.checkpoint
+        elif isinstance(op, Expire):
+            plan.now = max(plan.now, op.now)
+            results.append(sum(plan.expire(key, version) for key, version in op.due))
+        elif isinstance(op, SetMeta):
+            meta[op.name] = op.value
+            results.append(None)
+        else:
+            purges.append((len(results), op))
+            results.append(0)
+    floor = base.floor
+    purged = choose_purge(plan, tombstones, purges, results)
+    if purged:
+        floor = max(floor, *(op.max_seq for _, op in purges))
+    buckets = list(base.buckets)
+    for bucket, value in plan.buckets.items():
+        buckets[bucket] = value
+    tally = Tally(plan.seq, plan.live, max(base.clock_high, clock_high), tuple(buckets), floor)
+    return Batch(
+        list(plan.rows.values()),
+        purged,
+        plan.entries,
+        max((op.max_seq for _, op in purges), default=None),
+        list(checkpoints.values()),
+        meta,
+        dict(plan.buckets),
+        tally,
+        results,
+        plan.accepted,
+    )
+
+
+def _plan_txn(plan: MergePlan, txn: Txn) -> object:
+    failed = [Condition(c.key, plan.visible(c.key)) for c in txn.conditions if not plan.holds(c)]
+    if failed:
+        return Conflict(failed)
+    for record in txn.records:  # all or nothing: no record may lose to a stored version
+        stored = plan.current.get(record.key)
+        if stored is not None and not supersedes(record.version, stored[1]):
+            return Behind(record.key, stored[1])
+    outcomes: list[Outcome] = []
+    written: list[Change] = []
+    for record in txn.records:
+        outcome = plan.merge(record, only_over_live=True)
+        outcomes.append(outcome)
+        if outcome is not Outcome.NOT_FOUND:
+            written.append(Change(plan.seq, record))
+    if len(written) > 1:
+        plan.entry(written)
+    return outcomes
+
+
+def _plan_peer_batch(plan: MergePlan, batch: PeerBatch) -> int:
+    won = 0
+    records = batch.records
+    position = 0
+    for start, stop in (*batch.groups, (len(records), len(records))):
+        for record in records[position:start]:
+            won += plan.merge(record) is not Outcome.SUPERSEDED
+        group: list[Change] = []
+        for record in records[start:stop]:
+            accepted = plan.merge(record) is not Outcome.SUPERSEDED
+            won += accepted
+            group.append(Change(plan.seq if accepted else 0, record))
+        # Kept whole for the nodes that pull from this one, when this one took any of it.
+        if len(group) > 1 and any(change.seq for change in group):
+            plan.entry(group)
+        position = max(position, stop)
+    return won
+
+
+def choose_purge(
+    plan: MergePlan,
+    stored: Tombstones,
+    purges: Sequence[tuple[int, PurgeTombstones]],
+    results: list[object],
+) -> list[str]:
+    """The purge rule, the one every backend follows: a purge drops each tombstone at or below its
+    `max_seq` whose version sorts before its `before`, as the tombstones stand after the batch's
+    merges (a key written live in the batch is kept; a tombstone written in it may go). Each
+    purge's count goes to `results` at its index; returns the keys to delete."""
+    if not purges:
+        return []
+    candidates = dict(stored)
+    for key, value, version, seq, _, _ in plan.rows.values():
+        if value is None:
+            candidates[key] = (seq, version)
+        else:
+            candidates.pop(key, None)
+    purged: list[str] = []
+    for index, purge in purges:
+        doomed = [
+            (key, version)
+            for key, (seq, version) in candidates.items()
+            if seq <= purge.max_seq and version < purge.before
+        ]
+        for key, version in doomed:
+            del candidates[key]
+            plan.forget(key, version)
+            plan.rows.pop(key, None)
+            purged.append(key)
+            plan.accepted.append(Record(key, None, ""))
+        results[index] = len(doomed)
+    return purged
