@@ -109,7 +109,7 @@ class Node:
         self.origin = make_origin(node_id, self.incarnation)
         self.membership = Membership(node_id, self.url, self.incarnation, clock=monotonic)
         self.feed = Feed(node_id, store, self.membership)
-        self.watches = WatchHub(store)  # the watchers of the same feed (GET /v1/watch)
+        self.watches = WatchHub(store, now=now)  # the watchers of the same feed (GET /v1/watch)
         self.replicator: Replicator | None = None
         self.registry: Registry | None = None
 

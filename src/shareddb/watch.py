@@ -54,6 +54,14 @@ def encode_event(change: Change) -> bytes:
     return b"id: %d\nevent: %s\ndata: %s\n\n" % (change.seq, kind, data)
 
 
+def sendable(change: Change, now: int) -> bool:
+    """Whether a change goes to watchers. Not one whose key was written again later in the same
+    transaction (the later state comes later in the feed); not a value that has expired by this
+    node's clock: the reaper's tombstone comes later in the feed too, as the key's one `delete`."""
+    record = change.record
+    return change.current and (record.value is None or record.live_at(now))
+
+
 class Gone(Exception):
     """The feed no longer holds every change after the watcher's position (tombstones at or
     below it were purged): the watcher cannot go on exactly."""
@@ -113,10 +121,11 @@ class Watcher:
                     page = await self._read_behind()
                     if page is None:
                         continue
+                    now = self.hub.now()
                     chunk = b"".join(
                         encode_event(c)
                         for c in page.changes
-                        if c.current and c.seq > self.position and self.matches(c.record.key)
+                        if c.seq > self.position and self.matches(c.record.key) and sendable(c, now)
                     )
                     if chunk:
                         yield chunk
@@ -171,8 +180,9 @@ class Watcher:
 class WatchHub:
     """The node's watchers, and the one reader of the feed that serves the live ones."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, *, now: Callable[[], int]) -> None:
         self.store = store
+        self.now = now  # wall-clock milliseconds: the node's clock, which expires values
         self.position = 0  # the hub has handed out every change up to here
         self._keys: dict[str, set[Watcher]] = {}
         self._prefixes: dict[str, set[Watcher]] = {}
@@ -278,8 +288,9 @@ class WatchHub:
         """Hand one page to the live watchers it matches. Synchronous: a watcher never sees the
         hub halfway through a page."""
         slow: list[Watcher] = []
+        now = self.now()
         for change in page.changes:
-            if not change.current:  # its key was written again: that later state comes later
+            if not sendable(change, now):
                 continue
             targets = self._matching(change.record.key)
             if not targets:

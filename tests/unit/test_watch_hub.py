@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import orjson
 import pytest
 
+from shareddb.clock import wall_millis
 from shareddb.record import Record, make_version
 from shareddb.store.base import Change, FeedPage
 from shareddb.store.memory import MemoryStore
@@ -81,7 +82,7 @@ async def test_a_watcher_behind_sees_each_key_once_at_its_latest_state(store: Me
         await writer.put("k", f"v{i}")
     await writer.put("j", "x")
     await writer.put("j", None)
-    hub = WatchHub(store)
+    hub = WatchHub(store, now=wall_millis)
     seen = Seen()
     task = asyncio.create_task(consume(hub.watch("", exact=False, since=0), seen))
     await eventually(lambda: len(seen.events) >= 2, "the replay")
@@ -100,7 +101,7 @@ async def test_a_watcher_behind_sees_each_key_once_at_its_latest_state(store: Me
 
 async def test_watchers_get_only_their_key_or_prefix(store: MemoryStore) -> None:
     writer = Writer(store)
-    hub = WatchHub(store)
+    hub = WatchHub(store, now=wall_millis)
     watches = {"a/1": True, "a/": False, "b/": False, "": False}
     seen = {name: Seen() for name in watches}
     tasks = [
@@ -126,7 +127,7 @@ async def test_a_slow_watcher_holds_no_backlog_and_catches_up_with_latest_states
     store: MemoryStore,
 ) -> None:
     writer = Writer(store)
-    hub = WatchHub(store)
+    hub = WatchHub(store, now=wall_millis)
     seen, gate = Seen(), asyncio.Event()
     watcher = hub.watch("", exact=False, since=store.last_seq)
     await writer.put("first", "1")
@@ -150,7 +151,7 @@ async def test_a_slow_watcher_holds_no_backlog_and_catches_up_with_latest_states
 
 
 async def test_a_change_whose_key_was_written_again_later_is_skipped(store: MemoryStore) -> None:
-    hub = WatchHub(store)
+    hub = WatchHub(store, now=wall_millis)
     watcher = hub.watch("", exact=False, since=0)
     hub.join(watcher)
     old = Change(1, Record("k", "old", make_version(1, "n1")), txn=1, current=False)
@@ -160,8 +161,28 @@ async def test_a_change_whose_key_was_written_again_later_is_skipped(store: Memo
     await hub.close(0)
 
 
+async def test_a_value_expired_by_the_nodes_clock_is_never_sent_as_a_put(store: MemoryStore) -> None:
+    hub = WatchHub(store, now=lambda: 10_000)
+    seen = Seen()
+    await store.write(Record("expired", "v", make_version(1, "n1"), expires=5_000))
+    await store.write(Record("kept", "v", make_version(2, "n1"), expires=20_000))
+    watcher = hub.watch("", exact=False, since=0)
+    task = asyncio.create_task(consume(watcher, seen))
+    await eventually(lambda: any(data["key"] == "kept" for _, _, data in seen.events), "kept")
+    await eventually(lambda: watcher.live, "the watcher to catch up")
+    await store.write(Record("late", "v", make_version(3, "n1"), expires=9_999))
+    await store.write(Record("after", "v", make_version(4, "n1")))
+    await eventually(lambda: any(data["key"] == "after" for _, _, data in seen.events), "after")
+    await hub.close(1.0)
+    await task
+    puts = [data["key"] for _, kind, data in seen.events if kind == "put"]
+    assert "expired" not in puts
+    assert "late" not in puts
+    assert puts[:1] == ["kept"]
+
+
 async def test_an_idle_stream_pings(store: MemoryStore) -> None:
-    hub = WatchHub(store)
+    hub = WatchHub(store, now=wall_millis)
     seen = Seen()
 
     async def pinged() -> None:
