@@ -13,11 +13,13 @@ from typing import Any
 import orjson
 
 from bench.processes import STOP_TIMEOUT
-from bench.scenarios import BASELINE, REDIS_PAIRS, TXN_PAIRS, Scenario
+from bench.scenarios import BASELINE, REDIS_PAIRS, TXN_PAIRS, WATCH_PAIRS, Scenario
 from bench.wrk import WrkResult
 
 GET_TARGET = 0.8  # GET /v1/kv/{key} at least this fraction of hello-world req/s
 WRITES_TARGET = 13_000.0  # writes per second, as the issue states it (absolute, machine-dependent)
+WATCHED_TARGET = 0.9  # writes with 1,000 watch streams open, as a fraction of writes without
+DELAY_TARGET_MS = 20.0  # p99 from a write to its event at 1,000 writes/s
 NOISY_SPREAD = 0.25  # rounds further apart than this fraction of their median: a busy machine
 
 
@@ -159,6 +161,18 @@ def checks(summaries: Sequence[Summary]) -> list[Check]:
             if cpu_redis and cpu_sqlite:
                 verdict += f"; CPU us/req x{cpu_redis / cpu_sqlite:.2f} (node + redis-server)"
             found.append(Check(f"{redis} / {sqlite} req/s", ratio, "none (comparison)", None, verdict))
+    for watched, plain in WATCH_PAIRS:
+        if watched in by_name and plain in by_name and by_name[plain].rps > 0:
+            ratio = by_name[watched].rps / by_name[plain].rps
+            check = _goal(
+                f"{watched} / {plain} req/s", ratio, WATCHED_TARGET, f">= {WATCHED_TARGET:.2f}"
+            )
+            cpu_watched = by_name[watched].cpu_us_per_request
+            cpu_plain = by_name[plain].cpu_us_per_request
+            if cpu_watched and cpu_plain:
+                verdict = f"{check.verdict}; node CPU us/req x{cpu_watched / cpu_plain:.2f}"
+                check = Check(check.name, check.ratio, check.goal, check.met, verdict)
+            found.append(check)
     for txn, single in TXN_PAIRS:
         if txn in by_name and single in by_name and by_name[single].rps > 0:
             ops = by_name[txn].scenario.ops
@@ -172,6 +186,18 @@ def checks(summaries: Sequence[Summary]) -> list[Check]:
                 Check(f"{txn} ops/s / {single} req/s", ratio, "none (comparison)", None, verdict)
             )
     return found
+
+
+def delay_check(p99_ms: float, rate: float, watchers: int) -> Check:
+    """The watch delay target: p99 milliseconds from a write to its event."""
+    met = p99_ms <= DELAY_TARGET_MS
+    return Check(
+        f"watch delay p99 ms, {rate:,.0f} writes/s, {watchers:,} watches",
+        p99_ms,
+        f"<= {DELAY_TARGET_MS:g} ms",
+        met,
+        "met" if met else "NOT met",
+    )
 
 
 def table(summaries: Sequence[Summary]) -> str:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import dataclasses
 import os
 import platform
 import shutil
@@ -39,6 +41,7 @@ from bench.report import (
     Run,
     checks,
     checks_text,
+    delay_check,
     noise_notes,
     server_problems,
     summarise,
@@ -47,6 +50,7 @@ from bench.report import (
 )
 from bench.scenarios import BASELINE, NAMES, Scenario, select
 from bench.targets import Target, settle, start_cluster, start_hello, start_node
+from bench.watchers import Delay, measure_delay, watching
 from bench.workload import PreloadError, Workload, preload, preload_etcd
 from bench.wrk import WrkError, WrkOptions, run_wrk, wrk_binary, wrk_version
 
@@ -99,6 +103,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=1,
         help="whole seconds of unrecorded load per scenario before the rounds (default 1; 0: none)",
     )
+    parser.add_argument(
+        "--watchers",
+        type=int,
+        default=1000,
+        help="watch streams open in watched_put and while timing the watch delay (default 1000)",
+    )
+    parser.add_argument(
+        "--watch-rate",
+        type=float,
+        default=1000.0,
+        help="writes per second while timing the watch delay (default 1000)",
+    )
     parser.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
     parser.add_argument(
         "--connections", type=int, default=32, help="wrk keep-alive connections (default 32)"
@@ -147,6 +163,7 @@ class Bench:
         self.workdir = Path(tempfile.mkdtemp(prefix="shareddb-bench-"))
         self.targets: dict[str, Target] = {}
         self.runs: dict[str, list[Run]] = {s.name: [] for s in plan}
+        self.delay: Delay | None = None
         self.expiry: ExpiryResult | None = None
         self.started = time.time()
 
@@ -167,6 +184,7 @@ class Bench:
             self.start_targets()
             self.warm_up()
             self.measure_rounds()
+            self.measure_watch_delay()
             if self.args.expiry:
                 self.measure_expiry()
         except KeyboardInterrupt:
@@ -244,7 +262,8 @@ class Bench:
         options = WrkOptions(self.wrk.threads, self.wrk.connections, self.args.warmup)
         for scenario in self.plan:
             target = self.targets[scenario.target]
-            run_wrk(target.url, scenario.script, self.workload.lua_args(scenario.ops), options)
+            with self.watching(scenario, target):
+                run_wrk(target.url, scenario.script, self.workload.lua_args(scenario.ops), options)
             if target.name == "cluster":
                 settle(target)
         print(f"warmed up ({self.args.warmup} s per scenario)", flush=True)
@@ -265,10 +284,11 @@ class Bench:
     def measure(self, scenario: Scenario, round_number: int) -> Run:
         target = self.targets[scenario.target]
         raw = self.workdir / "wrk" / f"{scenario.name}-{round_number}.txt"
-        before = target.cpu_seconds()
-        args = self.workload.lua_args(scenario.ops)
-        result = run_wrk(target.url, scenario.script, args, self.wrk, raw)
-        after = target.cpu_seconds()
+        with self.watching(scenario, target):
+            before = target.cpu_seconds()
+            args = self.workload.lua_args(scenario.ops)
+            result = run_wrk(target.url, scenario.script, args, self.wrk, raw)
+            after = target.cpu_seconds()
         cpu = None
         if before is not None and after is not None and result.requests:
             cpu = (after - before) * 1e6 / result.requests
@@ -281,6 +301,28 @@ class Bench:
                 "key_counts": list(outcome.counts),
             }
         return Run(round_number, result, cpu, settled)
+
+    def watching(self, scenario: Scenario, target: Target) -> contextlib.AbstractContextManager[None]:
+        count = self.args.watchers if scenario.watchers else 0
+        return watching(
+            self.fleet, target.url, count, self.workload, self.workdir / "logs" / "watchers.log"
+        )
+
+    def measure_watch_delay(self) -> None:
+        """With the watch scenarios: the delay from a write to its event, at a fixed rate."""
+        if not any(s.watchers for s in self.plan):
+            return
+        url, rate = self.targets["node"].url, self.args.watch_rate
+        self.delay = asyncio.run(
+            measure_delay(url, self.args.watchers, self.workload, rate, self.args.seconds)
+        )
+        d = self.delay
+        print(
+            f"watch delay at {d.achieved:,.0f} writes/s with {self.args.watchers:,} watches: "
+            f"p50 {d.p50_ms:.2f} ms  p99 {d.p99_ms:.2f} ms  max {d.max_ms:.2f} ms "
+            f"(p99 after the write's answer {d.p99_after_ack_ms:.2f} ms; {d.missing} missing)",
+            flush=True,
+        )
 
     def measure_expiry(self) -> None:
         keys = self.args.expiry_keys
@@ -305,6 +347,8 @@ class Bench:
         descriptions = {name: t.description for name, t in self.targets.items()}
         summaries = summarise(self.runs, self.plan, descriptions)
         found = checks(summaries)
+        if self.delay is not None:
+            found.append(delay_check(self.delay.p99_ms, self.delay.rate, self.args.watchers))
         if self.expiry is not None:
             found.append(self.expiry.check())
         print(
@@ -365,6 +409,7 @@ class Bench:
                 }
                 for c in found
             ],
+            "watch_delay": None if self.delay is None else dataclasses.asdict(self.delay),
             "expiry": None if self.expiry is None else self.expiry.to_json(),
             "notes": self.notes,
             "servers": servers,

@@ -23,6 +23,7 @@ class Scenario:
     writes: bool
     # Operations each request carries (a transaction's puts): passed to the script as OPS.
     ops: int = 1
+    watchers: int = 0  # watch streams held open on the target while it is measured
 
 
 SCENARIOS: tuple[Scenario, ...] = (
@@ -30,6 +31,14 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("get", "node", "kv_get.lua", "GET /v1/kv/{key}, a random preloaded key", False),
     Scenario("seed_update", "node", "seed_update.lua", "GET /nodes/update?name=K&value=V (100 B)", True),
     Scenario("put", "node", "kv_put.lua", "PUT /v1/kv/{key}, 100-byte body", True),
+    Scenario(
+        "watched_put",
+        "node",
+        "kv_put.lua",
+        "put, with 1,000 watch streams open on the node (GET /v1/watch?key=K, one key each)",
+        True,
+        watchers=1000,
+    ),
     Scenario(
         "txn", "node", "kv_txn.lua", f"POST /v1/txn of {TXN_OPS} puts (100 B values)", True, TXN_OPS
     ),
@@ -44,6 +53,8 @@ NAMES = tuple(s.name for s in SCENARIOS)
 
 # Each Redis scenario against the same requests on the SQLite node.
 REDIS_PAIRS = (("redis_get", "get"), ("redis_put", "put"))
+# The writes with watch streams open against the same writes without.
+WATCH_PAIRS = (("watched_put", "put"),)
 # Operations per second inside transactions against single writes per second.
 TXN_PAIRS = (("txn", "put"),)
 

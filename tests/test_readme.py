@@ -288,6 +288,7 @@ def test_readme_runs_an_example_of_every_endpoint() -> None:
         "cluster": r"/v1/cluster",
         "digest": r"/v1/digest",
         "OpenAPI": r"/v1/openapi\.json",
+        "watch with since": r"/v1/watch\?key=.*&since=",
         "w": r"[?&]w=\d",
         "timeout": r"[?&]timeout=",
         "token": r"Authorization: Bearer",

@@ -71,6 +71,7 @@ def cli() -> None:
 )
 @_setting("--token", default=None)
 @_setting("--peer-token", default=None)
+@_setting("--watch-ping", type=click.FloatRange(min=0.01, max=15), default=15.0, show_default=True)
 def serve(
     port: int,
     host: str,
@@ -85,6 +86,7 @@ def serve(
     max_value_bytes: int,
     token: str | None,
     peer_token: str | None,
+    watch_ping: float,
 ) -> None:
     """Run one node in the foreground until SIGTERM or Ctrl-C."""
     from shareddb.server import serve as serve_node
@@ -108,6 +110,7 @@ def serve(
         max_value_bytes=max_value_bytes,
         token=token or None,
         peer_token=peer_token or None,
+        watch_ping=watch_ping,
     )
     try:
         run(serve_node(settings))

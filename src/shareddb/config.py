@@ -70,6 +70,12 @@ SETTINGS: tuple[Setting, ...] = (
         "Bearer token required on every client endpoint except /health.",
     ),
     Setting("--peer-token", "none", "Token peers must present on replication endpoints."),
+    Setting(
+        "--watch-ping",
+        "15",
+        "Seconds between the `: ping` comments of a watch stream (GET /v1/watch), which keep "
+        "idle connections open through proxies and find clients that left.",
+    ),
 )
 
 
@@ -90,3 +96,4 @@ class Settings:
     max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
     token: str | None = None
     peer_token: str | None = None
+    watch_ping: float = 15.0

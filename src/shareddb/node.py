@@ -38,6 +38,7 @@ from shareddb.store.base import Outcome, Store, StoreUnavailable
 from shareddb.store.plan import Behind, Condition, Conflict
 from shareddb.store.redis import RedisStore, redact_url
 from shareddb.store.sqlite import SQLiteStore, sqlite_path
+from shareddb.watch import WatchHub
 
 log = logging.getLogger("shareddb.node")
 
@@ -108,6 +109,7 @@ class Node:
         self.origin = make_origin(node_id, self.incarnation)
         self.membership = Membership(node_id, self.url, self.incarnation, clock=monotonic)
         self.feed = Feed(node_id, store, self.membership)
+        self.watches = WatchHub(store, now=now)  # the watchers of the same feed (GET /v1/watch)
         self.replicator: Replicator | None = None
         self.registry: Registry | None = None
 
@@ -249,6 +251,7 @@ class Node:
         return self.replicator
 
     async def close(self) -> None:
+        await self.watches.close(0)
         if self.registry is not None:
             await self.registry.stop()  # first: its entry goes before this node stops answering
             self.registry = None

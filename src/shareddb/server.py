@@ -23,6 +23,7 @@ log = logging.getLogger("shareddb.server")
 # parser must first accept the line.
 MAX_REQUEST_LINE = 4 * 1024 * 1024
 SHUTDOWN_TIMEOUT = 15.0
+WATCH_CLOSE_GRACE = 1.0  # for a watch stream stuck writing to a client that does not read
 
 
 def _public_host(host: str) -> str:
@@ -68,6 +69,8 @@ async def serve(settings: Settings) -> None:
         await stop.wait()
         log.info("node %s shutting down", node.id)
     finally:
+        # Open watch streams would hold the server's shutdown for SHUTDOWN_TIMEOUT: end them.
+        await node.watches.close(WATCH_CLOSE_GRACE)
         await runner.cleanup()
         await node.close()
     log.info("node %s stopped", node.id)

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from shareddb.api import cluster, kv, metrics, nodes, ops, peer
+from shareddb.api import cluster, kv, metrics, nodes, ops, peer, watch
 from tests.api.conftest import JSON, SMALL_MAX_VALUE, TOKEN, Api, Reply, enc
 
 MIB = 1024 * 1024
@@ -358,6 +358,7 @@ GUARDED = [
     ("GET", "/v1/kv/existing"),
     ("DELETE", "/v1/kv/existing"),
     ("GET", "/v1/kv"),
+    ("GET", "/v1/watch?prefix=&since=0"),
     ("GET", "/v1/cluster"),
     ("POST", "/v1/cluster/leave"),
     ("DELETE", "/v1/cluster/members/n2"),
@@ -382,6 +383,7 @@ async def test_guarded_list_covers_every_route_but_health(api: Api) -> None:
         *ops.routes(api.node),
         *nodes.routes(api.node),
         *kv.routes(api.node),
+        *watch.routes(api.node),
         *cluster.routes(api.node),
         *peer.routes(api.node),
         *metrics.routes(api.node),

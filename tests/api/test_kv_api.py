@@ -169,7 +169,7 @@ async def test_listing_of_an_empty_node_has_no_items_and_no_next(api: Api) -> No
     reply = await api.get("/v1/kv")
     assert reply.status == 200
     assert reply.content_type == JSON
-    assert reply.json() == {"items": [], "next": None}
+    assert reply.json() == {"items": [], "next": None, "seq": 0}
 
 
 async def test_listing_items_carry_key_value_and_version_sorted_by_key(api: Api) -> None:
@@ -185,6 +185,7 @@ async def test_listing_items_carry_key_value_and_version_sorted_by_key(api: Api)
             for key in ["B", "a", "b", "é", "😀"]
         ],
         "next": None,
+        "seq": 7,  # seven writes: the node's latest seq
     }
 
 
@@ -243,7 +244,7 @@ async def test_listing_by_prefix_returns_only_keys_under_it(api: Api) -> None:
     body = (await api.get("/v1/kv?prefix=a/&limit=1&after=a/1")).json()
     assert [item["key"] for item in body["items"]] == ["a/2"]
     assert body["next"] is None
-    assert (await api.get("/v1/kv?prefix=zzz")).json() == {"items": [], "next": None}
+    assert (await api.get("/v1/kv?prefix=zzz")).json() == {"items": [], "next": None, "seq": 8}
 
 
 async def test_listing_prefix_with_plus_and_spaces(api: Api) -> None:

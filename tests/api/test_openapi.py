@@ -174,6 +174,7 @@ def test_path_templates_match_their_path_parameters() -> None:
         ("get", "/v1/kv", {"prefix", "limit", "after"}),
         ("put", "/v1/kv/{key}", {"w", "timeout", "ttl"}),
         ("delete", "/v1/kv/{key}", {"w", "timeout"}),
+        ("get", "/v1/watch", {"prefix", "key", "since"}),
         ("post", "/v1/txn", {"w", "timeout"}),
     ],
 )
@@ -208,6 +209,7 @@ def test_limit_and_empty_value_follow_the_contract() -> None:
         ("get", "/health", {"200"}),
         ("get", "/v1/cluster", {"200", "401", "403", "503"}),
         ("get", "/v1/digest", {"200", "400", "401", "403", "503"}),
+        ("get", "/v1/watch", {"200", "400", "401", "403", "410", "503"}),
     ],
 )
 def test_statuses_of_the_contract_are_documented(method: str, path: str, statuses: set[str]) -> None:
@@ -288,3 +290,11 @@ async def test_document_is_served_at_v1_openapi_json(node: Node) -> None:
         assert response.status == 200
         assert response.headers["Content-Type"] == "application/json; charset=utf-8"
         assert orjson.loads(await response.read()) == orjson.loads(orjson.dumps(OPENAPI))
+
+
+def test_listing_answers_its_seq_and_watch_resumes_from_last_event_id() -> None:
+    listing = resolve(OPENAPI["components"]["schemas"]["Listing"])
+    assert listing["properties"]["seq"]["type"] == "integer"
+    assert ("header", "Last-Event-ID") in parameters("/v1/watch", "get")
+    stream = PATHS["/v1/watch"]["get"]["responses"]["200"]["content"]
+    assert list(stream) == ["text/event-stream"]

@@ -452,7 +452,7 @@ def test_set_refuses_a_value_that_is_not_utf8_in_one_line(start_node: StartNode)
     node = start_node("u1")
     results = run_all([Run("stdin", ["set", "k", "--url", node.url], stdin=b"ab\xffcd\n")])
     check_errors(results, {"stdin": "UTF-8"})
-    assert get_json(node.url + "/v1/kv") == {"items": [], "next": None}
+    assert get_json(node.url + "/v1/kv") == {"items": [], "next": None, "seq": 0}
 
 
 # -- cluster up ----------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 /health                                      liveness, never behind --token   (ops.py)
 /nodes/update|get|remove|dump                the seed-compatible GET API      (nodes.py)
 /v1/kv, /v1/kv/{key}                         the REST API of keys             (kv.py)
+/v1/watch                                    changes as Server-Sent Events    (watch.py)
 /v1/txn                                      transactions                     (txn.py)
 /v1/cluster, /v1/digest, /v1/openapi.json    cluster view and operations      (cluster.py, ops.py)
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from shareddb.api import cluster, kv, metrics, nodes, ops, peer, txn
+from shareddb.api import cluster, kv, metrics, nodes, ops, peer, txn, watch
 from shareddb.api.routing import Router
 from shareddb.node import Node
 
@@ -21,6 +22,7 @@ def create_router(node: Node) -> Router:
         *ops.routes(node),
         *nodes.routes(node),
         *kv.routes(node),
+        *watch.routes(node),
         *txn.routes(node),
         *cluster.routes(node),
         *peer.routes(node),

@@ -126,6 +126,8 @@ async def listing(node: Node, request: web.BaseRequest) -> web.Response:
     limit = int(raw_limit)
     prefix = params.get("prefix", "")
     after = params.get("after")
+    # Read before the scan: a watch from this seq then sees every change the page may have missed.
+    seq = node.store.last_seq
     records = await node.scan(prefix, after, limit + 1)
     more = len(records) > limit
     records = records[:limit]
@@ -136,6 +138,7 @@ async def listing(node: Node, request: web.BaseRequest) -> web.Response:
                 for r in records
             ],
             "next": records[-1].key if more else None,
+            "seq": seq,
         }
     )
 

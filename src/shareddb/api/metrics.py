@@ -40,6 +40,20 @@ def render(node: Node) -> str:
         if not member.left:
             lag = max(0, node.store.last_seq - (member.applied or 0))
             lines.append(f'shareddb_member_lag{{member="{member.id}"}} {lag}')
+    watches = node.watches
+    lines += [
+        "# HELP shareddb_watchers Open watch streams (GET /v1/watch).",
+        "# TYPE shareddb_watchers gauge",
+        f"shareddb_watchers {watches.watchers}",
+        "# HELP shareddb_watchers_behind Open watch streams reading the changes feed themselves "
+        "(replaying, or too slow to be sent changes as they commit).",
+        "# TYPE shareddb_watchers_behind gauge",
+        f"shareddb_watchers_behind {watches.behind}",
+        "# HELP shareddb_watch_fell_behind_total Times a watch stream was too slow for the "
+        "changes committed and went back to reading the changes feed itself.",
+        "# TYPE shareddb_watch_fell_behind_total counter",
+        f"shareddb_watch_fell_behind_total {watches.fell_behind}",
+    ]
     return "\n".join(lines) + "\n"
 
 
