@@ -53,6 +53,7 @@ async def test_the_changes_of_a_transaction_are_one_unit_of_the_feed(api: Api) -
     assert len({c.txn for c in page.changes}) == 1
     assert page.changes[0].txn
     assert [c.current for c in page.changes] == [False, True, True, True, True]
+    assert page.changes[0].record.value == "again"  # the current row, never the older value
     rest = await api.node.store.changes_since(page.until, 10)
     assert [(c.record.key, c.record.value) for c in rest.changes] == [("k0", "again")]
 

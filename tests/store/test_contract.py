@@ -973,8 +973,9 @@ async def test_a_key_written_again_after_its_transaction_is_no_longer_current_th
     a, b = put("a", "1", 1), put("b", "2", 2)
     await store.transact([], [a, b])  # seqs 1, 2; the entry at 2
     await store.write(put("a", "again", 3))  # seq 3
+    # The entry serves the key's current row (never the older value the transaction wrote).
     expected = [
-        Change(1, a, 2, current=False),
+        Change(3, put("a", "again", 3), 2, current=False),
         Change(2, b, 2),
         Change(3, put("a", "again", 3)),
     ]
@@ -984,38 +985,56 @@ async def test_a_key_written_again_after_its_transaction_is_no_longer_current_th
     assert await feed(reopened) == expected
 
 
-async def test_a_peer_transaction_keeps_a_record_this_store_did_not_take(stores: Stores) -> None:
+async def test_a_peer_transaction_keeps_a_key_this_store_did_not_take(stores: Stores) -> None:
+    """The entry names the key, and serves it at the newer state this store holds."""
     store = await stores.open()
     await store.apply([put("b", "newer", 9)])  # seq 1
     assert await store.apply([put("a", "1", 1), put("b", "older", 2)], groups=[(0, 2)]) == 1
     assert await feed(store) == [
         Change(1, put("b", "newer", 9)),
         Change(2, put("a", "1", 1), 2),
-        Change(0, put("b", "older", 2), 2, current=False),
+        Change(1, put("b", "newer", 9), 2, current=False),
     ]
 
 
-async def test_a_purge_dissolves_the_transactions_at_or_below_it(stores: Stores) -> None:
+async def test_an_entry_brings_along_the_transaction_that_wrote_its_key_again(
+    stores: Stores,
+) -> None:
+    """A key of one transaction written again by a second: the first is served with the second
+    whole, so a reader never holds the second's write of that key without its other writes."""
+    store = await stores.open()
+    await store.transact([], [put("a", "1", 1), put("b", "1", 2)])  # seqs 1, 2; entry at 2
+    await store.transact([], [put("b", "2", 3), put("c", "2", 4)])  # seqs 3, 4; entry at 4
+    page = await store.changes_since(0, 1)
+    assert page == FeedPage(
+        [
+            Change(1, put("a", "1", 1), 2),
+            Change(3, put("b", "2", 3), 2, current=False),
+            Change(4, put("c", "2", 4), 2, current=False),
+        ],
+        2,
+    )
+
+
+async def test_an_entry_lives_while_it_covers_a_row_and_a_purge_drops_it_after(
+    stores: Stores,
+) -> None:
     store = await stores.open()
     a, b, c, d = put("a", "1", 1), put("b", "2", 2), put("c", "3", 3), put("d", "4", 4)
     await store.transact([], [a, b])  # the entry at 2
     await store.transact([], [c, d])  # the entry at 4
-    assert await store.purge_tombstones(3, v(100, "")) == 0
-    # Below the purge: plain rows again; above it: still one entry.
-    expected = [Change(1, a), Change(2, b), Change(3, c, 4), Change(4, d, 4)]
-    assert await feed(store) == expected
-    assert await store.changes_since(0, 1) == FeedPage([Change(1, a)], 1)
+    assert await store.purge_tombstones(4, v(100, "")) == 0
+    expected = [Change(1, a, 2), Change(2, b, 2), Change(3, c, 4), Change(4, d, 4)]
+    assert await feed(store) == expected  # both still cover their rows
+    await store.write(put("a", "again", 5))
+    await store.write(put("b", "again", 6))
+    assert await store.purge_tombstones(store.last_seq, v(100, "")) == 0
     reopened = await stores.reopen(store)
-    assert await feed(reopened) == expected
-    # Written again after the purge, a key of a dissolved entry moves on like any other.
-    await reopened.write(put("a", "again", 5))
-    assert await feed(reopened) == [*expected[1:], Change(5, put("a", "again", 5))]
-    assert await reopened.purge_tombstones(reopened.last_seq, v(100, "")) == 0
+    # The first entry covers nothing any more: gone; its keys are served as plain rows.
     assert await feed(reopened) == [
-        Change(2, b),
-        Change(3, c),
-        Change(4, d),
+        *expected[2:],
         Change(5, put("a", "again", 5)),
+        Change(6, put("b", "again", 6)),
     ]
 
 
@@ -1034,17 +1053,13 @@ async def test_the_feed_floor_moves_with_a_purge_and_survives_reopen(stores: Sto
     assert reopened.last_seq == 3
 
 
-async def test_a_transaction_that_deletes_keeps_its_tombstone_in_the_entry_after_a_purge(
+async def test_a_transaction_whose_tombstone_was_purged_serves_nothing_for_that_key(
     stores: Stores,
 ) -> None:
-    """A tombstone of a transaction purged before the entry is dissolved: the entry still names
-    it, no longer current, and the feed does not fail on the missing row."""
+    """A purged deletion is never served again, from an entry either (no key comes back)."""
     store = await stores.open()
     await store.write(put("k", "v", 1))  # seq 1
     await store.transact([], [tomb("k", 2), put("j", "w", 3)])  # seqs 2, 3; the entry at 3
     assert await store.purge_tombstones(2, v(100, "")) == 1
     assert await store.get("k") is None
-    assert await feed(store) == [
-        Change(2, tomb("k", 2), 3, current=False),
-        Change(3, put("j", "w", 3), 3),
-    ]
+    assert await feed(store) == [Change(3, put("j", "w", 3), 3)]

@@ -226,10 +226,22 @@ def test_expiry_keeps_the_version_and_the_digest_and_never_touches_a_later_write
     assert batch.tally.live == 1
 
 
-def test_a_purge_dissolves_transaction_entries_at_or_below_its_horizon() -> None:
+def test_a_purge_drops_the_transaction_entries_that_cover_no_row() -> None:
     batch = plan_batch([PurgeTombstones(7, v(100))], 0, Tally(9, 0, 0, EMPTY), {}, {})
-    assert batch.dissolve_upto == 7
-    assert plan_batch([SetMeta("m", "x")], 0, Tally(9, 0, 0, EMPTY), {}, {}).dissolve_upto is None
+    assert batch.drop_uncovered
+    assert not plan_batch([SetMeta("m", "x")], 0, Tally(9, 0, 0, EMPTY), {}, {}).drop_uncovered
+
+
+def test_the_tombstone_an_expiry_left_wins_over_the_value_at_the_same_version() -> None:
+    """Every node comes to hold the expiry's tombstone once one has it, so the purge horizon
+    (every member has applied it) holds for expiries too."""
+    stored: Stored = {"k": (True, v(1), 500)}
+    batch = plan_batch([PeerBatch([tomb("k", 1)])], 0, Tally(1, 1, 0, EMPTY), stored, {})
+    assert batch.results == [1]
+    assert batch.rows == [("k", None, v(1), 2, None, 0)]
+    assert (batch.buckets, batch.tally.live) == ({}, 0)
+    again = plan_batch([PeerBatch([put("k", "v", 1)])], 0, batch.tally, {"k": (False, v(1), None)}, {})
+    assert again.results == [0]  # and the value never comes back over it
 
 
 def test_a_purge_that_drops_tombstones_raises_the_feed_floor() -> None:

@@ -144,10 +144,11 @@ class Replicator:
         return min((a for a in applied if a is not None), default=self.store.last_seq)
 
     async def purge(self) -> int:
-        """Drop the tombstones every member has applied and that are past the grace period."""
+        """Drop the tombstones every member has applied and that are past the grace period (none
+        while that is not known), and the transaction entries that cover nothing any more."""
         horizon = self.purge_horizon()
         if horizon is None:
-            return 0
+            horizon = 0
         before = make_version(from_millis(self.now() - self.tombstone_grace_ms), "")
         purged = await self.store.purge_tombstones(horizon, before)
         if purged:

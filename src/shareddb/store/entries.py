@@ -1,27 +1,60 @@
-"""How a transaction entry of the changes feed is stored: one blob of its changes (store/plan.py).
+"""Transaction entries of the changes feed: how they are stored and how the feed serves them.
 
-Each change is `[seq, key, value, version, expires]`, seq 0 for a record this node did not take
-(a newer version was here) but keeps for the nodes that pull from it. The backend marks, as it
-reads an entry, which changes are current (their key's row still holds their seq).
+An entry is stored as the list of its keys, each with the sequence number this node gave the
+transaction's write of it (0 when this node did not take it: it held a newer version):
+`[[seq, key], ...]`. It lives as long as one of the rows it covers (rows whose `txn` is its seq)
+is there. The feed never serves the values a transaction wrote from the entry, but the current
+rows of its keys (`serve_entry`): a row that has been written again since is served at its
+newer state (never an older state a later write or a purged deletion has replaced), and an entry
+covering that newer row comes along whole. docs/design.md, "Transactions", says why.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import orjson
 
 from shareddb.record import Record
 from shareddb.store.base import Change
 
+# A row as the feed needs it: value, version, seq, expires, txn (0, or the entry covering it).
+FeedRow = tuple[str | None, str, int, int | None, int]
+
 
 def encode_entry(changes: list[Change]) -> bytes:
-    return orjson.dumps(
-        [[c.seq, c.record.key, c.record.value, c.record.version, c.record.expires] for c in changes]
-    )
+    return orjson.dumps([[c.seq, c.record.key] for c in changes])
 
 
-def decode_entry(at: int, body: bytes | str) -> list[Change]:
-    """The changes of the entry at sequence `at`, not yet marked current."""
-    return [
-        Change(seq, Record(key, value, version, expires), at)
-        for seq, key, value, version, expires in orjson.loads(body)
-    ]
+def decode_entry(body: bytes | str) -> list[tuple[int, str]]:
+    return [(seq, key) for seq, key in orjson.loads(body)]
+
+
+def serve_entry(
+    at: int,
+    items_of: Callable[[int], list[tuple[int, str]]],
+    row_of: Callable[[str], FeedRow | None],
+) -> list[Change]:
+    """The changes the feed serves for the entry at `at`, read from one consistent state: the
+    current row of each of its keys, and, whole, every entry that covers one of those rows (and so
+    on). A change is `current` when it is the transaction's own write, still in place; a watcher
+    skips the others (they come again later in the feed, at their own sequence numbers)."""
+    changes: list[Change] = []
+    worklist = [at]
+    seen_entries = {at}
+    served: set[str] = set()
+    for entry in worklist:  # grows while it is walked
+        for seq, key in items_of(entry):
+            if key in served:
+                continue
+            served.add(key)
+            row = row_of(key)
+            if row is None:  # a deletion that was purged: nothing to serve
+                continue
+            value, version, row_seq, expires, txn = row
+            current = entry == at and seq != 0 and row_seq == seq
+            changes.append(Change(row_seq, Record(key, value, version, expires), at, current))
+            if txn and txn not in seen_entries:
+                seen_entries.add(txn)
+                worklist.append(txn)
+    return changes

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 
 from shareddb.record import Record
 from shareddb.store.base import Change, Checkpoint, FeedPage, StoreUnavailable, bucket_of, change_size
+from shareddb.store.entries import serve_entry
 from shareddb.store.pipeline import PipelineStore, wall_millis
 from shareddb.store.plan import Batch, Planner, Stored, Tally, Tombstones
 
@@ -28,7 +29,7 @@ class Snapshot:
     instance: str
     tally: Tally
     rows: dict[str, Row]  # by key
-    entries: dict[int, list[Change]]  # transaction entries of the feed, by seq
+    entries: dict[int, list[tuple[int, str]]]  # transaction entries of the feed: seq -> (seq, key)s
     checkpoints: dict[str, Checkpoint]
     meta: dict[str, str]
 
@@ -99,16 +100,13 @@ class MemoryBackend:
         batch = plan(now.tally, stored, tombstones)
         rows = dict(now.rows)
         entries = dict(now.entries)
-        if batch.dissolve_upto is not None:
-            for seq in [seq for seq in entries if seq <= batch.dissolve_upto]:
-                for change in entries.pop(seq):
-                    row = rows.get(change.record.key)
-                    if row is not None and row[4] == seq:
-                        rows[change.record.key] = (*row[:4], 0)
         rows.update((row[0], row[1:]) for row in batch.rows)
-        entries.update(batch.entries)
+        entries.update((seq, [(c.seq, c.record.key) for c in changes]) for seq, changes in batch.entries)
         for key in batch.purged:
             rows.pop(key, None)
+        if batch.drop_uncovered:
+            covering = {txn for *_, txn in rows.values() if txn}
+            entries = {seq: items for seq, items in entries.items() if seq in covering}
         checkpoints = dict(now.checkpoints)
         checkpoints.update((cp.peer, cp) for cp in batch.checkpoints)
         after = replace(
@@ -164,7 +162,7 @@ class MemoryBackend:
                 value, version, _, expires, _ = now.rows[key]
                 unit = [Change(at, Record(key, value, version, expires))]
             else:
-                unit = [_as_current(change, at, now.rows) for change in now.entries[at]]
+                unit = serve_entry(at, now.entries.__getitem__, now.rows.get)
             total += sum(change_size(c.record.key, c.record.value) for c in unit)
             if max_bytes is not None and total > max_bytes and changes:
                 return FeedPage(changes, _position(changes[-1]))
@@ -182,13 +180,6 @@ class MemoryBackend:
     async def bucket_versions(self, bucket: int) -> dict[str, str]:
         rows = (await self._now()).rows
         return {key: version for key, (_, version, *_) in rows.items() if bucket_of(key) == bucket}
-
-
-def _as_current(change: Change, at: int, rows: dict[str, Row]) -> Change:
-    """A change of the transaction entry at `at`, as the feed serves it."""
-    row = rows.get(change.record.key)
-    current = change.seq != 0 and row is not None and row[2] == change.seq
-    return Change(change.seq, change.record, at, current)
 
 
 def _position(change: Change) -> int:

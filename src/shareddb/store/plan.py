@@ -114,9 +114,8 @@ class SetMeta:
 
 @dataclass(frozen=True, slots=True)
 class PurgeTombstones:
-    """Drop tombstones at or below `max_seq` whose version sorts before `before`, and dissolve
-    the transaction entries at or below `max_seq` (every member has applied them). Answers how
-    many tombstones went."""
+    """Drop tombstones at or below `max_seq` whose version sorts before `before`, and the
+    transaction entries that cover no row any more. Answers how many tombstones went."""
 
     max_seq: int
     before: str
@@ -254,10 +253,15 @@ class MergePlan:
         else:
             was_visible = was_live
         if stored is not None and not supersedes(version, stored[1]):
-            return Outcome.SUPERSEDED
+            # One exception: a value and the tombstone its expiry left share a version, and the
+            # tombstone wins, so every node holds it once one has it (docs/design.md, "Expiry").
+            expired = was_live and stored[2] is not None and value is None and not only_over_live
+            if not (expired and version == stored[1]):
+                return Outcome.SUPERSEDED
         expires = None if value is None else record.expires
         self._write(Record(key, value, version, expires), txn)
-        self._rehash(key, version, stored[1] if stored is not None else None)
+        if stored is None or stored[1] != version:
+            self._rehash(key, version, None if stored is None else stored[1])
         self.live += (value is not None) - was_live
         if value is None:
             return Outcome.DELETED
@@ -279,7 +283,8 @@ class MergePlan:
         """Keep `changes` (a transaction's records: those written carry their sequence number,
         the others 0) as one entry of the feed, at the sequence number of the last one written.
         The rows written mark themselves as covered by it: the feed serves the entry in their
-        place, whole, so no page splits it, also once some of its keys are written again."""
+        place, whole, so no page splits it, also once some of its keys are written again
+        (store/entries.py)."""
         seq = self.seq
         self.entries.append((seq, changes))
         for change in changes:
@@ -317,7 +322,7 @@ class Batch:
     rows: list[Row]  # records to store (upserts)
     purged: list[str]  # keys whose tombstones are dropped
     entries: list[tuple[int, list[Change]]]  # new transaction entries of the feed, by seq
-    dissolve_upto: int | None  # transaction entries at or below this seq go, their rows uncovered
+    drop_uncovered: bool  # drop the transaction entries that cover no row any more
     checkpoints: list[Checkpoint]
     meta: dict[str, str]  # node meta
     buckets: dict[int, int]  # changed digest buckets -> their new hash
@@ -379,7 +384,7 @@ def plan_batch(
         list(plan.rows.values()),
         purged,
         plan.entries,
-        max((op.max_seq for _, op in purges), default=None),
+        bool(purges),
         list(checkpoints.values()),
         meta,
         dict(plan.buckets),

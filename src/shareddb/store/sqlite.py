@@ -36,7 +36,7 @@ from shareddb.store.base import (
     change_size,
     prefix_end,
 )
-from shareddb.store.entries import decode_entry, encode_entry
+from shareddb.store.entries import FeedRow, decode_entry, encode_entry, serve_entry
 from shareddb.store.pipeline import PipelineStore, wall_millis
 from shareddb.store.plan import Batch, Planner, Stored, Tally, Tombstones
 from shareddb.store.sqlite_faults import (
@@ -380,11 +380,7 @@ class SQLiteBackend:
             # Rows come one at a time: a read that reaches the budget stops there.
             taken = 0
             for s, k, v, ver, expires, body in rows:
-                unit = (
-                    [Change(s, Record(k, v, ver, expires))]
-                    if body is None
-                    else _entry_changes(db, s, body)
-                )
+                unit = [Change(s, Record(k, v, ver, expires))] if body is None else _entry_changes(db, s)
                 total += sum(change_size(c.record.key, c.record.value) for c in unit)
                 if total > budget and changes:
                     ended = False
@@ -434,12 +430,6 @@ class SQLiteBackend:
                 )
                 tombstones = {key: (seq, version) for key, seq, version in rows}
             batch = plan(self._tally, self._lookup(db, keys), tombstones)
-            if batch.dissolve_upto is not None:
-                db.execute(
-                    "UPDATE kv SET txn = NULL WHERE txn IS NOT NULL AND txn <= ?",
-                    (batch.dissolve_upto,),
-                )
-                db.execute("DELETE FROM txns WHERE seq <= ?", (batch.dissolve_upto,))
             db.executemany(
                 UPSERT, [(k, v, ver, s, exp, txn or None) for k, v, ver, s, exp, txn in batch.rows]
             )
@@ -450,6 +440,10 @@ class SQLiteBackend:
                 )
             if batch.purged:
                 db.executemany("DELETE FROM kv WHERE key = ?", [(key,) for key in batch.purged])
+            if batch.drop_uncovered:
+                db.execute(
+                    "DELETE FROM txns WHERE NOT EXISTS (SELECT 1 FROM kv WHERE kv.txn = txns.seq)"
+                )
             if batch.checkpoints:
                 db.executemany(
                     "INSERT OR REPLACE INTO checkpoints (peer, instance, seq) VALUES (?, ?, ?)",
@@ -525,17 +519,21 @@ class SQLiteBackend:
             db.close()
 
 
-def _entry_changes(db: sqlite3.Connection, at: int, body: bytes) -> list[Change]:
-    """The changes of the transaction entry at `at`, each marked current when its key's row
-    still holds its sequence number."""
-    changes = decode_entry(at, body)
-    keys = [change.record.key for change in changes]
-    held: dict[str, int] = {}
-    for start in range(0, len(keys), LOOKUP_CHUNK):
-        chunk = keys[start : start + LOOKUP_CHUNK]
-        marks = ",".join("?" * len(chunk))
-        held.update(db.execute(f"SELECT key, seq FROM kv WHERE key IN ({marks})", chunk).fetchall())
-    return [Change(c.seq, c.record, at, c.seq != 0 and held.get(c.record.key) == c.seq) for c in changes]
+def _entry_changes(db: sqlite3.Connection, at: int) -> list[Change]:
+    """The changes the feed serves for the transaction entry at `at` (entries.serve_entry), read
+    in the reader's transaction."""
+
+    def items_of(entry: int) -> list[tuple[int, str]]:
+        row = db.execute("SELECT body FROM txns WHERE seq = ?", (entry,)).fetchone()
+        return [] if row is None else decode_entry(row[0])
+
+    def row_of(key: str) -> FeedRow | None:
+        found: FeedRow | None = db.execute(
+            "SELECT value, version, seq, expires, coalesce(txn, 0) FROM kv WHERE key = ?", (key,)
+        ).fetchone()
+        return found
+
+    return serve_entry(at, items_of, row_of)
 
 
 def _position(change: Change) -> int:
