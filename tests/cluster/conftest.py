@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
-from tests.harness import NodeProcess
+from tests.harness import NodeProcess, ProxyThread
 
 StartNode = Callable[..., NodeProcess]
+# proxied_cluster(ids, env=...) -> (nodes, proxies)
+StartProxied = Callable[..., tuple[list[NodeProcess], ProxyThread]]
 
 
 @pytest.fixture
@@ -25,3 +27,31 @@ def start_node(tmp_path: Path) -> Iterator[StartNode]:
     yield start
     for node in nodes:
         node.cleanup()
+
+
+@pytest.fixture
+def proxied_cluster(start_node: StartNode) -> Iterator[StartProxied]:
+    """`proxied_cluster(["a", "b"], env=...)`: nodes that reach each other only through a fault
+    proxy each (ProxyThread), every one with --peers of the others; returns (nodes, proxies),
+    slot i being nodes[i]. The caller waits for them to see each other (wait_all_up)."""
+    threads: list[ProxyThread] = []
+
+    def start(
+        ids: Sequence[str], *args: str, env: dict[str, str] | None = None
+    ) -> tuple[list[NodeProcess], ProxyThread]:
+        nodes: list[NodeProcess] = []
+
+        def port_of(slot: int) -> Callable[[], int]:
+            return lambda: nodes[slot].port
+
+        proxies = ProxyThread(list(ids), [port_of(i) for i in range(len(ids))])
+        threads.append(proxies)
+        for i, node_id in enumerate(ids):
+            peers = ",".join(proxies.url(j) for j in range(len(ids)) if j != i)
+            advertise = ("--advertise", proxies.url(i), "--peers", peers)
+            nodes.append(start_node(node_id, *advertise, *args, env=env))
+        return nodes, proxies
+
+    yield start
+    for proxies in threads:
+        proxies.close()

@@ -1,8 +1,13 @@
-"""Skewed wall clocks for node processes, through libfaketime (Debian's package `faketime`)."""
+"""Skewed, frozen and test-controlled wall clocks for node processes, through libfaketime
+(Debian's package `faketime`)."""
 
 from __future__ import annotations
 
+import math
 import os
+import time
+from datetime import UTC, datetime
+from pathlib import Path
 
 FAKETIME_LIBS = (
     "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
@@ -28,3 +33,48 @@ def frozen_clock_env(when: str = "2027-01-15 10:00:00") -> dict[str, str]:
         "FAKETIME_DONT_FAKE_MONOTONIC": "1",
         "TZ": "UTC",
     }
+
+
+class ControlledClock:
+    """A wall clock a test sets and moves, for node processes started with `env()`.
+
+    libfaketime reads the time from a file (`FAKETIME_TIMESTAMP_FILE`), again on every call
+    (`FAKETIME_NO_CACHE`): `set(when)` writes `@when`, and from that moment the process's wall
+    clock reads `when` and runs on in real time; `advance(s)` jumps it `s` seconds forward. The
+    monotonic clock stays real, so timeouts and the event loop are unaffected. Several processes
+    may share one clock (one file)."""
+
+    def __init__(self, path: Path, start: float) -> None:
+        assert FAKETIME is not None
+        self.path = path
+        self._base = start  # the fake time (Unix seconds) written last
+        self._set_at = time.monotonic()  # when it was written
+        self.set(start)
+
+    def env(self) -> dict[str, str]:
+        assert FAKETIME is not None
+        return {
+            "LD_PRELOAD": FAKETIME,
+            "FAKETIME_TIMESTAMP_FILE": str(self.path),
+            "FAKETIME_NO_CACHE": "1",
+            "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+            "TZ": "UTC",
+        }
+
+    def now(self) -> float:
+        """What the processes' wall clock reads now (Unix seconds)."""
+        return self._base + (time.monotonic() - self._set_at)
+
+    def set(self, when: float) -> None:
+        """From now on the wall clock reads `when` (Unix seconds, whole ones) and runs on."""
+        when = float(int(when))
+        stamp = datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        # Written whole to a new file, then renamed: a reader never sees half of it.
+        fresh = self.path.with_name(self.path.name + ".new")
+        fresh.write_text(f"@{stamp}\n", "ascii")
+        os.replace(fresh, self.path)
+        self._base, self._set_at = when, time.monotonic()
+
+    def advance(self, seconds: float) -> None:
+        """Jump forward `seconds` (rounded up to whole seconds) from where the clock is now."""
+        self.set(math.ceil(self.now() + seconds))
