@@ -10,7 +10,7 @@ import pytest
 from tests.harness import NodeProcess, ProxyThread
 
 StartNode = Callable[..., NodeProcess]
-# proxied_cluster(ids, env=...) -> (nodes, proxies)
+# proxied_cluster(ids, *args, envs=...) -> (nodes, proxies)
 StartProxied = Callable[..., tuple[list[NodeProcess], ProxyThread]]
 
 
@@ -31,13 +31,14 @@ def start_node(tmp_path: Path) -> Iterator[StartNode]:
 
 @pytest.fixture
 def proxied_cluster(start_node: StartNode) -> Iterator[StartProxied]:
-    """`proxied_cluster(["a", "b"], env=...)`: nodes that reach each other only through a fault
-    proxy each (ProxyThread), every one with --peers of the others; returns (nodes, proxies),
-    slot i being nodes[i]. The caller waits for them to see each other (wait_all_up)."""
+    """`proxied_cluster(["a", "b"], envs=[...])`: nodes that reach each other only through a fault
+    proxy each (ProxyThread), every one with --peers of the others and `envs[i]` added to its
+    environment; returns (nodes, proxies), slot i being nodes[i]. The caller waits for them to see
+    each other (wait_all_up)."""
     threads: list[ProxyThread] = []
 
     def start(
-        ids: Sequence[str], *args: str, env: dict[str, str] | None = None
+        ids: Sequence[str], *args: str, envs: Sequence[dict[str, str] | None] = ()
     ) -> tuple[list[NodeProcess], ProxyThread]:
         nodes: list[NodeProcess] = []
 
@@ -49,6 +50,7 @@ def proxied_cluster(start_node: StartNode) -> Iterator[StartProxied]:
         for i, node_id in enumerate(ids):
             peers = ",".join(proxies.url(j) for j in range(len(ids)) if j != i)
             advertise = ("--advertise", proxies.url(i), "--peers", peers)
+            env = envs[i] if envs else None
             nodes.append(start_node(node_id, *advertise, *args, env=env))
         return nodes, proxies
 

@@ -15,6 +15,9 @@ FAKETIME_LIBS = (
     "/usr/lib/faketime/libfaketime.so.1",
 )
 FAKETIME = next((path for path in FAKETIME_LIBS if os.path.exists(path)), None)
+# The synchronized build, for a clock read from a file: libfaketime.so.1 parses the file into a
+# static buffer that threads share, and a node's threads then read times minutes off now and then.
+FAKETIME_MT = None if FAKETIME is None else FAKETIME.replace("libfaketime.so.1", "libfaketimeMT.so.1")
 
 
 def skewed_clock_env(seconds: int) -> dict[str, str]:
@@ -42,22 +45,28 @@ class ControlledClock:
     (`FAKETIME_NO_CACHE`): `set(when)` writes `@when`, and from that moment the process's wall
     clock reads `when` and runs on in real time; `advance(s)` jumps it `s` seconds forward. The
     monotonic clock stays real, so timeouts and the event loop are unaffected. Several processes
-    may share one clock (one file)."""
+    may share one clock (one file). A process started after the last `set` counts from its own
+    start (libfaketime starts `@when` when it first reads it); the next `set` or `advance` lines
+    every process up again. The synchronized build of libfaketime (libfaketimeMT) is used: the
+    plain one, reloading the file, hands a node's threads times minutes off now and then."""
 
     def __init__(self, path: Path, start: float) -> None:
-        assert FAKETIME is not None
+        assert FAKETIME_MT is not None and os.path.exists(FAKETIME_MT)
         self.path = path
         self._base = start  # the fake time (Unix seconds) written last
         self._set_at = time.monotonic()  # when it was written
         self.set(start)
 
     def env(self) -> dict[str, str]:
-        assert FAKETIME is not None
+        assert FAKETIME_MT is not None
         return {
-            "LD_PRELOAD": FAKETIME,
+            "LD_PRELOAD": FAKETIME_MT,
             "FAKETIME_TIMESTAMP_FILE": str(self.path),
             "FAKETIME_NO_CACHE": "1",
             "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+            # Without this, libfaketime 0.9.10 looks up whether the monotonic clock needs a fix
+            # on every call (getenv, parsing): a node then spends most of its CPU in there.
+            "FAKETIME_FORCE_MONOTONIC_FIX": "0",
             "TZ": "UTC",
         }
 
