@@ -43,7 +43,7 @@ def proxied_cluster(start_node: StartNode) -> Iterator[StartProxied]:
         nodes: list[NodeProcess] = []
 
         def port_of(slot: int) -> Callable[[], int]:
-            return lambda: nodes[slot].port
+            return lambda: nodes[slot].port if slot < len(nodes) else 0  # 0: not started yet
 
         proxies = ProxyThread(list(ids), [port_of(i) for i in range(len(ids))])
         threads.append(proxies)

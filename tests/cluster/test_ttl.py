@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -106,39 +107,25 @@ def sequence(node: NodeProcess) -> int:
     return int(match.group(1))
 
 
-def test_a_controlled_clock_sets_and_moves_a_nodes_wall_clock(
-    start_node: StartNode, tmp_path: Path
-) -> None:
-    """Invariant 5 (a node's clock never goes backwards): the harness's ControlledClock really
-    drives the node: versions it mints carry the time the test set, follow it when the test moves
-    it a day forward, and `Expires` is counted from it."""
-    wall = clock(tmp_path, "solo")
-    node = start_node("solo", env=wall.env())
-    first = put(node, "k", "1").json()["version"]
-    assert START <= version_seconds(first) <= wall.now() + 1, (first, wall.now())
-    wall.advance(86_400)
-    second = http("PUT", key_url(node, "k", "ttl=60"), b"2").json()["version"]
-    assert second > first
-    assert START + 86_400 <= version_seconds(second) <= wall.now() + 1, (second, wall.now())
-    expiry = expires_at(node, "k")
-    assert expiry is not None
-    assert version_seconds(second) + 60 <= expiry <= version_seconds(second) + 61
-    assert time.time() < START  # the test's own clock was never touched
-
-
 def test_an_expired_key_is_absent_from_every_read_there_and_a_write_without_ttl_clears_it(
     start_node: StartNode, tmp_path: Path
 ) -> None:
-    """Invariant 9 (an expiry never removes a write made after the expiring one) and invariant 6
-    (a bad ttl is a 400 and changes nothing): GET answers `Expires`, the listing `"expires"`; once
-    the node's clock passes the expiry the key is gone from GET, the seed API's get, the listing,
-    /nodes/dump and the digest's count, and the reaper turns it into a tombstone of its own
-    version. A later write without ttl clears the earlier ttl, so the old expiry removes nothing."""
+    """Invariant 9 (an expiry never removes a write made after the expiring one), invariant 5 (a
+    node's clock never goes backwards) and invariant 6 (a bad ttl is a 400 and changes nothing).
+    The controlled clock really drives the node: its versions carry the time the test set and
+    follow it forward. GET answers `Expires`, the listing `"expires"`; once the node's clock
+    passes the expiry the key is gone from GET, the seed API's get, the listing, /nodes/dump and
+    the digest's count (the digest itself stays), and the reaper turns it into a tombstone of its
+    own version. A later write without ttl clears an earlier ttl, so the old expiry removes
+    nothing."""
     wall = clock(tmp_path, "solo")
     node = start_node("solo", env=wall.env())
     short = http("PUT", key_url(node, "short", "ttl=60"), b"s")
     assert short.status == 201, short
     short_version = short.json()["version"]
+    written = version_seconds(short_version)
+    assert START <= written <= wall.now() + 1, (short_version, wall.now())
+    assert time.time() < START  # only the node's clock was moved, not the test's
     assert seed_call(node, "update", name="seeded", value="v", ttl="60").status == 200
     assert put(node, "cleared", "old", "ttl=60").status == 201
     assert put(node, "cleared", "new").status == 200  # no ttl: clears the earlier one
@@ -150,7 +137,6 @@ def test_an_expired_key_is_absent_from_every_read_there_and_a_write_without_ttl_
         assert refused.json()["error"] == "bad_request"
     assert read(node, "short") == ("s", short_version)
 
-    written = version_seconds(short_version)
     expiry = expires_at(node, "short")
     assert expiry is not None
     assert written + 60 <= expiry <= written + 61
@@ -173,73 +159,68 @@ def test_an_expired_key_is_absent_from_every_read_there_and_a_write_without_ttl_
     wait_for(lambda: reaped(node, "short", short_version), WAIT, "the reaper to run", [node])
     assert digest(node) == after
     assert read(node, "cleared") is not None
-    # Written again after it expired: a new value, never removed by the old expiry.
-    assert put(node, "short", "again").status == 201
+    # Written again after it expired: a new value, stamped by the clock as moved, never removed
+    # by the old expiry.
+    again = put(node, "short", "again")
+    assert again.status == 201, again
+    assert version_seconds(again.json()["version"]) >= START + 120
     assert expires_at(node, "short") is None
 
 
-def test_verify_finds_no_divergence_while_one_node_has_expired_a_key_and_the_other_not(
-    start_node: StartNode, tmp_path: Path
-) -> None:
-    """Invariant 2 (digests agree) under trap (b): node A's clock has passed a key's expiry (and
-    its reaper has made the key a tombstone of the same version), node B's has not, so A's count is
-    one less; the digests are equal all the same and `shareddb verify` reports no divergence."""
-    clock_a, clock_b = clock(tmp_path, "a"), clock(tmp_path, "b")
-    a = start_node("a", env=clock_a.env())
-    b = start_node("b", "--peers", a.url, env=clock_b.env())
-    wait_all_up([a, b])
-    written = http("PUT", key_url(a, "session", "ttl=60"), b"token").json()["version"]
-    assert put(a, "kept", "k").status == 201
-    wait_readable([b], "session", ("token", written), [a, b])
-    wait_converged([a, b])
-
-    clock_a.advance(120)
-    wait_for(lambda: reaped(a, "session", written), WAIT, "A to reap 'session'", [a, b])
-    assert read(a, "session") is None
-    assert read(b, "session") == ("token", written)
-    assert digest(a)["count"] == 1
-    assert digest(b)["count"] == 2
-    assert digest(a)["digest"] == digest(b)["digest"]
-    result = run_cli("verify", "--url", a.url)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "all 2 nodes agree" in result.stdout, result.stdout
-    # B's clock passes it too: the same outcome there, still one digest.
-    clock_b.advance(120)
-    wait_for(lambda: reaped(b, "session", written), WAIT, "B to reap 'session'", [a, b])
-    assert read(b, "session") is None
-    assert wait_converged([a, b])["count"] == 1
-
-
-def test_an_expiry_never_removes_a_later_write_from_a_node_it_has_not_reached_yet(
+def test_an_expiry_never_removes_a_later_write_and_verify_sees_no_divergence_over_it(
     proxied_cluster: StartProxied, tmp_path: Path
 ) -> None:
     """Invariant 9 (an expiry never removes a write made after the expiring one) and invariant 2
-    (equal digests after healing) under trap (a): A writes k with a ttl, B receives it; A is cut
-    off; B writes k again without ttl; A's clock passes the old expiry and A reaps k; after healing
-    both nodes hold B's write (A's reap made a tombstone of the old version, which loses), and
-    keep it when B's clock passes the old expiry too."""
+    (equal digests after healing), against both traps of expiry.
+
+    Trap (a): A writes k with a ttl, B receives it; A is cut off; B writes k again without ttl;
+    A's clock passes the old expiry and A reaps k; after healing both nodes hold B's write (A's
+    reap made a tombstone of the old version, which loses) and keep it when B's clock passes the
+    old expiry too. Trap (b): `session`, written with a ttl, has expired on A (and been reaped) but
+    not on B, so the counts differ; the digests are equal all the same and one `shareddb verify`
+    over both nodes reports no divergence."""
     clock_a, clock_b = clock(tmp_path, "a"), clock(tmp_path, "b")
     (a, b), proxies = proxied_cluster(["a", "b"], envs=[clock_a.env(), clock_b.env()])
     wait_all_up([a, b])
-
     first = http("PUT", key_url(a, "k", "ttl=60"), b"from-a").json()["version"]
+    session = http("PUT", key_url(a, "session", "ttl=60"), b"token").json()["version"]
     wait_readable([b], "k", ("from-a", first), [a, b])
+    wait_readable([b], "session", ("token", session), [a, b])
+
     proxies.isolate(0)
     second = put(b, "k", "from-b")
     assert second.status == 200, second
     later = second.json()["version"]
     assert later > first
     assert expires_at(b, "k") is None
-
     clock_a.advance(120)
-    wait_for(lambda: read(a, "k") is None and reaped(a, "k", first), WAIT, "A to reap k", [a, b])
+
+    def a_reaped() -> bool:
+        return read(a, "k") is None and reaped(a, "k", first) and reaped(a, "session", session)
+
+    wait_for(a_reaped, WAIT, "A to reap k and session", [a, b])
     assert read(b, "k") == ("from-b", later)  # nothing crossed the partition
 
     proxies.heal()
     wait_readable([a, b], "k", ("from-b", later), [a, b])
-    wait_converged([a, b])
+
+    def same_digest() -> bool:  # not wait_converged: the counts differ, by design
+        return bool(digest(a)["digest"] == digest(b)["digest"])
+
+    wait_for(same_digest, WAIT, "equal digests on a, b", [a, b])
     assert expires_at(a, "k") is None
+    # Trap (b): A has expired `session`, B has not; one digest all the same.
+    assert read(a, "session") is None
+    assert read(b, "session") == ("token", session)
+    assert digest(a)["count"] == 1
+    assert digest(b)["count"] == 2
+    assert digest(a)["digest"] == digest(b)["digest"]
+    result = run_cli("verify", "--url", a.url)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "all 2 nodes agree" in result.stdout, result.stdout
+
     clock_b.advance(120)
+    wait_for(lambda: reaped(b, "session", session), WAIT, "B to reap session", [a, b])
     assert wait_converged([a, b])["count"] == 1
     assert read(a, "k") == ("from-b", later)
     assert read(b, "k") == ("from-b", later)
@@ -257,13 +238,16 @@ def test_mass_expiry_keeps_reads_answered_and_ends_with_equal_digests(
     a = start_node("a", env=wall.env())
     b = start_node("b", "--peers", a.url, env=wall.env())
     wait_all_up([a, b])
-    for start in range(0, MASS_KEYS, TXN_OPS):
+
+    def load(start: int) -> int:
         ops = [
             {"op": "put", "key": f"mass/{i:05d}", "value": f"v{i}", "ttl": 300}
             for i in range(start, start + TXN_OPS)
         ]
-        reply = http("POST", f"{a.url}/v1/txn", orjson.dumps({"then": ops}), timeout=60)
-        assert reply.status == 200, reply
+        return http("POST", f"{a.url}/v1/txn", orjson.dumps({"then": ops}), timeout=60).status
+
+    with ThreadPoolExecutor(4) as pool:
+        assert set(pool.map(load, range(0, MASS_KEYS, TXN_OPS))) == {200}
     control = put(a, "control", "stays").json()["version"]
     before = wait_converged([a, b], timeout=60)
     assert before["count"] == MASS_KEYS + 1
