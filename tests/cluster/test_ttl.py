@@ -34,11 +34,11 @@ from tests.cluster.replication_helpers import (
     wait_converged,
     wait_readable,
 )
-from tests.harness import FAKETIME, ControlledClock, NodeProcess, run_cli, wait_for
+from tests.harness import FAKETIME_MT, ControlledClock, NodeProcess, run_cli, wait_for
 
 pytestmark = [
     pytest.mark.cluster,
-    pytest.mark.skipif(FAKETIME is None, reason="libfaketime is not installed"),
+    pytest.mark.skipif(FAKETIME_MT is None, reason="libfaketime is not installed"),
 ]
 
 START = datetime(2030, 1, 1, tzinfo=UTC).timestamp()

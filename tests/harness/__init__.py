@@ -3,7 +3,13 @@ redis-server (redis.py), fault-injecting proxies (proxy.py, ProxyThread for test
 loop), skewed and test-controlled clocks (clock.py) and small real file systems (disk.py); every
 child process is a LoggedProcess (process.py)."""
 
-from tests.harness.clock import FAKETIME, ControlledClock, frozen_clock_env, skewed_clock_env
+from tests.harness.clock import (
+    FAKETIME,
+    FAKETIME_MT,
+    ControlledClock,
+    frozen_clock_env,
+    skewed_clock_env,
+)
 from tests.harness.nodes import (
     NodeProcess,
     eventually,
@@ -30,6 +36,7 @@ from tests.harness.redis import (
 
 __all__ = [
     "FAKETIME",
+    "FAKETIME_MT",
     "LISTENING",
     "ControlledClock",
     "FaultProxy",

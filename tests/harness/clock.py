@@ -17,7 +17,9 @@ FAKETIME_LIBS = (
 FAKETIME = next((path for path in FAKETIME_LIBS if os.path.exists(path)), None)
 # The synchronized build, for a clock read from a file: libfaketime.so.1 parses the file into a
 # static buffer that threads share, and a node's threads then read times minutes off now and then.
-FAKETIME_MT = None if FAKETIME is None else FAKETIME.replace("libfaketime.so.1", "libfaketimeMT.so.1")
+FAKETIME_MT = next(
+    (mt for mt in (p.replace(".so.1", "MT.so.1") for p in FAKETIME_LIBS) if os.path.exists(mt)), None
+)
 
 
 def skewed_clock_env(seconds: int) -> dict[str, str]:
@@ -51,7 +53,7 @@ class ControlledClock:
     plain one, reloading the file, hands a node's threads times minutes off now and then."""
 
     def __init__(self, path: Path, start: float) -> None:
-        assert FAKETIME_MT is not None and os.path.exists(FAKETIME_MT)
+        assert FAKETIME_MT is not None
         self.path = path
         self._base = start  # the fake time (Unix seconds) written last
         self._set_at = time.monotonic()  # when it was written
