@@ -255,25 +255,29 @@ def test_mass_expiry_keeps_reads_answered_and_ends_with_equal_digests(
 
     wall.advance(400)
     rewritten: dict[str, str] = {}  # written again during the reaping: key -> version
-    rounds = 0
-    while True:  # one round at least, whatever the reapers have done by then
-        rounds += 1
+    rounds = [0]
+
+    def one_round() -> bool:
+        """Reads (and a few writes) on both nodes; True once both reapers have gone through."""
+        rounds[0] += 1
         for node in (a, b):
             assert read(node, "control") == ("stays", control)
-            key = f"mass/{rounds * 7 % MASS_KEYS:05d}"
+            key = f"mass/{rounds[0] * 7 % MASS_KEYS:05d}"
             if key not in rewritten:
                 assert read(node, key) is None
             page = http("GET", f"{node.url}/v1/kv?prefix=mass/&limit=10").json()["items"]
             assert {i["key"]: i["version"] for i in page}.items() <= rewritten.items(), page
             assert 1 <= digest(node)["count"] <= 1 + len(rewritten)
         assert digest(a)["count"] == 1 + len(rewritten)
-        if rounds <= 5:  # a write during the reaping, of a key that just expired
-            key = f"mass/{rounds * 1009:05d}"
+        if rounds[0] <= 5:  # a write during the reaping, of a key that just expired
+            key = f"mass/{rounds[0] * 1009:05d}"
             reply = put(a, key, "new")
             assert reply.status == 201, reply
             rewritten[key] = reply.json()["version"]
-        elif all(sequence(n) >= seqs[n.node_id] + MASS_KEYS for n in (a, b)):
-            break
+            return False
+        return all(sequence(n) >= seqs[n.node_id] + MASS_KEYS for n in (a, b))
+
+    wait_for(one_round, 60, "both reapers to go through the expired keys", [a, b], 0.01)
 
     def all_reaped(node: NodeProcess) -> bool:
         """Every mass key is in the feed since the expiry as a tombstone of its version, or was
@@ -290,4 +294,4 @@ def test_mass_expiry_keeps_reads_answered_and_ends_with_equal_digests(
     for key, version in rewritten.items():
         assert read(a, key) == ("new", version)
         assert read(b, key) == ("new", version)
-    print(f"{rounds} rounds of reads during the reaping")
+    print(f"{rounds[0]} rounds of reads during the reaping")
