@@ -103,6 +103,7 @@ class Lister(threading.Thread):
         self.listings = 0
         self.states: set[tuple[int, int]] = set()  # (newest transaction shown, oldest level)
         self.seen: dict[tuple[str, str], str] = {}  # (key, value head) -> version listed
+        self.last: dict[str, tuple[int, bool]] = {}  # key -> (round, plain) of the last listing
         self.failure: str | None = None
 
     def run(self) -> None:
@@ -129,6 +130,11 @@ class Lister(threading.Thread):
         self.states.add((shown, oldest))
         # A key shows transaction `shown`'s write: no key may hold a value from before it.
         assert oldest >= shown, f"transaction {shown} seen by halves: {sorted(levels.items())}"
+        # And no key goes back to an older value than an earlier listing showed.
+        order = {key: (r, kind == "p") for key, (kind, r) in levels.items()}
+        back = {k: (self.last[k], o) for k, o in order.items() if k in self.last and o < self.last[k]}
+        assert not back, f"keys went back to older values: {back}"
+        self.last = order
 
 
 def test_a_lagging_peer_never_lists_a_transaction_by_halves(proxied_cluster: StartProxied) -> None:
@@ -137,8 +143,9 @@ def test_a_lagging_peer_never_lists_a_transaction_by_halves(proxied_cluster: Sta
     round value to 20 keys, and between them rewrites a few of those keys alone (so the compacted
     feed moves them past the transaction). Node B is cut off meanwhile, then catches up through
     several feed pages while A goes on; a reader lists B in a loop all along, and every listing
-    must show, once any key holds transaction r's write, every other key at r or later. Every
-    value listed carries the version A acknowledged for it."""
+    must show, once any key holds transaction r's write, every other key at r or later, and no key
+    back at an older value than an earlier listing showed. Every value listed carries the version
+    A acknowledged for it (invariant 3: never a value nobody wrote)."""
     _, rng = seeded_rng()
     (a, b), proxies = proxied_cluster(["a", "b"])
     wait_all_up([a, b])
