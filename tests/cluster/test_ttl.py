@@ -295,3 +295,32 @@ def test_mass_expiry_keeps_reads_answered_and_ends_with_equal_digests(
         assert read(a, key) == ("new", version)
         assert read(b, key) == ("new", version)
     print(f"{rounds[0]} rounds of reads during the reaping")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a wall clock that steps back after a read makes the reaper drop the key from the "
+    "expiry index (PipelineStore.reap discards what it could not expire): it is never reaped and "
+    "`count` keeps it once it really expires",
+)
+def test_a_clock_that_steps_back_does_not_make_the_node_forget_an_expiry(
+    start_node: StartNode, tmp_path: Path
+) -> None:
+    """Invariant 5's setting (a wall clock that jumps back) for expiry: the node's clock steps past
+    a key's expiry, is read there, and steps back (an NTP correction) before the reaper has run;
+    once the clock passes the expiry again, the key is gone from the count as from reads, and the
+    reaper turns it into a tombstone."""
+    wall = clock(tmp_path, "solo")
+    node = start_node("solo", env=wall.env())
+    written = put(node, "k", "v", "ttl=60").json()["version"]
+    assert put(node, "stay", "s").status == 201
+    wall.set(START + 120)
+    assert digest(node)["count"] == 1
+    wall.set(START + 5)
+    assert read(node, "k") == ("v", written)
+    # The reaper looks at least once a second; it finds k not expired by the clock it now reads.
+    wait_for(lambda: digest(node)["count"] == 2, 5, "k to count again", [node])
+    wall.set(START + 120)
+    assert read(node, "k") is None
+    wait_for(lambda: digest(node)["count"] == 1, 5, "k, expired again, to leave the count", [node])
+    wait_for(lambda: reaped(node, "k", written), 5, "the reaper to run on k", [node])
