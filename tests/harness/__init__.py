@@ -1,8 +1,15 @@
 """The one way tests, fault runs and benchmarks start processes: shareddb nodes (nodes.py),
-redis-server (redis.py), fault-injecting proxies (proxy.py), skewed clocks (clock.py) and small
-real file systems (disk.py); every child process is a LoggedProcess (process.py)."""
+redis-server (redis.py), fault-injecting proxies (proxy.py, ProxyThread for tests without an event
+loop), skewed and test-controlled clocks (clock.py) and small real file systems (disk.py); every
+child process is a LoggedProcess (process.py)."""
 
-from tests.harness.clock import FAKETIME, frozen_clock_env, skewed_clock_env
+from tests.harness.clock import (
+    FAKETIME,
+    FAKETIME_MT,
+    ControlledClock,
+    frozen_clock_env,
+    skewed_clock_env,
+)
 from tests.harness.nodes import (
     NodeProcess,
     eventually,
@@ -15,7 +22,7 @@ from tests.harness.nodes import (
 )
 from tests.harness.process import LISTENING, LoggedProcess
 from tests.harness.procfs import cpu_seconds, status_bytes
-from tests.harness.proxy import FaultProxy, Link, Links
+from tests.harness.proxy import FaultProxy, Link, Links, ProxyThread
 from tests.harness.redis import (
     RedisServer,
     find_redis_server,
@@ -29,12 +36,15 @@ from tests.harness.redis import (
 
 __all__ = [
     "FAKETIME",
+    "FAKETIME_MT",
     "LISTENING",
+    "ControlledClock",
     "FaultProxy",
     "Link",
     "Links",
     "LoggedProcess",
     "NodeProcess",
+    "ProxyThread",
     "RedisServer",
     "cpu_seconds",
     "eventually",

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import socket
 import struct
+import threading
 from collections import Counter
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -199,3 +200,49 @@ def _reset(writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     writer.transport.abort()
+
+
+class ProxyThread:
+    """Fault proxies for tests that do not run an event loop: one proxy per node slot, served by a
+    loop on a thread of its own. `ids[i]` is the node id of slot i, `upstream[i]()` its real
+    port (read at each connection, so a node may start after its proxy). Each node advertises
+    `url(i)`, and its peers reach it only through that; `partition` and `heal` act at once."""
+
+    def __init__(self, ids: list[str], upstream: list[Callable[[], int]]) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="fault-proxies", daemon=True)
+        self._thread.start()
+        self.links = Links(lambda node_id: ids.index(node_id) if node_id in ids else None)
+        self.proxies = [FaultProxy(i, self.links, port) for i, port in enumerate(upstream)]
+        for proxy in self.proxies:
+            self._call(proxy.start())
+
+    def url(self, slot: int) -> str:
+        return self.proxies[slot].url
+
+    def partition(self, cut: set[Link]) -> None:
+        """Cut `cut` (and nothing else): a connection on a cut link is reset at once."""
+        self._call(self._run(lambda: self.links.partition(frozenset(cut), blackhole=False)))
+
+    def isolate(self, slot: int) -> None:
+        """Cut every link to and from `slot`."""
+        count = len(self.proxies)
+        self.partition({(slot, j) for j in range(count)} | {(j, slot) for j in range(count)})
+
+    def heal(self) -> None:
+        self._call(self._run(self.links.heal))
+
+    def close(self) -> None:
+        try:
+            for proxy in self.proxies:
+                self._call(proxy.close())
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(10)
+            self.loop.close()
+
+    async def _run(self, action: Callable[[], None]) -> None:
+        action()
+
+    def _call(self, coro: Coroutine[Any, Any, None]) -> None:
+        asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
