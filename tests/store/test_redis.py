@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
+import orjson
 import pytest
 from redis.asyncio import Redis
 
@@ -98,6 +99,7 @@ class Stored:
     checkpoints: dict[bytes, bytes]
     entries: dict[int, bytes]  # transaction entries by seq
     covered: dict[str, int]  # key -> the seq of the entry that covers its row
+    loose: set[int]  # entries that may cover no row any more
 
 
 def parse_record(key: str, raw: bytes) -> Record:
@@ -124,6 +126,7 @@ async def stored_state(url: str) -> Stored:
         exp = await _zset(client, "exp")
         txn = await _zset(client, "txn")
         bodies = await _hash(client, "entry")
+        loose = {int(at) for at in await client.smembers(PREFIX + b"loose")}
     finally:
         await client.aclose()
     seqs = {member: at for member, at in feed.items() if not member.startswith(b"\0")}
@@ -133,6 +136,9 @@ async def stored_state(url: str) -> Stored:
     assert all(markers[at] == at for at in markers)
     covered = {m.decode(): int(at) for m, at in txn.items() if not m.startswith(b"\0")}
     assert {int(m[1:]): at for m, at in txn.items() if m.startswith(b"\0")} == markers
+    assert loose <= set(entries), "an entry that is gone is still looked at by purges"
+    uncovered = set(entries) - set(covered.values())
+    assert uncovered <= loose, f"entries {uncovered} cover no row and no purge would drop them"
     records: dict[str, Record] = {}
     buckets = [0] * DIGEST_BUCKETS
     for raw_key, raw in rec.items():
@@ -150,7 +156,8 @@ async def stored_state(url: str) -> Stored:
         assert exp.get(raw_key) == expires, f"{key} expires at {expires}, not {exp.get(raw_key)}"
         if key in covered:
             assert covered[key] in entries, f"{key} is covered by an entry that is gone"
-            assert seqs[raw_key] <= covered[key], key
+            taken = dict((k, at) for at, k in orjson.loads(entries[covered[key]]))
+            assert taken.get(key) == seqs[raw_key], f"{key} is not the write of its entry"
         buckets[bucket_of(key)] ^= record_hash(key, record.version)
     assert set(ver) == set(rec) == set(seqs), "the indexes name other keys than the records"
     assert live <= set(rec)
@@ -164,7 +171,9 @@ async def stored_state(url: str) -> Stored:
     for bucket, value in digest.items():
         stored_buckets[int(bucket)] = int.from_bytes(value, "big")
     assert stored_buckets == buckets, "the digest buckets do not match the records"
-    return Stored(records, int(meta["seq"]), len(live), tuple(buckets), checkpoints, entries, covered)
+    return Stored(
+        records, int(meta["seq"]), len(live), tuple(buckets), checkpoints, entries, covered, loose
+    )
 
 
 async def _hash(client: Redis, part: str) -> dict[bytes, bytes]:
@@ -546,9 +555,24 @@ async def test_expiry_transactions_and_purges_keep_every_index_in_step(
 
         assert await store.purge_tombstones(store.last_seq, v(10**9)) == 1
         stored = await assert_store_matches_redis(store)
-        assert (stored.entries, stored.covered) == ({}, {})
         assert "e1" not in stored.records
         assert store.feed_floor == store.last_seq
+        # The entries still cover rows: a purge keeps them.
+        assert sorted(stored.entries) == [entry, entry + 1]
+        assert stored.covered == {"b": entry, "c": entry + 1}
+        assert stored.loose == set()
+
+        # Written again, their rows are covered no more: the next purge drops them.
+        await store.write(put("b", "again", 7))
+        await store.transact([], [put("c", "again", 8), put("d", "new", 9)])
+        stored = await assert_store_matches_redis(store)
+        assert sorted(stored.entries) == [entry, entry + 1, store.last_seq]
+        assert stored.loose == {entry, entry + 1}
+        assert await store.purge_tombstones(store.last_seq, v(10**9)) == 0
+        stored = await assert_store_matches_redis(store)
+        assert sorted(stored.entries) == [store.last_seq]
+        assert stored.covered == {"c": store.last_seq, "d": store.last_seq}
+        assert stored.loose == set()
     finally:
         await store.close()
 

@@ -33,7 +33,9 @@ under a prefix (`sdb:` by default):
     exp     zset  keys of live values that expire, scored by their expiry (ms)
     txn     zset  each transaction entry (NUL + its seq) and each key whose row it covers (the
                   feed serves the entry in the row's place), scored by the entry's sequence number
-    entry   hash  seq -> a transaction entry's changes (store/entries.py)
+    entry   hash  seq -> a transaction entry's keys, with the sequence each took (store/entries.py)
+    loose   set   seqs of entries that may cover no row any more: a purge's batch drops those
+                  that do not
 
 Keys never contain NUL, so an entry's member cannot be taken for a key. Versions never contain SOH
 and format 1 (before expiry and transactions) wrote no expiry, so its records read as they are; a
@@ -73,7 +75,6 @@ from shareddb.store.base import (
     bucket_of,
     prefix_end,
 )
-from shareddb.store.entries import decode_entry
 from shareddb.store.pipeline import OutcomeUnknown, PipelineStore, wall_millis
 from shareddb.store.plan import Batch, Planner, Stored, Tally, Tombstones
 from shareddb.store.redis_scripts import (
@@ -384,20 +385,22 @@ class RedisBackend:
             [f"({seq}", limit, budget, CHANGE_OVERHEAD],
         )
         changes: list[Change] = []
-        for i in range(2, len(flat), 4):
-            member, at, body = bytes(flat[i]), _score(flat[i + 1]), bytes(flat[i + 2])
+        for i in range(2, len(flat), 3):
+            member, at, body = bytes(flat[i]), _score(flat[i + 1]), flat[i + 2]
             if member[:1] != b"\0":
                 changes.append(Change(at, decode_record(member.decode("utf-8"), body)))
                 continue
-            # A transaction entry, whole; each change marked current when its key's row still
-            # holds its sequence number.
-            marks = bytes(flat[i + 3])
-            for change, mark in zip(decode_entry(at, body), marks, strict=True):
-                changes.append(Change(change.seq, change.record, at, mark == ord("1")))
+            # A transaction entry, whole: the current rows of its keys (and of the entries that
+            # cover them), each with whether it is still the entry's own change.
+            for j in range(0, len(body), 4):
+                key = bytes(body[j]).decode("utf-8")
+                record = decode_record(key, body[j + 2])
+                changes.append(Change(_score(body[j + 1]), record, at, body[j + 3] == b"1"))
         # Read in the same atomic script as the rows: `until` covers only what the read saw.
         if int(flat[0]) == 1:
             return FeedPage(changes, max(seq, _score(flat[1])))
-        return FeedPage(changes, _position(changes[-1]) if changes else seq)
+        # The last unit's score: a row's sequence number, or an entry's.
+        return FeedPage(changes, _score(flat[-2]) if len(flat) > 2 else seq)
 
     async def bucket_versions(self, bucket: int) -> dict[str, str]:
         found: dict[str, str] = {}
@@ -516,11 +519,6 @@ class RedisStore(PipelineStore):
             url, prefix=prefix, max_connections=max_connections, new_instance=new_instance
         )
         super().__init__(backend, clock_high=clock_high, now=now)
-
-
-def _position(change: Change) -> int:
-    """How far the feed was read once `change` was: the entry's seq for a transaction's change."""
-    return change.txn or change.seq
 
 
 def _score(raw: object) -> int:

@@ -25,6 +25,7 @@ class Keys(NamedTuple):
     exp: bytes
     txn: bytes
     entry: bytes
+    loose: bytes
 
     @classmethod
     def under(cls, prefix: str) -> Keys:
@@ -44,6 +45,7 @@ TYPES = (  # of each of Keys
     "zset",
     "zset",
     "hash",
+    "set",
 )
 
 # Create the store's meta unless it exists; answer the meta either way. ARGV: instance, batch
@@ -59,13 +61,15 @@ end
 return redis.call('HGETALL', KEYS[1])
 """
 
-# One planned batch. ARGV: expected token, new token, seq, live, hlc, floor, the sequence up to
-# which transaction entries are dissolved ('' for none), then six sections, each a count followed
-# by its items: rows (key, record, version entry, seq, expires or '', covering entry's seq or 0),
-# purged keys, transaction entries (seq, body), digest buckets (bucket, hash), checkpoints (peer,
-# value), node meta (name, value). Every check comes before the first write: a script that fails
-# part-way would keep the writes it made, so nothing in the write part can fail on a well-formed
-# store. Dissolving comes first: a row of this batch may be covered by an entry of its own.
+# One planned batch. ARGV: expected token, new token, seq, live, hlc, floor, '1' to drop the
+# transaction entries that cover no row ('' to keep them), then six sections, each a count
+# followed by its items: rows (key, record, version entry, seq, expires or '', covering entry's
+# seq or 0), purged keys, transaction entries (seq, body), digest buckets (bucket, hash),
+# checkpoints (peer, value), node meta (name, value). Every check comes before the first write: a
+# script that fails part-way would keep the writes it made, so nothing in the write part can fail
+# on a well-formed store. An entry that may have stopped covering rows (one of its rows was
+# written again or purged, or it was written covering none) goes to `loose`: dropping looks at
+# those only, after the batch's own writes.
 WRITE = (
     """#!lua
 local types = {"""
@@ -80,15 +84,12 @@ end
 if redis.call('HGET', KEYS[1], 'batch') ~= ARGV[1] then
   return redis.error_reply('STALE the store was changed by another writer')
 end
-local meta, rec, ver, seq, live, tomb, digest, cp, node, exp, txn, entry = unpack(KEYS)
-if ARGV[7] ~= '' then
-  for _, member in ipairs(redis.call('ZRANGEBYSCORE', txn, '-inf', ARGV[7])) do
-    if string.byte(member, 1) == 0 then  -- an entry itself, not a key it covers
-      redis.call('HDEL', entry, string.sub(member, 2))
-      redis.call('ZREM', seq, member)
-    end
+local meta, rec, ver, seq, live, tomb, digest, cp, node, exp, txn, entry, loose = unpack(KEYS)
+local function uncover(key, covering)  -- the row of `key` is now covered by `covering` (0: none)
+  local old = redis.call('ZSCORE', txn, key)
+  if old and tonumber(old) ~= tonumber(covering) then
+    redis.call('SADD', loose, string.format('%d', tonumber(old)))
   end
-  redis.call('ZREMRANGEBYSCORE', txn, '-inf', ARGV[7])
 end
 local n = 8
 local function count()  -- the count that starts the next section; n moves to its first item
@@ -112,6 +113,7 @@ for _ = 1, count() do
   else
     redis.call('ZADD', exp, expires, key)
   end
+  uncover(key, covering)
   if covering == '0' then
     redis.call('ZREM', txn, key)
   else
@@ -121,6 +123,7 @@ for _ = 1, count() do
 end
 for _ = 1, count() do
   local key = ARGV[n]
+  uncover(key, 0)
   redis.call('HDEL', rec, key)
   redis.call('HDEL', ver, key)
   for _, index in ipairs({seq, live, tomb, exp, txn}) do
@@ -133,6 +136,9 @@ for _ = 1, count() do
   redis.call('HSET', entry, ARGV[n], ARGV[n + 1])
   redis.call('ZADD', seq, ARGV[n], marker)
   redis.call('ZADD', txn, ARGV[n], marker)
+  if redis.call('ZCOUNT', txn, ARGV[n], ARGV[n]) < 2 then  -- its marker alone: it covers no row
+    redis.call('SADD', loose, ARGV[n])
+  end
   n = n + 2
 end
 for _, target in ipairs({digest, cp, node}) do
@@ -140,6 +146,17 @@ for _, target in ipairs({digest, cp, node}) do
     redis.call('HSET', target, ARGV[n], ARGV[n + 1])
     n = n + 2
   end
+end
+if ARGV[7] == '1' then
+  for _, at in ipairs(redis.call('SMEMBERS', loose)) do
+    if redis.call('ZCOUNT', txn, at, at) < 2 then
+      local marker = string.char(0) .. at
+      redis.call('HDEL', entry, at)
+      redis.call('ZREM', seq, marker)
+      redis.call('ZREM', txn, marker)
+    end
+  end
+  redis.call('DEL', loose)
 end
 redis.call('HSET', meta, 'seq', ARGV[3], 'live', ARGV[4], 'hlc', ARGV[5], 'floor', ARGV[6],
            'batch', ARGV[2])
@@ -205,17 +222,50 @@ return out
 # The changes feed after a sequence, read atomically with the feed's last sequence. KEYS: seq,
 # rec, meta, txn, entry. ARGV: min score (exclusive), count, byte budget (-1: none), per-change
 # overhead. The feed is the `seq` zset: rows, less those a transaction entry covers (in `txn`),
-# and each entry as NUL + its seq, served whole (one of `count`; never split by the budget), each
-# of its changes marked current when its key's row still holds that change's sequence.
+# and each entry as NUL + its seq, served whole (one of `count`; never split by the budget): the
+# current rows of its keys, and of the keys of every entry that covers one of those rows, and so
+# on (store/plan.py), each key once; a change is current when it is the entry's own and its key's
+# row still holds the sequence the entry gave it.
 # Answers: 1 when the read reached the end of the feed, else 0; the last sequence; then for each
-# unit: member, score, record or entry body, marks ('' for a row; '1' or '0' per change of an
-# entry). Units stop before the one that would pass the budget (the first is always sent),
-# counted as `change_size` counts them, in bytes (with the version). Only an entry and the rows
-# it covers share a score, and NUL sorts before every key: resuming after a score loses nothing.
+# unit: member, score, and the record (a row) or the changes (an entry: key, seq, record,
+# '1' or '0' for current, key, ...). Units stop before the one that would pass the budget (the
+# first is always sent), counted as `change_size` counts them, in bytes (with the version). Only
+# an entry and the rows it covers share a score, and NUL sorts before every key: resuming after a
+# score loses nothing.
 FEED = """#!lua flags=no-writes
 local seqs, rec, meta, txn, entry = unpack(KEYS)
 local low, limit = ARGV[1], tonumber(ARGV[2])
 local budget, overhead = tonumber(ARGV[3]), tonumber(ARGV[4])
+local function serve(at)  -- the changes of the entry at `at`, and their size
+  local out, size = {}, 0
+  local worklist, seen, served = {at}, {[at] = true}, {}
+  local w = 1
+  while w <= #worklist do
+    local this = worklist[w]
+    w = w + 1
+    local body = redis.call('HGET', entry, string.format('%d', this))
+    for _, item in ipairs(body and cjson.decode(body) or {}) do
+      local given, key = tonumber(item[1]), item[2]
+      local record = not served[key] and redis.call('HGET', rec, key)
+      served[key] = true
+      if record then
+        local held = redis.call('ZSCORE', seqs, key)
+        local current = this == at and given ~= 0 and tonumber(held) == given
+        out[#out + 1] = key
+        out[#out + 1] = held
+        out[#out + 1] = record
+        out[#out + 1] = current and '1' or '0'
+        size = size + #key + #record + overhead
+        local covering = tonumber(redis.call('ZSCORE', txn, key) or '0')
+        if covering ~= 0 and not seen[covering] then
+          seen[covering] = true
+          worklist[#worklist + 1] = covering
+        end
+      end
+    end
+  end
+  return out, size
+end
 local out = {0, redis.call('HGET', meta, 'seq') or '0'}
 local total, taken, ended = 0, 0, false
 while taken < limit do
@@ -223,20 +273,9 @@ while taken < limit do
   local found = redis.call('ZRANGEBYSCORE', seqs, low, '+inf', 'WITHSCORES', 'LIMIT', 0, want)
   for i = 1, #found, 2 do
     local member = found[i]
-    local body, marks, size = nil, '', 0
+    local body, size = nil, 0
     if string.byte(member, 1) == 0 then
-      body = redis.call('HGET', entry, string.sub(member, 2))
-      local current = {}
-      for j, change in ipairs(cjson.decode(body)) do
-        local at, key, value, version = change[1], change[2], change[3], change[4]
-        size = size + #key + #version + overhead
-        if type(value) == 'string' then
-          size = size + #value
-        end
-        local held = redis.call('ZSCORE', seqs, key)
-        current[j] = (at ~= 0 and held and tonumber(held) == at) and '1' or '0'
-      end
-      marks = table.concat(current)
+      body, size = serve(tonumber(string.sub(member, 2)))
     elseif not redis.call('ZSCORE', txn, member) then
       body = redis.call('HGET', rec, member)
       size = #member + #body + overhead
@@ -249,7 +288,6 @@ while taken < limit do
       out[#out + 1] = member
       out[#out + 1] = found[i + 1]
       out[#out + 1] = body
-      out[#out + 1] = marks
       taken = taken + 1
     end
   end
@@ -269,9 +307,8 @@ return out
 def write_args(before: str, token: str, batch: Batch) -> list[object]:
     """The ARGV of the WRITE script: `batch`, written when the store's token is `before`."""
     tally = batch.tally
-    dissolve = "" if batch.dissolve_upto is None else batch.dissolve_upto
     args: list[object] = [before, token, tally.seq, tally.live, tally.clock_high]
-    args += (tally.floor, dissolve, len(batch.rows))
+    args += (tally.floor, "1" if batch.drop_uncovered else "", len(batch.rows))
     for key, value, version, seq, expires, txn in batch.rows:
         head = version.encode("utf-8")
         if expires is not None:
