@@ -18,7 +18,8 @@ class ExpiryIndex:
     def __init__(self) -> None:
         self._heap: list[tuple[int, str, str]] = []  # (expires, key, version), maybe stale
         self._pending: dict[str, tuple[int, str]] = {}  # key -> (expires, version), not yet due
-        self._due: dict[str, str] = {}  # key -> version: expired, not yet a tombstone
+        self._due: dict[str, tuple[int, str]] = {}  # key -> (expires, version): not a tombstone yet
+        self._now = 0  # the clock reading the index was last advanced to
 
     def __len__(self) -> int:
         return len(self._pending) + len(self._due)
@@ -53,16 +54,16 @@ class ExpiryIndex:
         """Up to `limit` (key, version) pairs of values that have expired by `now`."""
         self._advance(now)
         found: list[tuple[str, str]] = []
-        for item in self._due.items():
+        for key, (_, version) in self._due.items():
             if len(found) >= limit:
                 break
-            found.append(item)
+            found.append((key, version))
         return found
 
     def discard(self, pairs: Iterable[tuple[str, str]]) -> None:
         """Forget these (key, version) pairs if they are still listed as due."""
         for key, version in pairs:
-            if self._due.get(key) == version:
+            if (due := self._due.get(key)) is not None and due[1] == version:
                 del self._due[key]
 
     def next_expiry(self) -> int | None:
@@ -75,9 +76,18 @@ class ExpiryIndex:
         return None
 
     def _advance(self, now: int) -> None:
+        if now < self._now:
+            # The wall clock stepped back: what it has not passed now is not due (reads show it
+            # again, by the clock), and the reaper must not be handed it before it is.
+            for key, (expires, version) in list(self._due.items()):
+                if expires > now:
+                    del self._due[key]
+                    self._pending[key] = (expires, version)
+                    heapq.heappush(self._heap, (expires, key, version))
+        self._now = now
         heap = self._heap
         while heap and heap[0][0] <= now:
             expires, key, version = heapq.heappop(heap)
             if self._pending.get(key) == (expires, version):
                 del self._pending[key]
-                self._due[key] = version
+                self._due[key] = (expires, version)
