@@ -146,7 +146,7 @@ class History:
         for key, record in records.items():
             held = marks.held.get(key)
             # An expired value that became a tombstone of its own version counts as one.
-            if held is None or record.version > held.version or record.deleted and not held.deleted:
+            if held is None or record.version > held.version or (record.deleted and not held.deleted):
                 marks.held[key] = record
         marks.current = records
         self.check_txns(index, records)

@@ -16,8 +16,9 @@ from shareddb.node import Node, PreconditionFailed, TxnOp, WriteResult
 from shareddb.record import Record
 from shareddb.store.base import Outcome, StoreUnavailable
 from shareddb.store.plan import ANY, Condition
-from tests.sim.checks import EXPIRY_READS, INVARIANT_2, INVARIANT_9, Violation, Write
+from tests.sim.checks import EXPIRY_READS, INVARIANT_9, Violation, Write
 from tests.sim.watch import Watcher
+from tests.sim.world import reap as run_reaper
 
 if TYPE_CHECKING:
     from tests.sim.simulation import Simulation
@@ -103,7 +104,9 @@ async def conditional_write(sim: Simulation) -> None:
     ops = []
     for _ in range(racers):
         delete = condition.version is not None and rng.random() < 0.25
-        ops.append(TxnOp(key, None if delete else new_value(sim), draw_ttl(rng) if rng.random() < 0.2 else None))
+        ops.append(
+            TxnOp(key, None if delete else new_value(sim), draw_ttl(rng) if rng.random() < 0.2 else None)
+        )
     now = node.now()
     before = visible(sim.history.slot(slot.index).current, key, now)
 
@@ -126,7 +129,9 @@ async def conditional_write(sim: Simulation) -> None:
     )
     if not holds(condition, before):
         if wins:
-            raise Violation(f"{CONDITIONAL}: n{slot.index} {show(condition)} won, it held {key}@{before}")
+            raise Violation(
+                f"{CONDITIONAL}: n{slot.index} {show(condition)} won, it held {key}@{before}"
+            )
         after = before
     elif len(wins) != 1:
         raise Violation(
@@ -196,13 +201,10 @@ async def transaction(sim: Simulation) -> None:
             conditions.append(await choose_condition(sim, slot, key))
     now = node.now()
     current = sim.history.slot(slot.index).current
-    failing = [
-        (c.key, seen) for c in conditions if not holds(c, seen := visible(current, c.key, now))
-    ]
+    failing = [(c.key, seen) for c in conditions if not holds(c, seen := visible(current, c.key, now))]
     crash = rng.random() < 0.03 and sum(s.up for s in sim.world.slots) > 1
-    text = (
-        f"{slot.name} txn if [{', '.join(show(c) for c in conditions)}] then "
-        + ", ".join(f"{'del' if op.value is None else 'put'} {op.key}={op.value} ttl={op.ttl}" for op in ops)
+    text = f"{slot.name} txn if [{', '.join(show(c) for c in conditions)}] then " + ", ".join(
+        f"{'del' if op.value is None else 'put'} {op.key}={op.value} ttl={op.ttl}" for op in ops
     )
     try:
         result = await node.transact(conditions, ops)
@@ -210,7 +212,9 @@ async def transaction(sim: Simulation) -> None:
         failed = [(c.key, c.version) for c in exc.failed]
         sim.note("txn", f"{text} -> failed {failed}")
         if failed != failing:
-            raise Violation(f"{CONDITIONAL}: n{slot.index} failed {failed}, expected {failing}") from None
+            raise Violation(
+                f"{CONDITIONAL}: n{slot.index} failed {failed}, expected {failing}"
+            ) from None
         await sim.check(slot)
         return
     except StoreUnavailable as exc:  # lost to versions from ahead of its clock, every time
@@ -258,7 +262,7 @@ async def reap(sim: Simulation, slot: Slot | None = None) -> None:
     sim.history.reaped_at = max(sim.history.reaped_at, now)
     before = sim.history.slot(slot.index).current
     reaped = 0
-    while count := await node.store.reap():
+    while count := await run_reaper(node):
         reaped += count
     sim.note("reap", f"{slot.name} reaped {reaped} at {now}")
     held = await sim.check(slot)
@@ -340,4 +344,3 @@ async def settle_expiry(sim: Simulation, inside: list[Slot]) -> dict[int, dict[s
                 pass
             watcher.check_caught_up(node, states[slot.index])
     return states
-

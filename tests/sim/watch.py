@@ -2,11 +2,12 @@
 
 It reads `store.changes_since` from its position, skips the changes of a transaction whose key was
 written again since (`current` False) and any at or below its position, and keeps the latest event
-of each key. It must never see an older version of a key after a newer one (the one same-version
-event allowed is an expiry: a value, then the tombstone the reaper made of it), and once it has
-read to the end of the feed, what it holds must be what the node holds. A position below the
-feed's floor (tombstones purged past it) or of another store instance (a wiped node) is answered
-410 by the watch API: the watcher lists the node again and watches from there.
+of each key. It must never see an older version of a key after a newer one (a version seen again
+only as a tombstone: the reaper's, of a value that expired, or one taken again after the node
+purged it), and once it has read to the end of the feed, what it holds must be what the node
+holds. A position below the feed's floor (tombstones purged past it) or of another store instance
+(a wiped node) is answered 410 by the watch API: the watcher lists the node again and watches
+from there.
 """
 
 from __future__ import annotations
@@ -55,10 +56,14 @@ class Watcher:
                 continue
             record = change.record
             last = self.state.get(record.key)
+            # The same version again only as a tombstone: the reaper's, of a value that expired,
+            # or one taken again after this node purged it.
             if last is not None and (
                 record.version < last.version
-                or record.version == last.version
-                and not (last.value is not None and last.expires is not None and record.deleted)
+                or (
+                    record.version == last.version
+                    and not (record.deleted and (last.deleted or last.expires is not None))
+                )
             ):
                 raise Violation(
                     f"{WATCH_ORDER}: n{self.slot}'s watcher at {self.position} saw "

@@ -308,3 +308,10 @@ async def records(node: Node) -> dict[str, Record]:
     whose key was written again since is not what the key holds)."""
     page = await node.store.changes_since(0, 1_000_000)
     return {change.record.key: change.record for change in page.changes if change.current}
+
+
+async def reap(node: Node) -> int:
+    """One run of the node's reaper (the simulation's stores run none of their own)."""
+    store = node.store
+    assert isinstance(store, MemoryStore)
+    return await store.reap()
