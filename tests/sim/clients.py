@@ -307,7 +307,7 @@ async def watch(sim: Simulation) -> None:
         events += more
     sim.note("watch", f"{slot.name} watcher took {events} events, at {watcher.position}")
     if done:
-        watcher.check_caught_up(node, sim.history.slot(slot.index).current)
+        watcher.check_caught_up(sim.history.slot(slot.index).current)
 
 
 async def settle_expiry(sim: Simulation, inside: list[Slot]) -> dict[int, dict[str, Record]]:
@@ -342,5 +342,5 @@ async def settle_expiry(sim: Simulation, inside: list[Slot]) -> dict[int, dict[s
         if watcher is not None:
             while not (await watcher.read(node, 1000))[1]:
                 pass
-            watcher.check_caught_up(node, states[slot.index])
+            watcher.check_caught_up(states[slot.index])
     return states

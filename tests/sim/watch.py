@@ -29,15 +29,16 @@ class Watcher:
     position: int = 0
     state: dict[str, Record] = field(default_factory=dict)  # the latest event of each key
     restarts: int = 0
+    listed_at: int | None = None  # the node's clock when the watcher last listed it
 
     async def start(self, node: Node, replay: bool) -> str:
         """Watch from the start of the feed (`replay`), or list the node, then watch from the
         sequence the listing answered."""
-        self.instance, self.state = node.store.instance_id, {}
+        self.instance, self.state, self.listed_at = node.store.instance_id, {}, None
         if replay and node.store.feed_floor == 0:
             self.position = 0
             return "watches from 0"
-        self.position = node.store.last_seq
+        self.position, self.listed_at = node.store.last_seq, node.now()
         # A listing and its seq, in one step (nothing else runs meanwhile).
         self.state = {r.key: r for r in await node.store.scan("", None, 1_000_000)}
         return f"lists {len(self.state)} keys, watches from {self.position}"
@@ -75,11 +76,17 @@ class Watcher:
         self.position = max(self.position, page.until)
         return events, not page.changes and self.position >= store.last_seq
 
-    def check_caught_up(self, node: Node, records: dict[str, Record]) -> None:
-        """Read to the end: the watcher holds what the node shows a reader now."""
-        now = node.now()
-        mine = {k: (r.value, r.version) for k, r in self.state.items() if r.live_at(now)}
-        held = {k: (r.value, r.version) for k, r in records.items() if r.live_at(now)}
+    def check_caught_up(self, records: dict[str, Record]) -> None:
+        """Read to the end: the watcher holds every value the node holds, expired or not, but
+        those whose expiry the node's clock had passed when the watcher listed it (the listing
+        left them out; a clock that stepped back since may show them again)."""
+        mine = {k: (r.value, r.version) for k, r in self.state.items() if not r.deleted}
+        held = {
+            k: (r.value, r.version)
+            for k, r in records.items()
+            if not r.deleted
+            and (k in mine or self.listed_at is None or r.expires is None or r.expires > self.listed_at)
+        }
         if mine != held:
             diff = sorted(set(mine.items()) ^ set(held.items()))[:4]
             raise Violation(f"{WATCH_REPLAY}: n{self.slot}'s watcher differs: {diff}")
