@@ -394,3 +394,33 @@ async def test_transaction_entry_does_not_bring_back_a_key_whose_tombstone_was_p
         await victim.running[1].pull_once(relay.url)
         held = (await records(victim.running[0])).get("k")
         assert held is None or held.deleted, f"k came back on the victim: {held}"
+
+
+@pytest.mark.xfail(strict=True, reason="open: a dissolved transaction entry is served row by row")
+async def test_node_that_reads_a_feed_from_the_start_never_holds_half_a_transaction(
+    tmp_path: Path,
+) -> None:
+    """Invariant 9: a transaction is never seen by halves.
+
+    A transaction's entry of the feed is dissolved once every member has applied it; its writes
+    are then served as rows, each at its own sequence number. A node that reads the feed from the
+    start after that (wiped, or new) can take them in different pages, and holds part of the
+    transaction in between.
+    """
+    from shareddb.node import TxnOp
+
+    async with cluster(tmp_path, 3) as world:
+        writer, other, wiped = world.slots
+        keys = [f"k{i}" for i in range(4)]
+        await writer.running[0].transact([], [TxnOp(key, "v") for key in keys])
+        for _ in range(2):  # they apply the transaction, and tell the writer they have
+            await pull_all(other)
+            await pull_all(wiped)
+        await pull_all(writer)
+        await writer.running[1].purge()  # nothing to purge; the entry is dissolved
+        await world.wipe(wiped, None)
+        await world.start(wiped)
+        world.network.small_page = 1.0  # pages of 1 to 3 changes
+        await wiped.running[1].pull_once(writer.url)
+        held = {key for key in await records(wiped.running[0]) if key in keys}
+        assert held in (set(), set(keys)), f"it holds {sorted(held)} of {keys}"
