@@ -265,7 +265,7 @@ async def reap(sim: Simulation, slot: Slot | None = None) -> None:
     while count := await run_reaper(node):
         reaped += count
     sim.note("reap", f"{slot.name} reaped {reaped} at {now}")
-    held = await sim.check(slot)
+    held = await sim.check(slot, count=True)
     for key, record in held.items():
         old = before.get(key)
         if record.deleted and old is not None and old.version == record.version and not old.deleted:
