@@ -28,7 +28,9 @@ CONDITIONAL = (
     "Conditional writes: a conditional write or transaction commits exactly when its conditions "
     "hold on that node at that moment"
 )
-CAS_ONCE = "Conditional writes: of the conditional writes naming one version on one node, one succeeds"
+CAS_ONCE = (
+    "Conditional writes: of the conditional writes naming one version on one node, at most one succeeds"
+)
 EXPIRY_AGREES = (
     "Expiry: once every node's clock is past a value's expiry and the reaper ran, every node agrees"
 )
