@@ -25,6 +25,9 @@ INVARIANT_7 = (
 INVARIANT_8 = (
     "Invariant 8: a member that was removed never becomes a source of changes again with its old data"
 )
+INVARIANT_9 = "Invariant 9: an expiry never removes a write made after the expiring one"
+INVARIANT_9_TXN = "Invariant 9: a transaction is never seen by halves"
+EXPIRY_READS = "Expiry: a node hides a value from reads once its clock passes the value's expiry"
 
 
 class Violation(AssertionError):
@@ -37,6 +40,7 @@ class Write:
     key: str
     value: str | None  # None: a delete
     version: str
+    expires: int | None = None  # a put with a TTL: when it expires, by the writing node's clock
 
 
 @dataclass
@@ -44,6 +48,9 @@ class SlotMarks:
     """High-water marks of one slot's data dir; reset when it is wiped."""
 
     held: dict[str, Record] = field(default_factory=dict)  # greatest version each key has held
+    current: dict[str, Record] = field(default_factory=dict)  # what it held at its last check
+    # (key, version) an If-Match write succeeded with: no second one may (until the disk is lost).
+    matched: set[tuple[str, str]] = field(default_factory=set)
     seq: int = 0  # greatest sequence number seen
     clock: int = 0  # greatest clock value seen while up
     committed_clock: int = 0  # the clock high-water mark the store had persisted
@@ -52,6 +59,12 @@ class SlotMarks:
 @dataclass
 class History:
     written: dict[tuple[str, str], str | None] = field(default_factory=dict)  # (key, version) → value
+    expiring: dict[tuple[str, str], int] = field(default_factory=dict)  # (key, version) → expires
+    # The latest wall clock any node reaped at: no expiry tombstone is for a later expiry.
+    reaped_at: int = 0
+    tombstones: dict[str, str] = field(default_factory=dict)  # key → greatest tombstone ever held
+    txns: list[dict[str, str]] = field(default_factory=list)  # each transaction: key → version
+    txn_of: dict[str, int] = field(default_factory=dict)  # version → its transaction's index
     acked: list[Write] = field(default_factory=list)
     lost_with_disk: set[Write] = field(default_factory=set)  # acked only by a node since wiped
     marks: dict[int, SlotMarks] = field(default_factory=dict)
@@ -67,6 +80,10 @@ class History:
     def wrote(self, write: Write, acknowledged: bool) -> None:
         self.name(write.version, write.key, write.value, f"n{write.slot} wrote")
         self.written[(write.key, write.version)] = write.value
+        if write.expires is not None:
+            self.expiring[(write.key, write.version)] = write.expires
+        else:
+            self.expiring.pop((write.key, write.version), None)
         origin, hlc = version_origin(write.version), version_hlc(write.version)
         self.minted[origin] = max(self.minted.get(origin, 0), hlc)
         if acknowledged:
@@ -104,14 +121,10 @@ class History:
         """Safety, after every step: what slot `index` holds now against what it held before."""
         marks = self.slot(index)
         for key, record in records.items():
-            self.name(record.version, key, record.value, f"n{index} holds")
-            if (key, record.version) not in self.written:
-                raise Violation(f"{INVARIANT_3}: n{index} holds {key}@{record.version}, never written")
-            if self.written[(key, record.version)] != record.value:
-                raise Violation(
-                    f"{INVARIANT_3}: n{index} holds {key}={record.value!r} at {record.version}, "
-                    f"but that version wrote {self.written[(key, record.version)]!r}"
-                )
+            value = self.written_value(index, key, record)
+            self.name(record.version, key, value, f"n{index} holds")
+            if record.deleted:
+                self.tombstones[key] = max(self.tombstones.get(key, ""), record.version)
         for key, before in marks.held.items():
             now = records.get(key)
             if now is None:
@@ -124,10 +137,68 @@ class History:
                     f"{invariant}: n{index} went from {key}@{before.version} "
                     f"({'deleted' if before.deleted else 'live'}) back to {now.version}"
                 )
+            expired = now.expires is not None and now.expires <= self.reaped_at
+            if now.version == before.version and before.deleted and not now.deleted and not expired:
+                raise Violation(
+                    f"{INVARIANT_4}: n{index} went from a tombstone of {key}@{before.version} "
+                    "back to its value"
+                )
         for key, record in records.items():
             held = marks.held.get(key)
-            if held is None or record.version > held.version:
+            # An expired value that became a tombstone of its own version counts as one.
+            if held is None or record.version > held.version or (record.deleted and not held.deleted):
                 marks.held[key] = record
+        marks.current = records
+        self.check_txns(index, records)
+
+    def written_value(self, index: int, key: str, record: Record) -> str | None:
+        """The value the write `record.version` names. A tombstone of a version that wrote a value
+        is that value expired: only once a node's clock passed its expiry (and never a new
+        version, which the history would not know)."""
+        if (key, record.version) not in self.written:
+            raise Violation(f"{INVARIANT_3}: n{index} holds {key}@{record.version}, never written")
+        value = self.written[(key, record.version)]
+        expires = self.expiring.get((key, record.version))
+        if record.deleted and value is not None:
+            if expires is None or expires > self.reaped_at:
+                raise Violation(
+                    f"{INVARIANT_9}: n{index} holds a tombstone of {key}@{record.version}, which "
+                    f"wrote {value!r} expiring at {expires} (no node reaped past {self.reaped_at})"
+                )
+            return value
+        if record.value != value or (not record.deleted and record.expires != expires):
+            raise Violation(
+                f"{INVARIANT_3}: n{index} holds {key}={record.value!r} (expires "
+                f"{record.expires}) at {record.version}, but that version wrote {value!r} "
+                f"(expires {expires})"
+            )
+        return value
+
+    def transaction(self, members: dict[str, str]) -> None:
+        """A transaction committed: `members` are the keys it wrote, each with its version."""
+        if len(members) > 1:
+            for version in members.values():
+                self.txn_of[version] = len(self.txns)
+            self.txns.append(members)
+
+    def check_txns(self, index: int, records: dict[str, Record]) -> None:
+        """A node that holds one write of a transaction holds all of them (or greater versions).
+        A key it lacks counts when some node held a tombstone of it at least that great: purged
+        since, it reads as that tombstone did."""
+        for key, record in records.items():
+            txn = self.txn_of.get(record.version)
+            if txn is None:
+                continue
+            for other, version in self.txns[txn].items():
+                held = records.get(other)
+                if held is not None and held.version >= version:
+                    continue
+                if held is None and self.tombstones.get(other, "") >= version:
+                    continue
+                raise Violation(
+                    f"{INVARIANT_9_TXN}: n{index} holds {key}@{record.version} of the transaction "
+                    f"{self.txns[txn]} but {other}@{held.version if held else None}"
+                )
 
     def check_write(self, index: int, write: Write, records: dict[str, Record]) -> None:
         """An acknowledged write is in the store that acknowledged it, or something greater is."""
@@ -208,15 +279,29 @@ class History:
         for key, version in at_heal.items():
             now = first.get(key)
             if now is None:
-                if self.written[(key, version)] is not None and not self.deleted_outside(key, version):
-                    raise Violation(f"{INVARIANT_3}: {key}@{version} vanished in the end")
+                expires = self.expiring.get((key, version))
+                if (
+                    self.written[(key, version)] is not None
+                    and not self.deleted_outside(key, version)
+                    and (expires is None or expires > self.reaped_at)  # expired, then purged
+                ):
+                    invariant = self.ending_invariant(key, version)
+                    raise Violation(f"{invariant}: {key}@{version} vanished in the end")
             elif now.version != version and not (
                 # A removed node's data, taken by a node that had not heard of the removal yet.
                 now.version > version and self.held_outside(key, now.version)
             ):
+                invariant = self.ending_invariant(key, version)
                 raise Violation(
-                    f"{INVARIANT_3}: {key} ends at {now.version}, the greatest held was {version}"
+                    f"{invariant}: {key} ends at {now.version}, the greatest held was {version}"
                 )
+
+    def ending_invariant(self, key: str, version: str) -> str:
+        """Invariant 9 where `key` had a value with a TTL below `version` (an expiry may have
+        removed a later write), else invariant 3."""
+        if any(k == key and v < version for k, v in self.expiring):
+            return INVARIANT_9
+        return INVARIANT_3
 
 
 def _held(marks: SlotMarks, key: str, version: str) -> bool:

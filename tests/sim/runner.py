@@ -22,7 +22,8 @@ async def shrink(result: Result, config: Config) -> tuple[Result, Config]:
     The first `n` steps of a seed are the same whatever the total, so the shortest failing length
     is found by bisection; then each optional kind of fault is left out where the run still fails.
     """
-    best, best_config = result, config
+    # It failed by step `result.steps` (a failure at the end fails after every step).
+    best, best_config = result, Config(steps=result.steps, disabled=config.disabled)
     low, high = 0, result.steps
     while low + 1 < high:
         middle = (low + high) // 2

@@ -23,10 +23,12 @@ from shareddb.node import Node
 from shareddb.record import Record, version_hlc, version_origin
 from shareddb.replication.transport import PeerError
 from shareddb.store.base import Outcome
-from tests.sim.checks import INVARIANT_2, History, Violation, Write, greatest
+from tests.sim import clients
+from tests.sim.checks import EXPIRY_READS, INVARIANT_2, History, Violation, Write, greatest
+from tests.sim.clients import HOT_KEYS
+from tests.sim.watch import Watcher
 from tests.sim.world import TOMBSTONE_GRACE_MS, SimRegistry, Slot, World, records
 
-HOT_KEYS = [f"hot-{i}" for i in range(6)]
 HEAL_ROUNDS = 12
 MINUTE = 60_000
 # Clock offsets a node may run at: small drift, beyond the 60 s drift bound, and behind.
@@ -51,6 +53,11 @@ ALL_KINDS = (
     "leave",
     "rejoin",
     "registry",
+    "cas",
+    "ttl",
+    "txn",
+    "reap",
+    "watch",
 )
 # Fault kinds a failing run may be replayed without, to find a shorter trace.
 OPTIONAL_KINDS = (
@@ -66,6 +73,11 @@ OPTIONAL_KINDS = (
     "purge",
     "add-node",
     "registry",
+    "cas",
+    "ttl",
+    "txn",
+    "reap",
+    "watch",
 )
 # Every run wipes a node that comes back under its old id with its clock turned back, at a step in
 # this range (drawn before the first step, so a shorter replay of the seed keeps the same steps).
@@ -102,6 +114,9 @@ class Simulation:
         self.counts: Counter[str] = Counter()
         self._values = 0
         self._unique = 0
+        self.reads: dict[tuple[int, str], str | None] = {}  # (slot, key) → the version last read
+        self.watchers: dict[int, Watcher] = {}  # by slot
+        self._checked: dict[int, object] = {}  # slot → the store snapshot it was last checked at
 
     # -- the run ----------------------------------------------------------------------------------
 
@@ -151,6 +166,11 @@ class Simulation:
             "leave": 0.3,
             "rejoin": 0.5,
             "registry": 6,
+            "cas": 6,
+            "ttl": 4,
+            "txn": 5,
+            "reap": 3,
+            "watch": 4,
         }
         kind = self.rng.choices(kinds, [weights[k] for k in kinds])[0]
         await self.ACTIONS[kind](self)
@@ -179,6 +199,11 @@ class Simulation:
             "leave": len(inside) > 2 and any(self.can_remove(s) for s in inside),
             "rejoin": len(inside) < len(self.world.slots) and any(s.up for s in inside),
             "registry": any(s.registry is not None for s in up),
+            "cas": bool(up),
+            "ttl": bool(up),
+            "txn": bool(up),
+            "reap": bool(up),
+            "watch": bool(up),
         }
         return [k for k in ALL_KINDS if possible[k] and k not in self.config.disabled]
 
@@ -263,6 +288,10 @@ class Simulation:
             delta = self.rng.randint(1, 3_000)
         self.world.time_ms += delta
         self.note("time", f"+{delta} ms")
+        if delta > MINUTE:  # the reapers of the nodes that are up ran meanwhile
+            for slot in self.world.slots:
+                if slot.up:
+                    await clients.reap(self, slot)
 
     async def crash(self) -> None:
         slot = self.pick_up()
@@ -508,20 +537,36 @@ class Simulation:
         "leave": leave,
         "rejoin": rejoin,
         "registry": registry_tick,
+        "cas": clients.conditional_write,
+        "ttl": clients.ttl_write,
+        "txn": clients.transaction,
+        "reap": clients.reap,
+        "watch": clients.watch,
     }
 
     # -- checks -----------------------------------------------------------------------------------
 
-    async def check(self, slot: Slot) -> dict[str, Record]:
-        """The safety invariants on one node, after a step that touched it."""
+    async def check(self, slot: Slot, count: bool = False) -> dict[str, Record]:
+        """The safety invariants on one node, after a step that touched it; with `count`, also
+        that it counts the values its clock has not passed the expiry of."""
         node = slot.node
         assert node is not None
-        held = await records(node)
         if slot.removed == node.origin and await saved_as_left(node):
             # From here on it knows for good (a crash cannot make it forget): nothing it
             # writes may reach another node.
             self.history.seal(node.origin, node.clock.last)
-        self.history.check_records(slot.index, held)
+        snapshot = slot.disk.snapshot  # replaced by every commit
+        if snapshot is not None and self._checked.get(slot.index) is snapshot:
+            held = self.history.slot(slot.index).current  # as checked: nothing committed since
+        else:
+            held = await records(node)
+            self.history.check_records(slot.index, held)
+            self._checked[slot.index] = snapshot
+        if count:
+            now = node.now()
+            counted = node.store.digest().count
+            if counted != (live := sum(r.live_at(now) for r in held.values())):
+                raise Violation(f"{EXPIRY_READS}: n{slot.index} counts {counted} keys, {live} live")
         self.history.check_sealed(slot.index, node.origin, held)
         self.history.check_clock_steady(slot.index, node.clock.last)
         self.history.check_progress(
@@ -539,7 +584,7 @@ class Simulation:
         world.network.cut = set()
         world.network.delayed.clear()
         world.network.drop_request = world.network.drop_reply = 0.0
-        world.network.delay = world.network.duplicate = 0.0
+        world.network.delay = world.network.duplicate = world.network.small_page = 0.0
         for slot in world.slots:
             slot.registry_cut = False
             if not slot.up:
@@ -559,6 +604,8 @@ class Simulation:
                 slot.join = through.url
                 self.note("heal", f"{slot.name} now joins through {through.name}")
         inside = [s for s in world.slots if s.removed is None]
+        for slot in world.slots:  # the reapers run all the time: long before the purges
+            await clients.reap(self, slot)
         states = {s.index: await self.check(s) for s in inside}
         at_heal = greatest(list(states.values()))
         for round_ in range(1, HEAL_ROUNDS + 1):
@@ -584,6 +631,8 @@ class Simulation:
                 # Once every node has had a round to hear of every other: past the grace,
                 # purges run everywhere (sooner, the nodes would be cut off for longer than it).
                 world.time_ms += TOMBSTONE_GRACE_MS + MINUTE
+                for slot in world.slots:  # what expired meanwhile, reaped before the purges
+                    await clients.reap(self, slot)
                 for slot in world.slots:
                     await slot.running[1].purge()
             for slot in world.slots:
@@ -592,6 +641,7 @@ class Simulation:
                     states[slot.index] = held
             digests = {s.node.store.digest().digest for s in inside if s.node is not None}
             if len(digests) == 1:
+                states = await clients.settle_expiry(self, inside)
                 self.history.check_final(states, at_heal)
                 return round_
         raise Violation(

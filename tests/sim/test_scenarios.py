@@ -12,7 +12,7 @@ import pytest
 from shareddb.replication.transport import PeerError, PeerRemoved
 from tests.sim.runner import run_seed
 from tests.sim.simulation import Config
-from tests.sim.world import SimRegistry, Slot, World, records
+from tests.sim.world import TOMBSTONE_GRACE_MS, SimRegistry, Slot, World, reap, records
 
 MINUTE = 60_000
 
@@ -23,7 +23,7 @@ async def cluster(root: Path, count: int, ids: list[str] | None = None) -> Async
     nothing, all listing each other as peers."""
     world = World(root, random.Random(0))
     world.network.drop_request = world.network.drop_reply = 0.0
-    world.network.delay = world.network.duplicate = 0.0
+    world.network.delay = world.network.duplicate = world.network.small_page = 0.0
     urls = tuple(f"http://sim-n{i}:7000" for i in range(count))
     try:
         for index in range(count):
@@ -329,3 +329,94 @@ async def test_node_that_left_stays_out_after_a_restart_with_its_old_data(tmp_pa
         await removed.running[0].put("after-restart", "x")
         await unaware.running[1].pull_once(removed.url)  # before it hears from n0
         assert "after-restart" not in await records(unaware.running[0])
+
+
+async def test_value_that_expired_before_the_clock_stepped_back_is_still_reaped(
+    tmp_path: Path,
+) -> None:
+    """Expiry: a node hides a value from reads once its clock passes the value's expiry.
+
+    The expiry index listed a value as due once the clock had passed its expiry, and kept it so
+    when the clock stepped back: the count hid a value that reads showed, and a reaper run then
+    (which found it not expired by the clock) dropped it from the index for good, so it was never
+    turned into a tombstone and was counted as live ever after.
+    """
+    async with cluster(tmp_path, 1) as world:
+        (slot,) = world.slots
+        node = slot.running[0]
+        await node.put("session", "s1", ttl=1)
+        world.time_ms += 2_000
+        assert node.store.digest().count == 0
+        assert await node.get("session") is None
+        slot.skew_ms = -MINUTE  # the wall clock steps back
+        assert node.store.digest().count == 1
+        assert await node.get("session") is not None
+        assert await reap(node) == 0
+        slot.skew_ms = 0
+        assert node.store.digest().count == 0
+        assert await reap(node) == 1
+        record = (await records(node))["session"]
+        assert record.deleted
+        assert node.store.digest().count == 0
+
+
+async def test_transaction_entry_does_not_bring_back_a_key_whose_tombstone_was_purged(
+    tmp_path: Path,
+) -> None:
+    """Invariant 4: a deleted key never comes back.
+
+    A transaction stays one entry of the changes feed until every member has applied it, with the
+    versions it wrote, also once a key of it is written again (or deleted) later; and a node that
+    receives a transaction one of whose writes loses to what it holds keeps that write in its own
+    entry, for the nodes that pull from it. So a member that has applied a delete can still serve
+    the older version the delete replaced, and a node that has purged the tombstone takes it as
+    new: the deleted key is back there, and the digests never meet again.
+    """
+    from shareddb.node import TxnOp
+
+    async with cluster(tmp_path, 3) as world:
+        victim, relay, writer = world.slots
+        await writer.running[0].transact([], [TxnOp("k", "old"), TxnOp("j", "j1")])
+        world.time_ms += 1_000
+        await victim.running[0].put("k", "mine")
+        await victim.running[0].delete("k")  # greater than the transaction's version of k
+        for _ in range(2):  # they apply the delete, and tell the victim they have
+            await relay.running[1].pull_once(victim.url)
+            await writer.running[1].pull_once(victim.url)
+        await pull_all(victim)  # it pulls the relay and the writer past what they hold
+        await relay.running[1].pull_once(writer.url)  # k loses to the tombstone; kept all the same
+        world.time_ms += TOMBSTONE_GRACE_MS + MINUTE
+        assert await victim.running[1].purge() == 1
+        assert "k" not in await records(victim.running[0])
+        await victim.running[1].pull_once(relay.url)
+        held = (await records(victim.running[0])).get("k")
+        assert held is None or held.deleted, f"k came back on the victim: {held}"
+
+
+async def test_node_that_reads_a_feed_from_the_start_never_holds_half_a_transaction(
+    tmp_path: Path,
+) -> None:
+    """Invariant 9: a transaction is never seen by halves.
+
+    A transaction's entry of the feed is dissolved once every member has applied it; its writes
+    are then served as rows, each at its own sequence number. A node that reads the feed from the
+    start after that (wiped, or new) can take them in different pages, and holds part of the
+    transaction in between.
+    """
+    from shareddb.node import TxnOp
+
+    async with cluster(tmp_path, 3) as world:
+        writer, other, wiped = world.slots
+        keys = [f"k{i}" for i in range(4)]
+        await writer.running[0].transact([], [TxnOp(key, "v") for key in keys])
+        for _ in range(2):  # they apply the transaction, and tell the writer they have
+            await pull_all(other)
+            await pull_all(wiped)
+        await pull_all(writer)
+        await writer.running[1].purge()  # nothing to purge; the entry is dissolved
+        await world.wipe(wiped, None)
+        await world.start(wiped)
+        world.network.small_page = 1.0  # pages of 1 to 3 changes
+        await wiped.running[1].pull_once(writer.url)
+        held = {key for key in await records(wiped.running[0]) if key in keys}
+        assert held in (set(), set(keys)), f"it holds {sorted(held)} of {keys}"

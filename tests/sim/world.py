@@ -96,6 +96,9 @@ class Network:
     drop_reply: float = 0.03
     delay: float = 0.03
     duplicate: float = 0.03
+    # The chance that a pull asks for a page of 1 to 3 changes (a transaction counts as one):
+    # the pages that must never split a transaction.
+    small_page: float = 0.15
 
     def reachable(self, puller: int, source: int) -> bool:
         return (puller, source) not in self.cut
@@ -120,6 +123,8 @@ class SimTransport:
         target = self._target(url)
         net, rng = self.world.network, self.world.rng
         request = dataclasses.replace(request, wait=0.0)  # a long poll would wait in real time
+        if rng.random() < net.small_page:
+            request = dataclasses.replace(request, limit=rng.randint(1, 3))
         fate = rng.random()
         if fate < net.drop_request:
             raise PeerError(f"{url}: request lost")
@@ -299,6 +304,20 @@ class World:
 
 
 async def records(node: Node) -> dict[str, Record]:
-    """Everything the node's store holds, tombstones included, by key."""
-    page = await node.store.changes_since(0, 1_000_000)
-    return {change.record.key: change.record for change in page.changes}
+    """Everything the node's store holds, tombstones included, by key: its rows, as committed."""
+    store = node.store
+    assert isinstance(store, MemoryStore)
+    snapshot = store.data.snapshot
+    if snapshot is None:
+        return {}
+    return {
+        key: Record(key, value, version, expires)
+        for key, (value, version, _, expires, _) in snapshot.rows.items()
+    }
+
+
+async def reap(node: Node) -> int:
+    """One run of the node's reaper (the simulation's stores run none of their own)."""
+    store = node.store
+    assert isinstance(store, MemoryStore)
+    return await store.reap()
