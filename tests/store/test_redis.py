@@ -28,11 +28,13 @@ from shareddb.store.base import (
     Change,
     Checkpoint,
     Outcome,
+    Store,
     StoreFull,
     StoreUnavailable,
     bucket_of,
     record_hash,
 )
+from shareddb.store.memory import MemoryStore
 from shareddb.store.redis import RedisStore, check_redis_url, redact_url
 from shareddb.store.redis_scripts import WRITE
 from tests.harness import RedisServer, eventually, running_redis
@@ -575,6 +577,63 @@ async def test_expiry_transactions_and_purges_keep_every_index_in_step(
         assert stored.loose == set()
     finally:
         await store.close()
+
+
+async def random_history_step(store: Store, rng: random.Random, hlc: int) -> int:
+    """One random operation (writes, deletes, transactions, peer groups with records this store
+    does not take, purges) from a seeded generator: the same on every store it is replayed on.
+    Answers the next free clock value."""
+    keys = [f"k{i}" for i in range(6)]
+
+    def record(at: int) -> Record:
+        key = rng.choice(keys)
+        return Record(key, None, v(at, "n2")) if rng.random() < 0.3 else put(key, f"v{at}", at)
+
+    kind = rng.randrange(5)
+    if kind == 0:
+        await store.write(record(hlc))
+        return hlc + 1
+    if kind == 1:
+        records = {r.key: r for r in (record(hlc + i) for i in range(rng.randint(2, 4)))}
+        await store.transact([], list(records.values()))
+        return hlc + 5
+    if kind in (2, 3):  # a peer's transaction, some of it older than what this store holds
+        records = {r.key: r for r in (record(rng.randint(1, hlc + i)) for i in range(3))}
+        await store.apply(list(records.values()), groups=[(0, len(records))])
+        return hlc + 5
+    await store.purge_tombstones(rng.randint(0, store.last_seq), v(10**9))
+    return hlc
+
+
+async def test_the_feed_of_a_random_history_is_the_memory_stores_and_every_index_stays_in_step(
+    redis_server: RedisServer, open_store: OpenStore
+) -> None:
+    """The feed script serves transaction entries (the closure over the entries covering their
+    rows) as the shared Python code does: replayed on a memory store, every page is the same."""
+    seed = seeded_rng().randrange(2**32)
+    redis_store = await open_store(redis_server.url())
+    memory = MemoryStore()
+    await memory.open()
+    try:
+        hlcs = [1, 1]
+        for step in range(120):
+            for i, store in enumerate((redis_store, memory)):
+                rng = random.Random(seed + step)
+                hlcs[i] = await random_history_step(store, rng, hlcs[i])
+            if step % 10 != 9:
+                continue
+            await assert_store_matches_redis(redis_store)
+            assert redis_store.last_seq == memory.last_seq
+            for limit in (1, 2, 1000):
+                at = 0
+                while True:
+                    page = await redis_store.changes_since(at, limit)
+                    assert page == await memory.changes_since(at, limit), (step, at, limit)
+                    if not page.changes:
+                        break
+                    at = page.until
+    finally:
+        await memory.close()
 
 
 async def test_a_store_written_before_expiry_and_transactions_opens_and_reads_as_it_was(
