@@ -636,6 +636,23 @@ async def test_the_feed_of_a_random_history_is_the_memory_stores_and_every_index
         await memory.close()
 
 
+async def test_an_entry_kept_with_its_records_as_entries_first_were_serves_the_same(
+    redis_server: RedisServer, open_store: OpenStore
+) -> None:
+    store = await open_store(redis_server.url())
+    await store.transact([], [put("a", "1", 1), put("b", "2", 2)])
+    await store.write(put("a", "2", 3))
+    expected = await store.changes_since(0, 10)
+    client = Redis.from_url(redis_server.url())
+    try:  # the body as entries were first written: [seq, key, value, version, expires]
+        old = [[1, "a", "1", v(1), None], [2, "b", "2", v(2), None]]
+        await client.hset(PREFIX + b"entry", "2", orjson.dumps(old))
+    finally:
+        await client.aclose()
+    assert await store.changes_since(0, 10) == expected
+    assert [c.record.key for c in expected.changes] == ["a", "b", "a"]
+
+
 async def test_a_store_written_before_expiry_and_transactions_opens_and_reads_as_it_was(
     redis_server: RedisServer, open_store: OpenStore
 ) -> None:

@@ -34,12 +34,14 @@ under a prefix (`sdb:` by default):
     txn     zset  each transaction entry (NUL + its seq) and each key whose row it covers (the
                   feed serves the entry in the row's place), scored by the entry's sequence number
     entry   hash  seq -> a transaction entry's keys, with the sequence each took (store/entries.py)
-    loose   set   seqs of entries that may cover no row any more: a purge's batch drops those
-                  that do not
+    loose   set   seqs of entries that may cover no row any more (one of their rows was written
+                  again or purged): a purge's batch drops those of them that cover none
 
 Keys never contain NUL, so an entry's member cannot be taken for a key. Versions never contain SOH
 and format 1 (before expiry and transactions) wrote no expiry, so its records read as they are; a
-store of format 1 is marked format 2 when it opens (an older shareddb then refuses it).
+store of format 1 is marked format 2 when it opens (an older shareddb then refuses it). An entry
+body that also holds the records written (as entries were first kept) reads the same: each change
+starts with its seq and key.
 """
 
 from __future__ import annotations
