@@ -19,8 +19,8 @@ from collections.abc import AsyncGenerator, Callable
 
 import orjson
 
-from shareddb.api.times import iso_time
 from shareddb.store.base import Change, FeedPage, Store, StoreUnavailable
+from shareddb.times import iso_time
 
 log = logging.getLogger("shareddb.watch")
 

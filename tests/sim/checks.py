@@ -189,6 +189,8 @@ class History:
             txn = self.txn_of.get(record.version)
             if txn is None:
                 continue
+            if record.deleted and self.written.get((key, record.version)) is not None:
+                continue  # the tombstone its expiry left: a reader sees nothing of that write
             for other, version in self.txns[txn].items():
                 held = records.get(other)
                 if held is not None and held.version >= version:

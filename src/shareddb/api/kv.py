@@ -14,12 +14,12 @@ from shareddb.api.bodies import read_text
 from shareddb.api.errors import ApiError, bad_request, json_response
 from shareddb.api.query import decode, parse_query, split_target, ttl_seconds
 from shareddb.api.routing import Route
-from shareddb.api.times import http_date, iso_time
 from shareddb.api.writes import await_copies, copy_policy
 from shareddb.node import Node, PreconditionFailed
 from shareddb.record import MAX_KEY_BYTES, key_error
 from shareddb.store.base import Outcome
 from shareddb.store.plan import ANY, Condition
+from shareddb.times import http_date, iso_time
 
 PREFIX = "/v1/kv/"
 PREFIX_LENGTH = len(PREFIX)

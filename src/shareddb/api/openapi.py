@@ -377,40 +377,6 @@ PARAMETERS: Doc = {
         "description": "Answer the keys and versions of this one digest bucket instead.",
         "schema": {"type": "integer", "minimum": 0, "maximum": 255},
     },
-    "watchPrefix": {
-        "name": "prefix",
-        "in": "query",
-        "required": False,
-        "allowEmptyValue": True,
-        "description": "Watch the keys that start with this string; `prefix=` watches every key. "
-        "Give this or `key`, not both.",
-        "schema": {"type": "string"},
-    },
-    "watchKey": {
-        "name": "key",
-        "in": "query",
-        "required": False,
-        "description": "Watch this one key. Give this or `prefix`, not both.",
-        "schema": _ref("schemas", "Key"),
-    },
-    "since": {
-        "name": "since",
-        "in": "query",
-        "required": False,
-        "description": (
-            "Replay the changes after this seq of this node (from a listing's `seq` or an "
-            "event's id) before the live ones; without it (and without Last-Event-ID), only "
-            "changes from now on."
-        ),
-        "schema": {"type": "integer", "minimum": 0},
-    },
-    "lastEventId": {
-        "name": "Last-Event-ID",
-        "in": "header",
-        "required": False,
-        "description": "What a reconnecting SSE client sends: as `since`, and it wins over it.",
-        "schema": {"type": "integer", "minimum": 0},
-    },
     "key": {
         "name": "key",
         "in": "path",
@@ -453,12 +419,6 @@ RESPONSES: Doc = {
         "writes work again once there is space.",
     ),
     "Timeout": _json("Error", "Fewer than w nodes held the write in time; it is kept (timeout)."),
-    "Gone": _json(
-        "Error",
-        "This node cannot replay from `since` exactly: it is older than the node's feed reaches "
-        "back, or beyond its latest seq (another node's seq, or a wiped node). List again and "
-        "watch from the listing's seq (gone).",
-    ),
 }
 
 PATHS: Doc = {
@@ -585,32 +545,6 @@ PATHS: Doc = {
                 **V1_FAILURES,
             },
         },
-    },
-    "/v1/watch": {
-        "get": {
-            "tags": ["kv"],
-            "operationId": "watch",
-            "summary": "Changes of a key or a prefix as Server-Sent Events",
-            "description": (
-                "Each change to a matching key committed on this node (a client write or a "
-                "replicated one), in commit order, is one event: `id: SEQ`, `event: put` or "
-                '`event: delete`, and `data: {"key": K, "value": V-or-null, "version": '
-                'VER, "seq": SEQ, "expires": ISO-8601-or-null}`. A key changed several '
-                "times while the watch was behind comes once, at its latest state. A `: ping` "
-                "comment goes out at least every --watch-ping seconds (15). Open until the "
-                "client leaves or the node stops."
-            ),
-            "parameters": _params("watchPrefix", "watchKey", "since", "lastEventId"),
-            "responses": {
-                "200": {
-                    "description": "The stream of events.",
-                    "content": {"text/event-stream": {"schema": {"type": "string"}}},
-                },
-                "400": _ref("responses", "BadRequest"),
-                "410": _ref("responses", "Gone"),
-                **V1_FAILURES,
-            },
-        }
     },
     "/health": {
         "get": {

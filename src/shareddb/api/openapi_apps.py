@@ -1,4 +1,5 @@
-"""The OpenAPI description of the API applications build on: conditional writes, TTL, transactions.
+"""The OpenAPI description of the API applications build on: watch, conditional writes, TTL,
+transactions.
 
 `extend` adds it to the document of api/openapi.py: new schemas, parameters and paths, and the
 headers, parameters and answers these features add to the key endpoints.
@@ -118,6 +119,40 @@ SCHEMAS: Doc = {
 }
 
 PARAMETERS: Doc = {
+    "watchPrefix": {
+        "name": "prefix",
+        "in": "query",
+        "required": False,
+        "allowEmptyValue": True,
+        "description": "Watch the keys that start with this string; `prefix=` watches every key. "
+        "Give this or `key`, not both.",
+        "schema": {"type": "string"},
+    },
+    "watchKey": {
+        "name": "key",
+        "in": "query",
+        "required": False,
+        "description": "Watch this one key. Give this or `prefix`, not both.",
+        "schema": _ref("schemas", "Key"),
+    },
+    "since": {
+        "name": "since",
+        "in": "query",
+        "required": False,
+        "description": (
+            "Replay the changes after this seq of this node (from a listing's `seq` or an "
+            "event's id) before the live ones; without it (and without Last-Event-ID), only "
+            "changes from now on."
+        ),
+        "schema": {"type": "integer", "minimum": 0},
+    },
+    "lastEventId": {
+        "name": "Last-Event-ID",
+        "in": "header",
+        "required": False,
+        "description": "What a reconnecting SSE client sends: as `since`, and it wins over it.",
+        "schema": {"type": "integer", "minimum": 0},
+    },
     "ttl": {
         "name": "ttl",
         "in": "query",
@@ -144,6 +179,12 @@ PARAMETERS: Doc = {
 }
 
 RESPONSES: Doc = {
+    "Gone": {
+        "content": {"application/json": {"schema": _ref("schemas", "Error")}},
+        "description": "This node cannot replay from `since` exactly: it is older than the "
+        "node's feed reaches back, or beyond its latest seq (another node's seq, or a wiped node). "
+        "List again and watch from the listing's seq (gone).",
+    },
     "UnsupportedEncoding": {
         "description": "A Content-Encoding other than gzip or deflate (unsupported_media_type).",
         "content": {"application/json": {"schema": _ref("schemas", "Error")}},
@@ -155,6 +196,33 @@ RESPONSES: Doc = {
 }
 
 PATHS: Doc = {
+    "/v1/watch": {
+        "get": {
+            "tags": ["kv"],
+            "operationId": "watch",
+            "summary": "Changes of a key or a prefix as Server-Sent Events",
+            "description": (
+                "Each change to a matching key committed on this node (a client write or a "
+                "replicated one), in commit order, is one event: `id: SEQ`, `event: put` or "
+                '`event: delete`, and `data: {"key": K, "value": V-or-null, "version": '
+                'VER, "seq": SEQ, "expires": ISO-8601-or-null}`. A key changed several '
+                "times while the watch was behind comes once, at its latest state. A `: ping` "
+                "comment goes out at least every --watch-ping seconds (15). Open until the "
+                "client leaves or the node stops."
+            ),
+            "parameters": [
+                _ref("parameters", name) for name in ("watchPrefix", "watchKey", "since", "lastEventId")
+            ],
+            "responses": {
+                "200": {
+                    "description": "The stream of events.",
+                    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                },
+                "400": _ref("responses", "BadRequest"),
+                "410": _ref("responses", "Gone"),
+            },
+        }
+    },
     "/v1/txn": {
         "post": {
             "tags": ["kv"],
@@ -200,8 +268,9 @@ def extend(doc: Doc) -> None:
     paths = doc["paths"]
     listing = paths["/v1/kv"]["get"]["responses"]
     failures = {status: listing[status] for status in ("401", "403", "503")}
-    paths["/v1/txn"] = PATHS["/v1/txn"]
-    paths["/v1/txn"]["post"]["responses"].update(failures)
+    for path, method in (("/v1/txn", "post"), ("/v1/watch", "get")):
+        paths[path] = PATHS[path]
+        paths[path][method]["responses"].update(failures)
     key = paths["/v1/kv/{key}"]
     key["get"]["responses"]["200"]["headers"]["Expires"] = _ref("headers", "Expires")
     key["put"]["parameters"] += [_ref("parameters", n) for n in ("ttl", "If-Match", "If-None-Match")]

@@ -10,7 +10,7 @@ import re
 from urllib.parse import unquote_to_bytes
 
 from shareddb.api.errors import bad_request
-from shareddb.api.times import MAX_TTL
+from shareddb.times import MAX_TTL
 
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _NUMBER = re.compile(r"[0-9]+(\.[0-9]*)?([eE][-+]?[0-9]+)?|\.[0-9]+([eE][-+]?[0-9]+)?")

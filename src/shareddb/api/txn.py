@@ -19,11 +19,11 @@ from shareddb.api.bodies import read_body
 from shareddb.api.errors import ApiError, bad_request, json_response
 from shareddb.api.query import parse_query, split_target
 from shareddb.api.routing import Route
-from shareddb.api.times import MAX_TTL
 from shareddb.api.writes import await_copies, copy_policy
 from shareddb.node import Node, PreconditionFailed, TxnOp
 from shareddb.record import MAX_KEY_BYTES, key_error, value_error
 from shareddb.store.plan import Condition
+from shareddb.times import MAX_TTL
 
 MAX_OPS = 1000
 MAX_CONDITIONS = 1000
