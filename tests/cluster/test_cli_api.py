@@ -156,9 +156,14 @@ class WatchProcess:
         return self.proc.stderr.read() if self.proc.poll() is not None else ""
 
     def kill(self) -> None:
+        """Stop it if it still runs, and close its pipes."""
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        self.reader.join(WAIT)
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()
 
 
 def test_watch_prints_one_line_per_event_and_stops_on_ctrl_c(start_node: StartNode) -> None:

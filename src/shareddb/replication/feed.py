@@ -58,9 +58,12 @@ class Feed:
         for change in changes:
             record = change.record
             # The puller already holds what this life of it wrote from own_since on (it says so
-            # once it has caught up with this feed; see Replicator._caught_up).
+            # once it has caught up with this feed; see Replicator._caught_up). A transaction's
+            # changes all go, also the puller's own: the puller keeps the transaction as one
+            # entry of its feed, which must name every key of it.
             if (
                 own_since > 0
+                and not change.txn
                 and version_origin(record.version) == origin
                 and version_hlc(record.version) >= own_since
             ):
