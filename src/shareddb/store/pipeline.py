@@ -124,7 +124,7 @@ class Backend(Protocol):
         of `keys` that exists and, when `purge_upto` is not None, the (seq, version) of every
         tombstone at or below it; call `plan(tally, found, tombstones)` once, with no other commit
         between the lookup and the write; write the batch it returns (rows, purged keys,
-        transaction entries, entries to dissolve, checkpoints, node meta, the tally's counters,
+        transaction entries, whether to drop those that cover no row, checkpoints, node meta, the tally's counters,
         changed digest buckets and clock high-water mark) all or nothing; then adopt its tally
         and return it.
 
