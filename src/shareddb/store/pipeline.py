@@ -123,15 +123,15 @@ class Backend(Protocol):
         """Write one batch atomically. Look up the stored (live, version, expires) of every key
         of `keys` that exists and, when `purge_upto` is not None, the (seq, version) of every
         tombstone at or below it; call `plan(tally, found, tombstones)` once, with no other commit
-        between the lookup and the write; write the batch it returns (rows, purged keys,
-        transaction entries, whether to drop those that cover no row, checkpoints, node meta, the tally's counters,
-        changed digest buckets and clock high-water mark) all or nothing; then adopt its tally
-        and return it.
+        between the lookup and the write; write the batch it returns (rows, purged keys, new
+        transaction entries and, when it says so, the removal of those that cover no row any
+        more, checkpoints, node meta, the tally's counters, changed digest buckets and clock
+        high-water mark) all or nothing; then adopt its tally and return it.
 
         The changes feed is the rows by sequence, where a row covered by a transaction entry
-        (its txn is not 0) is left out and the entry is served whole at its own sequence: its
-        changes in one page, each with `txn` set and `current` True when its key's row still
-        holds that sequence. Dissolving an entry drops it and sets its rows' txn to 0."""
+        (its txn is not 0) is left out and the entry is served whole at its own sequence, as
+        `entries.serve_entry` says: the current rows of its keys, with every entry covering one
+        of them, in one page."""
         ...
 
     async def get(self, key: str) -> Record | None: ...
