@@ -176,9 +176,9 @@ def test_an_expiry_never_removes_a_later_write_and_verify_sees_no_divergence_ove
     Trap (a): A writes k with a ttl, B receives it; A is cut off; B writes k again without ttl;
     A's clock passes the old expiry and A reaps k; after healing both nodes hold B's write (A's
     reap made a tombstone of the old version, which loses) and keep it when B's clock passes the
-    old expiry too. Trap (b): `session`, written with a ttl, has expired on A (and been reaped) but
-    not on B, so the counts differ; the digests are equal all the same and one `shareddb verify`
-    over both nodes reports no divergence."""
+    old expiry too. Trap (b): a key written with a ttl has expired on A (and been reaped) but not
+    on B, so the counts differ; the digests are equal all the same and one `shareddb verify` over
+    both nodes reports no divergence. Once B hears of the expiry, it takes A's tombstone."""
     clock_a, clock_b = clock(tmp_path, "a"), clock(tmp_path, "b")
     (a, b), proxies = proxied_cluster(["a", "b"], envs=[clock_a.env(), clock_b.env()])
     wait_all_up([a, b])
@@ -209,9 +209,18 @@ def test_an_expiry_never_removes_a_later_write_and_verify_sees_no_divergence_ove
 
     wait_for(same_digest, WAIT, "equal digests on a, b", [a, b])
     assert expires_at(a, "k") is None
-    # Trap (b): A has expired `session`, B has not; one digest all the same.
-    assert read(a, "session") is None
-    assert read(b, "session") == ("token", session)
+    # B took the tombstone A's expiry left for `session`, at its version, clock or no clock.
+    wait_for(lambda: read(b, "session") is None, WAIT, "B to take A's expiry of session", [a, b])
+
+    # Trap (b): `session2` expires on A while B is cut off again (else it would take A's
+    # tombstone at once): counts differ, the digests do not, and verify agrees.
+    session2 = http("PUT", key_url(a, "session2", "ttl=60"), b"token").json()["version"]
+    wait_readable([b], "session2", ("token", session2), [a, b])
+    proxies.isolate(1)
+    clock_a.advance(120)
+    wait_for(lambda: reaped(a, "session2", session2), WAIT, "A to reap session2", [a, b])
+    assert read(a, "session2") is None
+    assert read(b, "session2") == ("token", session2)
     assert digest(a)["count"] == 1
     assert digest(b)["count"] == 2
     assert digest(a)["digest"] == digest(b)["digest"]
@@ -219,8 +228,8 @@ def test_an_expiry_never_removes_a_later_write_and_verify_sees_no_divergence_ove
     assert result.returncode == 0, result.stdout + result.stderr
     assert "all 2 nodes agree" in result.stdout, result.stdout
 
-    clock_b.advance(120)
-    wait_for(lambda: reaped(b, "session", session), WAIT, "B to reap session", [a, b])
+    proxies.heal()
+    wait_for(lambda: read(b, "session2") is None, WAIT, "B to take A's expiry of session2", [a, b])
     assert wait_converged([a, b])["count"] == 1
     assert read(a, "k") == ("from-b", later)
     assert read(b, "k") == ("from-b", later)
