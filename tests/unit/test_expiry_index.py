@@ -12,7 +12,7 @@ def rec(key: str, version: str, expires: int | None, value: str | None = "v") ->
 
 def test_values_fall_due_in_expiry_order_and_count_as_expired() -> None:
     index = ExpiryIndex()
-    index.load([rec("a", "1", 300), rec("b", "1", 100), rec("c", "1", 200)])
+    index.load([("a", "1", 300), ("b", "1", 100), ("c", "1", 200)])
     assert index.next_expiry() == 100
     assert index.expired(150) == 1
     assert index.due(250, 10) == [("b", "1"), ("c", "1")]
@@ -42,7 +42,7 @@ def test_discard_forgets_only_what_is_still_due_at_that_version() -> None:
 
 def test_a_hundred_thousand_values_expiring_at_once_are_counted_without_moving_them() -> None:
     index = ExpiryIndex()
-    index.load(rec(f"k{n:06d}", "1", 5000) for n in range(100_000))
+    index.load((f"k{n:06d}", "1", 5000) for n in range(100_000))
     assert index.expired(4999) == 0
     assert index.expired(5000) == 100_000
     assert index.due(5000, 3) == [("k000000", "1"), ("k000001", "1"), ("k000002", "1")]

@@ -16,6 +16,8 @@ from sortedcontainers import SortedList
 
 from shareddb.record import Record
 
+Expiring = tuple[str, str, int]  # key, version, expires (ms): a stored value with an expiry
+
 
 class ExpiryIndex:
     def __init__(self) -> None:
@@ -25,22 +27,21 @@ class ExpiryIndex:
     def __len__(self) -> int:
         return len(self._entry)
 
-    def load(self, records: Iterable[Record]) -> None:
+    def load(self, found: Iterable[Expiring]) -> None:
         """The stored values that have an expiry, as found when the store opens."""
-        for record in records:
-            self._add(record)
+        for key, version, expires in found:
+            self._add(key, version, expires)
 
     def committed(self, accepted: Iterable[Record]) -> None:
         """Records a batch wrote: each replaces what the index knew of its key."""
         for record in accepted:
             self._remove(record.key)
             if record.value is not None and record.expires is not None:
-                self._add(record)
+                self._add(record.key, record.version, record.expires)
 
-    def _add(self, record: Record) -> None:
-        assert record.expires is not None
-        entry = (record.expires, record.key, record.version)
-        self._entry[record.key] = entry
+    def _add(self, key: str, version: str, expires: int) -> None:
+        entry = (expires, key, version)
+        self._entry[key] = entry
         self._order.add(entry)
 
     def _remove(self, key: str) -> None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from shareddb.record import Record
 from shareddb.store.base import Change, Checkpoint, FeedPage, StoreUnavailable, bucket_of, change_size
 from shareddb.store.entries import serve_entry
+from shareddb.store.expiry import Expiring
 from shareddb.store.pipeline import PipelineStore, wall_millis
 from shareddb.store.plan import Batch, Planner, Stored, Tally, Tombstones
 
@@ -137,10 +138,10 @@ class MemoryBackend:
         found.sort(key=lambda record: record.key)
         return found[: max(limit, 0)]
 
-    async def expiring(self) -> list[Record]:
+    async def expiring(self) -> list[Expiring]:
         rows = (await self._now()).rows
         return [
-            Record(key, value, version, expires)
+            (key, version, expires)
             for key, (value, version, _, expires, _) in rows.items()
             if value is not None and expires is not None
         ]

@@ -32,7 +32,7 @@ from shareddb.store.base import (
     fail_all,
 )
 from shareddb.store.cache import RecordCache
-from shareddb.store.expiry import ExpiryIndex
+from shareddb.store.expiry import Expiring, ExpiryIndex
 from shareddb.store.plan import (
     Batch,
     ClientWrite,
@@ -140,8 +140,9 @@ class Backend(Protocol):
         """Live records under `prefix` after `after`, by key, leaving out those expired by `now`."""
         ...
 
-    async def expiring(self) -> list[Record]:
-        """Every stored value that has an expiry (read once, when the store opens)."""
+    async def expiring(self) -> list[Expiring]:
+        """(key, version, expires) of every stored value that has an expiry (read once, when the
+        store opens; the values themselves are not needed)."""
         ...
 
     async def changes_since(self, seq: int, limit: int, max_bytes: int | None) -> FeedPage: ...

@@ -77,6 +77,7 @@ from shareddb.store.base import (
     bucket_of,
     prefix_end,
 )
+from shareddb.store.expiry import Expiring
 from shareddb.store.pipeline import OutcomeUnknown, PipelineStore, wall_millis
 from shareddb.store.plan import Batch, Planner, Stored, Tally, Tombstones
 from shareddb.store.redis_scripts import (
@@ -340,9 +341,9 @@ class RedisBackend:
         raw = await self._command("HGET", self._keys.node, name.encode("utf-8", ENCODING_ERRORS))
         return None if raw is None else bytes(raw).decode("utf-8")
 
-    async def expiring(self) -> list[Record]:
+    async def expiring(self) -> list[Expiring]:
         """Read in pages, when the store opens (nothing writes meanwhile)."""
-        found: list[Record] = []
+        found: list[Expiring] = []
         offset = 0
         while True:
             flat = await self._read_script(
@@ -351,7 +352,7 @@ class RedisBackend:
             for i in range(0, len(flat), 3):
                 record = decode_record(bytes(flat[i]).decode("utf-8"), flat[i + 2])
                 if record.value is not None and record.expires is not None:
-                    found.append(record)
+                    found.append((record.key, record.version, record.expires))
             if len(flat) < 3 * CHUNK:
                 return found
             offset += CHUNK

@@ -37,6 +37,7 @@ from shareddb.store.base import (
     prefix_end,
 )
 from shareddb.store.entries import FeedRow, decode_entry, encode_entry, serve_entry
+from shareddb.store.expiry import Expiring
 from shareddb.store.pipeline import PipelineStore, wall_millis
 from shareddb.store.plan import Batch, Planner, Stored, Tally, Tombstones
 from shareddb.store.sqlite_faults import (
@@ -313,16 +314,17 @@ class SQLiteBackend:
         records: list[Record] = await self._in_reader(self._scan_rows, prefix, after, limit, now)
         return records
 
-    async def expiring(self) -> list[Record]:
-        records: list[Record] = await self._in_reader(self._expiring_rows)
-        return records
+    async def expiring(self) -> list[Expiring]:
+        found: list[Expiring] = await self._in_reader(self._expiring_rows)
+        return found
 
-    def _expiring_rows(self) -> list[Record]:
+    def _expiring_rows(self) -> list[Expiring]:
         assert self._scan is not None
         rows = self._scan.execute(
-            "SELECT key, value, version, expires FROM kv WHERE expires IS NOT NULL AND value IS NOT NULL"
+            "SELECT key, version, expires FROM kv WHERE expires IS NOT NULL AND value IS NOT NULL"
         )
-        return [Record(*row) for row in rows]
+        found: list[Expiring] = rows.fetchall()
+        return found
 
     async def changes_since(self, seq: int, limit: int, max_bytes: int | None) -> FeedPage:
         page: FeedPage = await self._in_reader(self._change_rows, seq, limit, max_bytes)
