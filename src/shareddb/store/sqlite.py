@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import queue
 import sqlite3
 import threading
 import uuid
@@ -47,51 +46,10 @@ from shareddb.store.sqlite_faults import (
     is_corrupt,
     write_error,
 )
+from shareddb.store.sqlite_schema import FEED, UPSERT, create_or_upgrade
+from shareddb.store.writer_thread import WriterThread
 
 log = logging.getLogger("shareddb.store")
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS kv (
-    key     TEXT PRIMARY KEY,
-    value   TEXT,               -- NULL: a tombstone left by a delete
-    version TEXT NOT NULL,
-    seq     INTEGER NOT NULL,   -- position in this node's changes feed
-    expires INTEGER,            -- wall-clock ms when the value expires; NULL: never
-    txn     INTEGER             -- the seq of the transaction entry that covers it in the feed
-);
-CREATE UNIQUE INDEX IF NOT EXISTS kv_by_seq ON kv (seq);
--- A transaction of the feed, kept whole until every member has applied it (store/plan.py).
-CREATE TABLE IF NOT EXISTS txns (seq INTEGER PRIMARY KEY, body BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS node_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS digest (bucket INTEGER PRIMARY KEY, hash BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS checkpoints (
-    peer     TEXT PRIMARY KEY,
-    instance TEXT NOT NULL,
-    seq      INTEGER NOT NULL
-) WITHOUT ROWID;
-"""
-
-UPSERT = """
-INSERT INTO kv (key, value, version, seq, expires, txn) VALUES (?, ?, ?, ?, ?, ?)
-ON CONFLICT (key) DO UPDATE SET value = excluded.value, version = excluded.version,
-    seq = excluded.seq, expires = excluded.expires, txn = excluded.txn
-"""
-# Stores made before expiry and transactions gain their columns and indexes.
-UPGRADES = (
-    ("expires", "ALTER TABLE kv ADD COLUMN expires INTEGER"),
-    ("txn", "ALTER TABLE kv ADD COLUMN txn INTEGER"),
-)
-INDEXES = """
-CREATE INDEX IF NOT EXISTS kv_expiring ON kv (expires) WHERE expires IS NOT NULL;
-CREATE INDEX IF NOT EXISTS kv_by_txn ON kv (txn) WHERE txn IS NOT NULL;
-"""
-FEED = """
-SELECT seq, key, value, version, expires, NULL FROM kv WHERE seq > ? AND txn IS NULL
-UNION ALL
-SELECT seq, NULL, NULL, NULL, NULL, body FROM txns WHERE seq > ?
-ORDER BY 1 LIMIT ?
-"""
 
 LOOKUP_CHUNK = 500
 BUSY_TIMEOUT_MS = 10_000
@@ -100,46 +58,6 @@ BUSY_TIMEOUT_MS = 10_000
 # itself: back-pressure when the background checkpoints cannot keep up.
 CHECKPOINT_PAUSE = 0.2
 WAL_LIMIT = 512 * 1024 * 1024
-
-
-class _WriterThread:
-    """The one thread that touches the write connection: runs one call at a time and answers on
-    the event loop. Lighter than a one-thread executor: a hand-off per batch is one queue put and
-    one loop callback, which matters at small batches."""
-
-    def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...], Any] | None]
-        self._jobs = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="shareddb-writer", daemon=True)
-        self._thread.start()
-
-    def call(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._jobs.put((fn, args, future))
-        return future
-
-    def _run(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            fn, args, future = job
-            try:
-                result = fn(*args)
-            except BaseException as exc:
-                future.get_loop().call_soon_threadsafe(_settle, future, None, exc)
-            else:
-                future.get_loop().call_soon_threadsafe(_settle, future, result, None)
-
-    def stop(self) -> None:
-        """Finish the calls queued, then end the thread (without waiting for it)."""
-        self._jobs.put(None)
-
-
-def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    if future.done():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
 
 
 class SQLiteBackend:
@@ -164,7 +82,7 @@ class SQLiteBackend:
         self._checkpointer: threading.Thread | None = None
         self._checkpoint_due = threading.Event()
         self._closing = False
-        self._writer = _WriterThread()
+        self._writer = WriterThread()
         self._reader_pool = ThreadPoolExecutor(1, thread_name_prefix="shareddb-reader")
         self._wdb: sqlite3.Connection | None = None
         self._point: sqlite3.Connection | None = None
@@ -228,12 +146,7 @@ class SQLiteBackend:
         db.execute("PRAGMA cache_size = -65536")
         db.execute("PRAGMA wal_autocheckpoint = 0")
         db.execute("PRAGMA journal_size_limit = 67108864")
-        db.executescript(SCHEMA)
-        columns = {row[1] for row in db.execute("PRAGMA table_info(kv)")}
-        for column, upgrade in UPGRADES:
-            if column not in columns:
-                db.execute(upgrade)
-        db.executescript(INDEXES)
+        create_or_upgrade(db)
         db.execute("BEGIN IMMEDIATE")
         meta = dict(db.execute("SELECT name, value FROM meta").fetchall())
         if "instance" not in meta:
