@@ -30,13 +30,14 @@ from shareddb.record import (
     node_id_error,
     version_hlc,
 )
+from shareddb.redis_urls import redact_url
 from shareddb.registry import Registry, check_registry_url
 from shareddb.replication.feed import Feed
 from shareddb.replication.puller import Replicator
 from shareddb.replication.transport import HttpTransport, Transport
 from shareddb.store.base import Outcome, Store, StoreUnavailable
 from shareddb.store.plan import Behind, Condition, Conflict
-from shareddb.store.redis import RedisStore, redact_url
+from shareddb.store.redis import RedisStore
 from shareddb.store.sqlite import SQLiteStore, sqlite_path
 from shareddb.watch import WatchHub
 

@@ -41,7 +41,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from shareddb.membership import Membership
-from shareddb.store.redis import check_redis_url, redact_url
+from shareddb.redis_urls import check_redis_url, redact_url
 
 log = logging.getLogger("shareddb.registry")
 

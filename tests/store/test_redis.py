@@ -23,6 +23,7 @@ import pytest
 from redis.asyncio import Redis
 
 from shareddb.record import Record, make_version
+from shareddb.redis_urls import check_redis_url, redact_url
 from shareddb.store.base import (
     DIGEST_BUCKETS,
     Change,
@@ -35,7 +36,7 @@ from shareddb.store.base import (
     record_hash,
 )
 from shareddb.store.memory import MemoryStore
-from shareddb.store.redis import RedisStore, check_redis_url, redact_url
+from shareddb.store.redis import RedisStore
 from shareddb.store.redis_scripts import WRITE
 from tests.harness import RedisServer, eventually, running_redis
 

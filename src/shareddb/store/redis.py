@@ -47,7 +47,6 @@ starts with its seq and key.
 from __future__ import annotations
 
 import logging
-import urllib.parse
 import uuid
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
@@ -67,6 +66,7 @@ from redis.exceptions import (
 )
 
 from shareddb.record import Record
+from shareddb.redis_urls import check_redis_url, redact_url
 from shareddb.store.base import (
     CHANGE_OVERHEAD,
     Change,
@@ -105,35 +105,6 @@ CONNECT_TIMEOUT = 2.0
 MIN_REDIS = (7, 0)  # script flags (`#!lua`): an OOM Redis refuses a write script before it starts
 
 ENCODING_ERRORS = "surrogatepass"  # reads only: a key that cannot be stored is simply not found
-
-
-def check_redis_url(url: str) -> None:
-    """Raise ValueError with a one-line reason unless `url` is redis://[:PASSWORD@]HOST[:PORT][/DB]."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise ValueError(f"{exc}; expected redis://HOST:PORT/DB") from None
-    if parts.scheme not in ("redis", "rediss"):
-        raise ValueError("expected redis://HOST:PORT/DB")
-    if not parts.hostname:
-        raise ValueError("no host in the URL; expected redis://HOST:PORT/DB")
-    if port is not None and not 0 < port < 65536:
-        raise ValueError(f"port {port} is not in 1..65535")
-    db = parts.path.removeprefix("/")
-    if db and not db.isdigit():
-        raise ValueError(f"database {db!r} is not a number; expected redis://HOST:PORT/DB")
-
-
-def redact_url(url: str) -> str:
-    """`url` without its password, for messages and logs (never raises)."""
-    scheme, sep, rest = url.partition("://")
-    authority, slash, path = rest.partition("/")
-    userinfo, at, host = authority.rpartition("@")
-    if not sep or not at or ":" not in userinfo:
-        return url
-    user = userinfo.partition(":")[0]
-    return f"{scheme}://{user}:***@{host}{slash}{path}"
 
 
 @dataclass(frozen=True, slots=True)
