@@ -7,14 +7,7 @@ headers, parameters and answers these features add to the key endpoints.
 
 from __future__ import annotations
 
-from typing import Any
-
-Doc = dict[str, Any]
-
-
-def _ref(kind: str, name: str) -> Doc:
-    return {"$ref": f"#/components/{kind}/{name}"}
-
+from shareddb.api.openapi_components import Doc, ref
 
 EXPIRES = {
     "type": "string",
@@ -30,9 +23,9 @@ SCHEMAS: Doc = {
         "type": "object",
         "required": ["key", "version"],
         "properties": {
-            "key": _ref("schemas", "Key"),
+            "key": ref("schemas", "Key"),
             "version": {
-                "allOf": [_ref("schemas", "Version")],
+                "allOf": [ref("schemas", "Version")],
                 "nullable": True,
                 "description": "null: the key is absent (or nothing was written).",
             },
@@ -45,7 +38,7 @@ SCHEMAS: Doc = {
             "error": {"type": "string", "enum": ["precondition_failed"]},
             "message": {"type": "string"},
             "version": {
-                "allOf": [_ref("schemas", "Version")],
+                "allOf": [ref("schemas", "Version")],
                 "nullable": True,
                 "description": "The key's current version on this node; null when it is absent.",
             },
@@ -58,8 +51,8 @@ SCHEMAS: Doc = {
         "description": 'Either {"key", "version"}: live at exactly that version, or {"key", '
         '"absent": true}: never written, deleted or expired.',
         "properties": {
-            "key": _ref("schemas", "Key"),
-            "version": _ref("schemas", "Version"),
+            "key": ref("schemas", "Key"),
+            "version": ref("schemas", "Version"),
             "absent": {"type": "boolean", "enum": [True]},
         },
     },
@@ -71,8 +64,8 @@ SCHEMAS: Doc = {
         '({"op": "delete", "key"}).',
         "properties": {
             "op": {"type": "string", "enum": ["put", "delete"]},
-            "key": _ref("schemas", "Key"),
-            "value": _ref("schemas", "Value"),
+            "key": ref("schemas", "Key"),
+            "value": ref("schemas", "Value"),
             "ttl": {"type": "integer", "minimum": 1, "maximum": 315360000},
         },
     },
@@ -81,10 +74,10 @@ SCHEMAS: Doc = {
         "required": ["then"],
         "additionalProperties": False,
         "properties": {
-            "if": {"type": "array", "items": _ref("schemas", "TxnCondition"), "maxItems": 1000},
+            "if": {"type": "array", "items": ref("schemas", "TxnCondition"), "maxItems": 1000},
             "then": {
                 "type": "array",
-                "items": _ref("schemas", "TxnOperation"),
+                "items": ref("schemas", "TxnOperation"),
                 "minItems": 1,
                 "maxItems": 1000,
                 "description": "Each key at most once.",
@@ -99,7 +92,7 @@ SCHEMAS: Doc = {
             "results": {
                 "type": "array",
                 "description": "In the order of `then`; version null for a delete of an absent key.",
-                "items": _ref("schemas", "KeyVersion"),
+                "items": ref("schemas", "KeyVersion"),
             },
         },
     },
@@ -112,7 +105,7 @@ SCHEMAS: Doc = {
             "failed": {
                 "type": "array",
                 "description": "Every condition that did not hold, with the key's current version.",
-                "items": _ref("schemas", "KeyVersion"),
+                "items": ref("schemas", "KeyVersion"),
             },
         },
     },
@@ -133,7 +126,7 @@ PARAMETERS: Doc = {
         "in": "query",
         "required": False,
         "description": "Watch this one key. Give this or `prefix`, not both.",
-        "schema": _ref("schemas", "Key"),
+        "schema": ref("schemas", "Key"),
     },
     "since": {
         "name": "since",
@@ -180,18 +173,18 @@ PARAMETERS: Doc = {
 
 RESPONSES: Doc = {
     "Gone": {
-        "content": {"application/json": {"schema": _ref("schemas", "Error")}},
+        "content": {"application/json": {"schema": ref("schemas", "Error")}},
         "description": "This node cannot replay from `since` exactly: it is older than the "
         "node's feed reaches back, or beyond its latest seq (another node's seq, or a wiped node). "
         "List again and watch from the listing's seq (gone).",
     },
     "UnsupportedEncoding": {
         "description": "A Content-Encoding other than gzip or deflate (unsupported_media_type).",
-        "content": {"application/json": {"schema": _ref("schemas", "Error")}},
+        "content": {"application/json": {"schema": ref("schemas", "Error")}},
     },
     "PreconditionFailed": {
         "description": "The condition did not hold on this node; nothing was written.",
-        "content": {"application/json": {"schema": _ref("schemas", "PreconditionFailed")}},
+        "content": {"application/json": {"schema": ref("schemas", "PreconditionFailed")}},
     },
 }
 
@@ -211,15 +204,15 @@ PATHS: Doc = {
                 "client leaves or the node stops."
             ),
             "parameters": [
-                _ref("parameters", name) for name in ("watchPrefix", "watchKey", "since", "lastEventId")
+                ref("parameters", name) for name in ("watchPrefix", "watchKey", "since", "lastEventId")
             ],
             "responses": {
                 "200": {
                     "description": "The stream of events.",
                     "content": {"text/event-stream": {"schema": {"type": "string"}}},
                 },
-                "400": _ref("responses", "BadRequest"),
-                "410": _ref("responses", "Gone"),
+                "400": ref("responses", "BadRequest"),
+                "410": ref("responses", "Gone"),
             },
         }
     },
@@ -230,25 +223,25 @@ PATHS: Doc = {
             "summary": "Conditions, then puts and deletes in one atomic commit",
             "description": "Every operation is applied on every node together: no node ever "
             "lists some of a transaction's writes without the others.",
-            "parameters": [_ref("parameters", "w"), _ref("parameters", "timeout")],
+            "parameters": [ref("parameters", "w"), ref("parameters", "timeout")],
             "requestBody": {
                 "required": True,
-                "content": {"application/json": {"schema": _ref("schemas", "TxnRequest")}},
+                "content": {"application/json": {"schema": ref("schemas", "TxnRequest")}},
             },
             "responses": {
                 "200": {
                     "description": "All of `then` was written in one commit.",
-                    "content": {"application/json": {"schema": _ref("schemas", "TxnResult")}},
+                    "content": {"application/json": {"schema": ref("schemas", "TxnResult")}},
                 },
-                "400": _ref("responses", "BadRequest"),
+                "400": ref("responses", "BadRequest"),
                 "412": {
                     "description": "A condition did not hold; nothing was written.",
-                    "content": {"application/json": {"schema": _ref("schemas", "TxnConflict")}},
+                    "content": {"application/json": {"schema": ref("schemas", "TxnConflict")}},
                 },
-                "413": _ref("responses", "TooLarge"),
-                "415": _ref("responses", "UnsupportedEncoding"),
-                "504": _ref("responses", "Timeout"),
-                "507": _ref("responses", "Full"),
+                "413": ref("responses", "TooLarge"),
+                "415": ref("responses", "UnsupportedEncoding"),
+                "504": ref("responses", "Timeout"),
+                "507": ref("responses", "Full"),
             },
         }
     },
@@ -272,12 +265,12 @@ def extend(doc: Doc) -> None:
         paths[path] = PATHS[path]
         paths[path][method]["responses"].update(failures)
     key = paths["/v1/kv/{key}"]
-    key["get"]["responses"]["200"]["headers"]["Expires"] = _ref("headers", "Expires")
-    key["put"]["parameters"] += [_ref("parameters", n) for n in ("ttl", "If-Match", "If-None-Match")]
-    key["delete"]["parameters"].append(_ref("parameters", "If-Match"))
+    key["get"]["responses"]["200"]["headers"]["Expires"] = ref("headers", "Expires")
+    key["put"]["parameters"] += [ref("parameters", n) for n in ("ttl", "If-Match", "If-None-Match")]
+    key["delete"]["parameters"].append(ref("parameters", "If-Match"))
     for method in ("put", "delete"):
-        key[method]["responses"]["412"] = _ref("responses", "PreconditionFailed")
-    key["put"]["responses"]["415"] = _ref("responses", "UnsupportedEncoding")
-    paths["/nodes/update"]["get"]["parameters"].append(_ref("parameters", "ttl"))
-    components["schemas"]["Item"]["properties"]["expires"] = _ref("schemas", "Expires")
+        key[method]["responses"]["412"] = ref("responses", "PreconditionFailed")
+    key["put"]["responses"]["415"] = ref("responses", "UnsupportedEncoding")
+    paths["/nodes/update"]["get"]["parameters"].append(ref("parameters", "ttl"))
+    components["schemas"]["Item"]["properties"]["expires"] = ref("schemas", "Expires")
     components["schemas"]["Item"]["required"].append("expires")
