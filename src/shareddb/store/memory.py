@@ -156,9 +156,10 @@ class MemoryBackend:
         positions.sort()
         changes: list[Change] = []
         total = 0
+        read_to = seq  # the position of the last unit taken (an entry's may serve no change)
         for taken, (at, key) in enumerate(positions):
             if taken >= limit:
-                return FeedPage(changes, _position(changes[-1]))
+                return FeedPage(changes, read_to)
             if key:
                 value, version, _, expires, _ = now.rows[key]
                 unit = [Change(at, Record(key, value, version, expires))]
@@ -166,10 +167,11 @@ class MemoryBackend:
                 unit = serve_entry(at, now.entries.__getitem__, now.rows.get)
             total += sum(change_size(c.record.key, c.record.value) for c in unit)
             if max_bytes is not None and total > max_bytes and changes:
-                return FeedPage(changes, _position(changes[-1]))
+                return FeedPage(changes, read_to)
             changes.extend(unit)
+            read_to = at
         if len(positions) >= limit:
-            return FeedPage(changes, _position(changes[-1]))
+            return FeedPage(changes, read_to)
         return FeedPage(changes, max(seq, now.tally.seq))
 
     async def checkpoint(self, peer: str) -> Checkpoint | None:
@@ -181,11 +183,6 @@ class MemoryBackend:
     async def bucket_versions(self, bucket: int) -> dict[str, str]:
         rows = (await self._now()).rows
         return {key: version for key, (_, version, *_) in rows.items() if bucket_of(key) == bucket}
-
-
-def _position(change: Change) -> int:
-    """How far the feed was read once `change` was: the entry's seq for a transaction's change."""
-    return change.txn or change.seq
 
 
 class MemoryStore(PipelineStore):

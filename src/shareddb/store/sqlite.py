@@ -294,6 +294,7 @@ class SQLiteBackend:
             rows = db.execute(FEED, (seq, seq, limit))
             # Rows come one at a time: a read that reaches the budget stops there.
             taken = 0
+            read_to = seq  # the position of the last unit taken (an entry's may serve no change)
             for s, k, v, ver, expires, body in rows:
                 unit = [Change(s, Record(k, v, ver, expires))] if body is None else _entry_changes(db, s)
                 total += sum(change_size(c.record.key, c.record.value) for c in unit)
@@ -301,12 +302,13 @@ class SQLiteBackend:
                     ended = False
                     break
                 changes.extend(unit)
+                read_to = s
                 taken += 1
             rows.close()
         finally:
             db.execute("COMMIT")
         if not ended or taken >= limit:
-            return FeedPage(changes, _position(changes[-1]) if changes else seq)
+            return FeedPage(changes, read_to)
         return FeedPage(changes, max(seq, int(last[0]) if last else 0))
 
     # -- writes --------------------------------------------------------------------------------
@@ -449,11 +451,6 @@ def _entry_changes(db: sqlite3.Connection, at: int) -> list[Change]:
         return found
 
     return serve_entry(at, items_of, row_of)
-
-
-def _position(change: Change) -> int:
-    """How far the feed was read once `change` was: the entry's seq for a transaction's change."""
-    return change.txn or change.seq
 
 
 class SQLiteStore(PipelineStore):
