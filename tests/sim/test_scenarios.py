@@ -420,3 +420,36 @@ async def test_node_that_reads_a_feed_from_the_start_never_holds_half_a_transact
         await wiped.running[1].pull_once(writer.url)
         held = {key for key in await records(wiped.running[0]) if key in keys}
         assert held in (set(), set(keys)), f"it holds {sorted(held)} of {keys}"
+
+
+async def test_tombstone_a_node_purged_does_not_come_back_to_it_with_a_later_entry(
+    tmp_path: Path,
+) -> None:
+    """Invariant 2: nodes converge, and purges catch up with every tombstone.
+
+    A node keeps a peer's transaction as an entry of its own feed, naming also the keys it did not
+    take because it held newer versions; the feed serves such a key's current row with the entry.
+    Served to a reader that had that row already, and has purged the tombstone since, it came back
+    to the reader at a new sequence number, and went round the cluster again: each node took it
+    anew after purging it, and the digests never met (seed 610876612).
+    """
+    from shareddb.node import TxnOp
+
+    async with cluster(tmp_path, 3) as world:
+        victim, relay, writer = world.slots
+        await writer.running[0].transact([], [TxnOp("k", "old"), TxnOp("j", "j1")])
+        world.time_ms += 1_000
+        await victim.running[0].put("k", "mine")
+        await victim.running[0].delete("k")  # greater than the transaction's version of k
+        await relay.running[1].pull_once(victim.url)  # the relay holds the tombstone
+        await victim.running[1].pull_once(relay.url)  # and the victim has read its feed past it
+        await relay.running[1].pull_once(writer.url)  # k loses: the relay's entry names it
+        for _ in range(2):  # they apply the delete, and tell the victim they have
+            await relay.running[1].pull_once(victim.url)
+            await writer.running[1].pull_once(victim.url)
+        world.time_ms += TOMBSTONE_GRACE_MS + MINUTE
+        assert await victim.running[1].purge() == 1
+        await victim.running[1].pull_once(relay.url)
+        held = await records(victim.running[0])
+        assert held["j"].value == "j1"
+        assert "k" not in held, f"the purged tombstone came back to the victim: {held['k']}"

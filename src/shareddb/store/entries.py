@@ -32,13 +32,21 @@ def decode_entry(body: bytes | str) -> list[tuple[int, str]]:
 
 def serve_entry(
     at: int,
+    since: int,
     items_of: Callable[[int], list[tuple[int, str]]],
     row_of: Callable[[str], FeedRow | None],
 ) -> list[Change]:
-    """The changes the feed serves for the entry at `at`, read from one consistent state: the
-    current row of each of its keys, and, whole, every entry that covers one of those rows (and so
-    on). A change is `current` when it is the transaction's own write, still in place; a watcher
-    skips the others (they come again later in the feed, at their own sequence numbers)."""
+    """The changes the feed serves for the entry at `at` to a reader that has applied the feed up
+    to `since`, read from one consistent state: the current row of each of its keys, and, whole,
+    every entry that covers one of those rows (and so on). A change is `current` when it is the
+    transaction's own write, still in place; a watcher skips the others (they come again later in
+    the feed, at their own sequence numbers).
+
+    A row the feed serves at or below `since` (at its own sequence, or with the entry covering it)
+    is left out, with that entry: the reader has it whole already, or a newer state of its key.
+    Served again, a tombstone that reader has purged since would come back to it at a new
+    sequence and go round the cluster again, each node taking it anew after purging it, so that
+    purges never catch up with it (the simulation found this)."""
     changes: list[Change] = []
     worklist = [at]
     seen_entries = {at}
@@ -52,6 +60,8 @@ def serve_entry(
             if row is None:  # a deletion that was purged: nothing to serve
                 continue
             value, version, row_seq, expires, txn = row
+            if (txn or row_seq) <= since:
+                continue
             current = entry == at and seq != 0 and row_seq == seq
             changes.append(Change(row_seq, Record(key, value, version, expires), at, current))
             if txn and txn not in seen_entries:

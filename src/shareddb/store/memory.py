@@ -164,7 +164,7 @@ class MemoryBackend:
                 value, version, _, expires, _ = now.rows[key]
                 unit = [Change(at, Record(key, value, version, expires))]
             else:
-                unit = serve_entry(at, now.entries.__getitem__, now.rows.get)
+                unit = serve_entry(at, seq, now.entries.__getitem__, now.rows.get)
             total += sum(change_size(c.record.key, c.record.value) for c in unit)
             if max_bytes is not None and total > max_bytes and changes:
                 return FeedPage(changes, read_to)

@@ -356,7 +356,7 @@ class RedisBackend:
         flat = await self._read_script(
             FEED,
             [keys.seq, keys.rec, keys.meta, keys.txn, keys.entry],
-            [f"({seq}", limit, budget, CHANGE_OVERHEAD],
+            [f"({seq}", limit, budget, CHANGE_OVERHEAD, seq],
         )
         changes: list[Change] = []
         for i in range(2, len(flat), 3):

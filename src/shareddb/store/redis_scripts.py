@@ -221,11 +221,12 @@ return out
 
 # The changes feed after a sequence, read atomically with the feed's last sequence. KEYS: seq,
 # rec, meta, txn, entry. ARGV: min score (exclusive), count, byte budget (-1: none), per-change
-# overhead. The feed is the `seq` zset: rows, less those a transaction entry covers (in `txn`),
-# and each entry as NUL + its seq, served whole (one of `count`; never split by the budget): the
-# current rows of its keys, and of the keys of every entry that covers one of those rows, and so
-# on (store/plan.py), each key once; a change is current when it is the entry's own and its key's
-# row still holds the sequence the entry gave it.
+# overhead, the reader's position. The feed is the `seq` zset: rows, less those a transaction
+# entry covers (in `txn`), and each entry as NUL + its seq, served whole (one of `count`; never
+# split by the budget): the current rows of its keys, and of the keys of every entry that covers
+# one of those rows, and so on (store/plan.py), each key once, less the rows the feed serves at or
+# below the reader's position (entries.serve_entry says why); a change is current when it is the
+# entry's own and its key's row still holds the sequence the entry gave it.
 # Answers: 1 when the read reached the end of the feed, else 0; the last sequence; then for each
 # unit: member, score, and the record (a row) or the changes (an entry: key, seq, record,
 # '1' or '0' for current, key, ...). Units stop before the one that would pass the budget (the
@@ -235,7 +236,7 @@ return out
 FEED = """#!lua flags=no-writes
 local seqs, rec, meta, txn, entry = unpack(KEYS)
 local low, limit = ARGV[1], tonumber(ARGV[2])
-local budget, overhead = tonumber(ARGV[3]), tonumber(ARGV[4])
+local budget, overhead, since = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local function serve(at)  -- the changes of the entry at `at`, and their size
   local out, size = {}, 0
   local worklist, seen, served = {at}, {[at] = true}, {}
@@ -248,15 +249,15 @@ local function serve(at)  -- the changes of the entry at `at`, and their size
       local given, key = tonumber(item[1]), item[2]
       local record = not served[key] and redis.call('HGET', rec, key)
       served[key] = true
-      if record then
-        local held = redis.call('ZSCORE', seqs, key)
+      local held = record and redis.call('ZSCORE', seqs, key)
+      local covering = record and tonumber(redis.call('ZSCORE', txn, key) or '0')
+      if record and (covering ~= 0 and covering or tonumber(held)) > since then
         local current = this == at and given ~= 0 and tonumber(held) == given
         out[#out + 1] = key
         out[#out + 1] = held
         out[#out + 1] = record
         out[#out + 1] = current and '1' or '0'
         size = size + #key + #record + overhead
-        local covering = tonumber(redis.call('ZSCORE', txn, key) or '0')
         if covering ~= 0 and not seen[covering] then
           seen[covering] = true
           worklist[#worklist + 1] = covering

@@ -296,7 +296,11 @@ class SQLiteBackend:
             taken = 0
             read_to = seq  # the position of the last unit taken (an entry's may serve no change)
             for s, k, v, ver, expires, body in rows:
-                unit = [Change(s, Record(k, v, ver, expires))] if body is None else _entry_changes(db, s)
+                unit = (
+                    [Change(s, Record(k, v, ver, expires))]
+                    if body is None
+                    else _entry_changes(db, s, seq)
+                )
                 total += sum(change_size(c.record.key, c.record.value) for c in unit)
                 if total > budget and changes:
                     ended = False
@@ -436,7 +440,7 @@ class SQLiteBackend:
             db.close()
 
 
-def _entry_changes(db: sqlite3.Connection, at: int) -> list[Change]:
+def _entry_changes(db: sqlite3.Connection, at: int, since: int) -> list[Change]:
     """The changes the feed serves for the transaction entry at `at` (entries.serve_entry), read
     in the reader's transaction."""
 
@@ -450,7 +454,7 @@ def _entry_changes(db: sqlite3.Connection, at: int) -> list[Change]:
         ).fetchone()
         return found
 
-    return serve_entry(at, items_of, row_of)
+    return serve_entry(at, since, items_of, row_of)
 
 
 class SQLiteStore(PipelineStore):
