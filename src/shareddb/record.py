@@ -46,6 +46,17 @@ class Record:
         expired)."""
         return self.value is not None and (self.expires is None or self.expires > now)
 
+    @property
+    def named_only(self) -> bool:
+        """Only the key of a transaction's write that the reader holds already (`named`)."""
+        return not self.version
+
+
+def named(key: str) -> Record:
+    """A key of a transaction in a pull answer without its row: the puller holds that row
+    already, and only names the key in its own entry of the transaction (store/entries.py)."""
+    return Record(key, None, "")
+
 
 def incarnation_of(instance_id: str) -> str:
     """The incarnation of a node whose store has `instance_id` (random, made with the store).

@@ -453,3 +453,30 @@ async def test_tombstone_a_node_purged_does_not_come_back_to_it_with_a_later_ent
         held = await records(victim.running[0])
         assert held["j"].value == "j1"
         assert "k" not in held, f"the purged tombstone came back to the victim: {held['k']}"
+
+
+async def test_node_names_in_its_entry_the_keys_of_a_transaction_it_held_already(
+    tmp_path: Path,
+) -> None:
+    """Invariant 9: a transaction is never seen by halves.
+
+    A peer's entry serves only the key of a transaction's write its reader holds already (the
+    previous scenario). The reader must still name that key in its own entry of the transaction:
+    without it, a node reading the transaction from the reader took its other writes in one page
+    and the key's newer state only in a later one, and held half of it in between (seed
+    594763658).
+    """
+    from shareddb.node import TxnOp
+
+    async with cluster(tmp_path, 3) as world:
+        victim, relay, writer = world.slots
+        await writer.running[0].transact([], [TxnOp("k", "old"), TxnOp("j", "j1")])
+        world.time_ms += 1_000
+        await victim.running[0].put("k", "mine")  # greater than the transaction's version of k
+        await relay.running[1].pull_once(victim.url)
+        await victim.running[1].pull_once(relay.url)  # it has read the relay's feed past k
+        await relay.running[1].pull_once(writer.url)  # k loses: the relay's entry names it
+        await victim.running[1].pull_once(relay.url)  # j, and k by name only
+        await victim.running[0].put("k", "newer")  # k moves past the transaction in the feed
+        page = await victim.running[0].store.changes_since(0, 1)
+        assert {c.record.key: c.record.value for c in page.changes} == {"j": "j1", "k": "newer"}

@@ -997,11 +997,11 @@ async def test_a_peer_transaction_keeps_a_key_this_store_did_not_take(stores: St
     ]
 
 
-async def test_an_entry_leaves_out_what_its_reader_has_applied_already(stores: Stores) -> None:
-    """A row the feed served at or below the reader's position is not served again with a later
-    entry naming its key, nor is the entry covering it: served again, a tombstone the reader had
-    purged meanwhile would come back to it at a new sequence, and go round the cluster for ever
-    (invariant 2)."""
+async def test_an_entry_marks_known_what_its_reader_has_applied_already(stores: Stores) -> None:
+    """A row the feed served at or below the reader's position is `known` when a later entry
+    names its key, and the entry covering it does not come along: a peer takes only the key, to
+    name it. Served again, a tombstone the reader had purged meanwhile would come back to it at a
+    new sequence, and go round the cluster for ever (invariant 2)."""
     store = await stores.open()
     await store.apply([tomb("b", 9)])  # seq 1
     await store.transact([], [put("c", "1", 10), put("d", "1", 11)])  # seqs 2, 3; entry at 3
@@ -1009,7 +1009,9 @@ async def test_an_entry_leaves_out_what_its_reader_has_applied_already(stores: S
     await store.apply([put("e", "1", 1), put("c", "older", 2)], groups=[(0, 2)])  # seq 5
     assert (await store.changes_since(3, 10)).changes == [
         Change(4, put("a", "1", 1), 4),
+        Change(1, tomb("b", 9), 4, current=False, known=True),
         Change(5, put("e", "1", 1), 5),
+        Change(2, put("c", "1", 10), 5, current=False, known=True),
     ]
     # A reader from before those rows still gets them with the later entries, whole.
     assert (await store.changes_since(0, 10)).changes == [

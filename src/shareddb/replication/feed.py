@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from shareddb.membership import Membership, Outside
-from shareddb.record import Record, make_origin, version_hlc, version_origin
+from shareddb.record import Record, make_origin, named, version_hlc, version_origin
 from shareddb.replication.transport import PullReply, PullRequest
 from shareddb.store.base import Store
 
@@ -72,7 +72,7 @@ class Feed:
                 if txn:
                     groups.append((start, len(records)))
                 txn, start = change.txn, len(records)
-            records.append(record)
+            records.append(named(record.key) if change.known else record)
         if txn:
             groups.append((start, len(records)))
         return PullReply(

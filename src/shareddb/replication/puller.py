@@ -277,6 +277,8 @@ class Replicator:
             return True
         wall = self.now()
         for record in reply.records:
+            if record.named_only:
+                continue
             if not self.clock.observe(version_hlc(record.version), wall):
                 self.skewed += 1
                 log.warning(

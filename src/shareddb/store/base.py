@@ -67,12 +67,16 @@ class Change:
     `txn`: 0, or the feed position of the transaction the change belongs to; the changes of one
     transaction come together, in one page, never split. `current`: False for a change of a
     transaction whose key has been written again since (the later write comes later in the
-    feed): a peer applies it, for the transaction's sake, but a watcher skips it."""
+    feed): a peer applies it, for the transaction's sake, but a watcher skips it. `known`: the
+    reader has this row already (the feed served it at or below the reader's position); a peer
+    gets only its key, to name it in its own entry of the transaction, and applies nothing
+    (`entries.serve_entry`)."""
 
     seq: int
     record: Record
     txn: int = 0
     current: bool = True
+    known: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,10 +43,12 @@ def serve_entry(
     the feed, at their own sequence numbers).
 
     A row the feed serves at or below `since` (at its own sequence, or with the entry covering it)
-    is left out, with that entry: the reader has it whole already, or a newer state of its key.
-    Served again, a tombstone that reader has purged since would come back to it at a new
-    sequence and go round the cluster again, each node taking it anew after purging it, so that
-    purges never catch up with it (the simulation found this)."""
+    is `known`: the reader holds it already, or a newer state of its key, and the entry covering
+    it whole. A peer gets only its key (its own entry of the transaction must name every key, for
+    the nodes that read the transaction from it), never the row: taken again, a tombstone the
+    reader had purged since would come back to it at a new sequence and go round the cluster
+    again, each node taking it anew after purging it, so that purges never caught up with it
+    (the simulation found this)."""
     changes: list[Change] = []
     worklist = [at]
     seen_entries = {at}
@@ -60,10 +62,12 @@ def serve_entry(
             if row is None:  # a deletion that was purged: nothing to serve
                 continue
             value, version, row_seq, expires, txn = row
+            record = Record(key, value, version, expires)
             if (txn or row_seq) <= since:
+                changes.append(Change(row_seq, record, at, current=False, known=True))
                 continue
             current = entry == at and seq != 0 and row_seq == seq
-            changes.append(Change(row_seq, Record(key, value, version, expires), at, current))
+            changes.append(Change(row_seq, record, at, current))
             if txn and txn not in seen_entries:
                 seen_entries.add(txn)
                 worklist.append(txn)

@@ -88,7 +88,9 @@ class Txn:
 @dataclass(frozen=True, slots=True)
 class PeerBatch:
     """Records from a peer, merged by LWW, and how far its feed was read. `groups`: the (start,
-    stop) index ranges of `records` that are transactions. Answers how many records won."""
+    stop) index ranges of `records` that are transactions, where a record may only name its key
+    (`Record.named_only`): it is named in this node's entry, never merged. Answers how many
+    records won."""
 
     records: Sequence[Record]
     checkpoint: Checkpoint | None = None
@@ -420,10 +422,12 @@ def _plan_peer_batch(plan: MergePlan, batch: PeerBatch) -> int:
     position = 0
     for start, stop in (*batch.groups, (len(records), len(records))):
         for record in records[position:start]:
-            won += plan.merge(record) is not Outcome.SUPERSEDED
+            if not record.named_only:
+                won += plan.merge(record) is not Outcome.SUPERSEDED
         group: list[Change] = []
         for record in records[start:stop]:
-            accepted = plan.merge(record) is not Outcome.SUPERSEDED
+            # A key the peer only names (this node holds its row already) is named here too.
+            accepted = not record.named_only and plan.merge(record) is not Outcome.SUPERSEDED
             won += accepted
             group.append(Change(plan.seq if accepted else 0, record))
         # Kept whole for the nodes that pull from this one, when this one took any of it.

@@ -368,8 +368,8 @@ class RedisBackend:
             # cover them), each with whether it is still the entry's own change.
             for j in range(0, len(body), 4):
                 key = bytes(body[j]).decode("utf-8")
-                record = decode_record(key, body[j + 2])
-                changes.append(Change(_score(body[j + 1]), record, at, body[j + 3] == b"1"))
+                record, mark = decode_record(key, body[j + 2]), body[j + 3]
+                changes.append(Change(_score(body[j + 1]), record, at, mark == b"1", mark == b"k"))
         # Read in the same atomic script as the rows: `until` covers only what the read saw.
         if int(flat[0]) == 1:
             return FeedPage(changes, max(seq, _score(flat[1])))

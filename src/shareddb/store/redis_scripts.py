@@ -224,12 +224,12 @@ return out
 # overhead, the reader's position. The feed is the `seq` zset: rows, less those a transaction
 # entry covers (in `txn`), and each entry as NUL + its seq, served whole (one of `count`; never
 # split by the budget): the current rows of its keys, and of the keys of every entry that covers
-# one of those rows, and so on (store/plan.py), each key once, less the rows the feed serves at or
-# below the reader's position (entries.serve_entry says why); a change is current when it is the
-# entry's own and its key's row still holds the sequence the entry gave it.
+# one of those rows, and so on (store/plan.py), each key once; a change is known when the feed
+# serves its row at or below the reader's position (entries.serve_entry says why), and current
+# when it is the entry's own and its key's row still holds the sequence the entry gave it.
 # Answers: 1 when the read reached the end of the feed, else 0; the last sequence; then for each
 # unit: member, score, and the record (a row) or the changes (an entry: key, seq, record,
-# '1' or '0' for current, key, ...). Units stop before the one that would pass the budget (the
+# '1' current, '0' not, 'k' known, key, ...). Units stop before the one that would pass the budget (the
 # first is always sent), counted as `change_size` counts them, in bytes (with the version). Only
 # an entry and the rows it covers share a score, and NUL sorts before every key: resuming after a
 # score loses nothing.
@@ -249,16 +249,17 @@ local function serve(at)  -- the changes of the entry at `at`, and their size
       local given, key = tonumber(item[1]), item[2]
       local record = not served[key] and redis.call('HGET', rec, key)
       served[key] = true
-      local held = record and redis.call('ZSCORE', seqs, key)
-      local covering = record and tonumber(redis.call('ZSCORE', txn, key) or '0')
-      if record and (covering ~= 0 and covering or tonumber(held)) > since then
+      if record then
+        local held = redis.call('ZSCORE', seqs, key)
+        local covering = tonumber(redis.call('ZSCORE', txn, key) or '0')
+        local known = (covering ~= 0 and covering or tonumber(held)) <= since
         local current = this == at and given ~= 0 and tonumber(held) == given
         out[#out + 1] = key
         out[#out + 1] = held
         out[#out + 1] = record
-        out[#out + 1] = current and '1' or '0'
+        out[#out + 1] = known and 'k' or (current and '1' or '0')
         size = size + #key + #record + overhead
-        if covering ~= 0 and not seen[covering] then
+        if covering ~= 0 and not known and not seen[covering] then
           seen[covering] = true
           worklist[#worklist + 1] = covering
         end
