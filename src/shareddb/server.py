@@ -16,6 +16,7 @@ from aiohttp import web
 from shareddb.api.app import create_server
 from shareddb.config import Settings
 from shareddb.node import Node, NodeError
+from shareddb.tls import TlsError, node_contexts
 
 log = logging.getLogger("shareddb.server")
 
@@ -42,6 +43,11 @@ def _listen(host: str, port: int) -> socket.socket:
 
 async def serve(settings: Settings) -> None:
     """Run a node until SIGTERM or SIGINT. Raises NodeError with a user-facing line on failure."""
+    try:
+        server_tls, peer_tls = node_contexts(settings.tls_cert, settings.tls_key, settings.tls_ca)
+    except TlsError as exc:
+        raise NodeError(str(exc)) from None
+    scheme = "https" if server_tls else "http"
     sock = _listen(settings.host, settings.port)
     try:
         node = await Node.open(settings)
@@ -60,11 +66,12 @@ async def serve(settings: Settings) -> None:
     )
     try:
         await runner.setup()
-        await web.SockSite(runner, sock).start()
+        await web.SockSite(runner, sock, ssl_context=server_tls).start()
         port = sock.getsockname()[1]
-        log.info("node %s listening on http://%s:%d", node.id, settings.host, port)
+        log.info("node %s listening on %s://%s:%d", node.id, scheme, settings.host, port)
         await node.start_replication(
-            settings.advertise or f"http://{_public_host(settings.host)}:{port}"
+            settings.advertise or f"{scheme}://{_public_host(settings.host)}:{port}",
+            peer_tls=peer_tls,
         )
         await stop.wait()
         log.info("node %s shutting down", node.id)
