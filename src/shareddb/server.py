@@ -25,10 +25,29 @@ log = logging.getLogger("shareddb.server")
 MAX_REQUEST_LINE = 4 * 1024 * 1024
 SHUTDOWN_TIMEOUT = 15.0
 WATCH_CLOSE_GRACE = 1.0  # for a watch stream stuck writing to a client that does not read
+# A TLS handshake not done by then is dropped: as long as the SPEC gives a request head, and not
+# asyncio's 60 s, since the HTTP server sees a connection only once its handshake is done.
+TLS_HANDSHAKE_TIMEOUT = 10.0
 
 
 def _public_host(host: str) -> str:
     return socket.gethostname() if host in ("0.0.0.0", "::", "") else host
+
+
+class _Site(web.SockSite):
+    """aiohttp's SockSite with a deadline on TLS handshakes, which it has no parameter for."""
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)  # registers the site with its runner
+        server = self._runner.server
+        assert server is not None
+        self._server = await asyncio.get_running_loop().create_server(
+            server,
+            sock=self._sock,
+            ssl=self._ssl_context,
+            backlog=self._backlog,
+            ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if self._ssl_context else None,
+        )
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -66,7 +85,7 @@ async def serve(settings: Settings) -> None:
     )
     try:
         await runner.setup()
-        await web.SockSite(runner, sock, ssl_context=server_tls).start()
+        await _Site(runner, sock, ssl_context=server_tls).start()
         port = sock.getsockname()[1]
         log.info("node %s listening on %s://%s:%d", node.id, scheme, settings.host, port)
         await node.start_replication(
