@@ -16,7 +16,7 @@ from aiohttp import web
 from shareddb.api.app import create_server
 from shareddb.config import Settings
 from shareddb.node import Node, NodeError
-from shareddb.tls import TlsError, node_contexts
+from shareddb.tls import TlsError, check_peer_urls, node_contexts
 
 log = logging.getLogger("shareddb.server")
 
@@ -64,6 +64,9 @@ async def serve(settings: Settings) -> None:
     """Run a node until SIGTERM or SIGINT. Raises NodeError with a user-facing line on failure."""
     try:
         server_tls, peer_tls = node_contexts(settings.tls_cert, settings.tls_key, settings.tls_ca)
+        if server_tls:
+            urls = [("--advertise", settings.advertise), ("--join", settings.join)]
+            check_peer_urls(urls + [("--peers", peer) for peer in settings.peers])
     except TlsError as exc:
         raise NodeError(str(exc)) from None
     scheme = "https" if server_tls else "http"

@@ -14,6 +14,7 @@ import logging
 import os
 import ssl
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,17 @@ def node_contexts(
         raise TlsError(f"{given} needs {missing} as well")
     flags = ("--tls-ca", "--tls-cert", "--tls-key")
     return server_context(cert, key, ca), client_context(ca, cert, key, flags=flags)
+
+
+def check_peer_urls(urls: Iterable[tuple[str, str | None]]) -> None:
+    """A node serving TLS talks to its peers over https:// only (they serve it too): a plain
+    http:// URL among its flags (`("--peers", url)`, ...) is a mistake to report at start."""
+    for flag, url in urls:
+        if url and url.startswith("http://"):
+            raise TlsError(
+                f"{flag} {url} is plain HTTP: a node with --tls-cert reaches its peers, and is "
+                "reached, over https://"
+            )
 
 
 def peer_certified(request: Any) -> bool:

@@ -264,6 +264,9 @@ def test_unusable_certificate_files_are_one_line_errors(certs: Certificates, tmp
             tls.node_contexts(cert, key, ca)
         assert str(raised.value).startswith(expected), (expected, str(raised.value))
         assert "\n" not in str(raised.value)
+    tls.check_peer_urls([("--peers", "https://10.0.0.2:8443"), ("--join", None)])
+    with pytest.raises(tls.TlsError, match=r"^--peers http://10\.0\.0\.3:8443 is plain HTTP"):
+        tls.check_peer_urls([("--peers", "https://10.0.0.2:8443"), ("--peers", "http://10.0.0.3:8443")])
 
 
 def test_serve_with_an_unusable_key_exits_with_one_line(certs: Certificates, tmp_path: Path) -> None:
@@ -272,7 +275,7 @@ def test_serve_with_an_unusable_key_exits_with_one_line(certs: Certificates, tmp
         return run_cli("serve", "--port", "0", "--data", data, *args, timeout=CLI_TIMEOUT)
 
     a, b = certs.a, certs.b
-    with ThreadPoolExecutor(2) as pool:
+    with ThreadPoolExecutor(3) as pool:
         mismatched = pool.submit(serve, "m", "--tls-cert", str(a.cert), "--tls-key", str(b.key))
         # From the environment, as every setting can be given.
         missing = pool.submit(
@@ -285,9 +288,11 @@ def test_serve_with_an_unusable_key_exits_with_one_line(certs: Certificates, tmp
             env={"SHAREDDB_TLS_CERT": str(a.cert), "SHAREDDB_TLS_KEY": str(tmp_path / "no-key.pem")},
             timeout=CLI_TIMEOUT,
         )
+        plain_peer = pool.submit(serve, "p", *a.flags(), "--peers", "http://127.0.0.1:9")
     for result, expected in (
         (mismatched.result(), "is not the key of the certificate"),
         (missing.result(), "cannot read --tls-key"),
+        (plain_peer.result(), "--peers http://127.0.0.1:9 is plain HTTP"),
     ):
         assert result.returncode != 0, result
         assert result.stderr.strip().splitlines() == [result.stderr.strip()], result.stderr
