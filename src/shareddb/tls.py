@@ -10,13 +10,14 @@ module, certificates are made in certs.py.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import ssl
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 log = logging.getLogger("shareddb.tls")
 
@@ -93,11 +94,18 @@ def check_peer_urls(urls: Iterable[tuple[str, str | None]]) -> None:
             )
 
 
-def peer_certified(request: Any) -> bool:
+class Request(Protocol):
+    """What `peer_certified` needs of a request (aiohttp's has it)."""
+
+    @property
+    def transport(self) -> asyncio.BaseTransport | None: ...
+
+
+def peer_certified(request: Request) -> bool:
     """Whether the request came over a connection whose client certificate verified against the
     node's --tls-ca. Only then does the handshake leave a certificate (`getpeercert()` is empty for
     one that was not verified, None for none), so this is False without TLS or without a CA."""
-    transport = getattr(request, "transport", None)
+    transport = request.transport
     if transport is None:
         return False
     return bool(transport.get_extra_info("peercert"))
@@ -179,4 +187,4 @@ def _readable(path: StrPath, flag: str) -> None:
 
 
 def _reason(exc: ssl.SSLError) -> str:
-    return str(exc.reason or exc).lower().replace("_", " ") if exc.reason else str(exc)
+    return str(exc.reason).lower().replace("_", " ") if exc.reason else str(exc)
