@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import sys
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager
@@ -21,6 +22,7 @@ from shareddb.config import SETTINGS, Settings
 from shareddb.node import NodeError
 from shareddb.record import DEFAULT_MAX_VALUE_BYTES
 from shareddb.store.sqlite_faults import StoreOpenError
+from shareddb.tls import TlsError, client_context
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -72,6 +74,9 @@ def cli() -> None:
 @_setting("--token", default=None)
 @_setting("--peer-token", default=None)
 @_setting("--watch-ping", type=click.FloatRange(min=0.01, max=15), default=15.0, show_default=True)
+@_setting("--tls-cert", type=click.Path(path_type=Path), default=None)
+@_setting("--tls-key", type=click.Path(path_type=Path), default=None)
+@_setting("--tls-ca", type=click.Path(path_type=Path), default=None)
 def serve(
     port: int,
     host: str,
@@ -87,6 +92,9 @@ def serve(
     token: str | None,
     peer_token: str | None,
     watch_ping: float,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    tls_ca: Path | None,
 ) -> None:
     """Run one node in the foreground until SIGTERM or Ctrl-C."""
     from shareddb.server import serve as serve_node
@@ -111,6 +119,9 @@ def serve(
         token=token or None,
         peer_token=peer_token or None,
         watch_ping=watch_ping,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_ca=tls_ca,
     )
     try:
         run(serve_node(settings))
@@ -130,19 +141,35 @@ def cluster() -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--token", envvar="SHAREDDB_TOKEN", default=None, help="Client token for every node.")
 @click.option("--peer-token", envvar="SHAREDDB_PEER_TOKEN", default=None, help="Peer token.")
+@click.option(
+    "--tls",
+    is_flag=True,
+    help="Serve HTTPS with mutual TLS between the nodes: make a throwaway CA and a certificate "
+    "per node in DATA/tls (prints the CA file clients use).",
+)
 def cluster_up(
-    nodes: int, base_port: int, data: Path, host: str, token: str | None, peer_token: str | None
+    nodes: int,
+    base_port: int,
+    data: Path,
+    host: str,
+    token: str | None,
+    peer_token: str | None,
+    tls: bool,
 ) -> None:
     """Start NODES local nodes on consecutive ports (node1, node2, ...); Ctrl-C stops them all."""
     from shareddb.launcher import Launcher
 
-    code = run(Launcher(nodes, base_port, data, host, token, peer_token).run())
+    try:
+        launcher = Launcher(nodes, base_port, data, host, token, peer_token, tls=tls)
+    except OSError as exc:
+        raise Fail(f"cannot write the certificates in {data / 'tls'}: {exc.strerror or exc}") from None
+    code = run(launcher.run())
     sys.exit(code)
 
 
 # -- client commands ------------------------------------------------------------------------------
 
-url_option = click.option(
+_url = click.option(
     "--url",
     "urls",
     envvar="SHAREDDB_URL",
@@ -151,6 +178,51 @@ url_option = click.option(
     show_default=True,
     help="Node to ask; give it several times (or comma-separated) to fail over to the next.",
 )
+TLS_META = "shareddb.tls"  # where the TLS options of a client command are kept (click's ctx.meta)
+
+
+def _keep_tls(ctx: click.Context, param: click.Parameter, value: Path | None) -> None:
+    if value is not None and param.name is not None:
+        ctx.meta.setdefault(TLS_META, {})[param.name] = value
+
+
+def _tls(flag: str, envvar: str, help: str) -> Callable[[F], F]:
+    return click.option(
+        flag,
+        "tls_" + flag.removeprefix("--"),  # not `key`: that is the KEY argument of get, set, rm
+        envvar=envvar,
+        type=click.Path(path_type=Path),
+        default=None,
+        expose_value=False,
+        callback=_keep_tls,
+        help=help,
+    )
+
+
+def url_option(command: F) -> F:
+    """--url, and the TLS options that go with reaching a node over https:// (--ca, --cert,
+    --key); `connected` reads the latter."""
+    command = _tls("--key", "SHAREDDB_KEY", "Key of --cert, when it is not in the same file.")(command)
+    command = _tls("--cert", "SHAREDDB_CERT", "Client certificate (PEM) to present.")(command)
+    command = _tls(
+        "--ca",
+        "SHAREDDB_CA",
+        "CA certificate (PEM) to verify https:// nodes with, instead of the system's CAs.",
+    )(command)
+    return _url(command)
+
+
+def client_tls() -> ssl.SSLContext | bool:
+    """What the client verifies nodes with: the system's CAs, or --ca (and --cert) as given."""
+    given = click.get_current_context().meta.get(TLS_META, {})
+    if not given:
+        return True
+    try:
+        return client_context(given.get("tls_ca"), given.get("tls_cert"), given.get("tls_key"))
+    except TlsError as exc:
+        raise Fail(str(exc)) from None
+
+
 token_option = click.option("--token", envvar="SHAREDDB_TOKEN", default=None, help="Bearer token.")
 
 
@@ -169,7 +241,7 @@ def failure_line(exc: ClientError) -> str:
 def connected(urls: Sequence[str], token: str | None) -> Iterator[Client]:
     """A client of the nodes at `urls`; a failed request becomes one line (`Fail`)."""
     try:
-        with Client(urls, token=token) as client:
+        with Client(urls, token=token, verify=client_tls()) as client:
             yield client
     except ClientError as exc:
         raise Fail(failure_line(exc)) from None
@@ -343,7 +415,7 @@ def verify(urls: tuple[str, ...], token: str | None) -> None:
     from shareddb.verify import verify as run_verify
 
     try:
-        report = run(run_verify(urls, token))
+        report = run(run_verify(urls, token, client_tls()))
     except ClientError as exc:
         raise Fail(exc.message) from None
     for line in report.lines():

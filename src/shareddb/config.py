@@ -71,6 +71,19 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("--peer-token", "none", "Token peers must present on replication endpoints."),
     Setting(
+        "--tls-cert",
+        "none",
+        "PEM certificate (chain) of this node; with --tls-key the node serves HTTPS only and its "
+        "peer URLs are https://.",
+    ),
+    Setting("--tls-key", "none", "PEM private key of --tls-cert."),
+    Setting(
+        "--tls-ca",
+        "none",
+        "PEM CA certificate(s) for mutual TLS between peers: peers present a certificate from it "
+        "and verify each other's against it alone; clients need none.",
+    ),
+    Setting(
         "--watch-ping",
         "15",
         "Seconds between the `: ping` comments of a watch stream (GET /v1/watch), which keep "
@@ -97,3 +110,6 @@ class Settings:
     token: str | None = None
     peer_token: str | None = None
     watch_ping: float = 15.0
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None

@@ -1,7 +1,8 @@
 """`shareddb cluster up`: N local node processes as one cluster, in the foreground.
 
 Each node's output is prefixed with its id. Ctrl-C or SIGTERM stops every node with SIGTERM (each
-finishes its in-flight writes); if one node exits by itself, the others are stopped too.
+finishes its in-flight writes); if one node exits by itself, the others are stopped too. With
+`--tls`, a throwaway CA and a certificate per node are made in DATA/tls first (certs.py).
 """
 
 from __future__ import annotations
@@ -9,8 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import socket
 import sys
 from pathlib import Path
+
+from shareddb.certs import NodeFiles, make_cluster
 
 STOP_TIMEOUT = 20.0
 
@@ -24,6 +28,7 @@ class Launcher:
         host: str,
         token: str | None = None,
         peer_token: str | None = None,
+        tls: bool = False,
     ) -> None:
         self.nodes = nodes
         self.base_port = base_port
@@ -31,9 +36,37 @@ class Launcher:
         self.host = host
         self.token = token
         self.peer_token = peer_token
+        self.tls: list[NodeFiles] = []
+        if tls:
+            self.tls = make_cluster(self.tls_dir, self.names(), self.hosts())
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.data / "tls"
+
+    def names(self) -> list[str]:
+        return [f"node{index + 1}" for index in range(self.nodes)]
+
+    def hosts(self) -> list[str]:
+        """What the node certificates are good for: loopback, and the host the nodes listen on."""
+        hosts = ["127.0.0.1", "localhost", self.host]
+        if self.host in ("0.0.0.0", "::", ""):
+            hosts.append(socket.gethostname())
+        return [h for h in hosts if h]
 
     def url(self, index: int) -> str:
-        return f"http://{self.host}:{self.base_port + index}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://{self.host}:{self.base_port + index}"
+
+    def how_to_connect(self) -> list[str]:
+        """What `cluster up --tls` prints before the nodes start: where the CA is, and its use."""
+        ca = self.tls[0].ca.resolve()
+        return [
+            f"TLS: the nodes use certificates of a throwaway CA, in {self.tls_dir.resolve()}",
+            f"clients verify them with --ca {ca} (or SHAREDDB_CA={ca}), for example:",
+            f"  shareddb status --url {self.url(0)} --ca {ca}",
+            f"  curl --cacert {ca} {self.url(0)}/health",
+        ]
 
     def command(self, index: int) -> list[str]:
         node_id = f"node{index + 1}"
@@ -47,12 +80,17 @@ class Launcher:
             cmd += ["--token", self.token]
         if self.peer_token:
             cmd += ["--peer-token", self.peer_token]
+        if self.tls:
+            cmd += self.tls[index].flags()
         return cmd
 
     async def run(self) -> int:
         procs: list[asyncio.subprocess.Process] = []
         pumps: list[asyncio.Task[None]] = []
         width = len(f"node{self.nodes}")
+        if self.tls:
+            sys.stdout.write("".join(line + "\n" for line in self.how_to_connect()))
+            sys.stdout.flush()
         for index in range(self.nodes):
             proc = await asyncio.create_subprocess_exec(
                 *self.command(index),

@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from ssl import SSLContext
 from typing import IO
 
 import orjson
@@ -104,7 +105,8 @@ class Node:
         self.clock = clock
         self._now = now
         self._lock = lock
-        self.url = settings.advertise or f"http://{settings.host}:{settings.port}"
+        scheme = "https" if settings.tls_cert else "http"
+        self.url = settings.advertise or f"{scheme}://{settings.host}:{settings.port}"
         # This life of the node: a new store (a wiped data dir) is a new incarnation.
         self.incarnation = incarnation_of(store.instance_id)
         self.origin = make_origin(node_id, self.incarnation)
@@ -218,10 +220,14 @@ class Node:
                 )
         return node
 
-    async def start_replication(self, url: str, transport: Transport | None = None) -> None:
-        """Announce this node at `url` and start pulling from every peer it knows."""
+    async def start_replication(
+        self, url: str, transport: Transport | None = None, *, peer_tls: SSLContext | None = None
+    ) -> None:
+        """Announce this node at `url` and start pulling from every peer it knows; `peer_tls` is
+        the client side of TLS to peers (tls.node_contexts)."""
         token = self.settings.peer_token or self.settings.token
-        replicator = await self.attach_replication(url, transport or HttpTransport(token))
+        transport = transport or HttpTransport(token, ssl_context=peer_tls)
+        replicator = await self.attach_replication(url, transport)
         replicator.start(join=self.settings.join)
         if self.settings.registry:
             self.registry = Registry(

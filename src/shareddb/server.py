@@ -16,6 +16,7 @@ from aiohttp import web
 from shareddb.api.app import create_server
 from shareddb.config import Settings
 from shareddb.node import Node, NodeError
+from shareddb.tls import TlsError, check_peer_urls, node_contexts
 
 log = logging.getLogger("shareddb.server")
 
@@ -24,10 +25,29 @@ log = logging.getLogger("shareddb.server")
 MAX_REQUEST_LINE = 4 * 1024 * 1024
 SHUTDOWN_TIMEOUT = 15.0
 WATCH_CLOSE_GRACE = 1.0  # for a watch stream stuck writing to a client that does not read
+# A TLS handshake not done by then is dropped: as long as the SPEC gives a request head, and not
+# asyncio's 60 s, since the HTTP server sees a connection only once its handshake is done.
+TLS_HANDSHAKE_TIMEOUT = 10.0
 
 
 def _public_host(host: str) -> str:
     return socket.gethostname() if host in ("0.0.0.0", "::", "") else host
+
+
+class _Site(web.SockSite):
+    """aiohttp's SockSite with a deadline on TLS handshakes, which it has no parameter for."""
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)  # registers the site with its runner
+        server = self._runner.server
+        assert server is not None
+        self._server = await asyncio.get_running_loop().create_server(
+            server,
+            sock=self._sock,
+            ssl=self._ssl_context,
+            backlog=self._backlog,
+            ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if self._ssl_context else None,
+        )
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -42,6 +62,14 @@ def _listen(host: str, port: int) -> socket.socket:
 
 async def serve(settings: Settings) -> None:
     """Run a node until SIGTERM or SIGINT. Raises NodeError with a user-facing line on failure."""
+    try:
+        server_tls, peer_tls = node_contexts(settings.tls_cert, settings.tls_key, settings.tls_ca)
+        if server_tls:
+            urls = [("--advertise", settings.advertise), ("--join", settings.join)]
+            check_peer_urls(urls + [("--peers", peer) for peer in settings.peers])
+    except TlsError as exc:
+        raise NodeError(str(exc)) from None
+    scheme = "https" if server_tls else "http"
     sock = _listen(settings.host, settings.port)
     try:
         node = await Node.open(settings)
@@ -60,11 +88,12 @@ async def serve(settings: Settings) -> None:
     )
     try:
         await runner.setup()
-        await web.SockSite(runner, sock).start()
+        await _Site(runner, sock, ssl_context=server_tls).start()
         port = sock.getsockname()[1]
-        log.info("node %s listening on http://%s:%d", node.id, settings.host, port)
+        log.info("node %s listening on %s://%s:%d", node.id, scheme, settings.host, port)
         await node.start_replication(
-            settings.advertise or f"http://{_public_host(settings.host)}:{port}"
+            settings.advertise or f"{scheme}://{_public_host(settings.host)}:{port}",
+            peer_tls=peer_tls,
         )
         await stop.wait()
         log.info("node %s shutting down", node.id)

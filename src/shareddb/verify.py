@@ -7,6 +7,7 @@ and, for the first few, the keys whose versions differ between nodes.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,14 +51,17 @@ class Report:
         return out
 
 
-async def verify(urls: str | Sequence[str], token: str | None) -> Report:
-    """Ask the first node of `urls` that answers for the members, then every member."""
-    async with AsyncClient(urls, token=token) as entry:
+async def verify(
+    urls: str | Sequence[str], token: str | None, tls: ssl.SSLContext | bool = True
+) -> Report:
+    """Ask the first node of `urls` that answers for the members, then every member; `tls` is
+    what https:// nodes are verified with (the clients' `verify`)."""
+    async with AsyncClient(urls, token=token, verify=tls) as entry:
         view = await entry.cluster()
     targets = [(view["node"]["id"], view["node"]["url"])]
     targets += [(m["id"] or "?", m["url"]) for m in view["members"] if m["state"] != "left"]
     report = Report()
-    clients = [AsyncClient(u, token=token, timeout=60) for _, u in targets]
+    clients = [AsyncClient(u, token=token, timeout=60, verify=tls) for _, u in targets]
     try:
         digests = await asyncio.gather(*(_digest(c) for c in clients))
         for (node_id, node_url), digest in zip(targets, digests, strict=True):

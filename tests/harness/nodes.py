@@ -70,7 +70,7 @@ class NodeProcess(LoggedProcess):
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def command(self) -> list[str]:
         return serve_command(self.data, self.node_id, self.port or self.requested_port, self.args)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tests.harness.procfs import cpu_seconds, status_bytes
 
-LISTENING = re.compile(r"listening on http://([^\s:/]+):(\d+)")
+LISTENING = re.compile(r"listening on (https?)://([^\s:/]+):(\d+)")
 POLL = 0.02
 
 
@@ -26,6 +26,7 @@ class LoggedProcess:
         self.commands: list[str] = []  # every command line it was started with
         self.spawned_at = 0.0  # time.monotonic() when the process was last spawned
         self._log_offset = 0
+        self.scheme = "http"  # of the last `listening on` line: https for a node serving TLS
 
     def spawn(self, cmd: Sequence[str], env: dict[str, str] | None = None) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -72,13 +73,14 @@ class LoggedProcess:
         return "\n".join(self.logs().splitlines()[-lines:])
 
     def listening_port(self, timeout: float) -> int | None:
-        """The port of the `listening on http://HOST:PORT` line logged since the last start; None
-        when the process exits or `timeout` passes first."""
+        """The port of the `listening on http(s)://HOST:PORT` line logged since the last start
+        (its scheme goes to `scheme`); None when the process exits or `timeout` passes first."""
         deadline = time.monotonic() + timeout
         while True:
             match = LISTENING.search(self.new_log())
             if match is not None:
-                return int(match.group(2))
+                self.scheme = match.group(1)
+                return int(match.group(3))
             if self.exited() or time.monotonic() > deadline:
                 return None
             time.sleep(POLL)

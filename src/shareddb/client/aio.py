@@ -34,6 +34,7 @@ from shareddb.client.model import (
 )
 from shareddb.client.sync import DEFAULT_URL, GIVE_UP_AFTER, IDLE_TIMEOUT, PAGE
 from shareddb.client.watch import WatchState, listing_seq, refused, stream_check
+from shareddb.tls import StrPath
 
 T = TypeVar("T")
 
@@ -49,10 +50,14 @@ class AsyncClient:
         token: str | None = None,
         timeout: float = 30.0,
         verify: ssl.SSLContext | bool = True,
+        ca: StrPath | None = None,
+        cert: StrPath | None = None,
+        key: StrPath | None = None,
     ) -> None:
         self._nodes = Nodes(urls)
         self.timeout = timeout
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        verify = calls.tls_verify(verify, ca, cert, key)
         self._http = httpx.AsyncClient(headers=headers, timeout=timeout, verify=verify, trust_env=False)
 
     @property

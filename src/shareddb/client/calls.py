@@ -6,6 +6,7 @@ Also the failover rule both follow: which failure moves a request on to the next
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -18,6 +19,7 @@ import orjson
 
 from shareddb.client.errors import BadRequest, ClientError, InvalidAnswer, Unavailable, error_from_answer
 from shareddb.client.model import Entry, Page, TxnResult, Written
+from shareddb.tls import StrPath, TlsError, client_context
 
 T = TypeVar("T")
 
@@ -73,6 +75,22 @@ def node_urls(urls: str | Sequence[str]) -> list[str]:
     return found
 
 
+def tls_verify(
+    verify: ssl.SSLContext | bool, ca: StrPath | None, cert: StrPath | None, key: StrPath | None
+) -> ssl.SSLContext | bool:
+    """What httpx verifies nodes with: `verify` as given, or, with `ca`/`cert`, a context that
+    trusts the CA file `ca` alone and presents the client certificate `cert` (its key in `key` or
+    in the same file)."""
+    if ca is None and cert is None and key is None:
+        return verify
+    if verify is not True:
+        raise BadRequest(0, "give either verify= or ca=/cert=/key=, not both")
+    try:
+        return client_context(ca, cert, key, flags=("CA file", "certificate", "key"))
+    except TlsError as exc:
+        raise BadRequest(0, str(exc)) from None
+
+
 class Nodes:
     """The node URLs in failover order: a request starts at the node that answered last."""
 
@@ -94,6 +112,14 @@ class Nodes:
 def describe(exc: Exception) -> str:
     if isinstance(exc, httpx.TimeoutException):
         return "no answer in time"
+    cause: BaseException | None = exc
+    while cause is not None:  # httpx's error wraps httpcore's, which wraps the ssl module's
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return (
+                f"its TLS certificate does not verify ({cause.verify_message}); give the CA file "
+                "of the cluster (--ca, SHAREDDB_CA, or ca= in Python)"
+            )
+        cause = cause.__cause__ or cause.__context__
     return str(exc) or type(exc).__name__
 
 

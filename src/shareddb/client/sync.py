@@ -32,6 +32,7 @@ from shareddb.client.model import (
     txn_document,
 )
 from shareddb.client.watch import WatchState, listing_seq, refused, stream_check
+from shareddb.tls import StrPath
 
 T = TypeVar("T")
 
@@ -45,7 +46,11 @@ class Client:
     """A client of one or more nodes of a cluster: `with Client(["http://a:8080", "http://b:8080"])
     as db: db.put("k", "v")`. A request that cannot reach a node goes to the next URL (a write only
     when it surely did not reach the first); answers are dataclasses of `shareddb.client.model`,
-    failures `ClientError` subclasses. Not thread-safe: one per thread or process."""
+    failures `ClientError` subclasses. Not thread-safe: one per thread or process.
+
+    Over https://, `ca="ca.pem"` trusts that CA file alone (a cluster's own CA, as `cluster up
+    --tls` makes), `cert=`/`key=` present a client certificate, and `verify=` takes an
+    `ssl.SSLContext` of your own (or False, which checks nothing)."""
 
     def __init__(
         self,
@@ -54,10 +59,14 @@ class Client:
         token: str | None = None,
         timeout: float = 30.0,
         verify: ssl.SSLContext | bool = True,
+        ca: StrPath | None = None,
+        cert: StrPath | None = None,
+        key: StrPath | None = None,
     ) -> None:
         self._nodes = Nodes(urls)
         self.timeout = timeout
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        verify = calls.tls_verify(verify, ca, cert, key)
         self._http = httpx.Client(headers=headers, timeout=timeout, verify=verify, trust_env=False)
 
     @property

@@ -3,6 +3,7 @@ over the peer API, and the simulation passes in a transport of its own."""
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -133,13 +134,15 @@ def decode_reply(body: bytes) -> PullReply:
 
 
 class HttpTransport:
-    """The peer API over HTTP, with one keep-alive connection pool for all peers."""
+    """The peer API over HTTP(S), with one keep-alive connection pool for all peers. `ssl_context`
+    is used for https:// peers: it verifies them and presents this node's certificate."""
 
-    def __init__(self, token: str | None) -> None:
+    def __init__(self, token: str | None, ssl_context: ssl.SSLContext | None = None) -> None:
         headers = {PEER_HEADER: f"Bearer {token}"} if token else {}
+        self._presents_certificate = ssl_context is not None
         self._session = aiohttp.ClientSession(
             headers=headers,
-            connector=aiohttp.TCPConnector(limit_per_host=4),
+            connector=aiohttp.TCPConnector(limit_per_host=4, ssl=ssl_context or True),
         )
 
     async def pull(self, url: str, request: PullRequest) -> PullReply:
@@ -181,6 +184,20 @@ class HttpTransport:
                 if response.status != 200:
                     raise PeerError(f"{url} answered {response.status}: {body[:200]!r}")
                 return body
+        except aiohttp.ClientConnectorCertificateError as exc:
+            reason = getattr(exc.certificate_error, "verify_message", None) or exc.certificate_error
+            raise PeerError(f"refused {url}: its TLS certificate does not verify ({reason})") from exc
+        except aiohttp.ServerDisconnectedError as exc:
+            if self._presents_certificate and url.startswith("https://"):
+                # Under TLS 1.3 a peer refuses a client certificate after the handshake, by
+                # closing the connection: to us that looks just like this.
+                raise PeerError(
+                    f"{url} closed the connection (a TLS peer does so when this node's "
+                    "certificate is not from its --tls-ca)"
+                ) from exc
+            raise PeerError(f"cannot reach {url}: {exc}") from exc
+        except aiohttp.ClientSSLError as exc:
+            raise PeerError(f"TLS with {url} failed: {_ssl_reason(exc)}") from exc
         except aiohttp.ClientError as exc:
             raise PeerError(f"cannot reach {url}: {exc}") from exc
         except TimeoutError as exc:
@@ -188,6 +205,13 @@ class HttpTransport:
 
     async def close(self) -> None:
         await self._session.close()
+
+
+def _ssl_reason(exc: aiohttp.ClientSSLError) -> str:
+    """OpenSSL's reason (`tlsv13 alert certificate required`), not aiohttp's whole repr."""
+    cause = exc.os_error
+    reason = getattr(cause, "reason", None)
+    return str(reason).lower().replace("_", " ") if reason else str(cause)
 
 
 def _message(body: bytes) -> str:
