@@ -21,6 +21,7 @@ from shareddb.config import SETTINGS, Settings
 from shareddb.node import NodeError
 from shareddb.record import DEFAULT_MAX_VALUE_BYTES
 from shareddb.store.sqlite_faults import StoreOpenError
+from shareddb.tokens import Network, TokenError, parse_networks
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -44,6 +45,13 @@ def _setting(flag: str, **kwargs: Any) -> Callable[[F], F]:
     """A `serve` option whose help and environment variable come from config.SETTINGS."""
     setting = next(s for s in SETTINGS if s.flag == flag)
     return click.option(flag, envvar=setting.env, show_envvar=True, help=setting.meaning, **kwargs)
+
+
+def _networks(ctx: click.Context, param: click.Parameter, value: str) -> tuple[Network, ...]:
+    try:
+        return parse_networks(value)
+    except TokenError as exc:
+        raise click.BadParameter(str(exc).removeprefix("--peer-allow: ")) from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -70,7 +78,9 @@ def cli() -> None:
     show_default=True,
 )
 @_setting("--token", default=None)
+@_setting("--tokens", type=click.Path(path_type=Path, dir_okay=False), default=None)
 @_setting("--peer-token", default=None)
+@_setting("--peer-allow", default="", callback=_networks)
 @_setting("--watch-ping", type=click.FloatRange(min=0.01, max=15), default=15.0, show_default=True)
 def serve(
     port: int,
@@ -85,7 +95,9 @@ def serve(
     registry_ttl: float,
     max_value_bytes: int,
     token: str | None,
+    tokens: Path | None,
     peer_token: str | None,
+    peer_allow: tuple[Network, ...],
     watch_ping: float,
 ) -> None:
     """Run one node in the foreground until SIGTERM or Ctrl-C."""
@@ -109,7 +121,9 @@ def serve(
         registry_ttl=registry_ttl,
         max_value_bytes=max_value_bytes,
         token=token or None,
+        tokens=tokens,
         peer_token=peer_token or None,
+        peer_allow=peer_allow,
         watch_ping=watch_ping,
     )
     try:

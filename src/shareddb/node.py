@@ -220,8 +220,9 @@ class Node:
 
     async def start_replication(self, url: str, transport: Transport | None = None) -> None:
         """Announce this node at `url` and start pulling from every peer it knows."""
-        token = self.settings.peer_token or self.settings.token
-        replicator = await self.attach_replication(url, transport or HttpTransport(token))
+        # Only the peer token: no client token opens a peer endpoint.
+        transport = transport or HttpTransport(self.settings.peer_token)
+        replicator = await self.attach_replication(url, transport)
         replicator.start(join=self.settings.join)
         if self.settings.registry:
             self.registry = Registry(

@@ -1,4 +1,5 @@
-"""The `shareddb serve` process: open the node, listen, and shut down cleanly on SIGTERM/SIGINT.
+"""The `shareddb serve` process: open the node, listen, re-read the tokens file on SIGHUP, and
+shut down cleanly on SIGTERM/SIGINT.
 
 Shutdown order matters: stop accepting connections, let in-flight requests finish (their writes
 commit), then close the store.
@@ -13,9 +14,11 @@ import socket
 
 from aiohttp import web
 
+from shareddb.api.access import Access
 from shareddb.api.app import create_server
 from shareddb.config import Settings
 from shareddb.node import Node, NodeError
+from shareddb.tokens import TokenError
 
 log = logging.getLogger("shareddb.server")
 
@@ -42,6 +45,10 @@ def _listen(host: str, port: int) -> socket.socket:
 
 async def serve(settings: Settings) -> None:
     """Run a node until SIGTERM or SIGINT. Raises NodeError with a user-facing line on failure."""
+    try:
+        access = Access.from_settings(settings)
+    except TokenError as exc:
+        raise NodeError(str(exc)) from None
     sock = _listen(settings.host, settings.port)
     try:
         node = await Node.open(settings)
@@ -53,8 +60,9 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, access.reload)
     runner = web.ServerRunner(
-        create_server(node, access_log=None, max_line_size=MAX_REQUEST_LINE),
+        create_server(node, access, access_log=None, max_line_size=MAX_REQUEST_LINE),
         handle_signals=False,
         shutdown_timeout=SHUTDOWN_TIMEOUT,
     )

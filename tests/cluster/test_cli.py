@@ -301,7 +301,7 @@ def test_every_serve_flag_reads_its_environment_variable(
     assert get_json(node.url + "/health") == {"status": "ok", "node": "from-env"}
     assert (node.data / "shareddb.sqlite3").exists()
     assert put(node.url, "k", "v") == 401
-    assert put(node.url, "k", "v", token="wrong") == 403
+    assert put(node.url, "k", "v", token="wrong") == 401
     assert put(node.url, "k", "x" * 17, token="s3cret") == 413
     assert put(node.url, "k", "x" * 16, token="s3cret") == 201
 

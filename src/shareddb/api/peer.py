@@ -19,6 +19,7 @@ from shareddb.membership import Outside, Removed
 from shareddb.node import Node
 from shareddb.record import is_incarnation, node_id_error
 from shareddb.replication.transport import PullRequest, encode_reply
+from shareddb.tokens import Role
 
 MAX_JOIN_BODY = 1024 * 1024
 
@@ -114,6 +115,6 @@ async def join(node: Node, request: web.BaseRequest) -> web.Response:
 
 def routes(node: Node) -> list[Route]:
     return [
-        Route("GET", "/v1/peer/changes", partial(changes, node), peer=True),
-        Route("POST", "/v1/peer/join", partial(join, node), peer=True),
+        Route("GET", "/v1/peer/changes", partial(changes, node), Role.PEER),
+        Route("POST", "/v1/peer/join", partial(join, node), Role.PEER),
     ]
