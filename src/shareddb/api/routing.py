@@ -38,9 +38,10 @@ class Router:
     """Finds the handler of a request and turns every failure into the contract's JSON."""
 
     def __init__(self, routes: Iterable[Route], access: Access | None = None) -> None:
+        self.routes = tuple(routes)  # as declared (the docs' table of roles is checked against it)
         self._exact: dict[str, dict[str, Route]] = {}
         self._prefixes: list[tuple[str, dict[str, Route]]] = []
-        for route in routes:
+        for route in self.routes:
             if route.path.endswith("/*"):
                 prefix = route.path[:-1]
                 table = next((t for p, t in self._prefixes if p == prefix), None)
