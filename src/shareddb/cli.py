@@ -143,7 +143,12 @@ def cluster() -> None:
 @click.option("--data", type=click.Path(path_type=Path), default=Path("data"), show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--token", envvar="SHAREDDB_TOKEN", default=None, help="Client token for every node.")
-@click.option("--peer-token", envvar="SHAREDDB_PEER_TOKEN", default=None, help="Peer token.")
+@click.option(
+    "--peer-token",
+    envvar="SHAREDDB_PEER_TOKEN",
+    default=None,
+    help="Peer token of every node (default: one made for this run).",
+)
 def cluster_up(
     nodes: int, base_port: int, data: Path, host: str, token: str | None, peer_token: str | None
 ) -> None:

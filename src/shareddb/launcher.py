@@ -1,13 +1,16 @@
 """`shareddb cluster up`: N local node processes as one cluster, in the foreground.
 
 Each node's output is prefixed with its id. Ctrl-C or SIGTERM stops every node with SIGTERM (each
-finishes its in-flight writes); if one node exits by itself, the others are stopped too.
+finishes its in-flight writes); if one node exits by itself, the others are stopped too. Without
+`--peer-token`, the nodes share one made for this run, so they replicate on any `--host`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import secrets
 import signal
 import sys
 from pathlib import Path
@@ -30,7 +33,7 @@ class Launcher:
         self.data = data
         self.host = host
         self.token = token
-        self.peer_token = peer_token
+        self.peer_token = peer_token or secrets.token_urlsafe(18)
 
     def url(self, index: int) -> str:
         return f"http://{self.host}:{self.base_port + index}"
@@ -45,8 +48,6 @@ class Launcher:
             cmd += ["--peers", ",".join(peers)]
         if self.token:
             cmd += ["--token", self.token]
-        if self.peer_token:
-            cmd += ["--peer-token", self.peer_token]
         return cmd
 
     async def run(self) -> int:
@@ -56,6 +57,8 @@ class Launcher:
         for index in range(self.nodes):
             proc = await asyncio.create_subprocess_exec(
                 *self.command(index),
+                # Not on the command line, where every user of the machine could read it.
+                env={**os.environ, "SHAREDDB_PEER_TOKEN": self.peer_token},
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,  # Ctrl-C reaches us; we stop the nodes in order

@@ -138,7 +138,10 @@ class Access:
                 raise ApiError(403, "the peer token opens only the peer endpoints")
             raise ApiError(401, UNKNOWN_TOKEN)
         if role is not None and granted < role:
-            raise ApiError(403, f"this needs a {role.label} token; the token given is {granted.label}")
+            article = "an" if role is Role.ADMIN else "a"
+            raise ApiError(
+                403, f"this needs {article} {role.label} token; the token given is {granted.label}"
+            )
 
     def _check_peer(self, request: web.BaseRequest) -> None:
         if self._mutual_tls and peer_certificate_ok(request):
