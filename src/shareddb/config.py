@@ -74,8 +74,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "--tokens",
         "none",
-        "File of client tokens, one `ROLE TOKEN` per line (ROLE: read, write or admin; # comments); "
-        "re-read on SIGHUP.",
+        "File of client tokens, one `ROLE TOKEN` per line (ROLE: read, write or admin; # starts a "
+        "comment); re-read on SIGHUP.",
     ),
     Setting(
         "--peer-token",
@@ -85,8 +85,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "--peer-allow",
         "none",
-        "Comma-separated networks (CIDR) whose requests may use the replication endpoints when "
-        "the node has no peer token; loopback always may.",
+        "Comma-separated networks (CIDR) or addresses that, besides loopback, may use the "
+        "replication endpoints of a node without a peer token or mutual TLS.",
     ),
     Setting(
         "--watch-ping",

@@ -43,19 +43,23 @@ def token_problem(token: str) -> str | None:
         return "is empty"
     if not set(token) <= TOKEN_CHARS:
         return "has characters other than visible ASCII (no spaces)"
+    if token.startswith("#"):
+        return "starts with #, which starts a comment"
     return None
 
 
 def parse_tokens(text: str, source: str) -> dict[str, Role]:
-    """Lines `ROLE TOKEN`; `#` starts a comment line; blank lines are skipped."""
+    """Lines `ROLE TOKEN`; a word that starts with `#` starts a comment, to the end of the line;
+    blank lines are skipped."""
     tokens: dict[str, Role] = {}
     lines: dict[str, int] = {}
     for number, raw in enumerate(text.splitlines(), start=1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
+        fields = raw.split()
+        comment = next((i for i, word in enumerate(fields) if word.startswith("#")), len(fields))
+        fields = fields[:comment]
+        if not fields:
             continue
         where = f"{source}, line {number}"
-        fields = line.split()
         if len(fields) != 2:
             raise TokenError(f"{where}: expected `ROLE TOKEN` (two words), got {len(fields)} words")
         label, token = fields

@@ -17,11 +17,11 @@ from shareddb.tokens import (
 
 
 def test_a_tokens_file_gives_each_token_its_role() -> None:
-    text = "# who may do what\n\nread  r1\n  write\tw1  \nadmin a1\n# read old\nread r2\n"
+    text = "# who may do what\n\nread  r1\n  write\tw1  # the app\nadmin a#1 #ops\n#read old\nread r2\n"
     assert parse_tokens(text, "f") == {
         "r1": Role.READ,
         "w1": Role.WRITE,
-        "a1": Role.ADMIN,
+        "a#1": Role.ADMIN,
         "r2": Role.READ,
     }
     assert parse_tokens("", "f") == {}

@@ -5,7 +5,8 @@ node has client tokens (`--token`, `--tokens`); without any, they are open. A re
 known client token gets 401 on every path but the public ones, whether the path exists or not, so a
 client without a token cannot map the routes. Peer routes take no client token at all: they accept
 the peer token (`--peer-token`), or a verified certificate under mutual TLS, and a node with neither
-serves them only to loopback and `--peer-allow` networks.
+serves them only to loopback and `--peer-allow` networks. The public routes are /health and the
+dashboard's static files (/ui, /ui/*); see "Access" in docs/design.md.
 """
 
 from __future__ import annotations

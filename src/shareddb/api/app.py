@@ -6,6 +6,9 @@
 /v1/watch                                    changes as Server-Sent Events    (watch.py)
 /v1/txn                                      transactions                     (txn.py)
 /v1/cluster, /v1/digest, /v1/openapi.json    cluster view and operations      (cluster.py, ops.py)
+/v1/peer/changes, /v1/peer/join              replication, peers only          (peer.py)
+
+Each route declares the role that may call it; access.py decides (401/403) before the handler runs.
 """
 
 from __future__ import annotations

@@ -1,7 +1,6 @@
 """The peer API that replication runs on: GET /v1/peer/changes and POST /v1/peer/join.
 
-Only peers may call it: with --peer-token set, a request must carry that token (Bearer); without
-one, the client --token applies, if any.
+Only peers may call it (Role.PEER; api/access.py decides): no client token opens it.
 """
 
 from __future__ import annotations
