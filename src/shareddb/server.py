@@ -49,6 +49,8 @@ async def serve(settings: Settings) -> None:
         access = Access.from_settings(settings)
     except TokenError as exc:
         raise NodeError(str(exc)) from None
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGHUP, access.reload)  # before SIGHUP's default, which kills
     sock = _listen(settings.host, settings.port)
     try:
         node = await Node.open(settings)
@@ -57,10 +59,8 @@ async def serve(settings: Settings) -> None:
         raise
     # From here on SIGTERM and SIGINT stop the node cleanly, also while it is still starting.
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, access.reload)
     runner = web.ServerRunner(
         create_server(node, access, access_log=None, max_line_size=MAX_REQUEST_LINE),
         handle_signals=False,

@@ -8,6 +8,7 @@ the router's routes (each declares its role), so the docs, the code and the beha
 from __future__ import annotations
 
 import re
+import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from shareddb.api.openapi import OPENAPI
 from shareddb.api.routing import Route
 from shareddb.config import Settings
 from shareddb.node import Node
-from shareddb.tokens import Role
+from shareddb.tokens import Role, parse_networks
 from tests.api.conftest import Api, running_api
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -214,6 +215,41 @@ async def test_peer_routes_open_from_loopback_without_a_peer_token(tmp_path: Pat
         join = await api.request("POST", "/v1/peer/join", data=b'{"members": []}', auth=False)
         assert join.status == 200, join.body
         assert (await api.get("/v1/kv/k", auth=False)).status == 401
+
+
+def outside_address() -> str | None:
+    """An address of this machine that is not loopback, if it has one (no packet is sent)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("10.255.255.255", 1))
+        except OSError:
+            return None
+        address: str = probe.getsockname()[0]
+    return None if address.startswith("127.") or address == "0.0.0.0" else address
+
+
+async def test_peer_routes_refuse_other_addresses_unless_allowed(tmp_path: Path) -> None:
+    """A node listening on a non-loopback address of this machine: requests to it come from that
+    address, as a peer's on the network would. Without a peer token only --peer-allow lets them in,
+    and no client token does."""
+    address = outside_address()
+    if address is None:
+        pytest.skip("this machine has no address but loopback")
+    join = ("POST", "/v1/peer/join", b'{"members": []}')
+    pull = ("GET", "/v1/peer/changes?since=0&wait=0", None)
+    async with running_api(tmp_path / "shut", host=address, token="boss") as api:
+        for method, target, body in (join, pull):
+            refused = await api.request(method, target, data=body, auth=False)
+            assert refused.status == 401, refused.body
+            assert refused.json()["error"] == "unauthorized"
+            admin = await api.request(method, target, data=body)  # the node's admin token
+            assert admin.status == 403, admin.body
+        assert (await api.get("/v1/kv/k")).status == 404  # the client API is as ever
+    allow = parse_networks(f"{address}/32")
+    async with running_api(tmp_path / "open", host=address, peer_allow=allow) as api:
+        for method, target, body in (join, pull):
+            allowed = await api.request(method, target, data=body)
+            assert allowed.status == 200, allowed.body
 
 
 if __name__ == "__main__":

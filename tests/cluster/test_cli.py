@@ -45,6 +45,8 @@ SPEC_SERVE_FLAGS = (
     "--max-value-bytes",
     "--token",
     "--peer-token",
+    "--tokens",
+    "--peer-allow",
 )
 FAIL_TIMEOUT = 60.0  # a refused `serve` exits at once; one that started would hang until this
 PARALLEL = 4  # command lines run at once: more only slows each one down on a small machine
