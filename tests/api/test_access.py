@@ -171,6 +171,9 @@ async def test_every_route_answers_each_caller_as_the_table_says(guarded: Api) -
                 else:
                     code = {"401": "unauthorized", "403": "forbidden"}[got]
                     assert payload["error"] == code, (caller, target, payload)
+                if got == "401":
+                    challenge = reply.headers.get("WWW-Authenticate")
+                    assert challenge == 'Bearer realm="shareddb"', (caller, target)
     assert not problems, "\n".join(problems)
 
 

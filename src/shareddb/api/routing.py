@@ -81,7 +81,10 @@ class Router:
                 self.access.check(request, route.role)
             return await route.handler(request)
         except ApiError as exc:
-            return exc.response(seed=path.startswith("/nodes/"))
+            response = exc.response(seed=path.startswith("/nodes/"))
+            if exc.status == 401:
+                response.headers["WWW-Authenticate"] = 'Bearer realm="shareddb"'  # RFC 6750
+            return response
         except StoreFull as exc:  # the store logs when this starts and ends, not each request
             error = ApiError(507, f"{exc}; reads still work, and writes resume once it can")
             return error.response(seed=path.startswith("/nodes/"))
