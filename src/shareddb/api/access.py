@@ -70,7 +70,7 @@ class Access:
         self._mutual_tls = mutual_tls
         self._tokens_file = tokens_file
         self._admin_token = admin_token
-        self._peer_text = peer_token
+        self._peer_token_text = peer_token
 
     @classmethod
     def from_settings(cls, settings: Settings, *, mutual_tls: bool = False) -> Access:
@@ -89,10 +89,6 @@ class Access:
             admin_token=settings.token,
         )
 
-    @property
-    def client_tokens(self) -> int | None:
-        return None if self._tokens is None else len(self._tokens)
-
     def reload(self) -> None:
         """Re-read the tokens file; a file that cannot be used keeps the tokens in use. Logs one
         line either way."""
@@ -100,9 +96,9 @@ class Access:
             log.info("SIGHUP: no --tokens file to re-read")
             return
         try:
-            tokens = client_tokens(self._tokens_file, self._admin_token, self._peer_text)
+            tokens = client_tokens(self._tokens_file, self._admin_token, self._peer_token_text)
         except TokenError as exc:
-            kept = len(self._tokens or {})
+            kept = len(self._tokens or ())
             log.error("tokens not reloaded, the %d in use are kept: %s", kept, exc)
             return
         assert tokens is not None  # a tokens file is set
