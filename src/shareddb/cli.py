@@ -23,6 +23,7 @@ from shareddb.node import NodeError
 from shareddb.record import DEFAULT_MAX_VALUE_BYTES
 from shareddb.store.sqlite_faults import StoreOpenError
 from shareddb.tls import TlsError, client_context
+from shareddb.tokens import Network, TokenError, parse_networks
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -46,6 +47,13 @@ def _setting(flag: str, **kwargs: Any) -> Callable[[F], F]:
     """A `serve` option whose help and environment variable come from config.SETTINGS."""
     setting = next(s for s in SETTINGS if s.flag == flag)
     return click.option(flag, envvar=setting.env, show_envvar=True, help=setting.meaning, **kwargs)
+
+
+def _networks(ctx: click.Context, param: click.Parameter, value: str) -> tuple[Network, ...]:
+    try:
+        return parse_networks(value)
+    except TokenError as exc:
+        raise click.BadParameter(str(exc).removeprefix("--peer-allow: ")) from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -72,7 +80,9 @@ def cli() -> None:
     show_default=True,
 )
 @_setting("--token", default=None)
+@_setting("--tokens", type=click.Path(path_type=Path, dir_okay=False), default=None)
 @_setting("--peer-token", default=None)
+@_setting("--peer-allow", default="", callback=_networks)
 @_setting("--watch-ping", type=click.FloatRange(min=0.01, max=15), default=15.0, show_default=True)
 @_setting("--tls-cert", type=click.Path(path_type=Path), default=None)
 @_setting("--tls-key", type=click.Path(path_type=Path), default=None)
@@ -90,7 +100,9 @@ def serve(
     registry_ttl: float,
     max_value_bytes: int,
     token: str | None,
+    tokens: Path | None,
     peer_token: str | None,
+    peer_allow: tuple[Network, ...],
     watch_ping: float,
     tls_cert: Path | None,
     tls_key: Path | None,
@@ -117,7 +129,9 @@ def serve(
         registry_ttl=registry_ttl,
         max_value_bytes=max_value_bytes,
         token=token or None,
+        tokens=tokens,
         peer_token=peer_token or None,
+        peer_allow=peer_allow,
         watch_ping=watch_ping,
         tls_cert=tls_cert,
         tls_key=tls_key,
@@ -140,7 +154,12 @@ def cluster() -> None:
 @click.option("--data", type=click.Path(path_type=Path), default=Path("data"), show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--token", envvar="SHAREDDB_TOKEN", default=None, help="Client token for every node.")
-@click.option("--peer-token", envvar="SHAREDDB_PEER_TOKEN", default=None, help="Peer token.")
+@click.option(
+    "--peer-token",
+    envvar="SHAREDDB_PEER_TOKEN",
+    default=None,
+    help="Peer token of every node (default: one made for this run).",
+)
 @click.option(
     "--tls",
     is_flag=True,

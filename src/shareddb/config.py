@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shareddb.record import DEFAULT_MAX_VALUE_BYTES
+from shareddb.tokens import Network
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,9 +68,26 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "--token",
         "none",
-        "Bearer token required on every client endpoint except /health.",
+        "An admin token: with it (or --tokens), every client endpoint except /health needs "
+        "`Authorization: Bearer <token>`.",
     ),
-    Setting("--peer-token", "none", "Token peers must present on replication endpoints."),
+    Setting(
+        "--tokens",
+        "none",
+        "File of client tokens, one `ROLE TOKEN` per line (ROLE: read, write or admin; # starts a "
+        "comment); re-read on SIGHUP.",
+    ),
+    Setting(
+        "--peer-token",
+        "none",
+        "Token peers must present on the replication endpoints; no client token opens them.",
+    ),
+    Setting(
+        "--peer-allow",
+        "none",
+        "Comma-separated networks (CIDR) or addresses that, besides loopback, may use the "
+        "replication endpoints of a node without a peer token or mutual TLS.",
+    ),
     Setting(
         "--tls-cert",
         "none",
@@ -108,7 +126,9 @@ class Settings:
     registry_ttl: float = 15.0
     max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
     token: str | None = None
+    tokens: Path | None = None
     peer_token: str | None = None
+    peer_allow: tuple[Network, ...] = ()
     watch_ping: float = 15.0
     tls_cert: Path | None = None
     tls_key: Path | None = None

@@ -1,7 +1,8 @@
 """`shareddb cluster up`: N local node processes as one cluster, in the foreground.
 
 Each node's output is prefixed with its id. Ctrl-C or SIGTERM stops every node with SIGTERM (each
-finishes its in-flight writes); if one node exits by itself, the others are stopped too. With
+finishes its in-flight writes); if one node exits by itself, the others are stopped too. Without
+`--peer-token`, the nodes share one made for this run, so they replicate on any `--host`. With
 `--tls`, a throwaway CA and a certificate per node are made in DATA/tls first (certs.py).
 """
 
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import secrets
 import signal
 import socket
 import sys
@@ -35,7 +38,7 @@ class Launcher:
         self.data = data
         self.host = host
         self.token = token
-        self.peer_token = peer_token
+        self.peer_token = peer_token or secrets.token_urlsafe(18)
         self.tls: list[NodeFiles] = []
         if tls:
             self.tls = make_cluster(self.tls_dir, self.names(), self.hosts())
@@ -78,8 +81,6 @@ class Launcher:
             cmd += ["--peers", ",".join(peers)]
         if self.token:
             cmd += ["--token", self.token]
-        if self.peer_token:
-            cmd += ["--peer-token", self.peer_token]
         if self.tls:
             cmd += self.tls[index].flags()
         return cmd
@@ -94,6 +95,8 @@ class Launcher:
         for index in range(self.nodes):
             proc = await asyncio.create_subprocess_exec(
                 *self.command(index),
+                # Not on the command line, where every user of the machine could read it.
+                env={**os.environ, "SHAREDDB_PEER_TOKEN": self.peer_token},
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,  # Ctrl-C reaches us; we stop the nodes in order

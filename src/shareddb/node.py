@@ -225,8 +225,8 @@ class Node:
     ) -> None:
         """Announce this node at `url` and start pulling from every peer it knows; `peer_tls` is
         the client side of TLS to peers (tls.node_contexts)."""
-        token = self.settings.peer_token or self.settings.token
-        transport = transport or HttpTransport(token, ssl_context=peer_tls)
+        # Only the peer token: no client token opens a peer endpoint.
+        transport = transport or HttpTransport(self.settings.peer_token, ssl_context=peer_tls)
         replicator = await self.attach_replication(url, transport)
         replicator.start(join=self.settings.join)
         if self.settings.registry:

@@ -1,4 +1,5 @@
-"""The `shareddb serve` process: open the node, listen, and shut down cleanly on SIGTERM/SIGINT.
+"""The `shareddb serve` process: open the node, listen, re-read the tokens file on SIGHUP, and
+shut down cleanly on SIGTERM/SIGINT.
 
 Shutdown order matters: stop accepting connections, let in-flight requests finish (their writes
 commit), then close the store.
@@ -13,10 +14,12 @@ import socket
 
 from aiohttp import web
 
+from shareddb.api.access import Access
 from shareddb.api.app import create_server
 from shareddb.config import Settings
 from shareddb.node import Node, NodeError
 from shareddb.tls import TlsError, check_peer_urls, node_contexts
+from shareddb.tokens import TokenError
 
 log = logging.getLogger("shareddb.server")
 
@@ -70,6 +73,12 @@ async def serve(settings: Settings) -> None:
     except TlsError as exc:
         raise NodeError(str(exc)) from None
     scheme = "https" if server_tls else "http"
+    try:
+        access = Access.from_settings(settings, mutual_tls=settings.tls_ca is not None)
+    except TokenError as exc:
+        raise NodeError(str(exc)) from None
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGHUP, access.reload)  # before SIGHUP's default, which kills
     sock = _listen(settings.host, settings.port)
     try:
         node = await Node.open(settings)
@@ -78,11 +87,10 @@ async def serve(settings: Settings) -> None:
         raise
     # From here on SIGTERM and SIGINT stop the node cleanly, also while it is still starting.
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     runner = web.ServerRunner(
-        create_server(node, access_log=None, max_line_size=MAX_REQUEST_LINE),
+        create_server(node, access, access_log=None, max_line_size=MAX_REQUEST_LINE),
         handle_signals=False,
         shutdown_timeout=SHUTDOWN_TIMEOUT,
     )

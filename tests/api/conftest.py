@@ -174,12 +174,17 @@ class Api:
 
 @asynccontextmanager
 async def running_api(
-    data: Path, *, now: Callable[[], int] = wall_millis, **settings: Any
+    data: Path,
+    *,
+    now: Callable[[], int] = wall_millis,
+    host: str = "127.0.0.1",
+    **settings: Any,
 ) -> AsyncIterator[Api]:
-    """`now`: the node's wall clock in milliseconds (a test may hold it still and move it)."""
+    """`now`: the node's wall clock in milliseconds (a test may hold it still and move it);
+    `host`: the address it listens on (and that requests come from)."""
     node = await Node.open(Settings(data=data, node_id="n1", **settings), now=now)
     # The real server (server.py) accepts request lines up to MAX_REQUEST_LINE; so does this one.
-    server = RawTestServer(create_router(node))
+    server = RawTestServer(create_router(node), host=host)
     try:
         await server.start_server(max_line_size=MAX_REQUEST_LINE)
         client: TestClient[web.BaseRequest, None] = TestClient(server)

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from shareddb.api import cluster, kv, metrics, nodes, ops, peer, watch
+from shareddb.tokens import Role
 from tests.api.conftest import JSON, SMALL_MAX_VALUE, TOKEN, Api, Reply, enc
 
 MIB = 1024 * 1024
@@ -348,7 +349,8 @@ async def test_head_never_runs_a_seed_write(api: Api) -> None:
 
 # --- the token ------------------------------------------------------------------------------------
 
-# Every endpoint except /health, with a request that would change or reveal something.
+# Every client endpoint except /health, with a request that would change or reveal something. The
+# peer endpoints take no client token (tests/api/test_access.py).
 GUARDED = [
     ("GET", "/nodes/update?name=k&value=v"),
     ("GET", "/nodes/get?name=existing"),
@@ -365,8 +367,6 @@ GUARDED = [
     ("GET", "/v1/digest"),
     ("GET", "/v1/openapi.json"),
     ("GET", "/metrics"),
-    ("GET", "/v1/peer/changes?since=0"),
-    ("POST", "/v1/peer/join"),
 ]
 
 
@@ -388,9 +388,10 @@ async def test_guarded_list_covers_every_route_but_health(api: Api) -> None:
         *peer.routes(api.node),
         *metrics.routes(api.node),
     ]
-    every = {(route.method, route.path) for route in routes if not route.public}
+    client = {Role.READ, Role.WRITE, Role.ADMIN}
+    every = {(route.method, route.path) for route in routes if route.role in client}
     assert every == {(method, route_pattern(target)) for method, target in GUARDED}
-    assert [route.path for route in routes if route.public] == ["/health"]
+    assert [route.path for route in routes if route.role is Role.PUBLIC] == ["/health"]
 
 
 async def test_health_answers_without_the_token(secured_api: Api) -> None:
@@ -419,7 +420,7 @@ async def test_every_other_endpoint_is_401_without_a_token(secured_api: Api) -> 
     assert (await api.get("/v1/cluster")).json()["node"].get("state", "up") == "up"
 
 
-async def test_every_other_endpoint_is_403_with_a_wrong_token(secured_api: Api) -> None:
+async def test_every_other_endpoint_is_401_with_an_unknown_token(secured_api: Api) -> None:
     """Invariant 6: bad input gets a clear 4xx and changes nothing."""
     api = secured_api
     before = await stored(api)
@@ -427,7 +428,7 @@ async def test_every_other_endpoint_is_403_with_a_wrong_token(secured_api: Api) 
         for token in ["wrong", TOKEN + "x", TOKEN[:-1], TOKEN.upper()]:
             headers = {"Authorization": f"Bearer {token}"}
             reply = await api.request(method, target, data=b"{}", headers=headers)
-            assert_auth_error(reply, target, 403)
+            assert_auth_error(reply, target, 401)
     await assert_unchanged(api, before)
     assert (await api.get("/v1/cluster")).json()["node"].get("state", "up") == "up"
 

@@ -21,6 +21,7 @@ from shareddb.api.openapi import OPENAPI
 from shareddb.api.routing import Route
 from shareddb.config import Settings
 from shareddb.node import Node
+from shareddb.tokens import Role
 
 METHODS = ("get", "put", "post", "delete", "patch", "head", "options", "trace")
 PATHS: dict[str, Any] = OPENAPI["paths"]
@@ -48,7 +49,7 @@ def client_routes(node: Node) -> list[tuple[str, str]]:
     modules = route_modules()
     assert {"ops", "nodes", "kv", "cluster"} <= set(modules)
     routes: list[Route] = [r for module in modules.values() for r in module.routes(node)]
-    return [(route.method, route.path) for route in routes if not route.peer]
+    return [(route.method, route.path) for route in routes if route.role is not Role.PEER]
 
 
 def documented_path(route_path: str) -> str:

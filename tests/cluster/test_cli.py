@@ -45,6 +45,8 @@ SPEC_SERVE_FLAGS = (
     "--max-value-bytes",
     "--token",
     "--peer-token",
+    "--tokens",
+    "--peer-allow",
 )
 FAIL_TIMEOUT = 60.0  # a refused `serve` exits at once; one that started would hang until this
 PARALLEL = 4  # command lines run at once: more only slows each one down on a small machine
@@ -301,7 +303,7 @@ def test_every_serve_flag_reads_its_environment_variable(
     assert get_json(node.url + "/health") == {"status": "ok", "node": "from-env"}
     assert (node.data / "shareddb.sqlite3").exists()
     assert put(node.url, "k", "v") == 401
-    assert put(node.url, "k", "v", token="wrong") == 403
+    assert put(node.url, "k", "v", token="wrong") == 401
     assert put(node.url, "k", "x" * 17, token="s3cret") == 413
     assert put(node.url, "k", "x" * 16, token="s3cret") == 201
 

@@ -18,6 +18,7 @@ must pass against a running node and fail against a stopped one.
 from __future__ import annotations
 
 import fnmatch
+import ipaddress
 import json
 import os
 import re
@@ -35,6 +36,7 @@ import yaml
 
 from shareddb.config import SETTINGS
 from shareddb.store.sqlite import sqlite_path
+from shareddb.tokens import parse_networks
 from tests.cluster.replication_helpers import put, read_seed, seed_call, wait_all_up, wait_readable
 from tests.harness import NodeProcess, RedisServer, free_port, send
 
@@ -432,3 +434,25 @@ def test_the_compose_file_runs_a_replicating_cluster(
     assert node1.stop() == 0  # what `docker compose stop` sends: SIGTERM, a clean exit
     unhealthy = healthcheck(local_env)
     assert unhealthy.returncode != 0
+
+
+@pytest.mark.parametrize("name", COMPOSE_FILES)
+def test_the_compose_nodes_serve_the_peer_endpoints_only_to_each_other(name: str) -> None:
+    """Nodes talk over the compose network, not loopback: each allows exactly the other nodes'
+    fixed addresses, which the network's dynamic range (other containers, the published ports'
+    gateway) never hands out."""
+    compose = Compose(name, Path("/nonexistent"), Dockerfile.read())
+    [pool] = compose.project["networks"]["default"]["ipam"]["config"]
+    subnet, dynamic = ipaddress.ip_network(pool["subnet"]), ipaddress.ip_network(pool["ip_range"])
+    nodes = [service for service in compose.services if compose.is_node(service)]
+    address = {
+        s: ipaddress.ip_address(compose.services[s]["networks"]["default"]["ipv4_address"])
+        for s in nodes
+    }
+    for service in nodes:
+        assert address[service] in subnet, service
+        assert address[service] not in dynamic, service
+        assert address[service] != next(subnet.hosts()), f"{service} has the gateway's address"
+        allowed = parse_networks(environment(compose.services[service])["SHAREDDB_PEER_ALLOW"])
+        others = {ipaddress.ip_network(address[s]) for s in nodes if s != service}
+        assert set(allowed) == others, service

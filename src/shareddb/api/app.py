@@ -1,11 +1,14 @@
 """The node's HTTP server: every API surface's routes in one router, served by aiohttp.
 
-/health                                      liveness, never behind --token   (ops.py)
+/health                                      liveness, never behind a token   (ops.py)
 /nodes/update|get|remove|dump                the seed-compatible GET API      (nodes.py)
 /v1/kv, /v1/kv/{key}                         the REST API of keys             (kv.py)
 /v1/watch                                    changes as Server-Sent Events    (watch.py)
 /v1/txn                                      transactions                     (txn.py)
 /v1/cluster, /v1/digest, /v1/openapi.json    cluster view and operations      (cluster.py, ops.py)
+/v1/peer/changes, /v1/peer/join              replication, peers only          (peer.py)
+
+Each route declares the role that may call it; access.py decides (401/403) before the handler runs.
 """
 
 from __future__ import annotations
@@ -13,11 +16,14 @@ from __future__ import annotations
 from aiohttp import web
 
 from shareddb.api import cluster, kv, metrics, nodes, ops, peer, txn, watch
+from shareddb.api.access import Access
 from shareddb.api.routing import Router
 from shareddb.node import Node
 
 
-def create_router(node: Node) -> Router:
+def create_router(node: Node, access: Access | None = None) -> Router:
+    """`access`: the node's credentials (server.py keeps it to reload on SIGHUP); by default read
+    from the node's settings. Raises TokenError for a tokens file that cannot be used."""
     routes = [
         *ops.routes(node),
         *nodes.routes(node),
@@ -28,9 +34,12 @@ def create_router(node: Node) -> Router:
         *peer.routes(node),
         *metrics.routes(node),
     ]
-    return Router(routes, token=node.settings.token, peer_token=node.settings.peer_token)
+    return Router(
+        routes,
+        access or Access.from_settings(node.settings, mutual_tls=node.settings.tls_ca is not None),
+    )
 
 
-def create_server(node: Node, **kwargs: object) -> web.Server:
+def create_server(node: Node, access: Access | None = None, **kwargs: object) -> web.Server:
     """The aiohttp low-level server of a node; `kwargs` go to aiohttp's request handler."""
-    return web.Server(create_router(node), **kwargs)  # type: ignore[arg-type]
+    return web.Server(create_router(node, access), **kwargs)  # type: ignore[arg-type]

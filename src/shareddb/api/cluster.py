@@ -11,6 +11,7 @@ from shareddb.api.errors import ApiError, json_response
 from shareddb.api.query import decode, split_target
 from shareddb.api.routing import Route
 from shareddb.node import Node
+from shareddb.tokens import Role
 
 MEMBERS = "/v1/cluster/members/"
 
@@ -62,7 +63,7 @@ async def remove_member(node: Node, request: web.BaseRequest) -> web.Response:
 
 def routes(node: Node) -> list[Route]:
     return [
-        Route("GET", "/v1/cluster", partial(cluster, node)),
-        Route("POST", "/v1/cluster/leave", partial(leave, node)),
-        Route("DELETE", "/v1/cluster/members/*", partial(remove_member, node)),
+        Route("GET", "/v1/cluster", partial(cluster, node), Role.READ),
+        Route("POST", "/v1/cluster/leave", partial(leave, node), Role.ADMIN),
+        Route("DELETE", "/v1/cluster/members/*", partial(remove_member, node), Role.ADMIN),
     ]

@@ -20,6 +20,7 @@ from shareddb.record import MAX_KEY_BYTES, key_error
 from shareddb.store.base import Outcome
 from shareddb.store.plan import ANY, Condition
 from shareddb.times import http_date, iso_time
+from shareddb.tokens import Role
 
 PREFIX = "/v1/kv/"
 PREFIX_LENGTH = len(PREFIX)
@@ -145,8 +146,8 @@ async def listing(node: Node, request: web.BaseRequest) -> web.Response:
 
 def routes(node: Node) -> list[Route]:
     return [
-        Route("GET", "/v1/kv", partial(listing, node)),
-        Route("GET", "/v1/kv/*", partial(get, node)),
-        Route("PUT", "/v1/kv/*", partial(put, node)),
-        Route("DELETE", "/v1/kv/*", partial(delete, node)),
+        Route("GET", "/v1/kv", partial(listing, node), Role.READ),
+        Route("GET", "/v1/kv/*", partial(get, node), Role.READ),
+        Route("PUT", "/v1/kv/*", partial(put, node), Role.WRITE),
+        Route("DELETE", "/v1/kv/*", partial(delete, node), Role.WRITE),
     ]

@@ -8,6 +8,7 @@ from aiohttp import web
 
 from shareddb.api.routing import Route
 from shareddb.node import Node
+from shareddb.tokens import Role
 
 PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -62,4 +63,4 @@ async def metrics(node: Node, request: web.BaseRequest) -> web.Response:
 
 
 def routes(node: Node) -> list[Route]:
-    return [Route("GET", "/metrics", partial(metrics, node))]
+    return [Route("GET", "/metrics", partial(metrics, node), Role.READ)]

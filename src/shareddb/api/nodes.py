@@ -18,6 +18,7 @@ from shareddb.api.writes import await_copies, copy_policy
 from shareddb.node import Node
 from shareddb.record import key_error, value_error
 from shareddb.store.base import Outcome
+from shareddb.tokens import Role
 
 MAX_TARGET = 64 * 1024
 
@@ -116,8 +117,8 @@ async def dump(node: Node, request: web.BaseRequest) -> web.StreamResponse:
 
 def routes(node: Node) -> list[Route]:
     return [
-        Route("GET", "/nodes/update", partial(update, node), safe=False),
-        Route("GET", "/nodes/get", partial(get, node)),
-        Route("GET", "/nodes/remove", partial(remove, node), safe=False),
-        Route("GET", "/nodes/dump", partial(dump, node)),
+        Route("GET", "/nodes/update", partial(update, node), Role.WRITE, safe=False),
+        Route("GET", "/nodes/get", partial(get, node), Role.READ),
+        Route("GET", "/nodes/remove", partial(remove, node), Role.WRITE, safe=False),
+        Route("GET", "/nodes/dump", partial(dump, node), Role.READ),
     ]

@@ -257,8 +257,11 @@ OPENAPI: Doc = {
             "and writes. The seed-compatible API (/nodes/...) answers errors as "
             '{"success": false, "msg": ...}; every other endpoint answers '
             '{"error": CODE, "message": ...}. A method an endpoint does not list gets 405 with '
-            "an Allow header; HEAD is accepted wherever GET is. With --token, every endpoint "
-            "except /health needs `Authorization: Bearer <token>`."
+            "an Allow header; HEAD is accepted wherever GET is. With --token or --tokens, every "
+            "endpoint except /health needs `Authorization: Bearer <token>` of a role that allows "
+            "it: read (every GET), write (read and every write), admin (write, leaving, removing "
+            "members). Without a known token the answer is 401 on any path, before 404 or 405; "
+            "with a token whose role is too low, 403."
         ),
     },
     "tags": [
@@ -282,7 +285,7 @@ OPENAPI: Doc = {
             "bearerAuth": {
                 "type": "http",
                 "scheme": "bearer",
-                "description": "Needed only when the node runs with --token.",
+                "description": "Needed only when the node runs with --token or --tokens.",
             }
         },
     },

@@ -390,8 +390,10 @@ PARAMETERS: Doc = {
 RESPONSES: Doc = {
     "SeedBadRequest": json_body("SeedError", "A parameter is missing or invalid."),
     "SeedNotFound": json_body("SeedError", "The key has no value."),
-    "SeedUnauthorized": json_body("SeedError", "The node has a token and the request carries none."),
-    "SeedForbidden": json_body("SeedError", "The bearer token is wrong."),
+    "SeedUnauthorized": json_body(
+        "SeedError", "The node has tokens and the request carries none, or one it does not know."
+    ),
+    "SeedForbidden": json_body("SeedError", "The token's role does not allow this request."),
     "SeedTooLarge": json_body("SeedError", "The value is larger than --max-value-bytes."),
     "SeedTooLong": json_body(
         "SeedError", "The request target is longer than 64 KiB: use PUT /v1/kv/{key}."
@@ -405,8 +407,10 @@ RESPONSES: Doc = {
     "SeedTimeout": json_body("SeedTimeout", "Fewer than w nodes held the write in time; it is kept."),
     "BadRequest": json_body("Error", "A parameter, the key or the body is invalid (bad_request)."),
     "NotFound": json_body("Error", "The key has no value (not_found)."),
-    "Unauthorized": json_body("Error", "The node has a token, the request has none (unauthorized)."),
-    "Forbidden": json_body("Error", "The bearer token is wrong (forbidden)."),
+    "Unauthorized": json_body(
+        "Error", "The node has tokens, the request has none or an unknown one (unauthorized)."
+    ),
+    "Forbidden": json_body("Error", "The token's role does not allow this request (forbidden)."),
     "TooLarge": json_body("Error", "The value is larger than --max-value-bytes (too_large)."),
     "Unavailable": json_body("Error", "The store cannot be used right now (unavailable)."),
     "Full": json_body(

@@ -12,6 +12,7 @@ from shareddb.api.query import parse_query, split_target
 from shareddb.api.routing import Route
 from shareddb.node import Node
 from shareddb.store.base import DIGEST_BUCKETS
+from shareddb.tokens import Role
 
 
 async def health(node: Node, request: web.BaseRequest) -> web.Response:
@@ -40,7 +41,7 @@ async def openapi(request: web.BaseRequest) -> web.Response:
 
 def routes(node: Node) -> list[Route]:
     return [
-        Route("GET", "/health", partial(health, node), public=True),
-        Route("GET", "/v1/digest", partial(digest, node)),
-        Route("GET", "/v1/openapi.json", openapi),
+        Route("GET", "/health", partial(health, node), Role.PUBLIC),
+        Route("GET", "/v1/digest", partial(digest, node), Role.READ),
+        Route("GET", "/v1/openapi.json", openapi, Role.READ),
     ]

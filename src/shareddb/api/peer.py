@@ -1,7 +1,6 @@
 """The peer API that replication runs on: GET /v1/peer/changes and POST /v1/peer/join.
 
-Only peers may call it: with --peer-token set, a request must carry that token (Bearer); without
-one, the client --token applies, if any.
+Only peers may call it (Role.PEER; api/access.py decides): no client token opens it.
 """
 
 from __future__ import annotations
@@ -19,6 +18,7 @@ from shareddb.membership import Outside, Removed
 from shareddb.node import Node
 from shareddb.record import is_incarnation, node_id_error
 from shareddb.replication.transport import PullRequest, encode_reply
+from shareddb.tokens import Role
 
 MAX_JOIN_BODY = 1024 * 1024
 
@@ -114,6 +114,6 @@ async def join(node: Node, request: web.BaseRequest) -> web.Response:
 
 def routes(node: Node) -> list[Route]:
     return [
-        Route("GET", "/v1/peer/changes", partial(changes, node), peer=True),
-        Route("POST", "/v1/peer/join", partial(join, node), peer=True),
+        Route("GET", "/v1/peer/changes", partial(changes, node), Role.PEER),
+        Route("POST", "/v1/peer/join", partial(join, node), Role.PEER),
     ]

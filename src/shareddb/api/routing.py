@@ -4,19 +4,21 @@ aiohttp's Application router, middlewares and sub-apps cost about a third of a r
 hot paths (measured with `make bench`), so the node serves through aiohttp's low-level `web.Server`
 with this table instead. Each API surface (seed, kv, cluster, ops) contributes its own routes, as
 sub-apps would; errors of every surface are rendered here, in the shape of the path they came from.
+Every route declares the role that may call it; access.py decides, before the path's 404 or 405.
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from aiohttp import web
 
+from shareddb.api.access import Access
 from shareddb.api.errors import ApiError
 from shareddb.store.base import StoreFull, StoreUnavailable
+from shareddb.tokens import Role
 
 log = logging.getLogger("shareddb.api")
 
@@ -28,20 +30,18 @@ class Route:
     method: str
     path: str  # exact, or a prefix when it ends with "/*"
     handler: Handler
-    public: bool = False  # served without --token (health checks)
-    peer: bool = False  # replication: needs --peer-token (or --token when there is none)
+    role: Role  # who may call it: PUBLIC, READ, WRITE, ADMIN (client tokens) or PEER
     safe: bool = True  # a GET that changes nothing, so HEAD may run it too
 
 
 class Router:
     """Finds the handler of a request and turns every failure into the contract's JSON."""
 
-    def __init__(
-        self, routes: Iterable[Route], *, token: str | None = None, peer_token: str | None = None
-    ) -> None:
+    def __init__(self, routes: Iterable[Route], access: Access | None = None) -> None:
+        self.routes = tuple(routes)  # as declared (the docs' table of roles is checked against it)
         self._exact: dict[str, dict[str, Route]] = {}
         self._prefixes: list[tuple[str, dict[str, Route]]] = []
-        for route in routes:
+        for route in self.routes:
             if route.path.endswith("/*"):
                 prefix = route.path[:-1]
                 table = next((t for p, t in self._prefixes if p == prefix), None)
@@ -53,8 +53,7 @@ class Router:
             table[route.method] = route
             if route.method == "GET" and route.safe:
                 table.setdefault("HEAD", route)
-        self._token = token.encode("utf-8") if token else None
-        self._peer_token = peer_token.encode("utf-8") if peer_token else self._token
+        self.access = access or Access()
 
     def _match(self, path: str) -> dict[str, Route] | None:
         table = self._exact.get(path)
@@ -68,23 +67,24 @@ class Router:
         path = request.raw_path.partition("?")[0]
         try:
             table = self._match(path)
-            if table is None:
-                raise ApiError(404, f"no such endpoint: {request.method} {path}")
-            route = table.get(request.method)
+            route = None if table is None else table.get(request.method)
             if route is None:
+                self.access.check(request, None)  # 401 before 404/405: paths are not for anyone
+                if table is None:
+                    raise ApiError(404, f"no such endpoint: {request.method} {path}")
                 allowed = ", ".join(sorted(table))
                 error = ApiError(405, f"{request.method} is not allowed on {path}; use {allowed}")
                 response = error.response(seed=path.startswith("/nodes/"))
                 response.headers["Allow"] = allowed
                 return response
-            if route.peer:
-                if self._peer_token is not None:
-                    _check_token(request, self._peer_token, "peer token")
-            elif self._token is not None and not route.public:
-                _check_token(request, self._token, "token")
+            if route.role is not Role.PUBLIC:
+                self.access.check(request, route.role)
             return await route.handler(request)
         except ApiError as exc:
-            return exc.response(seed=path.startswith("/nodes/"))
+            response = exc.response(seed=path.startswith("/nodes/"))
+            if exc.status == 401:
+                response.headers["WWW-Authenticate"] = 'Bearer realm="shareddb"'  # RFC 6750
+            return response
         except StoreFull as exc:  # the store logs when this starts and ends, not each request
             error = ApiError(507, f"{exc}; reads still work, and writes resume once it can")
             return error.response(seed=path.startswith("/nodes/"))
@@ -92,12 +92,3 @@ class Router:
             log.warning("store unavailable: %s", exc)
             error = ApiError(503, f"store unavailable: {exc}")
             return error.response(seed=path.startswith("/nodes/"))
-
-
-def _check_token(request: web.BaseRequest, expected: bytes, what: str) -> None:
-    """A bearer token, compared in constant time."""
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not given.strip():
-        raise ApiError(401, f"this node needs a {what}: send Authorization: Bearer <{what}>")
-    if not hmac.compare_digest(given.strip().encode("utf-8"), expected):
-        raise ApiError(403, f"the {what} is not valid for this node")

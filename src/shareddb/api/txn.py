@@ -24,6 +24,7 @@ from shareddb.node import Node, PreconditionFailed, TxnOp
 from shareddb.record import MAX_KEY_BYTES, key_error, value_error
 from shareddb.store.plan import Condition
 from shareddb.times import MAX_TTL
+from shareddb.tokens import Role
 
 MAX_OPS = 1000
 MAX_CONDITIONS = 1000
@@ -133,4 +134,4 @@ async def transact(node: Node, request: web.BaseRequest) -> web.Response:
 
 
 def routes(node: Node) -> list[Route]:
-    return [Route("POST", "/v1/txn", partial(transact, node), safe=False)]
+    return [Route("POST", "/v1/txn", partial(transact, node), Role.WRITE, safe=False)]

@@ -18,6 +18,7 @@ from shareddb.api.query import parse_query, split_target
 from shareddb.api.routing import Route
 from shareddb.node import Node
 from shareddb.record import key_error
+from shareddb.tokens import Role
 from shareddb.watch import Gone
 
 PATH = "/v1/watch"
@@ -103,4 +104,4 @@ async def watch(node: Node, request: web.BaseRequest) -> web.StreamResponse:
 
 
 def routes(node: Node) -> list[Route]:
-    return [Route("GET", PATH, partial(watch, node))]
+    return [Route("GET", PATH, partial(watch, node), Role.READ)]
