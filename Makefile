@@ -25,8 +25,11 @@ format: install
 	$(BIN)/ruff format src tests bench
 	$(BIN)/ruff check --fix src tests bench
 
+# The suite runs on JOBS workers (pytest-xdist); most tests wait on node processes, not the CPU.
+JOBS ?= 2
+
 test: lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(JOBS) --dist worksteal
 
 test-fast: install
 	$(BIN)/pytest -m "not cluster"
