@@ -6,13 +6,14 @@
 /v1/watch                                    changes as Server-Sent Events    (watch.py)
 /v1/txn                                      transactions                     (txn.py)
 /v1/cluster, /v1/digest, /v1/openapi.json    cluster view and operations      (cluster.py, ops.py)
+/v1/snapshot                                 backup and restore               (snapshot.py)
 """
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from shareddb.api import cluster, kv, metrics, nodes, ops, peer, txn, watch
+from shareddb.api import cluster, kv, metrics, nodes, ops, peer, snapshot, txn, watch
 from shareddb.api.routing import Router
 from shareddb.node import Node
 
@@ -25,6 +26,7 @@ def create_router(node: Node) -> Router:
         *watch.routes(node),
         *txn.routes(node),
         *cluster.routes(node),
+        *snapshot.routes(node),
         *peer.routes(node),
         *metrics.routes(node),
     ]

@@ -193,7 +193,6 @@ class MemoryBackend:
         rows = (await self._now()).rows
         return {key: version for key, (_, version, *_) in rows.items() if bucket_of(key) == bucket}
 
-
     async def snapshot(self) -> MemorySnapshotRead:
         """A commit swaps in a new `Snapshot` and never changes the old one: reading the one
         current now is reading one point in time."""

@@ -500,7 +500,9 @@ class RedisSnapshotRead:
     """A `SnapshotRead` of a Redis store: pages through the copies `RedisBackend.snapshot` made,
     by feed position, and deletes them when closed."""
 
-    def __init__(self, backend: RedisBackend, rec: bytes, seq_index: bytes, seq: int, count: int) -> None:
+    def __init__(
+        self, backend: RedisBackend, rec: bytes, seq_index: bytes, seq: int, count: int
+    ) -> None:
         self._backend = backend
         self._copies = (seq_index, rec)
         self._after = "-inf"

@@ -353,6 +353,7 @@ def decode_head(head: bytes) -> tuple[str, int | None]:
     version, _, expires = bytes(head).partition(b"\1")
     return version.decode("ascii"), int(expires) if expires else None
 
+
 # The start of a snapshot read (GET /v1/snapshot): copies of the records and of the feed index,
 # made in one atomic step, so what is read from them afterwards is one point in time however long
 # the read takes. KEYS: meta, rec, seq, the copy of rec, the copy of seq. ARGV: seconds the
