@@ -46,7 +46,9 @@ def test_a_backup_restored_into_a_fresh_three_node_cluster_ends_on_every_node(
     start_node: StartNode, tmp_path: Path
 ) -> None:
     source = start_node("old")
-    puts = [{"op": "put", "key": f"key/{i:03}", "value": f"value {i} ✓"} for i in range(300)]
+    puts: list[dict[str, Any]] = [
+        {"op": "put", "key": f"key/{i:03}", "value": f"value {i} ✓"} for i in range(300)
+    ]
     puts.append({"op": "put", "key": "expiring", "value": "soon", "ttl": 3600})
     assert txn(source, puts).status == 200
     deletes = [{"op": "delete", "key": f"key/{i:03}"} for i in range(0, 300, 7)]
