@@ -3,16 +3,18 @@ body that is not a whole snapshot is refused with nothing applied (invariant 6).
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 from pathlib import Path
 
+import aiohttp
 import orjson
 import pytest
 
 from shareddb.clock import from_millis, physical
 from shareddb.record import Record, make_version
-from shareddb.snapshot import FORMAT, MEDIA_TYPE, Checker, Header, Summary, Writer
+from shareddb.snapshot import FORMAT, MEDIA_TYPE, Checker, Header, SnapshotError, Summary, Writer
 from shareddb.times import iso_time
 from tests.api.conftest import SMALL_MAX_VALUE, Api, running_api
 
@@ -207,3 +209,23 @@ async def test_a_head_request_answers_the_headers_alone(api: Api) -> None:
     assert reply.status == 200
     assert reply.content_type == MEDIA_TYPE
     assert reply.body == b""
+
+
+async def test_a_stream_the_store_fails_part_way_ends_without_its_trailer(
+    api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The status is sent before the store fails: ending the connection early is how the node
+    says so, and a reader of the format cannot take what it got for a whole snapshot."""
+    await api.load({f"key{i:05}": "v" * 100 for i in range(50_000)})
+    received = b""
+    async with api.client.session.get(api.url("/v1/snapshot")) as response:
+        assert response.status == 200
+        received += await response.content.readexactly(4096)
+        await api.node.store.close()  # every later read of the store fails
+        with contextlib.suppress(aiohttp.ClientPayloadError):
+            async for chunk in response.content.iter_any():
+                received += chunk
+    with pytest.raises(SnapshotError, match="cut short"):
+        parse(received)
+    assert len([r for r in caplog.records if r.name == "shareddb.api"]) == 1
+    assert [r.getMessage() for r in caplog.records if r.exc_info] == [], "no traceback"

@@ -121,14 +121,20 @@ def _storage_error(exc: OSError) -> ApiError:
 
 
 async def _receive(request: web.BaseRequest, handle: IO[bytes], encoding: str) -> None:
-    try:
-        while chunk := await request.content.read(READ_CHUNK):
+    while True:
+        try:
+            chunk = await request.content.read(READ_CHUNK)
+        except web.RequestPayloadError:
+            request.content.feed_eof()
+            raise ApiError(400, f"body cannot be decoded as {encoding}", close=True) from None
+        except ConnectionError:  # the client went away part-way: nobody to answer
+            raise ApiError(400, "the body ended early; nothing was applied", close=True) from None
+        if not chunk:
+            return
+        try:
             handle.write(chunk)
-    except web.RequestPayloadError:
-        request.content.feed_eof()
-        raise ApiError(400, f"body cannot be decoded as {encoding}", close=True) from None
-    except OSError as exc:
-        raise _storage_error(exc) from None
+        except OSError as exc:
+            raise _storage_error(exc) from None
 
 
 def _check(handle: IO[bytes], max_value_bytes: int) -> Summary:
