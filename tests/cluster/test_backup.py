@@ -45,7 +45,25 @@ def one_line_failure(stderr: str) -> str:
 def test_a_backup_restored_into_a_fresh_three_node_cluster_ends_on_every_node(
     start_node: StartNode, tmp_path: Path
 ) -> None:
-    source = start_node("old")
+    with ThreadPoolExecutor(1) as pool:  # the fresh cluster starts while the backup is made
+        starting = pool.submit(start_cluster, start_node, ["n1", "n2", "n3"])
+        source = start_node("old")
+        before, items, file = backup_of(source, tmp_path)
+        fresh = starting.result()
+    restored = run_cli("restore", str(file), "--url", fresh[1].url)
+    assert restored.returncode == 0, restored.stderr
+    assert "301 records applied, 0 kept" in restored.stdout
+    assert wait_converged(fresh) == before  # the same keys at the same versions, tombstones too
+    for node in fresh:
+        assert live_items(node) == items
+    assert digest(source) == before, "a backup changes nothing"
+
+
+def backup_of(
+    source: NodeProcess, tmp_path: Path
+) -> tuple[dict[str, Any], dict[str, tuple[str, str]], Path]:
+    """Write keys (some deleted, one expiring) to `source` and back it up: its digest and live
+    keys, and the file."""
     puts: list[dict[str, Any]] = [
         {"op": "put", "key": f"key/{i:03}", "value": f"value {i} ✓"} for i in range(300)
     ]
@@ -63,15 +81,7 @@ def test_a_backup_restored_into_a_fresh_three_node_cluster_ends_on_every_node(
     assert "saved 301 records of node old" in saved.stdout
     assert saved.stderr == "", "no progress output when not on a terminal"
     assert not (tmp_path / "backup.ndjson.partial").exists()
-
-    fresh = start_cluster(start_node, ["n1", "n2", "n3"])
-    restored = run_cli("restore", str(file), "--url", fresh[1].url)
-    assert restored.returncode == 0, restored.stderr
-    assert "301 records applied, 0 kept" in restored.stdout
-    assert wait_converged(fresh) == before  # the same keys at the same versions, tombstones too
-    for node in fresh:
-        assert live_items(node) == items
-    assert digest(source) == before, "a backup changes nothing"
+    return before, items, file
 
 
 def test_backup_restore_and_import_fail_in_one_line_and_leave_no_partial_file(
@@ -86,7 +96,6 @@ def test_backup_restore_and_import_fail_in_one_line_and_leave_no_partial_file(
         "garbage": ("restore", str(garbage), "--url", node.url, "--token", TOKEN),
         "no node": ("backup", str(file), "--url", "http://127.0.0.1:9", "--token", TOKEN),
         "no redis": ("import", "--from-redis", "redis://127.0.0.1:9/0", "--url", node.url),
-        "not redis": ("import", "--from-redis", "http://x", "--url", node.url),
     }
     with ThreadPoolExecutor(len(runs)) as pool:
         done = dict(zip(runs, pool.map(lambda args: run_cli(*args), runs.values()), strict=True))
@@ -96,7 +105,6 @@ def test_backup_restore_and_import_fail_in_one_line_and_leave_no_partial_file(
     assert "nothing was applied" in one_line_failure(done["garbage"].stderr)
     assert "127.0.0.1:9" in one_line_failure(done["no node"].stderr)
     assert "cannot read Redis at redis://127.0.0.1:9/0" in one_line_failure(done["no redis"].stderr)
-    assert "--from-redis" in one_line_failure(done["not redis"].stderr)
     assert list(tmp_path.glob("backup.ndjson*")) == []
     answer = http("GET", node.url + "/v1/digest", headers={"Authorization": f"Bearer {TOKEN}"})
     assert answer.json()["count"] == 0
@@ -109,8 +117,8 @@ def test_import_brings_every_string_key_of_a_redis_database_over(
     with running_redis(tmp_path / "redis") as server:
         source = redis.Redis(host="127.0.0.1", port=server.port, db=3)
         try:
-            for i in range(1200):  # more than one SCAN page and more than one transaction
-                source.set(f"name{i}", f"value {i}")
+            # More than one SCAN page and more than one transaction.
+            source.mset({f"name{i}": f"value {i}" for i in range(1200)})
             source.set("a key/with spaces", "héllo & = + %")
             source.set("empty", "")
             source.set("expiring", "soon", ex=600)
