@@ -25,6 +25,7 @@ import redis
 from rich.console import Console
 from rich.progress import (
     BarColumn,
+    DownloadColumn,
     MofNCompleteColumn,
     Progress,
     ProgressColumn,
@@ -80,8 +81,8 @@ def progress(unit: str, console: Console | None = None) -> Progress:
     return Progress(
         SpinnerColumn(),
         TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
+        BarColumn(bar_width=24),
+        DownloadColumn(binary_units=True) if unit == "B" else MofNCompleteColumn(),
         RateColumn(unit),
         TimeElapsedColumn(),
         console=console,
@@ -143,8 +144,8 @@ def backup(path: Path, urls: tuple[str, ...] | list[str], token: str | None) -> 
         ):
             if response.status_code != 200:
                 raise _refused(response, url)
-            task = bar.add_task(f"backup of {url}", total=None)
-            for lines in _lines(response.iter_bytes(CHUNK)):
+            task = bar.add_task("backup", total=None)
+            for lines in whole_lines(response.iter_bytes(CHUNK)):
                 for line in lines:
                     checker.line(line)
                     out.write(line)
@@ -171,7 +172,7 @@ def backup(path: Path, urls: tuple[str, ...] | list[str], token: str | None) -> 
     return BackupResult(header.node, header.seq, summary.count, size, time.monotonic() - started)
 
 
-def _lines(chunks: Iterator[bytes]) -> Iterator[list[bytes]]:
+def whole_lines(chunks: Iterator[bytes]) -> Iterator[list[bytes]]:
     """Whole lines (with their newline) as chunks bring them; what is left at the end (a line
     without its newline) comes last, for the checker to refuse."""
     rest = b""
@@ -201,7 +202,7 @@ def restore(path: Path, urls: tuple[str, ...] | list[str], token: str | None) ->
         raise TransferError(f"cannot read {path}: {exc.strerror or exc}") from None
     with handle, progress("B") as bar:
         total = os.fstat(handle.fileno()).st_size
-        task = bar.add_task(f"restore to {url}", total=total)
+        task = bar.add_task("upload", total=total)
         try:
             with _http(token, APPLY_TIMEOUT) as http:
                 response = http.post(
@@ -224,7 +225,7 @@ def restore(path: Path, urls: tuple[str, ...] | list[str], token: str | None) ->
 def _sent(bar: Progress, task: Any, sent: int, total: int) -> None:
     bar.update(task, completed=sent)
     if sent >= total:
-        bar.update(task, description="the node checks and merges it")
+        bar.update(task, description="merging")
 
 
 def _upload(handle: IO[bytes], report: Callable[[int], None]) -> Iterator[bytes]:
@@ -275,7 +276,7 @@ def import_redis(source: str, urls: tuple[str, ...] | list[str], token: str | No
     db = redis.Redis.from_url(source, socket_timeout=30, socket_connect_timeout=CONNECT_TIMEOUT)
     try:
         with Client(list(urls), token=token) as client, progress("keys") as bar:
-            task = bar.add_task(f"import from {where}", total=db.dbsize())
+            task = bar.add_task("import", total=db.dbsize())
             batch = _Batch(client, result)
             for pairs in _string_keys(db, result):
                 for key, value, ttl in pairs:
