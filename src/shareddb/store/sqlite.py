@@ -89,6 +89,7 @@ class SQLiteBackend:
         self._wdb: sqlite3.Connection | None = None
         self._point: sqlite3.Connection | None = None
         self._scan: sqlite3.Connection | None = None
+        self._snapshots = 0  # snapshot reads open now (SQLiteSnapshotRead)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -258,6 +259,7 @@ class SQLiteBackend:
         """A read transaction on a connection of its own: in WAL mode it sees the file as of its
         first read for as long as it stays open, while the writer goes on committing."""
         read: SQLiteSnapshotRead = await self._in_reader(self._begin_snapshot)
+        self._snapshots += 1  # on the event loop, as `close` takes it back
         return read
 
     def _begin_snapshot(self) -> SQLiteSnapshotRead:
@@ -355,7 +357,9 @@ class SQLiteBackend:
             raise write_error(exc) from exc
         finally:
             self._checkpoint_due.set()
-            if self._wal_size() > WAL_LIMIT and self._wdb is not None:
+            # Not while a snapshot read is open: the WAL cannot be restarted past it, and the
+            # checkpoint would wait for it (up to the busy timeout) on every commit.
+            if self._wal_size() > WAL_LIMIT and self._wdb is not None and not self._snapshots:
                 with contextlib.suppress(sqlite3.Error):
                     self._wdb.execute("PRAGMA wal_checkpoint(RESTART)")
 
@@ -521,6 +525,7 @@ class SQLiteSnapshotRead:
     async def close(self) -> None:
         db, self._db = self._db, None
         if db is not None:
+            self._backend._snapshots -= 1
             with contextlib.suppress(sqlite3.Error):
                 self._rows.close()
                 db.execute("COMMIT")
