@@ -3,20 +3,23 @@ body that is not a whole snapshot is refused with nothing applied (invariant 6).
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import gzip
 import io
+import logging
+import socket
 from pathlib import Path
 
-import aiohttp
 import orjson
 import pytest
 
 from shareddb.clock import from_millis, physical
 from shareddb.record import Record, make_version
 from shareddb.snapshot import FORMAT, MEDIA_TYPE, Checker, Header, SnapshotError, Summary, Writer
+from shareddb.store.sqlite import SQLiteStore
 from shareddb.times import iso_time
 from tests.api.conftest import SMALL_MAX_VALUE, Api, running_api
+from tests.harness import eventually
 
 
 def parse(body: bytes) -> tuple[Summary, list[Record]]:
@@ -211,21 +214,54 @@ async def test_a_head_request_answers_the_headers_alone(api: Api) -> None:
     assert reply.body == b""
 
 
+async def slow_reader(api: Api) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A GET /v1/snapshot on a socket with a small receive buffer: the node's writes wait for the
+    client as soon as a few hundred KiB are on their way (the default buffers hold megabytes)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (api.host, api.port))
+    reader, writer = await asyncio.open_connection(sock=sock, limit=4096)
+    writer.write(b"GET /v1/snapshot HTTP/1.1\r\nHost: node\r\n\r\n")
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    return reader, writer
+
+
 async def test_a_stream_the_store_fails_part_way_ends_without_its_trailer(
     api: Api, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The status is sent before the store fails: ending the connection early is how the node
     says so, and a reader of the format cannot take what it got for a whole snapshot."""
-    await api.load({f"key{i:04}": "v" * 2000 for i in range(5000)})  # more than sockets buffer
-    received = b""
-    async with api.client.session.get(api.url("/v1/snapshot")) as response:
-        assert response.status == 200
-        received += await response.content.readexactly(4096)
-        await api.node.store.close()  # every later read of the store fails
-        with contextlib.suppress(aiohttp.ClientPayloadError):
-            async for chunk in response.content.iter_any():
-                received += chunk
+    await api.load({f"key{i:04}": "v" * 2000 for i in range(5000)})
+    reader, writer = await slow_reader(api)
+    try:
+        received = await reader.readexactly(4096)
+        # Every later read of the store fails. (Its close waits for the snapshot read to end,
+        # which needs the stream to move on: the client goes on reading meanwhile.)
+        closing = asyncio.create_task(api.node.store.close())
+        async with asyncio.timeout(10):
+            received += await reader.read()  # to the end: the node ends the connection
+            await closing
+    finally:
+        writer.close()
+    body = b"".join(received.split(b"\r\n")[1::2])  # the chunks' data, without their sizes
     with pytest.raises(SnapshotError, match="cut short"):
-        parse(received)
+        parse(body)
     assert len([r for r in caplog.records if r.name == "shareddb.api"]) == 1
     assert [r.getMessage() for r in caplog.records if r.exc_info] == [], "no traceback"
+
+
+async def test_a_client_that_leaves_part_way_ends_the_read_without_a_traceback(
+    api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The read (a transaction, or copies in Redis) is released as soon as the client is gone."""
+    await api.load({f"key{i:04}": "v" * 2000 for i in range(5000)})
+    store = api.node.store
+    assert isinstance(store, SQLiteStore)
+    reader, writer = await slow_reader(api)
+    await reader.readexactly(4096)
+    assert store.snapshots_open == 1
+    writer.transport.abort()  # the connection goes, the rest unread
+    await eventually(lambda: store.snapshots_open == 0, "the snapshot read to be closed")
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []

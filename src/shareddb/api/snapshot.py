@@ -59,20 +59,21 @@ async def get_snapshot(node: Node, request: web.BaseRequest) -> web.StreamRespon
                 "Content-Disposition": f'attachment; filename="shareddb-{node.id}-{read.seq}.ndjson"',
             }
         )
-        await response.prepare(request)
         try:
+            await response.prepare(request)
             await response.write(writer.header())
             while chunk := await read.next():
                 await response.write(writer.records(chunk))
             await response.write(writer.trailer())
+            await response.write_eof()
+        except ConnectionError:  # the client hung up: nothing to report
+            return response
         except StoreUnavailable as exc:
             # The answer has begun: the only way left to say it failed is to end the connection
             # before the snapshot's last line, which every reader of the format notices.
             log.warning("snapshot stream ended early: %s", exc)
             if request.transport is not None:
                 request.transport.abort()
-            return response
-        await response.write_eof()
         return response
     finally:
         await read.close()

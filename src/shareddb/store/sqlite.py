@@ -546,8 +546,13 @@ class SQLiteStore(PipelineStore):
         now: Callable[[], int] = wall_millis,
     ) -> None:
         self.path = path
-        backend = SQLiteBackend(path, synchronous=synchronous, vfs=vfs, new_instance=new_instance)
-        super().__init__(backend, clock_high=clock_high, now=now)
+        self._sqlite = SQLiteBackend(path, synchronous=synchronous, vfs=vfs, new_instance=new_instance)
+        super().__init__(self._sqlite, clock_high=clock_high, now=now)
+
+    @property
+    def snapshots_open(self) -> int:
+        """Snapshot reads not closed yet."""
+        return self._sqlite._snapshots
 
 
 def sqlite_path(data_dir: Path) -> Path:
