@@ -455,6 +455,70 @@ def leave(node_id: str | None, urls: tuple[str, ...], token: str | None) -> None
     click.echo(f"{node_id or 'the node at ' + target} left the cluster")
 
 
+# -- backup, restore, import ----------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@url_option
+@token_option
+def backup(file: Path, urls: tuple[str, ...], token: str | None) -> None:
+    """Save the data of the node at --url, at one point in time, to FILE (a snapshot). FILE is
+    replaced only once the whole snapshot has arrived and checks out. Needs an admin token."""
+    from shareddb.backup import TransferError
+    from shareddb.backup import backup as save
+
+    try:
+        result = save(file, urls, token)
+    except TransferError as exc:
+        raise Fail(str(exc)) from None
+    click.echo(result.line(file))
+
+
+@cli.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@url_option
+@token_option
+def restore(file: Path, urls: tuple[str, ...], token: str | None) -> None:
+    """Merge the snapshot in FILE into the node at --url (a newer version there is kept); it
+    replicates to the cluster as usual. Nothing is applied unless FILE is a whole snapshot.
+    Needs an admin token."""
+    from shareddb.backup import TransferError
+    from shareddb.backup import restore as send
+
+    try:
+        answer = send(file, urls, token)
+    except TransferError as exc:
+        raise Fail(str(exc)) from None
+    click.echo(
+        f"restored {file}: {answer['applied']} records applied, {answer['skipped']} kept as "
+        "they were (the node held the same or a newer version)"
+    )
+
+
+@cli.command("import")
+@click.option(
+    "--from-redis",
+    "source",
+    required=True,
+    metavar="redis://HOST:PORT/DB",
+    help="The Redis database to read (the prototype's data: one string key per key).",
+)
+@url_option
+@token_option
+def import_(source: str, urls: tuple[str, ...], token: str | None) -> None:
+    """Write every string key of a Redis database into the cluster, each as a new write (with
+    its TTL, when it has one). Keys of other types, names that are not valid keys and values that
+    are not UTF-8 are left out and counted."""
+    from shareddb.backup import TransferError, import_redis
+
+    try:
+        result = import_redis(source, urls, token)
+    except TransferError as exc:
+        raise Fail(str(exc)) from None
+    click.echo(result.line(source))
+
+
 def main() -> None:
     """Entry point: click's errors become one line instead of a usage block."""
     try:

@@ -12,7 +12,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from ssl import SSLContext
@@ -360,6 +360,20 @@ class Node:
             if len(page) < PAGE:
                 return
             after = page[-1].key
+
+    # -- snapshots ---------------------------------------------------------------------------------
+
+    async def merge(self, records: Sequence[Record]) -> tuple[int, int]:
+        """Merge records of a snapshot as a peer's are merged: each keeps its version, and wins
+        only over an older one (a newer version here is kept); those that win enter this node's
+        feed and replicate as usual. Their versions move the clock as a peer's do, up to the
+        drift bound. Answers how many won, and how many were past the drift bound."""
+        wall = self._now()
+        skewed = sum(not self.clock.observe(version_hlc(r.version), wall) for r in records)
+        won = await self.store.apply(records)
+        if self.replicator is not None:
+            self.replicator.skewed += skewed
+        return won, skewed
 
     # -- replication -------------------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from shareddb.store.base import (
     Checkpoint,
     FeedPage,
     Outcome,
+    SnapshotRead,
     Store,
     StoreUnavailable,
     change_size,
@@ -809,6 +810,7 @@ CLOSED_STORE_CALLS: dict[str, Callable[[Store], Awaitable[object]]] = {
     "changes_since": lambda s: s.changes_since(0, 10),
     "checkpoint": lambda s: s.checkpoint("peer"),
     "get_meta": lambda s: s.get_meta("name"),
+    "snapshot": lambda s: s.snapshot(),
 }
 
 
@@ -1092,3 +1094,83 @@ async def test_a_transaction_whose_tombstone_was_purged_serves_nothing_for_that_
     assert await store.purge_tombstones(2, v(100, "")) == 1
     assert await store.get("k") is None
     assert await feed(store) == [Change(3, put("j", "w", 3), 3)]
+
+
+# --- snapshot reads (GET /v1/snapshot) --------------------------------------------------------
+
+
+async def read_all(read: SnapshotRead, limit: int = 1000, max_bytes: int = 1 << 20) -> list[Record]:
+    records: list[Record] = []
+    try:
+        while chunk := await read.next(limit, max_bytes):
+            records.extend(chunk)
+    finally:
+        await read.close()
+    return records
+
+
+async def test_a_snapshot_holds_every_record_with_its_tombstone_version_and_expiry(
+    store: Store,
+) -> None:
+    await store.write(put("a", "1", 1))
+    await store.write(put("b", "", 2))
+    await store.write(put("c", "3", 3))
+    await store.write(tomb("c", 4))
+    await store.write(expiring("d", "soon", 5, FAR))
+    await store.transact([], [put("t1", "x", 6), put("t2", "y", 6)])
+    read = await store.snapshot()
+    assert (read.seq, read.count) == (store.last_seq, 6)
+    records = await read_all(read)
+    assert len(records) == 6, "each key once"
+    assert sorted(records, key=lambda r: r.key) == [
+        put("a", "1", 1),
+        put("b", "", 2),
+        tomb("c", 4),
+        expiring("d", "soon", 5, FAR),
+        put("t1", "x", 6),
+        put("t2", "y", 6),
+    ]
+
+
+async def test_a_snapshot_is_one_point_in_time_while_writes_go_on(store: Store) -> None:
+    await store.apply([put(f"k{i:03}", "before", 10) for i in range(300)])
+    read = await store.snapshot()
+    seq = read.seq
+    first = await read.next(50, 1 << 20)
+    # Rewritten, deleted and new keys, committed while the read is half-way: none of it shows.
+    await store.apply([put(f"k{i:03}", "after", 20) for i in range(0, 300, 2)])
+    await store.apply([tomb(f"k{i:03}", 21) for i in range(1, 300, 4)])
+    await store.apply([put(f"new{i}", "after", 22) for i in range(50)])
+    rest = await read_all(read, 50)
+    records = first + rest
+    assert read.seq == seq
+    assert len(records) == 300
+    assert {r.key for r in records} == {f"k{i:03}" for i in range(300)}
+    assert all(r == put(r.key, "before", 10) for r in records)
+    # A read begun now sees all of it.
+    after = {r.key: r for r in await read_all(await store.snapshot())}
+    assert len(after) == 350
+    assert after["k000"] == put("k000", "after", 20)
+    assert after["k001"] == tomb("k001", 21)
+
+
+async def test_a_snapshot_hands_over_chunks_of_at_most_limit_and_about_max_bytes(store: Store) -> None:
+    await store.apply([put(f"k{i}", "x" * 1000, 1) for i in range(20)])
+    await store.apply([put("big", "y" * 50_000, 2)])
+    read = await store.snapshot()
+    sizes: list[int] = []
+    try:
+        while chunk := await read.next(7, 5_000):
+            assert len(chunk) <= 7
+            assert len(chunk) == 1 or sum(change_size(r.key, r.value) for r in chunk) <= 5_000
+            sizes.append(len(chunk))
+    finally:
+        await read.close()
+    assert sum(sizes) == 21
+    assert await read.next() == [], "a closed read hands over nothing more"
+
+
+async def test_an_empty_store_snapshots_to_nothing(store: Store) -> None:
+    read = await store.snapshot()
+    assert (read.seq, read.count) == (0, 0)
+    assert await read_all(read) == []

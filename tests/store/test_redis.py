@@ -795,3 +795,25 @@ async def test_an_unreachable_redis_fails_open_with_one_line() -> None:
     assert "\n" not in message
     assert "127.0.0.1:1" in message
     assert ":pw@" not in message
+
+
+async def test_a_snapshot_read_pages_through_copies_that_go_when_it_is_closed(
+    redis_server: RedisServer, open_store: OpenStore
+) -> None:
+    """The copies are what makes the read one point in time; they must not outlive it (and
+    they expire by themselves should the node stop part-way)."""
+    store = await open_store(redis_server.url())
+    await store.apply([put(f"k{i}", "v", i + 1) for i in range(10)])
+    raw = Redis.from_url(redis_server.url())
+    try:
+        read = await store.snapshot()
+        copies = await raw.keys(PREFIX + b"snapshot:*")
+        assert len(copies) == 2
+        for copy in copies:
+            assert 0 < await raw.ttl(copy) <= 3600
+        assert len(await read.next(4)) == 4
+        await read.close()
+        assert await raw.keys(PREFIX + b"snapshot:*") == []
+        await assert_store_matches_redis(store)
+    finally:
+        await raw.aclose()

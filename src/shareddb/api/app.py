@@ -6,6 +6,7 @@
 /v1/watch                                    changes as Server-Sent Events    (watch.py)
 /v1/txn                                      transactions                     (txn.py)
 /v1/cluster, /v1/digest, /v1/openapi.json    cluster view and operations      (cluster.py, ops.py)
+/v1/snapshot                                 backup and restore               (snapshot.py)
 /v1/peer/changes, /v1/peer/join              replication, peers only          (peer.py)
 
 Each route declares the role that may call it; access.py decides (401/403) before the handler runs.
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from shareddb.api import cluster, kv, metrics, nodes, ops, peer, txn, watch
+from shareddb.api import cluster, kv, metrics, nodes, ops, peer, snapshot, txn, watch
 from shareddb.api.access import Access
 from shareddb.api.routing import Router
 from shareddb.node import Node
@@ -31,6 +32,7 @@ def create_router(node: Node, access: Access | None = None) -> Router:
         *watch.routes(node),
         *txn.routes(node),
         *cluster.routes(node),
+        *snapshot.routes(node),
         *peer.routes(node),
         *metrics.routes(node),
     ]

@@ -1,14 +1,16 @@
 """The OpenAPI 3.0 document of the node's client APIs, served at GET /v1/openapi.json.
 
 It describes the seed-compatible API (/nodes/...), the REST API (/v1/...) and /health as SPEC.md
-defines them: the paths here, their components in openapi_components.py, and the application API
-(watch, conditions, TTL, transactions) in openapi_apps.py. The replication endpoints under
-/v1/peer/ are internal to a cluster and left out. tests/api/test_openapi.py checks that every
-client route of the router is described, and nothing else.
+defines them: the paths here, their components in openapi_components.py, the application API
+(watch, conditions, TTL, transactions) in openapi_apps.py, and snapshots in openapi_ops.py. The
+replication endpoints under /v1/peer/ are internal to a cluster and left out.
+tests/api/test_openapi.py checks that every client route of the router is described, and nothing
+else.
 """
 
 from __future__ import annotations
 
+from shareddb.api import openapi_ops
 from shareddb.api.openapi_apps import extend
 from shareddb.api.openapi_components import (
     ETAG,
@@ -293,3 +295,4 @@ OPENAPI: Doc = {
 }
 
 extend(OPENAPI)  # conditional writes, TTL, transactions: api/openapi_apps.py
+openapi_ops.extend(OPENAPI)  # backup and restore: api/openapi_ops.py

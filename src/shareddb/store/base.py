@@ -98,6 +98,35 @@ class Digest:
     buckets: tuple[int, ...]
 
 
+SNAPSHOT_CHUNK = 1000  # records a snapshot read hands over at most at once
+SNAPSHOT_CHUNK_BYTES = 4 * 1024 * 1024  # and about this many bytes of them (by `change_size`)
+
+
+class SnapshotRead(Protocol):
+    """Every record of a store as it stood at one commit, read a chunk at a time.
+
+    `seq` and `count` are those of that commit: its sequence number, and how many records (live
+    values, expired ones and tombstones) `next` hands over in all. Writes committed after the read
+    began are not in it, however long it takes. Records come in no particular order, each key
+    once. `close` releases what the read holds (a read transaction, a copy); call it always, also
+    when the read is abandoned part-way."""
+
+    @property
+    def seq(self) -> int: ...
+
+    @property
+    def count(self) -> int: ...
+
+    async def next(
+        self, limit: int = SNAPSHOT_CHUNK, max_bytes: int = SNAPSHOT_CHUNK_BYTES
+    ) -> list[Record]:
+        """The next records: at most `limit`, and no more than fit in `max_bytes` by
+        `change_size` (but at least one); [] once every record was handed over."""
+        ...
+
+    async def close(self) -> None: ...
+
+
 class Store(Protocol):
     """A node's storage. One writer: the store serialises writes itself and may batch them."""
 
@@ -189,6 +218,10 @@ class Store(Protocol):
     async def bucket_versions(self, bucket: int) -> dict[str, str]:
         """Key -> version of every record (tombstones too) in one digest bucket: for repairs and
         `shareddb verify`. It reads the whole store."""
+        ...
+
+    async def snapshot(self) -> SnapshotRead:
+        """A read of every record at one point in time (GET /v1/snapshot), in bounded memory."""
         ...
 
 

@@ -14,7 +14,16 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 
 from shareddb.record import Record
-from shareddb.store.base import Change, Checkpoint, FeedPage, StoreUnavailable, bucket_of, change_size
+from shareddb.store.base import (
+    SNAPSHOT_CHUNK,
+    SNAPSHOT_CHUNK_BYTES,
+    Change,
+    Checkpoint,
+    FeedPage,
+    StoreUnavailable,
+    bucket_of,
+    change_size,
+)
 from shareddb.store.entries import serve_entry
 from shareddb.store.expiry import Expiring
 from shareddb.store.pipeline import PipelineStore, wall_millis
@@ -183,6 +192,42 @@ class MemoryBackend:
     async def bucket_versions(self, bucket: int) -> dict[str, str]:
         rows = (await self._now()).rows
         return {key: version for key, (_, version, *_) in rows.items() if bucket_of(key) == bucket}
+
+    async def snapshot(self) -> MemorySnapshotRead:
+        """A commit swaps in a new `Snapshot` and never changes the old one: reading the one
+        current now is reading one point in time."""
+        return MemorySnapshotRead(await self._now(), self)
+
+
+class MemorySnapshotRead:
+    """A `SnapshotRead` of one `Snapshot` (immutable): its keys are listed once, up front."""
+
+    def __init__(self, snapshot: Snapshot, backend: MemoryBackend) -> None:
+        self._rows = snapshot.rows
+        self._keys = list(snapshot.rows)
+        self._at = 0
+        self._backend = backend
+        self.seq = snapshot.tally.seq
+        self.count = len(self._keys)
+
+    async def next(
+        self, limit: int = SNAPSHOT_CHUNK, max_bytes: int = SNAPSHOT_CHUNK_BYTES
+    ) -> list[Record]:
+        await self._backend._now()  # a closed store fails the read, as the others do
+        chunk: list[Record] = []
+        size = 0
+        while self._at < len(self._keys) and len(chunk) < limit:
+            key = self._keys[self._at]
+            value, version, _, expires, _ = self._rows[key]
+            size += change_size(key, value)
+            if chunk and size > max_bytes:
+                break
+            chunk.append(Record(key, value, version, expires))
+            self._at += 1
+        return chunk
+
+    async def close(self) -> None:
+        self._keys = []
 
 
 class MemoryStore(PipelineStore):

@@ -27,6 +27,7 @@ from shareddb.store.base import (
     Checkpoint,
     Digest,
     FeedPage,
+    SnapshotRead,
     StoreFull,
     StoreUnavailable,
     fail_all,
@@ -153,6 +154,11 @@ class Backend(Protocol):
 
     async def bucket_versions(self, bucket: int) -> dict[str, str]: ...
 
+    async def snapshot(self) -> SnapshotRead:
+        """Every record as of the last commit, read in chunks (see `SnapshotRead`): a commit
+        that lands while it is read is not in it."""
+        ...
+
 
 # -- the store -----------------------------------------------------------------------------------
 
@@ -274,6 +280,10 @@ class PipelineStore:
     async def bucket_versions(self, bucket: int) -> dict[str, str]:
         self._check_open()
         return await self._backend.bucket_versions(bucket)
+
+    async def snapshot(self) -> SnapshotRead:
+        self._check_open()
+        return await self._backend.snapshot()
 
     # -- writes --------------------------------------------------------------------------------
 

@@ -352,3 +352,50 @@ def decode_head(head: bytes) -> tuple[str, int | None]:
     """The version and expiry of a record's HEAD (see the layout)."""
     version, _, expires = bytes(head).partition(b"\1")
     return version.decode("ascii"), int(expires) if expires else None
+
+
+# The start of a snapshot read (GET /v1/snapshot): copies of the records and of the feed index,
+# made in one atomic step, so what is read from them afterwards is one point in time however long
+# the read takes. KEYS: meta, rec, seq, the copy of rec, the copy of seq. ARGV: seconds the
+# copies live unless deleted first. Answers the store's seq and how many records were copied.
+SNAPSHOT_BEGIN = """#!lua
+redis.call('DEL', KEYS[4], KEYS[5])
+redis.call('COPY', KEYS[2], KEYS[4])
+redis.call('COPY', KEYS[3], KEYS[5])
+redis.call('EXPIRE', KEYS[4], ARGV[1])
+redis.call('EXPIRE', KEYS[5], ARGV[1])
+return {redis.call('HGET', KEYS[1], 'seq') or '0', redis.call('HLEN', KEYS[4])}
+"""
+
+# The next chunk of a snapshot read, from its copies: members of the copied feed index scored
+# above ARGV[1] (an exclusive bound like "(12"), in order, at most ARGV[2] of them and about
+# ARGV[3] bytes (at least one record), skipping transaction entries (a member starting with
+# NUL). KEYS: the copy of seq, the copy of rec. ARGV[4]: the bytes a record costs beyond its key
+# and value. Answers the score of the last member looked at ('' when there was none), then key,
+# record, key, record, ...
+SNAPSHOT_PAGE = """#!lua flags=no-writes
+local limit, budget, overhead = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local out = {''}
+local size, taken, low = 0, 0, ARGV[1]
+while taken < limit do
+  local found = redis.call('ZRANGE', KEYS[1], low, '+inf', 'BYSCORE', 'LIMIT', 0,
+                           limit - taken, 'WITHSCORES')
+  if #found == 0 then break end
+  for i = 1, #found, 2 do
+    local member = found[i]
+    if string.byte(member, 1) ~= 0 then
+      local record = redis.call('HGET', KEYS[2], member)
+      if record then
+        size = size + #member + #record + overhead
+        if taken > 0 and size > budget then return out end
+        out[#out + 1] = member
+        out[#out + 1] = record
+        taken = taken + 1
+      end
+    end
+    out[1] = found[i + 1]
+    low = '(' .. found[i + 1]
+  end
+end
+return out
+"""

@@ -26,6 +26,8 @@ from urllib.parse import quote
 from shareddb.record import Record
 from shareddb.store.base import (
     DIGEST_BUCKETS,
+    SNAPSHOT_CHUNK,
+    SNAPSHOT_CHUNK_BYTES,
     Change,
     Checkpoint,
     FeedPage,
@@ -87,6 +89,7 @@ class SQLiteBackend:
         self._wdb: sqlite3.Connection | None = None
         self._point: sqlite3.Connection | None = None
         self._scan: sqlite3.Connection | None = None
+        self._snapshots = 0  # snapshot reads open now (SQLiteSnapshotRead)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -252,6 +255,27 @@ class SQLiteBackend:
         rows = self._scan.execute("SELECT key, version FROM kv")
         return {key: version for key, version in rows if bucket_of(key) == bucket}
 
+    async def snapshot(self) -> SQLiteSnapshotRead:
+        """A read transaction on a connection of its own: in WAL mode it sees the file as of its
+        first read for as long as it stays open, while the writer goes on committing."""
+        read: SQLiteSnapshotRead = await self._in_reader(self._begin_snapshot)
+        self._snapshots += 1  # on the event loop, as `close` takes it back
+        return read
+
+    def _begin_snapshot(self) -> SQLiteSnapshotRead:
+        db = self._connect()
+        try:
+            # Read, not mapped: mapped pages of the file would count in the node's RSS.
+            db.execute("PRAGMA mmap_size = 0")
+            db.execute("BEGIN")
+            seq = db.execute("SELECT value FROM meta WHERE name = 'seq'").fetchone()
+            (count,) = db.execute("SELECT count(*) FROM kv").fetchone()
+            rows = db.execute("SELECT key, value, version, expires FROM kv")
+        except BaseException:
+            db.close()
+            raise
+        return SQLiteSnapshotRead(self, db, rows, int(seq[0]) if seq else 0, int(count))
+
     async def _in_reader(self, fn: Callable[..., Any], *args: Any) -> Any:
         if self._closing:
             raise StoreUnavailable("the store is closed")
@@ -333,7 +357,9 @@ class SQLiteBackend:
             raise write_error(exc) from exc
         finally:
             self._checkpoint_due.set()
-            if self._wal_size() > WAL_LIMIT and self._wdb is not None:
+            # Not while a snapshot read is open: the WAL cannot be restarted past it, and the
+            # checkpoint would wait for it (up to the busy timeout) on every commit.
+            if self._wal_size() > WAL_LIMIT and self._wdb is not None and not self._snapshots:
                 with contextlib.suppress(sqlite3.Error):
                     self._wdb.execute("PRAGMA wal_checkpoint(RESTART)")
 
@@ -457,6 +483,55 @@ def _entry_changes(db: sqlite3.Connection, at: int, since: int) -> list[Change]:
     return serve_entry(at, since, items_of, row_of)
 
 
+class SQLiteSnapshotRead:
+    """A `SnapshotRead` of an SQLite store: one statement of one read transaction on its own
+    connection, stepped a chunk at a time on the store's reader thread. While it is open, WAL
+    checkpoints cannot copy past its point in time, so the WAL file grows with what is written
+    meanwhile; it shrinks again at the first checkpoint after `close`."""
+
+    def __init__(
+        self, backend: SQLiteBackend, db: sqlite3.Connection, rows: sqlite3.Cursor, seq: int, count: int
+    ) -> None:
+        self._backend = backend
+        self._db: sqlite3.Connection | None = db
+        self._rows = rows
+        self._pending: tuple[str, str | None, str, int | None] | None = None  # read past a chunk
+        self.seq = seq
+        self.count = count
+
+    async def next(
+        self, limit: int = SNAPSHOT_CHUNK, max_bytes: int = SNAPSHOT_CHUNK_BYTES
+    ) -> list[Record]:
+        if self._db is None:
+            return []
+        chunk: list[Record] = await self._backend._in_reader(self._chunk, limit, max_bytes)
+        return chunk
+
+    def _chunk(self, limit: int, max_bytes: int) -> list[Record]:
+        chunk: list[Record] = []
+        size = 0
+        while len(chunk) < limit:
+            row = self._pending or self._rows.fetchone()
+            self._pending = None
+            if row is None:
+                break
+            size += change_size(row[0], row[1])
+            if chunk and size > max_bytes:
+                self._pending = row
+                break
+            chunk.append(Record(*row))
+        return chunk
+
+    async def close(self) -> None:
+        db, self._db = self._db, None
+        if db is not None:
+            self._backend._snapshots -= 1
+            with contextlib.suppress(sqlite3.Error):
+                self._rows.close()
+                db.execute("COMMIT")
+            db.close()
+
+
 class SQLiteStore(PipelineStore):
     """A `Store` in one SQLite file: the write pipeline on a `SQLiteBackend`."""
 
@@ -471,8 +546,13 @@ class SQLiteStore(PipelineStore):
         now: Callable[[], int] = wall_millis,
     ) -> None:
         self.path = path
-        backend = SQLiteBackend(path, synchronous=synchronous, vfs=vfs, new_instance=new_instance)
-        super().__init__(backend, clock_high=clock_high, now=now)
+        self._sqlite = SQLiteBackend(path, synchronous=synchronous, vfs=vfs, new_instance=new_instance)
+        super().__init__(self._sqlite, clock_high=clock_high, now=now)
+
+    @property
+    def snapshots_open(self) -> int:
+        """Snapshot reads not closed yet."""
+        return self._sqlite._snapshots
 
 
 def sqlite_path(data_dir: Path) -> Path:
