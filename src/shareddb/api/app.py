@@ -6,13 +6,14 @@
 /v1/watch                                    changes as Server-Sent Events    (watch.py)
 /v1/txn                                      transactions                     (txn.py)
 /v1/cluster, /v1/digest, /v1/openapi.json    cluster view and operations      (cluster.py, ops.py)
+/ui, /ui/{file}                              the dashboard, public files      (ui.py)
 """
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from shareddb.api import cluster, kv, metrics, nodes, ops, peer, txn, watch
+from shareddb.api import cluster, kv, metrics, nodes, ops, peer, txn, ui, watch
 from shareddb.api.routing import Router
 from shareddb.node import Node
 
@@ -27,6 +28,7 @@ def create_router(node: Node) -> Router:
         *cluster.routes(node),
         *peer.routes(node),
         *metrics.routes(node),
+        *ui.routes(node),
     ]
     return Router(routes, token=node.settings.token, peer_token=node.settings.peer_token)
 
