@@ -171,9 +171,15 @@ def editor_says(page: Chrome, text: str) -> bool:
 
 def edit_value(page: Chrome, nodes: Sequence[NodeProcess], key: str, value: str) -> None:
     """Open `key` in the editor from the key browser, type `value` over its value and save."""
-    row = until(page, lambda: key_row(page, key), f"{key} in the key browser", nodes)
-    row.click()
-    until(page, lambda: by_id(page, "edit-key").get_attribute("value") == key, "the editor", nodes)
+
+    def open_in_editor() -> bool:
+        row = key_row(page, key)
+        if row is None:
+            return False
+        row.click()  # a row replaced meanwhile is stale: `until` tries again
+        return by_id(page, "edit-key").get_attribute("value") == key
+
+    until(page, open_in_editor, f"{key} open in the editor", nodes)
     area = by_id(page, "edit-value")
     area.clear()
     area.send_keys(value)
@@ -387,7 +393,7 @@ def test_a_read_token_cannot_edit(browser: Chrome, role_node: NodeProcess) -> No
     assert console_errors(browser, allowed=REFUSED) == []
 
 
-def test_the_page_is_pleasant_at_a_phone_width_too(browser: Chrome, cluster: list[NodeProcess]) -> None:
+def test_the_page_fits_a_phone_wide_window(browser: Chrome, cluster: list[NodeProcess]) -> None:
     """The layout stacks its columns on a narrow window rather than overflow it sideways."""
     node1, _ = cluster
     size = browser.get_window_size()

@@ -1,9 +1,10 @@
 """GET /ui: the dashboard, a page of static files packaged in shareddb/ui/ and served as they are.
 
-The files are public (SPEC.md, "Tokens and roles"): they hold no data. The page asks for a token
-when the API answers 401 and sends it with every request it makes itself; the node never puts a
-token or a value into the page. No build step and nothing from another origin: the Content-Security-
-Policy allows scripts, styles and requests to this node only.
+The files are public (README, "Dashboard"): they hold no data. The page asks for a token when the
+API answers 401 and sends it with every request it makes itself; the node never puts a token or a
+value into the page. No build step and nothing from another origin: the Content-Security-Policy
+allows scripts, styles and requests to this node only. docs/design.md, "Dashboard", says why the
+page is built as it is.
 """
 
 from __future__ import annotations

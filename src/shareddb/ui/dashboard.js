@@ -1,6 +1,7 @@
 // The shareddb dashboard: members, a key browser and a live tail of changes, read through the
 // node's own v1 API (docs/api.md) with the token the user gives, kept in sessionStorage only.
 // Nothing from the node is ever put into the page as HTML: every text goes in through textContent.
+// docs/design.md, "Dashboard", says why it reads the watch stream with fetch() and not EventSource.
 "use strict";
 
 (() => {
