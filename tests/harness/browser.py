@@ -1,13 +1,12 @@
 """A real headless Chromium driven through Selenium: Debian's `chromium` and `chromium-driver`.
 
 Nothing is downloaded: the browser and its driver are the system's (`.ci/run` installs them), named
-by path so Selenium never looks for one of its own. Imported on its own, not through
-`tests.harness`, so that only the tests that open a browser import Selenium.
+by path, so Selenium never runs its manager to look for (or fetch) one of its own. Imported on its
+own, not through `tests.harness`, so that only the tests that open a browser import Selenium.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 
 from selenium import webdriver
@@ -53,7 +52,6 @@ def start_chromium(width: int = WINDOW[0], height: int = WINDOW[1]) -> Chrome:
         options.add_argument(flag)
     options.add_argument(f"--window-size={width},{height}")
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    os.environ.setdefault("SE_OFFLINE", "true")  # never let Selenium fetch a browser or driver
     driver = webdriver.Chrome(options=options, service=Service(paths[1]))
     driver.set_page_load_timeout(30)
     return driver
