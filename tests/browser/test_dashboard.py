@@ -199,6 +199,7 @@ def test_page_loads_without_console_errors_and_shows_both_members(
     assert "this node" in text
     until(browser, lambda: stream_is_live(browser), "the live tail to connect", cluster)
     assert not token_dialog_open(browser), "a node without a token asks for none"
+    until(browser, lambda: "live key" in by_id(browser, "key-count").text, "the key count", cluster)
     assert console_errors(browser) == []
 
 

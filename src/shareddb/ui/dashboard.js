@@ -182,9 +182,13 @@
   async function pollCluster() {
     for (;;) {
       try {
-        const response = await api("GET", "/v1/cluster");
+        const [response, digest] = await Promise.all([api("GET", "/v1/cluster"), api("GET", "/v1/digest")]);
         if (!response.ok) throw new Error(await errorMessage(response));
         renderMembers(await response.json());
+        if (digest.ok) {
+          const count = (await digest.json()).count;
+          $("key-count").textContent = count.toLocaleString() + (count === 1 ? " live key" : " live keys") + " on this node";
+        }
         showNotice(null);
         refreshExpiries();
       } catch (error) {
