@@ -36,6 +36,21 @@ async def test_every_file_the_page_names_is_served_from_this_node(api: Api) -> N
     assert (await api.get("/ui/icon.svg")).content_type == "image/svg+xml"
 
 
+async def test_every_module_the_script_imports_is_served(api: Api) -> None:
+    scripts = [name for name in FILES if name.endswith(".js")]
+    imported = {
+        name
+        for script in scripts
+        for name in re.findall(r'from "\./([\w.-]+)"', FILES[script].body.decode("utf-8"))
+    }
+    assert "session.js" in imported
+    assert imported <= set(scripts)
+    for name in imported:
+        reply = await api.get(f"/ui/{name}")
+        assert reply.status == 200, name
+        assert reply.content_type == "text/javascript; charset=utf-8", name
+
+
 async def test_nothing_is_loaded_from_another_origin(api: Api) -> None:
     for name, found in FILES.items():
         text = found.body.decode("utf-8")
