@@ -107,6 +107,12 @@ def by_id(page: Chrome, element_id: str) -> WebElement:
     return page.find_element(By.ID, element_id)
 
 
+def search(page: Chrome, prefix: str) -> None:
+    """List the keys under `prefix` (the tests share one cluster: other tests' keys are there)."""
+    by_id(page, "prefix").send_keys(prefix)
+    by_id(page, "search").submit()
+
+
 def rows(page: Chrome, selector: str) -> list[WebElement]:
     return page.find_elements(By.CSS_SELECTOR, selector)
 
@@ -209,6 +215,7 @@ def test_a_key_written_through_the_api_appears_live_without_a_reload(
     node1, node2 = cluster
     assert put(node1, "colors/grass", "green").status == 201
     open_dashboard(browser, node1)
+    search(browser, "colors/")
     until(browser, lambda: row_value(browser, "colors/grass") == "green", "the listing", cluster)
     until(browser, lambda: stream_is_live(browser), "the live tail to connect", cluster)
 
@@ -240,8 +247,7 @@ def test_prefix_search_and_paging_go_through_every_key(
     body = orjson.dumps({"then": then})
     assert http("POST", node1.url + "/v1/txn", body).status == 200
     open_dashboard(browser, node1)
-    by_id(browser, "prefix").send_keys("pages/")
-    by_id(browser, "search").submit()
+    search(browser, "pages/")
 
     def listed() -> list[str]:
         return [str(row.get_attribute("data-key")) for row in rows(browser, "#keys tbody tr")]
@@ -268,6 +274,7 @@ def test_an_edit_made_in_the_page_is_readable_through_the_api(
     node1, node2 = cluster
     assert put(node1, "config/mode", "fast").status == 201
     open_dashboard(browser, node1)
+    search(browser, "config/")
     edit_value(browser, cluster, "config/mode", "careful & slow = 100%")
     until(browser, lambda: editor_says(browser, "Saved"), "the page to say it saved", cluster)
     until(
@@ -295,6 +302,31 @@ def test_an_edit_made_in_the_page_is_readable_through_the_api(
     )
     assert same_document(browser)
     assert console_errors(browser) == []
+
+
+def test_a_save_over_a_change_made_meanwhile_writes_only_when_saved_again(
+    browser: Chrome, cluster: list[NodeProcess]
+) -> None:
+    node1, node2 = cluster
+    assert put(node1, "stock/apples", "10").status == 201
+    open_dashboard(browser, node1)
+    search(browser, "stock/")
+    until(browser, lambda: stream_is_live(browser), "the live tail to connect", cluster)
+    edit_value(browser, cluster, "stock/apples", "9")  # saved: the page's own write
+    until(browser, lambda: read_value(node1, "stock/apples") == "9", "the first save", cluster)
+
+    area = by_id(browser, "edit-value")
+    area.clear()
+    area.send_keys("8")  # typed, not saved yet, while someone else writes
+    assert put(node2, "stock/apples", "20").status == 200
+    until(browser, lambda: editor_says(browser, "changed on the node since"), "the warning", cluster)
+    by_id(browser, "save-key").click()
+    until(browser, lambda: editor_says(browser, "Not saved"), "the refusal", cluster)
+    assert read_value(node1, "stock/apples") == "20", "the other write was kept"
+    by_id(browser, "save-key").click()
+    until(browser, lambda: editor_says(browser, "Saved"), "the second save", cluster)
+    until(browser, lambda: read_value(node2, "stock/apples") == "8", "the overwrite everywhere", cluster)
+    assert console_errors(browser, allowed=("status of 412",)) == []
 
 
 @pytest.fixture(scope="module")
