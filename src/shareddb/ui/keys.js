@@ -13,6 +13,7 @@ let page = 0;
 let next = null;
 let items = new Map(); // key -> {key, value, version, expires} of the rows on screen
 let reloadTimer = 0;
+let loads = 0; // listings asked for: only the latest one is drawn
 const highlight = new Set(); // keys to highlight at the next reload
 
 export function currentPrefix() {
@@ -55,6 +56,7 @@ export function refreshExpiries() {
 /** List the page on screen again; answers the listing's seq (null when it failed). */
 export async function loadPage() {
   clearTimeout(reloadTimer);
+  const load = ++loads;
   const params = new URLSearchParams({ prefix, limit: String(PAGE_SIZE) });
   if (cursors[page] !== null) params.set("after", cursors[page]);
   let listing;
@@ -67,9 +69,10 @@ export async function loadPage() {
       await tokenGiven();
       return loadPage();
     }
-    $("page-info").textContent = "could not list: " + error.message;
+    if (load === loads) $("page-info").textContent = "could not list: " + error.message;
     return null;
   }
+  if (load !== loads) return listing.seq; // a search or page asked for since: that one is drawn
   items = new Map(listing.items.map((item) => [item.key, item]));
   next = listing.next;
   const body = document.createElement("tbody");
