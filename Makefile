@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install run test test-fast lint format bench bench-replication sim chaos crash soak clean
+.PHONY: install run test test-fast lint format bench bench-replication sim chaos crash soak screenshot clean
 
 install: $(VENV)/.installed
 
@@ -62,6 +62,10 @@ soak: install
 
 crash: install
 	$(BIN)/python -m tests.crash --cycles $(CYCLES) $(if $(SEED),--seed $(SEED)) $(ARGS)
+
+# The README's picture of the dashboard, from a two-node cluster in a headless Chromium.
+screenshot: install
+	$(BIN)/python -m tests.browser.screenshot docs/dashboard.png
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache

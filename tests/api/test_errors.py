@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from shareddb.api import cluster, kv, metrics, nodes, ops, peer, watch
+from shareddb.api import cluster, kv, metrics, nodes, ops, peer, ui, watch
 from shareddb.tokens import Role
 from tests.api.conftest import JSON, SMALL_MAX_VALUE, TOKEN, Api, Reply, enc
 
@@ -378,7 +378,7 @@ def route_pattern(target: str) -> str:
     return path
 
 
-async def test_guarded_list_covers_every_route_but_health(api: Api) -> None:
+async def test_guarded_list_covers_every_route_but_health_and_the_dashboard(api: Api) -> None:
     routes = [
         *ops.routes(api.node),
         *nodes.routes(api.node),
@@ -387,11 +387,12 @@ async def test_guarded_list_covers_every_route_but_health(api: Api) -> None:
         *cluster.routes(api.node),
         *peer.routes(api.node),
         *metrics.routes(api.node),
+        *ui.routes(api.node),
     ]
     client = {Role.READ, Role.WRITE, Role.ADMIN}
     every = {(route.method, route.path) for route in routes if route.role in client}
     assert every == {(method, route_pattern(target)) for method, target in GUARDED}
-    assert [route.path for route in routes if route.role is Role.PUBLIC] == ["/health"]
+    assert [route.path for route in routes if route.role is Role.PUBLIC] == ["/health", "/ui", "/ui/*"]
 
 
 async def test_health_answers_without_the_token(secured_api: Api) -> None:

@@ -1,7 +1,8 @@
 """The one way tests, fault runs and benchmarks start processes: shareddb nodes (nodes.py),
 redis-server (redis.py), fault-injecting proxies (proxy.py, ProxyThread for tests without an event
 loop), skewed and test-controlled clocks (clock.py) and small real file systems (disk.py); every
-child process is a LoggedProcess (process.py)."""
+child process is a LoggedProcess (process.py). A headless Chromium for the dashboard's tests is in
+browser.py, imported on its own."""
 
 from tests.harness.clock import (
     FAKETIME,

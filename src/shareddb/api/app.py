@@ -7,6 +7,7 @@
 /v1/txn                                      transactions                     (txn.py)
 /v1/cluster, /v1/digest, /v1/openapi.json    cluster view and operations      (cluster.py, ops.py)
 /v1/snapshot                                 backup and restore               (snapshot.py)
+/ui, /ui/{file}                              the dashboard, public files      (ui.py)
 /v1/peer/changes, /v1/peer/join              replication, peers only          (peer.py)
 
 Each route declares the role that may call it; access.py decides (401/403) before the handler runs.
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from shareddb.api import cluster, kv, metrics, nodes, ops, peer, snapshot, txn, watch
+from shareddb.api import cluster, kv, metrics, nodes, ops, peer, snapshot, txn, ui, watch
 from shareddb.api.access import Access
 from shareddb.api.routing import Router
 from shareddb.node import Node
@@ -35,6 +36,7 @@ def create_router(node: Node, access: Access | None = None) -> Router:
         *snapshot.routes(node),
         *peer.routes(node),
         *metrics.routes(node),
+        *ui.routes(node),
     ]
     return Router(
         routes,

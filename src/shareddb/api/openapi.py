@@ -233,6 +233,53 @@ PATHS: Doc = {
             },
         }
     },
+    "/ui": {
+        "get": {
+            "tags": ["dashboard"],
+            "operationId": "dashboard",
+            "summary": "The dashboard: members, a key browser and a live tail of changes",
+            "description": (
+                "A page for a browser, served by the node with no outside resources. Its files "
+                "are public; the page asks for a token when the API answers 401 and keeps it for "
+                "the browser tab only."
+            ),
+            "security": [],
+            "responses": {
+                "200": {
+                    "description": "The dashboard's page.",
+                    "headers": {"ETag": {"schema": {"type": "string"}}},
+                    "content": {"text/html; charset=utf-8": {"schema": {"type": "string"}}},
+                },
+                "304": {"description": "Not modified: the If-None-Match header names this page."},
+            },
+        }
+    },
+    "/ui/{file}": {
+        "parameters": params("file"),
+        "get": {
+            "tags": ["dashboard"],
+            "operationId": "dashboardFile",
+            "summary": "A file of the dashboard (script, style sheet, icon)",
+            "security": [],
+            "responses": {
+                "200": {
+                    "description": "The file.",
+                    "headers": {"ETag": {"schema": {"type": "string"}}},
+                    "content": {
+                        media: {"schema": {"type": "string"}}
+                        for media in (
+                            "text/javascript; charset=utf-8",
+                            "text/css; charset=utf-8",
+                            "text/html; charset=utf-8",
+                            "image/svg+xml",
+                        )
+                    },
+                },
+                "304": {"description": "Not modified: the If-None-Match header names this file."},
+                "404": json_body("Error", "The dashboard has no such file (not_found)."),
+            },
+        },
+    },
     "/v1/openapi.json": {
         "get": {
             "tags": ["operations"],
@@ -260,9 +307,9 @@ OPENAPI: Doc = {
             '{"success": false, "msg": ...}; every other endpoint answers '
             '{"error": CODE, "message": ...}. A method an endpoint does not list gets 405 with '
             "an Allow header; HEAD is accepted wherever GET is. With --token or --tokens, every "
-            "endpoint except /health needs `Authorization: Bearer <token>` of a role that allows "
-            "it: read (every GET), write (read and every write), admin (write, leaving, removing "
-            "members). Without a known token the answer is 401 on any path, before 404 or 405; "
+            "endpoint except /health and the dashboard's files (/ui) needs `Authorization: Bearer "
+            "<token>` of a role that allows it: read (every GET), write (read and every write), "
+            "admin (write, leaving, removing members). Without a known token the answer is 401 on any path, before 404 or 405; "
             "with a token whose role is too low, 403."
         ),
     },
@@ -271,6 +318,7 @@ OPENAPI: Doc = {
         {"name": "kv", "description": "REST API of keys."},
         {"name": "cluster", "description": "The cluster as this node sees it."},
         {"name": "operations", "description": "Health, digest, metrics, this document."},
+        {"name": "dashboard", "description": "The dashboard for a browser, at /ui."},
     ],
     "paths": PATHS,
     "components": {

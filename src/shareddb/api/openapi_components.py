@@ -385,6 +385,13 @@ PARAMETERS: Doc = {
         "description": "The id of a member of the cluster.",
         "schema": {"type": "string"},
     },
+    "file": {
+        "name": "file",
+        "in": "path",
+        "required": True,
+        "description": "A file of the dashboard, as the page names it (dashboard.js, dashboard.css).",
+        "schema": {"type": "string", "example": "dashboard.js"},
+    },
 }
 
 RESPONSES: Doc = {
