@@ -309,8 +309,8 @@ OPENAPI: Doc = {
             "an Allow header; HEAD is accepted wherever GET is. With --token or --tokens, every "
             "endpoint except /health and the dashboard's files (/ui) needs `Authorization: Bearer "
             "<token>` of a role that allows it: read (every GET), write (read and every write), "
-            "admin (write, leaving, removing members). Without a known token the answer is 401 on any path, before 404 or 405; "
-            "with a token whose role is too low, 403."
+            "admin (write, leaving, removing members). Without a known token the answer is 401 "
+            "on any path, before 404 or 405; with a token whose role is too low, 403."
         ),
     },
     "tags": [
