@@ -72,6 +72,10 @@ def cli() -> None:
 @_setting("--token", default=None)
 @_setting("--peer-token", default=None)
 @_setting("--watch-ping", type=click.FloatRange(min=0.01, max=15), default=15.0, show_default=True)
+@_setting("--head-timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True)
+@_setting("--body-timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True)
+@_setting("--idle-timeout", type=click.FloatRange(min=0.1), default=75.0, show_default=True)
+@_setting("--max-connections", type=click.IntRange(min=1), default=None)
 def serve(
     port: int,
     host: str,
@@ -87,6 +91,10 @@ def serve(
     token: str | None,
     peer_token: str | None,
     watch_ping: float,
+    head_timeout: float,
+    body_timeout: float,
+    idle_timeout: float,
+    max_connections: int | None,
 ) -> None:
     """Run one node in the foreground until SIGTERM or Ctrl-C."""
     from shareddb.server import serve as serve_node
@@ -111,6 +119,10 @@ def serve(
         token=token or None,
         peer_token=peer_token or None,
         watch_ping=watch_ping,
+        head_timeout=head_timeout,
+        body_timeout=body_timeout,
+        idle_timeout=idle_timeout,
+        max_connections=max_connections,
     )
     try:
         run(serve_node(settings))

@@ -14,6 +14,7 @@ import socket
 from aiohttp import web
 
 from shareddb.api.app import create_server
+from shareddb.api.connections import Limits, default_max_connections
 from shareddb.config import Settings
 from shareddb.node import Node, NodeError
 
@@ -40,6 +41,15 @@ def _listen(host: str, port: int) -> socket.socket:
         raise NodeError(f"cannot listen on {host}:{port}: {reason}") from exc
 
 
+def _limits(settings: Settings) -> Limits:
+    return Limits(
+        head_timeout=settings.head_timeout,
+        body_timeout=settings.body_timeout,
+        idle_timeout=settings.idle_timeout,
+        max_connections=settings.max_connections or default_max_connections(),
+    )
+
+
 async def serve(settings: Settings) -> None:
     """Run a node until SIGTERM or SIGINT. Raises NodeError with a user-facing line on failure."""
     sock = _listen(settings.host, settings.port)
@@ -53,8 +63,17 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    limits = _limits(settings)
+    log.info("node %s takes at most %d connections at once", node.id, limits.max_connections)
+    if limits.max_connections > default_max_connections():
+        log.warning(
+            "--max-connections %d is more than the open-files limit leaves room for (%d): "
+            "raise that limit (ulimit -n) or connections past it are dropped unanswered",
+            limits.max_connections,
+            default_max_connections(),
+        )
     runner = web.ServerRunner(
-        create_server(node, access_log=None, max_line_size=MAX_REQUEST_LINE),
+        create_server(node, limits, access_log=None, max_line_size=MAX_REQUEST_LINE),
         handle_signals=False,
         shutdown_timeout=SHUTDOWN_TIMEOUT,
     )

@@ -13,6 +13,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from shareddb.api import cluster, kv, metrics, nodes, ops, peer, txn, watch
+from shareddb.api.connections import GuardedServer, Limits
 from shareddb.api.routing import Router
 from shareddb.node import Node
 
@@ -31,6 +32,7 @@ def create_router(node: Node) -> Router:
     return Router(routes, token=node.settings.token, peer_token=node.settings.peer_token)
 
 
-def create_server(node: Node, **kwargs: object) -> web.Server:
-    """The aiohttp low-level server of a node; `kwargs` go to aiohttp's request handler."""
-    return web.Server(create_router(node), **kwargs)  # type: ignore[arg-type]
+def create_server(node: Node, limits: Limits, **kwargs: object) -> web.Server:
+    """The aiohttp low-level server of a node, its connections held to `limits`; `kwargs` go to
+    aiohttp's request handler."""
+    return GuardedServer(create_router(node), limits=limits, **kwargs)
