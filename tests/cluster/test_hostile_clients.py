@@ -2,8 +2,10 @@
 a clear 4xx and changes nothing; no request crashes a node).
 
 Read deadlines (slow head, stalled body, idle keep-alive) that never cut a watch stream or a peer's
-long poll; a thousand connections trickling request heads under an open-files limit of 1024 while
-another client is answered; malformed requests answered in JSON without a traceback in the log.
+long poll; malformed requests answered in JSON without a traceback in the log; a zip bomb refused
+without being inflated; the connection cap (who makes room, who gets 503), running out of open
+files, and a thousand connections trickling request heads under an open-files limit of 1024 while
+another client is answered.
 """
 
 from __future__ import annotations
@@ -220,6 +222,91 @@ async def test_malformed_requests_get_a_json_4xx_and_no_traceback(guarded: NodeP
     new_lines = guarded.logs().splitlines()[log_before:]
     assert len(new_lines) <= len(MALFORMED), "\n".join(new_lines)
     assert not [line for line in new_lines if "Traceback" in line or "Error" in line], new_lines
+
+
+async def test_at_the_cap_the_longest_waiting_connection_makes_room_and_busy_ones_stay(
+    tmp_path: Path,
+) -> None:
+    node = NodeProcess(tmp_path / "capped", "capped", "--max-connections", "2").start()
+    try:
+        # Two connections waiting for the rest of their request heads: the cap is reached. The
+        # node accepts connections in the order they were made, so `oldest` is the older.
+        oldest_reader, oldest = await connect(node)
+        oldest.write(b"GET /hea")
+        await oldest.drain()
+        younger_reader, younger = await connect(node)
+        younger.write(b"GET /hea")
+        await younger.drain()
+        # A whole request on a third connection is answered, and the oldest one made room.
+        reader, writer = await connect(node)
+        writer.write(b"GET /health HTTP/1.1\r\nHost: node\r\nConnection: close\r\n\r\n")
+        assert (await until_closed(reader, node)).startswith(b"HTTP/1.1 200")
+        assert await until_closed(oldest_reader, node) == b""
+        younger.write(b"lth HTTP/1.1\r\nHost: node\r\nConnection: close\r\n\r\n")
+        assert (await until_closed(younger_reader, node)).startswith(b"HTTP/1.1 200")
+        oldest.close()
+        younger.close()
+        writer.close()
+        # Two watch streams are busy answering: neither is closed, a newcomer gets 503 at once.
+        async with httpx.AsyncClient(timeout=10.0) as client:
+            watches = [await open_watch(client, node.url, prefix="") for _ in range(2)]
+            assert [w.status for w in watches] == [200, 200]
+            reader, writer = await connect(node)
+            writer.write(b"GET /health HTTP/1.1\r\nHost: node\r\n\r\n")
+            head, _, body = (await until_closed(reader, node)).partition(b"\r\n\r\n")
+            writer.close()
+            assert head.startswith(b"HTTP/1.1 503"), head
+            assert b"Retry-After: 1" in head
+            assert orjson.loads(body)["error"] == "unavailable"
+            # One watcher leaves; once the node sees it go, a write gets through and the other
+            # watcher, open all along, sees it.
+            await watches[1].close()
+            deadline = time.monotonic() + 10.0
+            while (await client.put(f"{node.url}/v1/kv/seen", content=b"yes")).status_code == 503:
+                assert time.monotonic() < deadline, node.logs()
+                await asyncio.sleep(0.05)
+            await eventually(lambda: bool(watches[0].events), "the watch event", 10.0)
+            assert not watches[0].ended
+            await watches[0].close()
+    finally:
+        node.cleanup()
+    assert "connection limit of 2 reached" in node.logs()
+
+
+async def test_running_out_of_open_files_neither_spins_nor_stops_the_node(tmp_path: Path) -> None:
+    """A cap set above what the open-files limit allows: accepting fails with EMFILE."""
+    node = NodeProcess(
+        tmp_path / "starved", "starved", "--max-connections", "1000", open_files=64
+    ).start()
+    held: list[asyncio.StreamWriter] = []
+    try:
+        for _ in range(100):
+            _, writer = await connect(node)
+            writer.write(b"GET /health HTTP/1.1\r\n")
+            held.append(writer)
+        cpu_before = node.cpu_seconds()
+        started = time.monotonic()
+        async with httpx.AsyncClient(base_url=node.url) as client:
+            with contextlib.suppress(httpx.TransportError):
+                await client.get("/health")  # refused or answered, as files allow
+            await asyncio.sleep(1.0)  # measures CPU over a second: no condition to poll for
+            cpu = node.cpu_seconds()
+            assert cpu is not None
+            assert cpu_before is not None
+            assert cpu - cpu_before < 0.5 * (time.monotonic() - started), "accept loop spins"
+            for writer in held:
+                writer.close()
+            deadline = time.monotonic() + 10.0
+            while True:
+                with contextlib.suppress(httpx.TransportError):
+                    if (await client.get("/health")).status_code == 200:
+                        break
+                assert time.monotonic() < deadline, node.logs()
+                await asyncio.sleep(0.05)
+        assert node.running()
+    finally:
+        node.cleanup()
+    assert "Traceback" not in node.logs()
 
 
 def raise_open_files(needed: int) -> None:

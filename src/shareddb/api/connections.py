@@ -11,7 +11,9 @@ At most `max_connections` are open. When a new one passes the cap, the connectio
 longest for a request head (a slow client's, or an idle kept-alive one) is closed to make room, as
 nginx reuses its idle connections when it runs out; only when every connection is busy answering
 is the new one refused at once with 503. So a client that sends a whole request promptly is
-answered while a thousand others trickle theirs, and the node never reaches its open-files limit.
+answered while a thousand others trickle theirs, and the node stays below its open-files limit.
+Should it reach that limit all the same (a cap set above it), uvloop's accept closes the
+connections it has no file for and goes on, without spinning.
 
 aiohttp has no head or body deadline, so these hooks sit on its request handler's parsing step;
 they read a few of its attributes (`_request_count`, `_messages`, `_reading_paused`).
