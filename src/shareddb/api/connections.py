@@ -202,8 +202,9 @@ class GuardedRequestHandler(RequestHandler):
         self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None
     ) -> tuple[web.StreamResponse, bool]:
         answered = await super().finish_response(request, resp, start_time)
-        self._between = True
-        if not self._force_close:
+        # A request the client sent before this answer (pipelined) is handled next, at once.
+        self._between = not self._messages
+        if self._between and not self._force_close:
             self._guard.waiting(self)
         return answered
 
