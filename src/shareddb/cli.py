@@ -87,6 +87,10 @@ def cli() -> None:
 @_setting("--tls-cert", type=click.Path(path_type=Path), default=None)
 @_setting("--tls-key", type=click.Path(path_type=Path), default=None)
 @_setting("--tls-ca", type=click.Path(path_type=Path), default=None)
+@_setting("--head-timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True)
+@_setting("--body-timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True)
+@_setting("--idle-timeout", type=click.FloatRange(min=0.1), default=75.0, show_default=True)
+@_setting("--max-connections", type=click.IntRange(min=1), default=None)
 def serve(
     port: int,
     host: str,
@@ -107,6 +111,10 @@ def serve(
     tls_cert: Path | None,
     tls_key: Path | None,
     tls_ca: Path | None,
+    head_timeout: float,
+    body_timeout: float,
+    idle_timeout: float,
+    max_connections: int | None,
 ) -> None:
     """Run one node in the foreground until SIGTERM or Ctrl-C."""
     from shareddb.server import serve as serve_node
@@ -136,6 +144,10 @@ def serve(
         tls_cert=tls_cert,
         tls_key=tls_key,
         tls_ca=tls_ca,
+        head_timeout=head_timeout,
+        body_timeout=body_timeout,
+        idle_timeout=idle_timeout,
+        max_connections=max_connections,
     )
     try:
         run(serve_node(settings))

@@ -107,6 +107,29 @@ SETTINGS: tuple[Setting, ...] = (
         "Seconds between the `: ping` comments of a watch stream (GET /v1/watch), which keep "
         "idle connections open through proxies and find clients that left.",
     ),
+    Setting(
+        "--head-timeout",
+        "10",
+        "Seconds a client has to send a whole request head, from the connection's start or the "
+        "first byte of a later request; then the connection is closed.",
+    ),
+    Setting(
+        "--body-timeout",
+        "30",
+        "Seconds a request body may stall (no byte received) before the connection is closed.",
+    ),
+    Setting(
+        "--idle-timeout",
+        "75",
+        "Seconds a kept-alive connection may stay idle between requests before it is closed. "
+        "Watch streams and peers' long polls are answers in progress, never idle.",
+    ),
+    Setting(
+        "--max-connections",
+        "the open-files limit - 128",
+        "Most client connections open at once. Past it, the connection that has waited longest "
+        "for a request head is closed to make room; when all are busy, a new one gets 503.",
+    ),
 )
 
 
@@ -133,3 +156,7 @@ class Settings:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_ca: Path | None = None
+    head_timeout: float = 10.0
+    body_timeout: float = 30.0
+    idle_timeout: float = 75.0
+    max_connections: int | None = None  # None: derived from the open-files limit

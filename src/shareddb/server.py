@@ -11,11 +11,13 @@ import asyncio
 import logging
 import signal
 import socket
+from typing import Any
 
 from aiohttp import web
 
 from shareddb.api.access import Access
 from shareddb.api.app import create_server
+from shareddb.api.connections import Limits, default_max_connections
 from shareddb.config import Settings
 from shareddb.node import Node, NodeError
 from shareddb.tls import TlsError, check_peer_urls, node_contexts
@@ -28,9 +30,6 @@ log = logging.getLogger("shareddb.server")
 MAX_REQUEST_LINE = 4 * 1024 * 1024
 SHUTDOWN_TIMEOUT = 15.0
 WATCH_CLOSE_GRACE = 1.0  # for a watch stream stuck writing to a client that does not read
-# A TLS handshake not done by then is dropped: as long as the SPEC gives a request head, and not
-# asyncio's 60 s, since the HTTP server sees a connection only once its handshake is done.
-TLS_HANDSHAKE_TIMEOUT = 10.0
 
 
 def _public_host(host: str) -> str:
@@ -38,7 +37,13 @@ def _public_host(host: str) -> str:
 
 
 class _Site(web.SockSite):
-    """aiohttp's SockSite with a deadline on TLS handshakes, which it has no parameter for."""
+    """aiohttp's SockSite with a deadline on TLS handshakes, which it has no parameter for: a
+    handshake not done within `handshake_timeout` (the request head's deadline, not asyncio's 60 s,
+    since the HTTP server sees a connection only once its handshake is done) is dropped."""
+
+    def __init__(self, *args: Any, handshake_timeout: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._handshake_timeout = handshake_timeout
 
     async def start(self) -> None:
         await web.BaseSite.start(self)  # registers the site with its runner
@@ -49,7 +54,7 @@ class _Site(web.SockSite):
             sock=self._sock,
             ssl=self._ssl_context,
             backlog=self._backlog,
-            ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if self._ssl_context else None,
+            ssl_handshake_timeout=self._handshake_timeout if self._ssl_context else None,
         )
 
 
@@ -61,6 +66,15 @@ def _listen(host: str, port: int) -> socket.socket:
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise NodeError(f"cannot listen on {host}:{port}: {reason}") from exc
+
+
+def _limits(settings: Settings) -> Limits:
+    return Limits(
+        head_timeout=settings.head_timeout,
+        body_timeout=settings.body_timeout,
+        idle_timeout=settings.idle_timeout,
+        max_connections=settings.max_connections or default_max_connections(),
+    )
 
 
 async def serve(settings: Settings) -> None:
@@ -89,14 +103,24 @@ async def serve(settings: Settings) -> None:
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    limits = _limits(settings)
+    log.info("node %s takes at most %d connections at once", node.id, limits.max_connections)
+    if limits.max_connections > default_max_connections():
+        log.warning(
+            "--max-connections %d is more than the open-files limit leaves room for (%d): "
+            "raise that limit (ulimit -n) or connections past it are dropped unanswered",
+            limits.max_connections,
+            default_max_connections(),
+        )
     runner = web.ServerRunner(
-        create_server(node, access, access_log=None, max_line_size=MAX_REQUEST_LINE),
+        create_server(node, limits, access, access_log=None, max_line_size=MAX_REQUEST_LINE),
         handle_signals=False,
         shutdown_timeout=SHUTDOWN_TIMEOUT,
     )
     try:
         await runner.setup()
-        await _Site(runner, sock, ssl_context=server_tls).start()
+        site = _Site(runner, sock, ssl_context=server_tls, handshake_timeout=limits.head_timeout)
+        await site.start()
         port = sock.getsockname()[1]
         log.info("node %s listening on %s://%s:%d", node.id, scheme, settings.host, port)
         await node.start_replication(

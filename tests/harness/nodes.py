@@ -48,7 +48,8 @@ def node_env(extra: dict[str, str] | None) -> dict[str, str]:
 
 class NodeProcess(LoggedProcess):
     """One `shareddb serve` process with its own data dir and log file. `start()` again restarts it
-    on the same port; `session=True` runs it in a session of its own (see LoggedProcess)."""
+    on the same port; `session=True` runs it in a session of its own (see LoggedProcess);
+    `open_files` sets its open-files limit."""
 
     def __init__(
         self,
@@ -58,8 +59,10 @@ class NodeProcess(LoggedProcess):
         env: dict[str, str] | None = None,
         port: int = 0,
         session: bool = False,
+        open_files: int | None = None,
     ) -> None:
         super().__init__(data.parent / f"{data.name}.log", session=session)
+        self.open_files = open_files
         self.data = data
         self.node_id = node_id
         self.args = list(args)
@@ -80,7 +83,7 @@ class NodeProcess(LoggedProcess):
         restart whose port is still held by someone's outgoing connection tries again."""
         deadline = time.monotonic() + RESTART_TIMEOUT
         while True:
-            self.spawn(self.command(), node_env(self.env))
+            self.spawn(self.command(), node_env(self.env), self.open_files)
             port = self.listening_port(timeout)
             if port is not None:
                 self.listening_at = time.monotonic()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import resource
 import subprocess
 import time
 from collections.abc import Sequence
@@ -28,8 +29,16 @@ class LoggedProcess:
         self._log_offset = 0
         self.scheme = "http"  # of the last `listening on` line: https for a node serving TLS
 
-    def spawn(self, cmd: Sequence[str], env: dict[str, str] | None = None) -> None:
+    def spawn(
+        self, cmd: Sequence[str], env: dict[str, str] | None = None, open_files: int | None = None
+    ) -> None:
+        """`open_files`: the process's open-files limit (RLIMIT_NOFILE, soft and hard)."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+
+        def limit_open_files() -> None:
+            assert open_files is not None
+            resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
+
         self.commands.append(" ".join(cmd))
         with open(self.log_path, "ab") as log:
             self._log_offset = log.tell()
@@ -41,6 +50,7 @@ class LoggedProcess:
                 stdin=subprocess.DEVNULL,
                 env=env,
                 start_new_session=self.session,
+                preexec_fn=None if open_files is None else limit_open_files,
             )
 
     @property

@@ -19,6 +19,7 @@ from aiohttp import web
 
 from shareddb.api import cluster, kv, metrics, nodes, ops, peer, snapshot, txn, ui, watch
 from shareddb.api.access import Access
+from shareddb.api.connections import GuardedServer, Limits
 from shareddb.api.routing import Router
 from shareddb.node import Node
 
@@ -44,6 +45,9 @@ def create_router(node: Node, access: Access | None = None) -> Router:
     )
 
 
-def create_server(node: Node, access: Access | None = None, **kwargs: object) -> web.Server:
-    """The aiohttp low-level server of a node; `kwargs` go to aiohttp's request handler."""
-    return web.Server(create_router(node, access), **kwargs)  # type: ignore[arg-type]
+def create_server(
+    node: Node, limits: Limits, access: Access | None = None, **kwargs: object
+) -> web.Server:
+    """The aiohttp low-level server of a node, its connections held to `limits`; `access`: as
+    for `create_router`; `kwargs` go to aiohttp's request handler."""
+    return GuardedServer(create_router(node, access), limits=limits, **kwargs)
