@@ -25,7 +25,7 @@ import orjson
 import pytest
 
 from tests.cluster.conftest import StartNode
-from tests.harness import NodeProcess, get_json, run_cli, wait_for
+from tests.harness import NodeProcess, free_port_pair, get_json, run_cli, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -458,23 +458,6 @@ def test_set_refuses_a_value_that_is_not_utf8_in_one_line(start_node: StartNode)
 
 
 # -- cluster up ----------------------------------------------------------------------------------
-
-
-def free_port_pair() -> int:
-    """A port P with P and P+1 free right now (another process may still take them: retry)."""
-    for _ in range(50):
-        with socket.socket() as first:
-            first.bind(("127.0.0.1", 0))
-            port: int = first.getsockname()[1]
-            if port >= 65535:
-                continue
-            with socket.socket() as second:
-                try:
-                    second.bind(("127.0.0.1", port + 1))
-                except OSError:
-                    continue
-                return port
-    raise AssertionError("no two consecutive free ports on 127.0.0.1")
 
 
 def health(url: str) -> object:

@@ -25,7 +25,7 @@ from aiohttp import web
 from shareddb import tls
 from shareddb.certs import NodeFiles, make_cluster
 from shareddb.client import Client, ClientError
-from tests.harness import NodeProcess, run_cli, stop_all, wait_for
+from tests.harness import NodeProcess, free_port_pair, run_cli, stop_all, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -301,21 +301,6 @@ def test_serve_with_an_unusable_key_exits_with_one_line(certs: Certificates, tmp
 
 
 # -- cluster up --tls ----------------------------------------------------------------------------
-
-
-def free_port_pair() -> int:
-    """A port P with P and P+1 free right now (another process may still take them)."""
-    for _ in range(50):
-        with socket.socket() as first:
-            first.bind(("127.0.0.1", 0))
-            port: int = first.getsockname()[1]
-            with socket.socket() as second:
-                try:
-                    second.bind(("127.0.0.1", port + 1))
-                except OSError:
-                    continue
-                return port
-    raise AssertionError("no two consecutive free ports on 127.0.0.1")
 
 
 def test_cluster_up_tls_starts_nodes_that_replicate_and_a_client_reads_with_the_ca(

@@ -14,6 +14,7 @@ from tests.harness.clock import (
 from tests.harness.nodes import (
     NodeProcess,
     eventually,
+    free_port_pair,
     free_ports,
     get_json,
     run_cli,
@@ -51,6 +52,7 @@ __all__ = [
     "eventually",
     "find_redis_server",
     "free_port",
+    "free_port_pair",
     "free_ports",
     "frozen_clock_env",
     "get_json",

@@ -186,6 +186,24 @@ async def eventually(check: Callable[[], bool], what: str, timeout: float = 20.0
         await asyncio.sleep(0.02)
 
 
+def free_port_pair(host: str = "127.0.0.1") -> int:
+    """A port P with P and P+1 free right now, for `cluster up`'s consecutive ports (another
+    process may still take them: retry)."""
+    for _ in range(50):
+        with socket.socket() as first:
+            first.bind((host, 0))
+            port: int = first.getsockname()[1]
+            if port >= 65535:
+                continue
+            with socket.socket() as second:
+                try:
+                    second.bind((host, port + 1))
+                except OSError:
+                    continue
+                return port
+    raise AssertionError(f"no two consecutive free ports on {host}")
+
+
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
     """Ports that are free right now, for servers that must know each other's URLs before they
     start (peers, etcd members) and so cannot bind port 0 and report it. All sockets are held open
