@@ -360,6 +360,21 @@ async def test_value_that_expired_before_the_clock_stepped_back_is_still_reaped(
         assert node.store.digest().count == 0
 
 
+async def k_written_after_a_transaction(world: World, *, deleted: bool) -> tuple[Slot, Slot, Slot]:
+    """Three nodes (victim, relay, writer): the writer commits a transaction of k and j; a second
+    later the victim writes k (and deletes it when `deleted`), at a version greater than the
+    transaction's."""
+    from shareddb.node import TxnOp
+
+    victim, relay, writer = world.slots
+    await writer.running[0].transact([], [TxnOp("k", "old"), TxnOp("j", "j1")])
+    world.time_ms += 1_000
+    await victim.running[0].put("k", "mine")
+    if deleted:
+        await victim.running[0].delete("k")
+    return victim, relay, writer
+
+
 async def test_transaction_entry_does_not_bring_back_a_key_whose_tombstone_was_purged(
     tmp_path: Path,
 ) -> None:
@@ -372,14 +387,8 @@ async def test_transaction_entry_does_not_bring_back_a_key_whose_tombstone_was_p
     the older version the delete replaced, and a node that has purged the tombstone takes it as
     new: the deleted key is back there, and the digests never meet again.
     """
-    from shareddb.node import TxnOp
-
     async with cluster(tmp_path, 3) as world:
-        victim, relay, writer = world.slots
-        await writer.running[0].transact([], [TxnOp("k", "old"), TxnOp("j", "j1")])
-        world.time_ms += 1_000
-        await victim.running[0].put("k", "mine")
-        await victim.running[0].delete("k")  # greater than the transaction's version of k
+        victim, relay, writer = await k_written_after_a_transaction(world, deleted=True)
         for _ in range(2):  # they apply the delete, and tell the victim they have
             await relay.running[1].pull_once(victim.url)
             await writer.running[1].pull_once(victim.url)
@@ -433,14 +442,8 @@ async def test_tombstone_a_node_purged_does_not_come_back_to_it_with_a_later_ent
     to the reader at a new sequence number, and went round the cluster again: each node took it
     anew after purging it, and the digests never met (seed 610876612).
     """
-    from shareddb.node import TxnOp
-
     async with cluster(tmp_path, 3) as world:
-        victim, relay, writer = world.slots
-        await writer.running[0].transact([], [TxnOp("k", "old"), TxnOp("j", "j1")])
-        world.time_ms += 1_000
-        await victim.running[0].put("k", "mine")
-        await victim.running[0].delete("k")  # greater than the transaction's version of k
+        victim, relay, writer = await k_written_after_a_transaction(world, deleted=True)
         await relay.running[1].pull_once(victim.url)  # the relay holds the tombstone
         await victim.running[1].pull_once(relay.url)  # and the victim has read its feed past it
         await relay.running[1].pull_once(writer.url)  # k loses: the relay's entry names it
@@ -466,13 +469,8 @@ async def test_node_names_in_its_entry_the_keys_of_a_transaction_it_held_already
     and the key's newer state only in a later one, and held half of it in between (seed
     594763658).
     """
-    from shareddb.node import TxnOp
-
     async with cluster(tmp_path, 3) as world:
-        victim, relay, writer = world.slots
-        await writer.running[0].transact([], [TxnOp("k", "old"), TxnOp("j", "j1")])
-        world.time_ms += 1_000
-        await victim.running[0].put("k", "mine")  # greater than the transaction's version of k
+        victim, relay, writer = await k_written_after_a_transaction(world, deleted=False)
         await relay.running[1].pull_once(victim.url)
         await victim.running[1].pull_once(relay.url)  # it has read the relay's feed past k
         await relay.running[1].pull_once(writer.url)  # k loses: the relay's entry names it
