@@ -386,7 +386,7 @@ async def test_guarded_list_covers_every_route_but_health(api: Api) -> None:
         *watch.routes(api.node),
         *cluster.routes(api.node),
         *peer.routes(api.node),
-        *metrics.routes(api.node),
+        *metrics.routes(metrics.NodeMetrics(api.node)),
     ]
     every = {(route.method, route.path) for route in routes if not route.public}
     assert every == {(method, route_pattern(target)) for method, target in GUARDED}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
@@ -21,6 +22,9 @@ from shareddb.store.base import StoreFull, StoreUnavailable
 log = logging.getLogger("shareddb.api")
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+# Told of every answered request: method, the route's path pattern ("unmatched" for no route), status
+# and seconds taken (api/metrics.py).
+Observer = Callable[[str, str, int, float], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,8 +41,14 @@ class Router:
     """Finds the handler of a request and turns every failure into the contract's JSON."""
 
     def __init__(
-        self, routes: Iterable[Route], *, token: str | None = None, peer_token: str | None = None
+        self,
+        routes: Iterable[Route],
+        *,
+        token: str | None = None,
+        peer_token: str | None = None,
+        observe: Observer | None = None,
     ) -> None:
+        self._observe = observe
         self._exact: dict[str, dict[str, Route]] = {}
         self._prefixes: list[tuple[str, dict[str, Route]]] = []
         for route in routes:
@@ -64,7 +74,25 @@ class Router:
                     return candidate
         return table
 
+    def _pattern(self, path: str) -> str:
+        """The path of the route serving `path`, as declared (never the path itself)."""
+        if path in self._exact:
+            return path
+        for prefix, _ in self._prefixes:
+            if path.startswith(prefix):
+                return prefix + "*"
+        return "unmatched"
+
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        if self._observe is None:
+            return await self._serve(request)
+        started = time.perf_counter()
+        response = await self._serve(request)
+        pattern = self._pattern(request.raw_path.partition("?")[0])
+        self._observe(request.method, pattern, response.status, time.perf_counter() - started)
+        return response
+
+    async def _serve(self, request: web.BaseRequest) -> web.StreamResponse:
         path = request.raw_path.partition("?")[0]
         try:
             table = self._match(path)
