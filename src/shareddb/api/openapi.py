@@ -117,8 +117,10 @@ PATHS: Doc = {
             "summary": "Set a key to the request body",
             "parameters": params("w", "timeout"),
             "requestBody": {
-                "required": True,
-                "description": "The value: UTF-8 text, at most --max-value-bytes; may be empty.",
+                # An empty value is a value: a PUT without a body (Content-Length: 0) stores "".
+                "required": False,
+                "description": "The value: UTF-8 text, at most --max-value-bytes; may be empty "
+                "(no body at all stores the empty value).",
                 "content": {"text/plain": {"schema": ref("schemas", "Value")}},
             },
             "responses": {
