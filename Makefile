@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install run test test-fast lint format bench bench-replication sim chaos crash soak clean
+.PHONY: install run test test-fast lint format bench bench-replication sim chaos crash soak fuzz clean
 
 install: $(VENV)/.installed
 
@@ -59,6 +59,13 @@ soak: install
 
 crash: install
 	$(BIN)/python -m tests.crash --cycles $(CYCLES) $(if $(SEED),--seed $(SEED)) $(ARGS)
+
+# Schemathesis over a node's OpenAPI document with every check: EXAMPLES cases per operation (20 in
+# `make test`), SEED to replay a run (without it, each run picks a seed and prints it).
+EXAMPLES ?= 1000
+fuzz: install
+	FUZZ_EXAMPLES=$(EXAMPLES) FUZZ_SEED=$(SEED) FUZZ_TIME_LIMIT=3600 \
+		$(BIN)/pytest -q -p no:cacheprovider tests/fuzz $(ARGS)
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache
