@@ -221,10 +221,12 @@ PATHS: Doc = {
         "get": {
             "tags": ["operations"],
             "operationId": "metrics",
-            "summary": "Counters in the Prometheus text format",
+            "summary": "Metrics in the Prometheus text format",
             "responses": {
                 "200": {
-                    "description": "Live keys, sequence, clock-skew events, member state and lag.",
+                    "description": "Request and commit latency, connections, keys, sequence, "
+                    "clock-skew events, members' state, lag and last contact, watchers "
+                    "(docs/operations.md, Metrics).",
                     "content": {
                         "text/plain; version=0.0.4; charset=utf-8": {"schema": {"type": "string"}}
                     },
