@@ -65,7 +65,7 @@ crash: install
 EXAMPLES ?= 1000
 fuzz: install
 	FUZZ_EXAMPLES=$(EXAMPLES) FUZZ_SEED=$(SEED) FUZZ_TIME_LIMIT=3600 \
-		$(BIN)/pytest -q -p no:cacheprovider tests/fuzz $(ARGS)
+		$(BIN)/pytest -q -rP -p no:cacheprovider tests/fuzz $(ARGS)
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache

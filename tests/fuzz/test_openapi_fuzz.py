@@ -62,6 +62,7 @@ def test_the_node_answers_as_its_openapi_document_says(tmp_path: Path) -> None:
         )
         report = run.stdout[-20000:] + run.stderr[-5000:]
         assert run.returncode == 0, f"schemathesis found failures:\n{report}"
+        print(run.stdout[run.stdout.rfind("Test cases:") :])  # cases, failures, seed (make fuzz)
         assert node.proc is not None
         assert node.proc.poll() is None, f"the node exited:\n{node.logs()}"
         # Errors of the node's own code (a handler, the store); aiohttp's own parser errors are
