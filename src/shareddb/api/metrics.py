@@ -52,9 +52,8 @@ REQUEST_BUCKETS = (
 )
 COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 # Label values stay bounded whatever clients send: a method outside this set counts as "other",
-# a path no route serves as UNMATCHED, never as itself.
+# a path no route serves as routing.UNMATCHED, never as itself.
 METHODS = frozenset({"GET", "HEAD", "PUT", "POST", "DELETE", "PATCH", "OPTIONS"})
-UNMATCHED = "unmatched"
 
 # No `_created` series beside every histogram and counter: a node's start time is not what its
 # users graph, and they double the size of each scrape.

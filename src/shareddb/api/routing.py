@@ -25,6 +25,7 @@ Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 # Told of every answered request: method, the route's path pattern ("unmatched" for no route), status
 # and seconds taken (api/metrics.py).
 Observer = Callable[[str, str, int, float], None]
+UNMATCHED = "unmatched"
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,14 +82,18 @@ class Router:
         for prefix, _ in self._prefixes:
             if path.startswith(prefix):
                 return prefix + "*"
-        return "unmatched"
+        return UNMATCHED
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         if self._observe is None:
             return await self._serve(request)
         started = time.perf_counter()
-        response = await self._serve(request)
         pattern = self._pattern(request.raw_path.partition("?")[0])
+        try:
+            response = await self._serve(request)
+        except Exception:  # aiohttp answers it with a 500
+            self._observe(request.method, pattern, 500, time.perf_counter() - started)
+            raise
         self._observe(request.method, pattern, response.status, time.perf_counter() - started)
         return response
 
