@@ -183,6 +183,7 @@ async def test_since_this_node_cannot_answer_is_410_gone(
         ({"prefix": "", "since": "x"}, {}, "since must be a non-negative integer"),
         ({"prefix": ""}, {"Last-Event-ID": "abc"}, "Last-Event-ID must be a non-negative integer"),
         ({"prefix": ""}, {"Last-Event-ID": ""}, "Last-Event-ID must be a non-negative integer"),
+        ({"prefix": "", "since": "x"}, {"Last-Event-ID": "0"}, "since must be a non-negative integer"),
         ({}, {}, "exactly one of prefix"),
         ({"prefix": "a", "key": "a"}, {}, "exactly one of prefix"),
         ({"key": ""}, {}, "invalid key"),
