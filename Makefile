@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install run test test-fast lint format bench bench-replication sim chaos crash soak screenshot clean
+.PHONY: install run test test-fast lint format bench bench-replication sim chaos crash soak fuzz screenshot clean
 
 install: $(VENV)/.installed
 
@@ -66,6 +66,13 @@ crash: install
 # The README's picture of the dashboard, from a two-node cluster in a headless Chromium.
 screenshot: install
 	$(BIN)/python -m tests.browser.screenshot docs/dashboard.png
+
+# Schemathesis over a node's OpenAPI document with every check: EXAMPLES cases per operation (20 in
+# `make test`), SEED to replay a run (without it, each run picks a seed and prints it).
+EXAMPLES ?= 1000
+fuzz: install
+	FUZZ_EXAMPLES=$(EXAMPLES) FUZZ_SEED=$(SEED) FUZZ_TIME_LIMIT=3600 \
+		$(BIN)/pytest -q -rP -p no:cacheprovider tests/fuzz $(ARGS)
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache

@@ -386,7 +386,7 @@ async def test_guarded_list_covers_every_route_but_health_and_the_dashboard(api:
         *watch.routes(api.node),
         *cluster.routes(api.node),
         *peer.routes(api.node),
-        *metrics.routes(api.node),
+        *metrics.routes(metrics.NodeMetrics(api.node)),
         *ui.routes(api.node),
     ]
     client = {Role.READ, Role.WRITE, Role.ADMIN}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from shareddb.record import is_version, version_node
 from tests.api.conftest import JSON, TEXT, Api, enc
 from tests.api.test_seed_api import AWKWARD
@@ -294,3 +296,26 @@ async def test_digest_counts_live_keys_and_changes_with_every_write(api: Api) ->
     assert after_delete["count"] == 1
     digests.append(after_delete["digest"])
     assert len(set(digests)) == len(digests)
+
+
+@pytest.mark.parametrize("flag", ["1", "true"])
+async def test_digest_with_buckets_adds_every_bucket_hash(api: Api, flag: str) -> None:
+    reply = await api.get(f"/v1/digest?buckets={flag}")
+    assert reply.status == 200
+    assert len(reply.json()["buckets"]) == 256
+
+
+@pytest.mark.parametrize("flag", ["0", "false"])
+async def test_digest_with_buckets_off_leaves_them_out(api: Api, flag: str) -> None:
+    reply = await api.get(f"/v1/digest?buckets={flag}")
+    assert reply.status == 200
+    assert set(reply.json()) == {"count", "digest"}
+
+
+@pytest.mark.parametrize("target", ["/v1/digest?buckets=yes", "/v1/digest?buckets=&bucket=3"])
+async def test_digest_refuses_a_buckets_flag_it_does_not_know(api: Api, target: str) -> None:
+    """Invariant 6: bad input gets a clear 4xx and changes nothing."""
+    reply = await api.get(target)
+    assert reply.status == 400, reply.body
+    assert reply.json()["error"] == "bad_request"
+    assert "buckets" in reply.json()["message"]

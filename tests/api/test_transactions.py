@@ -109,6 +109,7 @@ async def test_conditions_all_hold_or_nothing_is_written_and_every_failure_is_li
         {"then": [put("a", "1", ttl=0)]},
         {"then": [put("a", "1", ttl=1.5)]},
         {"then": [put("a", "1", ttl=True)]},
+        {"then": [put("a", "1", ttl=None)]},
         {"then": [{"op": "delete", "key": "a", "value": "x"}]},
         {"if": [{"key": "a"}], "then": [put("a", "1")]},
         {"if": [{"key": "a", "absent": False}], "then": [put("a", "1")]},

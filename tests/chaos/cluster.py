@@ -8,7 +8,6 @@ this event loop, keep running while a node starts or stops.
 from __future__ import annotations
 
 import asyncio
-import re
 import shutil
 import time
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from pathlib import Path
 from shareddb.node import NODE_ID_FILE
 from tests.cluster.replication_helpers import digest, http, live_items, wait_all_up
 from tests.harness import FaultProxy, Links, NodeProcess, skewed_clock_env, wait_for
+from tests.harness.metrics import by_label, sample
 
 COPY_TIMEOUT = 2.0  # seconds a wipe waits for the others to pull what the node has acknowledged
 LOG_TAIL = 40
@@ -228,11 +228,11 @@ class ChaosCluster:
 def _feed_progress(node: NodeProcess) -> tuple[int, dict[str, int]]:
     """From /metrics: the node's latest sequence, and how far each member has applied its feed."""
     text = http("GET", node.url + "/metrics").body.decode()
-    found = re.search(r"^shareddb_sequence (\d+)$", text, re.M)
+    found = sample(text, "shareddb_sequence")
     assert found is not None, f"no shareddb_sequence in /metrics of {node.node_id}"
-    sequence = int(found.group(1))
-    lags = re.findall(r'^shareddb_member_lag\{member="([^"]+)"\} (\d+)$', text, re.M)
-    return sequence, {member: sequence - int(lag) for member, lag in lags}
+    sequence = int(found)
+    lags = by_label(text, "shareddb_member_lag", "member")
+    return sequence, {member: sequence - int(lag) for member, lag in lags.items()}
 
 
 def _port_of(node: NodeProcess) -> Callable[[], int]:

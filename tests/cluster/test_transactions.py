@@ -31,6 +31,7 @@ from tests.cluster.replication_helpers import (
     wait_converged,
 )
 from tests.harness import NodeProcess
+from tests.harness.metrics import sample
 
 pytestmark = pytest.mark.cluster
 
@@ -63,9 +64,9 @@ def txn(node: NodeProcess, body: dict[str, Any], timeout: float = 60.0) -> Reply
 
 def seq_of(node: NodeProcess) -> int:
     text = http("GET", f"{node.url}/metrics").body.decode()
-    match = re.search(r"^shareddb_sequence (\d+)$", text, re.MULTILINE)
-    assert match is not None, text
-    return int(match.group(1))
+    found = sample(text, "shareddb_sequence")
+    assert found is not None, text
+    return int(found)
 
 
 @dataclass

@@ -9,7 +9,6 @@ expiry. No test sleeps: each moves a clock and polls until the node shows the ef
 
 from __future__ import annotations
 
-import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -35,6 +34,7 @@ from tests.cluster.replication_helpers import (
     wait_readable,
 )
 from tests.harness import FAKETIME_MT, ControlledClock, NodeProcess, run_cli, wait_for
+from tests.harness.metrics import sample
 
 pytestmark = [
     pytest.mark.cluster,
@@ -102,9 +102,9 @@ def reaped(node: NodeProcess, key: str, version: str) -> bool:
 
 def sequence(node: NodeProcess) -> int:
     text = http("GET", f"{node.url}/metrics").body.decode()
-    match = re.search(r"^shareddb_sequence (\d+)$", text, re.MULTILINE)
-    assert match is not None, text
-    return int(match.group(1))
+    found = sample(text, "shareddb_sequence")
+    assert found is not None, text
+    return int(found)
 
 
 def test_an_expired_key_is_absent_from_every_read_there_and_a_write_without_ttl_clears_it(

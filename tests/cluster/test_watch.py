@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import re
 import urllib.request
 from collections.abc import AsyncIterator
 
@@ -20,6 +19,7 @@ from shareddb.server import SHUTDOWN_TIMEOUT
 from tests.cluster.conftest import StartNode
 from tests.cluster.replication_helpers import start_cluster
 from tests.harness import NodeProcess, eventually
+from tests.harness.metrics import sample
 from tests.harness.sse import Watch, open_watch
 
 pytestmark = pytest.mark.cluster
@@ -64,9 +64,9 @@ async def listing(
 def metric(node: NodeProcess, name: str) -> int:
     with urllib.request.urlopen(node.url + "/metrics", timeout=10) as response:
         text = response.read().decode()
-    found = re.search(rf"^{re.escape(name)} (\d+)$", text, re.MULTILINE)
+    found = sample(text, name)
     assert found is not None, f"no {name} in /metrics"
-    return int(found.group(1))
+    return int(found)
 
 
 def assert_ids_increase(watch: Watch) -> None:
@@ -182,6 +182,8 @@ async def test_since_this_node_cannot_answer_is_410_gone(
         ({"prefix": "", "since": "1.5"}, {}, "since must be a non-negative integer"),
         ({"prefix": "", "since": "x"}, {}, "since must be a non-negative integer"),
         ({"prefix": ""}, {"Last-Event-ID": "abc"}, "Last-Event-ID must be a non-negative integer"),
+        ({"prefix": ""}, {"Last-Event-ID": ""}, "Last-Event-ID must be a non-negative integer"),
+        ({"prefix": "", "since": "x"}, {"Last-Event-ID": "0"}, "since must be a non-negative integer"),
         ({}, {}, "exactly one of prefix"),
         ({"prefix": "a", "key": "a"}, {}, "exactly one of prefix"),
         ({"key": ""}, {}, "invalid key"),

@@ -27,6 +27,7 @@ from shareddb.record import version_hlc
 from shareddb.store.base import DIGEST_BUCKETS, bucket_of, record_hash
 from shareddb.store.sqlite import sqlite_path
 from tests.harness import NodeProcess
+from tests.harness.metrics import sample
 
 LOST = "Invariant 1: no acknowledged write is lost"
 DELETED = "Invariant 4: a deleted key never comes back"
@@ -51,7 +52,6 @@ REQUEST_TIMEOUT = 10.0
 SETTLE_TIMEOUT = 30.0  # for every client to notice the node is gone
 MAX_VALUE_PAD = 160
 NODE_SAMPLE = 64  # keys asked from the node after each restart
-SEQUENCE = re.compile(r"^shareddb_sequence (\d+)$", re.M)
 VALUE = re.compile(r"c\d+\.(w\d+/)\d+\.")  # a value names the cycle, client and write
 
 
@@ -176,10 +176,10 @@ async def send(session: aiohttp.ClientSession, url: str, write: Write) -> tuple[
 
 async def fetch_sequence(session: aiohttp.ClientSession, url: str) -> int:
     async with session.get(f"{url}/metrics") as resp:
-        match = SEQUENCE.search(await resp.text())
-    if match is None:
+        found = sample(await resp.text(), "shareddb_sequence")
+    if found is None:
         raise AssertionError("GET /metrics has no shareddb_sequence line")
-    return int(match.group(1))
+    return int(found)
 
 
 @dataclass(frozen=True, slots=True)

@@ -119,8 +119,10 @@ PATHS: Doc = {
             "summary": "Set a key to the request body",
             "parameters": params("w", "timeout"),
             "requestBody": {
-                "required": True,
-                "description": "The value: UTF-8 text, at most --max-value-bytes; may be empty.",
+                # An empty value is a value: a PUT without a body (Content-Length: 0) stores "".
+                "required": False,
+                "description": "The value: UTF-8 text, at most --max-value-bytes; may be empty "
+                "(no body at all stores the empty value).",
                 "content": {"text/plain": {"schema": ref("schemas", "Value")}},
             },
             "responses": {
@@ -221,10 +223,12 @@ PATHS: Doc = {
         "get": {
             "tags": ["operations"],
             "operationId": "metrics",
-            "summary": "Counters in the Prometheus text format",
+            "summary": "Metrics in the Prometheus text format",
             "responses": {
                 "200": {
-                    "description": "Live keys, sequence, clock-skew events, member state and lag.",
+                    "description": "Request and commit latency, connections, keys, sequence, "
+                    "clock-skew events, members' state, lag and last contact, watchers "
+                    "(docs/operations.md, Metrics).",
                     "content": {
                         "text/plain; version=0.0.4; charset=utf-8": {"schema": {"type": "string"}}
                     },

@@ -8,6 +8,9 @@ headers, parameters and answers these features add to the key endpoints.
 from __future__ import annotations
 
 from shareddb.api.openapi_components import Doc, ref
+from shareddb.api.watch import MAX_SEQ_DIGITS
+
+MAX_SEQ = 10**MAX_SEQ_DIGITS - 1  # the largest `since` / Last-Event-ID the node reads
 
 EXPIRES = {
     "type": "string",
@@ -19,6 +22,20 @@ EXPIRES = {
 
 SCHEMAS: Doc = {
     "Expires": EXPIRES,
+    "WatchEvent": {
+        "type": "object",
+        "description": "One Server-Sent Event of a watch.",
+        "required": ["id", "event", "data"],
+        "properties": {
+            "id": {"type": "string", "pattern": "^[0-9]+$", "description": "SEQ."},
+            "event": {"type": "string", "enum": ["put", "delete"]},
+            "data": {
+                "type": "string",
+                "description": 'JSON: {"key": K, "value": V-or-null, "version": VER, "seq": SEQ, '
+                '"expires": ISO-8601-or-null}.',
+            },
+        },
+    },
     "KeyVersion": {
         "type": "object",
         "required": ["key", "version"],
@@ -45,29 +62,51 @@ SCHEMAS: Doc = {
         },
     },
     "TxnCondition": {
-        "type": "object",
-        "required": ["key"],
-        "additionalProperties": False,
         "description": 'Either {"key", "version"}: live at exactly that version, or {"key", '
         '"absent": true}: never written, deleted or expired.',
-        "properties": {
-            "key": ref("schemas", "Key"),
-            "version": ref("schemas", "Version"),
-            "absent": {"type": "boolean", "enum": [True]},
-        },
+        "oneOf": [
+            {
+                "type": "object",
+                "required": ["key", "version"],
+                "additionalProperties": False,
+                "properties": {"key": ref("schemas", "Key"), "version": ref("schemas", "Version")},
+            },
+            {
+                "type": "object",
+                "required": ["key", "absent"],
+                "additionalProperties": False,
+                "properties": {
+                    "key": ref("schemas", "Key"),
+                    "absent": {"type": "boolean", "enum": [True]},
+                },
+            },
+        ],
     },
     "TxnOperation": {
-        "type": "object",
-        "required": ["op", "key"],
-        "additionalProperties": False,
         "description": 'A put ({"op": "put", "key", "value", optional "ttl"}) or a delete '
         '({"op": "delete", "key"}).',
-        "properties": {
-            "op": {"type": "string", "enum": ["put", "delete"]},
-            "key": ref("schemas", "Key"),
-            "value": ref("schemas", "Value"),
-            "ttl": {"type": "integer", "minimum": 1, "maximum": 315360000},
-        },
+        "oneOf": [
+            {
+                "type": "object",
+                "required": ["op", "key", "value"],
+                "additionalProperties": False,
+                "properties": {
+                    "op": {"type": "string", "enum": ["put"]},
+                    "key": ref("schemas", "Key"),
+                    "value": ref("schemas", "Value"),
+                    "ttl": {"type": "integer", "minimum": 1, "maximum": 315360000},
+                },
+            },
+            {
+                "type": "object",
+                "required": ["op", "key"],
+                "additionalProperties": False,
+                "properties": {
+                    "op": {"type": "string", "enum": ["delete"]},
+                    "key": ref("schemas", "Key"),
+                },
+            },
+        ],
     },
     "TxnRequest": {
         "type": "object",
@@ -137,14 +176,14 @@ PARAMETERS: Doc = {
             "event's id) before the live ones; without it (and without Last-Event-ID), only "
             "changes from now on."
         ),
-        "schema": {"type": "integer", "minimum": 0},
+        "schema": {"type": "integer", "minimum": 0, "maximum": MAX_SEQ},
     },
     "lastEventId": {
         "name": "Last-Event-ID",
         "in": "header",
         "required": False,
         "description": "What a reconnecting SSE client sends: as `since`, and it wins over it.",
-        "schema": {"type": "integer", "minimum": 0},
+        "schema": {"type": "integer", "minimum": 0, "maximum": MAX_SEQ},
     },
     "ttl": {
         "name": "ttl",
@@ -160,7 +199,7 @@ PARAMETERS: Doc = {
         "required": False,
         "description": 'Write only when the key is live at exactly this version ("VERSION", as '
         "ETag gives it; * for any version), checked and written in one step on this node.",
-        "schema": {"type": "string"},
+        "schema": {"type": "string", "pattern": "^[^,]*$"},
     },
     "If-None-Match": {
         "name": "If-None-Match",
@@ -209,7 +248,7 @@ PATHS: Doc = {
             "responses": {
                 "200": {
                     "description": "The stream of events.",
-                    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                    "content": {"text/event-stream": {"schema": ref("schemas", "WatchEvent")}},
                 },
                 "400": ref("responses", "BadRequest"),
                 "410": ref("responses", "Gone"),

@@ -60,6 +60,7 @@ SCHEMAS: Doc = {
     "Key": {
         "type": "string",
         "minLength": 1,
+        "pattern": "^[^\\u0000]+$",
         "description": "A non-empty UTF-8 string of at most 1024 bytes, without NUL (U+0000).",
         "example": "colors/sky",
     },
@@ -70,6 +71,7 @@ SCHEMAS: Doc = {
     },
     "Version": {
         "type": "string",
+        "minLength": 1,
         "description": (
             "Opaque name of one write (hybrid-logical-clock time and node id). Two versions "
             "compare, as plain strings, in last-writer-wins order: the greater one wins."
@@ -361,8 +363,8 @@ PARAMETERS: Doc = {
         "name": "buckets",
         "in": "query",
         "required": False,
-        "description": "1 or true: add the hash of every digest bucket.",
-        "schema": {"type": "string", "enum": ["1", "true"]},
+        "description": "1 or true: add the hash of every digest bucket (0 or false: do not).",
+        "schema": {"type": "string", "enum": ["1", "true", "0", "false"]},
     },
     "bucket": {
         "name": "bucket",

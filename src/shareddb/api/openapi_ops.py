@@ -4,7 +4,16 @@
 from __future__ import annotations
 
 from shareddb.api.openapi_components import V1_FAILURES, Doc, json_body, ref
-from shareddb.snapshot import MEDIA_TYPE
+from shareddb.record import Record
+from shareddb.snapshot import MEDIA_TYPE, Header, Writer
+
+
+def _example() -> str:
+    """A whole snapshot of one record, as a node would stream it (a client may send it back)."""
+    writer = Writer(Header(node="node1", seq=2, count=1, taken=1_800_000_005_000))
+    record = Record("greeting", "hello", "01a21645261f0000-node1~3f9a1c2e7b40")
+    return (writer.header() + writer.records([record]) + writer.trailer()).decode("utf-8")
+
 
 SNAPSHOT_BODY: Doc = {
     "type": "string",
@@ -15,12 +24,7 @@ SNAPSHOT_BODY: Doc = {
         '"version": VER, "expires": ISO-8601-or-null} (a null value is a tombstone). Last, the '
         'trailer: {"end": true, "count": N, "sha256": HEX}, the SHA-256 of every byte before it.'
     ),
-    "example": (
-        '{"format":"shareddb-snapshot","version":1,"node":"node1","seq":2,"count":1,'
-        '"taken":"2027-01-15T10:00:05.000Z"}\n'
-        '{"key":"greeting","value":"hello","version":"01a21645261f0000-node1~3f9a1c2e7b40",'
-        '"expires":null}\n{"end":true,"count":1,"sha256":"…"}\n'
-    ),
+    "example": _example(),
 }
 
 SCHEMAS: Doc = {

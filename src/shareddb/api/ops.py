@@ -14,6 +14,8 @@ from shareddb.node import Node
 from shareddb.store.base import DIGEST_BUCKETS
 from shareddb.tokens import Role
 
+BUCKETS_FLAG = {"1": True, "true": True, "0": False, "false": False}  # ?buckets= of /v1/digest
+
 
 async def health(node: Node, request: web.BaseRequest) -> web.Response:
     return json_response({"status": "ok", "node": node.id})
@@ -22,6 +24,9 @@ async def health(node: Node, request: web.BaseRequest) -> web.Response:
 async def digest(node: Node, request: web.BaseRequest) -> web.Response:
     """The digest; `?buckets=1` adds every bucket's hash, `?bucket=N` lists one bucket's versions."""
     params = parse_query(split_target(request.raw_path)[1])
+    buckets = params.get("buckets", "0")
+    if buckets not in BUCKETS_FLAG:
+        raise bad_request(f"buckets must be one of 1, true, 0 or false, not {buckets!r}")
     if "bucket" in params:
         raw = params["bucket"]
         if not (raw.isascii() and raw.isdigit() and int(raw) < DIGEST_BUCKETS):
@@ -30,7 +35,7 @@ async def digest(node: Node, request: web.BaseRequest) -> web.Response:
         return json_response({"bucket": int(raw), "versions": versions})
     summary = node.store.digest()
     answer: dict[str, object] = {"count": summary.count, "digest": summary.digest}
-    if params.get("buckets") in ("1", "true"):
+    if BUCKETS_FLAG[buckets]:
         answer["buckets"] = [f"{b:032x}" for b in summary.buckets]
     return json_response(answer)
 

@@ -10,6 +10,7 @@ Every route declares the role that may call it; access.py decides, before the pa
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
@@ -23,6 +24,10 @@ from shareddb.tokens import Role
 log = logging.getLogger("shareddb.api")
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+# Told of every answered request: method, the route's path pattern ("unmatched" for no route), status
+# and seconds taken (api/metrics.py).
+Observer = Callable[[str, str, int, float], None]
+UNMATCHED = "unmatched"
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,8 +42,11 @@ class Route:
 class Router:
     """Finds the handler of a request and turns every failure into the contract's JSON."""
 
-    def __init__(self, routes: Iterable[Route], access: Access | None = None) -> None:
+    def __init__(
+        self, routes: Iterable[Route], access: Access | None = None, observe: Observer | None = None
+    ) -> None:
         self.routes = tuple(routes)  # as declared (the docs' table of roles is checked against it)
+        self._observe = observe
         self._exact: dict[str, dict[str, Route]] = {}
         self._prefixes: list[tuple[str, dict[str, Route]]] = []
         for route in self.routes:
@@ -63,7 +71,29 @@ class Router:
                     return candidate
         return table
 
+    def _pattern(self, path: str) -> str:
+        """The path of the route serving `path`, as declared (never the path itself)."""
+        if path in self._exact:
+            return path
+        for prefix, _ in self._prefixes:
+            if path.startswith(prefix):
+                return prefix + "*"
+        return UNMATCHED
+
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        if self._observe is None:
+            return await self._serve(request)
+        started = time.perf_counter()
+        pattern = self._pattern(request.raw_path.partition("?")[0])
+        try:
+            response = await self._serve(request)
+        except Exception:  # aiohttp answers it with a 500
+            self._observe(request.method, pattern, 500, time.perf_counter() - started)
+            raise
+        self._observe(request.method, pattern, response.status, time.perf_counter() - started)
+        return response
+
+    async def _serve(self, request: web.BaseRequest) -> web.StreamResponse:
         path = request.raw_path.partition("?")[0]
         try:
             table = self._match(path)

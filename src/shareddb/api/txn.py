@@ -83,7 +83,7 @@ def _operation(index: int, item: Any, max_value_bytes: int) -> TxnOp:
             too_large = value_error(value, sys.maxsize) is None  # valid text, just too long
             raise ApiError(413 if too_large else 400, f"{what}: {error}")
         ttl = fields.get("ttl")
-        if ttl is not None and (type(ttl) is not int or not 1 <= ttl <= MAX_TTL):
+        if "ttl" in fields and (type(ttl) is not int or not 1 <= ttl <= MAX_TTL):
             raise bad_request(f"{what}: ttl must be an integer from 1 to {MAX_TTL}")
         return TxnOp(_key(fields, what), value, ttl)
     if op == "delete":

@@ -38,13 +38,12 @@ def _seq(raw: str, where: str) -> int:
 
 def _since(request: web.BaseRequest, params: dict[str, str]) -> int | None:
     """Where to replay from: `Last-Event-ID` (what a reconnecting client sends) wins over
-    `since`; None for "from now on"."""
-    header = request.headers.get("Last-Event-ID", "").strip()
-    if header:
-        return _seq(header, "Last-Event-ID")
-    if "since" in params:
-        return _seq(params["since"], "since")
-    return None
+    `since`; None for "from now on". A malformed `since` is refused even then."""
+    since = _seq(params["since"], "since") if "since" in params else None
+    header = request.headers.get("Last-Event-ID")
+    if header is not None:
+        return _seq(header.strip(), "Last-Event-ID")
+    return since
 
 
 def _selector(params: dict[str, str]) -> tuple[str, bool]:

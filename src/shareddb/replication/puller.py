@@ -71,6 +71,8 @@ class Replicator:
         self._own_since: dict[str, int] = {}
         self.rng = rng or random.Random()
         self.skewed = 0  # received versions more than the drift bound ahead of local time
+        # Per peer id: changes of its feed not pulled yet, as of the last pull (for /metrics).
+        self.pull_lag: dict[str, int] = {}
         self.tombstone_grace_ms = tombstone_grace_ms
         self._pullers: dict[str, asyncio.Task[None]] = {}
         self._positions: dict[str, Checkpoint] = {}  # per peer id; may run ahead of the saved one
@@ -319,6 +321,8 @@ class Replicator:
         Not before: with a store that lost its latest writes (Redis with relaxed persistence),
         the peer may hold writes of this incarnation that this node no longer has.
         """
+        # Also how far behind the peer's feed this node is, for /metrics.
+        self.pull_lag[reply.node] = max(0, reply.last_seq - reply.until)
         if reply.node not in self._own_since and reply.until >= reply.last_seq:
             self._own_since[reply.node] = self.clock.last + 1
 

@@ -20,7 +20,7 @@ import contextlib
 import enum
 import hashlib
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -129,6 +129,9 @@ class SnapshotRead(Protocol):
 
 class Store(Protocol):
     """A node's storage. One writer: the store serialises writes itself and may batch them."""
+
+    # When set, called with the seconds each committed batch of writes took.
+    commit_observer: Callable[[float], None] | None
 
     @property
     def instance_id(self) -> str:

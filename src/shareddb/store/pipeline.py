@@ -16,6 +16,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Collection, Sequence
 from functools import partial
 from typing import Any, Protocol
@@ -188,6 +189,8 @@ class PipelineStore:
         self._signal = ChangeSignal()
         self._cache = RecordCache()
         self._generation = 0  # bumped whenever the cache is refreshed or dropped
+        # Told how many seconds each committed batch took (the node's metrics).
+        self.commit_observer: Callable[[float], None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -364,6 +367,7 @@ class PipelineStore:
             return
         seq = self.last_seq
         planner = partial(_plan_at, ops, self._clock_source, self._now)
+        started = time.perf_counter()
         try:
             written = await self._backend.commit(keys, purge_upto, planner)
         except StoreUnavailable as exc:
@@ -378,6 +382,8 @@ class PipelineStore:
             log.exception("write batch failed")
             fail_all(futures, StoreUnavailable(f"write failed: {exc}"))
             return
+        if self.commit_observer is not None:
+            self.commit_observer(time.perf_counter() - started)
         self._note_cannot_write(None)
         self._generation += 1
         self._cache.committed(written.accepted)
