@@ -1,4 +1,4 @@
-"""The deterministic simulation in CI: 1,000 seeds, in two processes (one per core).
+"""The deterministic simulation in CI: 2,000 seeds, in two processes (one per core).
 
 CI runs one fixed range of seeds (SHAREDDB_SIM_FIRST sets its first), so that a run of CI is
 repeatable; `make sim SEEDS=10000` explores many more from a random seed. A failing seed prints
@@ -14,11 +14,11 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-SEEDS = 1000
+SEEDS = 2000
 WORKERS = 2
 
 
-def test_simulated_cluster_keeps_every_invariant_over_1000_seeds() -> None:
+def test_simulated_cluster_keeps_every_invariant_over_2000_seeds() -> None:
     first = int(os.environ.get("SHAREDDB_SIM_FIRST", "500000"))
     print(f"simulation seeds {first}..{first + SEEDS - 1}")
     share = SEEDS // WORKERS

@@ -7,7 +7,7 @@ Invariant 4: a deleted key never comes back.
 Also: the resident memory of the node that is never killed stays flat after the warm-up.
 
 It prints its seed; replay it with SHAREDDB_TEST_SEED=N (or `make soak SEED=N`).
-SHAREDDB_SOAK_DURATION sets the seconds (default 90, as CI runs it).
+SHAREDDB_SOAK_DURATION sets the seconds (default 120, as CI runs it).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import pytest
 from tests.cluster.replication_helpers import seeded_rng
 from tests.soak.run import run_soak, soak_summary
 
-DURATION = float(os.environ.get("SHAREDDB_SOAK_DURATION", "90"))
+DURATION = float(os.environ.get("SHAREDDB_SOAK_DURATION", "120"))
 
 
 @pytest.mark.cluster
