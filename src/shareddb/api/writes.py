@@ -17,8 +17,13 @@ class CopyPolicy:
     timeout: float
 
 
+DEFAULT_POLICY = CopyPolicy(1, DEFAULT_TIMEOUT)
+
+
 def copy_policy(params: dict[str, str], node: Node) -> CopyPolicy:
     """Read and check `w` and `timeout` before anything is written."""
+    if not params:  # the common write: nothing to read, and w=1 is always within the cluster
+        return DEFAULT_POLICY
     copies = positive_int(params, "w", 1)
     timeout = positive_number(params, "timeout", DEFAULT_TIMEOUT)
     if copies > node.member_count:

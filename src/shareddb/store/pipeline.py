@@ -182,6 +182,7 @@ class PipelineStore:
         self._expiry = ExpiryIndex()
         self._reaper: asyncio.Task[None] | None = None
         self._queue: collections.deque[tuple[Op, asyncio.Future[Any]]] = collections.deque()
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop it was opened on
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
@@ -201,7 +202,7 @@ class PipelineStore:
         except BaseException:
             await self._backend.close()
             raise
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         self._writer = loop.create_task(self._write_loop())
         if self._reap:
             self._reaper = loop.create_task(self._reap_loop())
@@ -316,7 +317,9 @@ class PipelineStore:
 
     def _submit(self, op: Op) -> asyncio.Future[Any]:
         self._check_open()
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        assert self._loop is not None  # set by `open`, which `_check_open` vouches for
+        # The loop kept, not looked up: asyncio.get_running_loop() makes a getpid() system call.
+        future: asyncio.Future[Any] = self._loop.create_future()
         self._queue.append((op, future))
         self._wake.set()
         return future
