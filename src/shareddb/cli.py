@@ -1,36 +1,31 @@
 """The `shareddb` command line: `serve`, `cluster up`, and a client for every key operation.
 
-A failure the user can act on is one line on stderr and a non-zero exit, never a traceback.
+How a client command reaches a node (--url, --token, TLS) is in cli_client.py. A failure the user
+can act on is one line on stderr and a non-zero exit, never a traceback.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 import sys
-from collections.abc import Callable, Coroutine, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
 import click
 import orjson
 
-from shareddb.client import DEFAULT_URL, Client, ClientError, Event, PreconditionFailed
+from shareddb.cli_client import Fail, client_tls, connected, token_option, url_option
+from shareddb.client import ClientError, Event
 from shareddb.config import SETTINGS, Settings
 from shareddb.node import NodeError
 from shareddb.record import DEFAULT_MAX_VALUE_BYTES
 from shareddb.store.sqlite_faults import StoreOpenError
-from shareddb.tls import TlsError, client_context
 from shareddb.tokens import Network, TokenError, parse_networks
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-class Fail(click.ClickException):
-    """An error reported as one line: `shareddb: <message>`."""
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
@@ -199,83 +194,6 @@ def cluster_up(
 
 
 # -- client commands ------------------------------------------------------------------------------
-
-_url = click.option(
-    "--url",
-    "urls",
-    envvar="SHAREDDB_URL",
-    multiple=True,
-    default=(DEFAULT_URL,),
-    show_default=True,
-    help="Node to ask; give it several times (or comma-separated) to fail over to the next.",
-)
-TLS_META = "shareddb.tls"  # where the TLS options of a client command are kept (click's ctx.meta)
-
-
-def _keep_tls(ctx: click.Context, param: click.Parameter, value: Path | None) -> None:
-    if value is not None and param.name is not None:
-        ctx.meta.setdefault(TLS_META, {})[param.name] = value
-
-
-def _tls(flag: str, envvar: str, help: str) -> Callable[[F], F]:
-    return click.option(
-        flag,
-        "tls_" + flag.removeprefix("--"),  # not `key`: that is the KEY argument of get, set, rm
-        envvar=envvar,
-        type=click.Path(path_type=Path),
-        default=None,
-        expose_value=False,
-        callback=_keep_tls,
-        help=help,
-    )
-
-
-def url_option(command: F) -> F:
-    """--url, and the TLS options that go with reaching a node over https:// (--ca, --cert,
-    --key); `connected` reads the latter."""
-    command = _tls("--key", "SHAREDDB_KEY", "Key of --cert, when it is not in the same file.")(command)
-    command = _tls("--cert", "SHAREDDB_CERT", "Client certificate (PEM) to present.")(command)
-    command = _tls(
-        "--ca",
-        "SHAREDDB_CA",
-        "CA certificate (PEM) to verify https:// nodes with, instead of the system's CAs.",
-    )(command)
-    return _url(command)
-
-
-def client_tls() -> ssl.SSLContext | bool:
-    """What the client verifies nodes with: the system's CAs, or --ca (and --cert) as given."""
-    given = click.get_current_context().meta.get(TLS_META, {})
-    if not given:
-        return True
-    try:
-        return client_context(given.get("tls_ca"), given.get("tls_cert"), given.get("tls_key"))
-    except TlsError as exc:
-        raise Fail(str(exc)) from None
-
-
-token_option = click.option("--token", envvar="SHAREDDB_TOKEN", default=None, help="Bearer token.")
-
-
-def failure_line(exc: ClientError) -> str:
-    """One line for a failed request; a failed condition names every key and its version."""
-    if isinstance(exc, PreconditionFailed):
-        held = ", ".join(
-            f"{f.key!r} is absent" if f.version is None else f"{f.key!r} is at version {f.version}"
-            for f in exc.failed
-        )
-        return f"precondition failed, nothing written: {held}"
-    return exc.message
-
-
-@contextmanager
-def connected(urls: Sequence[str], token: str | None) -> Iterator[Client]:
-    """A client of the nodes at `urls`; a failed request becomes one line (`Fail`)."""
-    try:
-        with Client(urls, token=token, verify=client_tls()) as client:
-            yield client
-    except ClientError as exc:
-        raise Fail(failure_line(exc)) from None
 
 
 @cli.command()
