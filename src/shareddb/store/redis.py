@@ -46,7 +46,6 @@ starts with its seq and key.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Collection, Sequence
@@ -70,8 +69,6 @@ from shareddb.record import Record
 from shareddb.redis_urls import check_redis_url, redact_url
 from shareddb.store.base import (
     CHANGE_OVERHEAD,
-    SNAPSHOT_CHUNK,
-    SNAPSHOT_CHUNK_BYTES,
     Change,
     Checkpoint,
     FeedPage,
@@ -90,13 +87,13 @@ from shareddb.store.redis_scripts import (
     FENCE,
     SCAN,
     SNAPSHOT_BEGIN,
-    SNAPSHOT_PAGE,
     WRITE,
     Keys,
     decode_head,
     decode_record,
     write_args,
 )
+from shareddb.store.redis_snapshot import SNAPSHOT_COPY_TTL, RedisSnapshotRead
 
 log = logging.getLogger("shareddb.store")
 
@@ -108,10 +105,6 @@ MAX_CONNECTIONS = 32
 SOCKET_TIMEOUT = 5.0  # a Redis that stops answering fails calls with 503 after this long
 CONNECT_TIMEOUT = 2.0
 MIN_REDIS = (7, 0)  # script flags (`#!lua`): an OOM Redis refuses a write script before it starts
-
-# A snapshot read's copies live this long unless it deletes them first (a node that stops in the
-# middle of one leaves them behind); each chunk read extends that.
-SNAPSHOT_COPY_TTL = 3600
 
 ENCODING_ERRORS = "surrogatepass"  # reads only: a key that cannot be stored is simply not found
 
@@ -494,49 +487,6 @@ class RedisBackend:
             "node had made (its batch token is not one this node wrote); this node stops using it"
         )
         raise StoreUnavailable(self._lost)
-
-
-class RedisSnapshotRead:
-    """A `SnapshotRead` of a Redis store: pages through the copies `RedisBackend.snapshot` made,
-    by feed position, and deletes them when closed."""
-
-    def __init__(
-        self, backend: RedisBackend, rec: bytes, seq_index: bytes, seq: int, count: int
-    ) -> None:
-        self._backend = backend
-        self._copies = (seq_index, rec)
-        self._after = "-inf"
-        self._done = False
-        self._closed = False
-        self.seq = seq
-        self.count = count
-
-    async def next(
-        self, limit: int = SNAPSHOT_CHUNK, max_bytes: int = SNAPSHOT_CHUNK_BYTES
-    ) -> list[Record]:
-        if self._done:
-            return []
-        flat = await self._backend._read_script(
-            SNAPSHOT_PAGE, self._copies, [self._after, limit, max_bytes, CHANGE_OVERHEAD]
-        )
-        if not flat[0]:
-            self._done = True
-            return []
-        self._after = "(" + bytes(flat[0]).decode()
-        for copy in self._copies:  # the read goes on: so do its copies
-            await self._backend._command("EXPIRE", copy, SNAPSHOT_COPY_TTL)
-        records = [
-            decode_record(bytes(flat[i]).decode("utf-8"), flat[i + 1]) for i in range(1, len(flat), 2)
-        ]
-        if not records:  # only transaction entries were left
-            self._done = True
-        return records
-
-    async def close(self) -> None:
-        if not self._closed:
-            self._done = self._closed = True
-            with contextlib.suppress(StoreUnavailable):
-                await self._backend._command("UNLINK", *self._copies)
 
 
 class RedisStore(PipelineStore):

@@ -26,8 +26,6 @@ from urllib.parse import quote
 from shareddb.record import Record
 from shareddb.store.base import (
     DIGEST_BUCKETS,
-    SNAPSHOT_CHUNK,
-    SNAPSHOT_CHUNK_BYTES,
     Change,
     Checkpoint,
     FeedPage,
@@ -49,6 +47,7 @@ from shareddb.store.sqlite_faults import (
     write_error,
 )
 from shareddb.store.sqlite_schema import FEED, UPSERT, create_or_upgrade
+from shareddb.store.sqlite_snapshot import SQLiteSnapshotRead
 from shareddb.store.writer_thread import WriterThread
 
 log = logging.getLogger("shareddb.store")
@@ -481,55 +480,6 @@ def _entry_changes(db: sqlite3.Connection, at: int, since: int) -> list[Change]:
         return found
 
     return serve_entry(at, since, items_of, row_of)
-
-
-class SQLiteSnapshotRead:
-    """A `SnapshotRead` of an SQLite store: one statement of one read transaction on its own
-    connection, stepped a chunk at a time on the store's reader thread. While it is open, WAL
-    checkpoints cannot copy past its point in time, so the WAL file grows with what is written
-    meanwhile; it shrinks again at the first checkpoint after `close`."""
-
-    def __init__(
-        self, backend: SQLiteBackend, db: sqlite3.Connection, rows: sqlite3.Cursor, seq: int, count: int
-    ) -> None:
-        self._backend = backend
-        self._db: sqlite3.Connection | None = db
-        self._rows = rows
-        self._pending: tuple[str, str | None, str, int | None] | None = None  # read past a chunk
-        self.seq = seq
-        self.count = count
-
-    async def next(
-        self, limit: int = SNAPSHOT_CHUNK, max_bytes: int = SNAPSHOT_CHUNK_BYTES
-    ) -> list[Record]:
-        if self._db is None:
-            return []
-        chunk: list[Record] = await self._backend._in_reader(self._chunk, limit, max_bytes)
-        return chunk
-
-    def _chunk(self, limit: int, max_bytes: int) -> list[Record]:
-        chunk: list[Record] = []
-        size = 0
-        while len(chunk) < limit:
-            row = self._pending or self._rows.fetchone()
-            self._pending = None
-            if row is None:
-                break
-            size += change_size(row[0], row[1])
-            if chunk and size > max_bytes:
-                self._pending = row
-                break
-            chunk.append(Record(*row))
-        return chunk
-
-    async def close(self) -> None:
-        db, self._db = self._db, None
-        if db is not None:
-            self._backend._snapshots -= 1
-            with contextlib.suppress(sqlite3.Error):
-                self._rows.close()
-                db.execute("COMMIT")
-            db.close()
 
 
 class SQLiteStore(PipelineStore):
