@@ -63,40 +63,35 @@ class Router:
                 table.setdefault("HEAD", route)
         self.access = access or Access()
 
-    def _match(self, path: str) -> dict[str, Route] | None:
+    def _match(self, path: str) -> tuple[str, dict[str, Route] | None]:
+        """The routes serving `path`, and their path as declared (never the path itself: it labels
+        the request in /metrics), UNMATCHED when there are none."""
         table = self._exact.get(path)
-        if table is None:
-            for prefix, candidate in self._prefixes:
-                if path.startswith(prefix):
-                    return candidate
-        return table
-
-    def _pattern(self, path: str) -> str:
-        """The path of the route serving `path`, as declared (never the path itself)."""
-        if path in self._exact:
-            return path
-        for prefix, _ in self._prefixes:
+        if table is not None:
+            return path, table
+        for prefix, candidate in self._prefixes:
             if path.startswith(prefix):
-                return prefix + "*"
-        return UNMATCHED
+                return prefix + "*", candidate
+        return UNMATCHED, None
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        path = request.raw_path.partition("?")[0]
+        pattern, table = self._match(path)
         if self._observe is None:
-            return await self._serve(request)
+            return await self._serve(request, path, table)
         started = time.perf_counter()
-        pattern = self._pattern(request.raw_path.partition("?")[0])
         try:
-            response = await self._serve(request)
+            response = await self._serve(request, path, table)
         except Exception:  # aiohttp answers it with a 500
             self._observe(request.method, pattern, 500, time.perf_counter() - started)
             raise
         self._observe(request.method, pattern, response.status, time.perf_counter() - started)
         return response
 
-    async def _serve(self, request: web.BaseRequest) -> web.StreamResponse:
-        path = request.raw_path.partition("?")[0]
+    async def _serve(
+        self, request: web.BaseRequest, path: str, table: dict[str, Route] | None
+    ) -> web.StreamResponse:
         try:
-            table = self._match(path)
             route = None if table is None else table.get(request.method)
             if route is None:
                 self.access.check(request, None)  # 401 before 404/405: paths are not for anyone
