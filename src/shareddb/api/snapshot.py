@@ -134,7 +134,7 @@ async def _receive(request: web.BaseRequest, handle: IO[bytes], encoding: str) -
         if not chunk:
             return
         try:
-            handle.write(chunk)
+            await asyncio.to_thread(handle.write, chunk)  # disk I/O off the event loop
         except OSError as exc:
             raise _storage_error(exc) from None
 
