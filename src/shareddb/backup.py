@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import ssl
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -42,6 +43,8 @@ from shareddb.client.errors import error_from_answer
 from shareddb.record import key_error
 from shareddb.redis_urls import check_redis_url, redact_url
 from shareddb.snapshot import Checker, SnapshotError
+
+Verify = ssl.SSLContext | bool  # how a node's certificate is checked (cli_client.client_tls)
 
 CHUNK = 256 * 1024
 CONNECT_TIMEOUT = 10.0
@@ -91,10 +94,10 @@ def progress(unit: str, console: Console | None = None) -> Progress:
     )
 
 
-def _http(token: str | None, read_timeout: float) -> httpx.Client:
+def _http(token: str | None, read_timeout: float, verify: Verify) -> httpx.Client:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     timeout = httpx.Timeout(CONNECT_TIMEOUT, read=read_timeout)
-    return httpx.Client(headers=headers, timeout=timeout, trust_env=False)
+    return httpx.Client(headers=headers, timeout=timeout, trust_env=False, verify=verify)
 
 
 def _one_url(urls: tuple[str, ...] | list[str]) -> str:
@@ -127,7 +130,9 @@ class BackupResult:
         )
 
 
-def backup(path: Path, urls: tuple[str, ...] | list[str], token: str | None) -> BackupResult:
+def backup(
+    path: Path, urls: tuple[str, ...] | list[str], token: str | None, verify: Verify = True
+) -> BackupResult:
     """Save the snapshot of the node at the first of `urls` to `path`, whole or not at all: it
     is written to `path.partial` and checked line by line, then moved into place."""
     url = _one_url(urls)
@@ -137,7 +142,7 @@ def backup(path: Path, urls: tuple[str, ...] | list[str], token: str | None) -> 
     size = 0
     try:
         with (
-            _http(token, READ_TIMEOUT) as http,
+            _http(token, READ_TIMEOUT, verify) as http,
             http.stream("GET", url + "/v1/snapshot") as response,
             open(partial, "wb") as out,
             progress("records") as bar,
@@ -192,7 +197,9 @@ def _remove(path: Path) -> None:
 # -- restore ----------------------------------------------------------------------------------
 
 
-def restore(path: Path, urls: tuple[str, ...] | list[str], token: str | None) -> dict[str, int]:
+def restore(
+    path: Path, urls: tuple[str, ...] | list[str], token: str | None, verify: Verify = True
+) -> dict[str, int]:
     """Send the snapshot in `path` to the node at the first of `urls`; answers its
     {"applied": N, "skipped": M}."""
     url = _one_url(urls)
@@ -204,7 +211,7 @@ def restore(path: Path, urls: tuple[str, ...] | list[str], token: str | None) ->
         total = os.fstat(handle.fileno()).st_size
         task = bar.add_task("upload", total=total)
         try:
-            with _http(token, APPLY_TIMEOUT) as http:
+            with _http(token, APPLY_TIMEOUT, verify) as http:
                 response = http.post(
                     url + "/v1/snapshot",
                     content=_upload(handle, lambda n: _sent(bar, task, n, total)),
@@ -264,7 +271,9 @@ class ImportResult:
         return line + (f"; skipped {', '.join(skipped)}" if skipped else "")
 
 
-def import_redis(source: str, urls: tuple[str, ...] | list[str], token: str | None) -> ImportResult:
+def import_redis(
+    source: str, urls: tuple[str, ...] | list[str], token: str | None, verify: Verify = True
+) -> ImportResult:
     """Write every string key of the Redis database at `source` (with its TTL, if it has one)
     into the cluster as a new write; other types are counted and left out."""
     try:
@@ -275,7 +284,7 @@ def import_redis(source: str, urls: tuple[str, ...] | list[str], token: str | No
     where = redact_url(source)
     db = redis.Redis.from_url(source, socket_timeout=30, socket_connect_timeout=CONNECT_TIMEOUT)
     try:
-        with Client(list(urls), token=token) as client, progress("keys") as bar:
+        with Client(list(urls), token=token, verify=verify) as client, progress("keys") as bar:
             task = bar.add_task("import", total=db.dbsize())
             batch = _Batch(client, result)
             for pairs in _string_keys(db, result):

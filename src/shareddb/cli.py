@@ -399,7 +399,7 @@ def backup(file: Path, urls: tuple[str, ...], token: str | None) -> None:
     from shareddb.backup import backup as save
 
     try:
-        result = save(file, urls, token)
+        result = save(file, urls, token, client_tls())
     except TransferError as exc:
         raise Fail(str(exc)) from None
     click.echo(result.line(file))
@@ -417,7 +417,7 @@ def restore(file: Path, urls: tuple[str, ...], token: str | None) -> None:
     from shareddb.backup import restore as send
 
     try:
-        answer = send(file, urls, token)
+        answer = send(file, urls, token, client_tls())
     except TransferError as exc:
         raise Fail(str(exc)) from None
     click.echo(
@@ -443,7 +443,7 @@ def import_(source: str, urls: tuple[str, ...], token: str | None) -> None:
     from shareddb.backup import TransferError, import_redis
 
     try:
-        result = import_redis(source, urls, token)
+        result = import_redis(source, urls, token, client_tls())
     except TransferError as exc:
         raise Fail(str(exc)) from None
     click.echo(result.line(source))

@@ -141,6 +141,24 @@ def test_client_endpoints_need_no_client_certificate(pair: Pair) -> None:
         assert db.get("tls/no-cert") is not None
 
 
+def test_backup_and_restore_reach_an_https_node_with_the_ca(pair: Pair, tmp_path: Path) -> None:
+    """backup, restore and import are clients of a node too: --ca reaches it, and without it the
+    certificate is refused in one line."""
+    with client(pair.a.url, pair.certs) as db:
+        db.put("tls/backed-up", "kept")
+    saved = tmp_path / "a.snapshot"
+    ca = str(pair.certs.ca)
+    done = run_cli("backup", str(saved), "--url", pair.a.url, "--ca", ca, timeout=CLI_TIMEOUT)
+    assert done.returncode == 0, done.stderr
+    assert b'"tls/backed-up"' in saved.read_bytes()
+    refused = run_cli("backup", str(tmp_path / "b.snapshot"), "--url", pair.a.url)
+    assert refused.returncode != 0
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert "certificate" in refused.stderr
+    done = run_cli("restore", str(saved), "--url", pair.b.url, "--ca", ca, timeout=CLI_TIMEOUT)
+    assert done.returncode == 0, done.stderr
+
+
 # -- mutual TLS between peers --------------------------------------------------------------------
 
 
