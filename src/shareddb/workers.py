@@ -201,8 +201,8 @@ class WorkerPool:
             )
             try:
                 await self._spawn(worker)
-            except WorkersError as exc:
-                self.reason = str(exc)
+            except (WorkersError, OSError) as exc:
+                self.reason = f"worker {worker.slot} cannot be started again: {exc}"
                 log.error("%s: stopping the node", exc)
                 self.failed.set()
                 return
@@ -243,9 +243,15 @@ class WorkerPool:
             log.warning("workers still running %.0f s after SIGTERM: killing them", STOP_TIMEOUT)
             self._signal(signal.SIGKILL)
             await asyncio.gather(*(p.wait() for p in procs))
-        for task in self._watch:
-            await task
+        for task in self._watch:  # one may be starting a worker again: that one is killed below
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         for worker in self._workers:
+            if worker.proc is not None and worker.proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    worker.proc.kill()
+                await worker.proc.wait()
             worker.sock.close()
 
 

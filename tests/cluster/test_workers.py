@@ -31,6 +31,7 @@ WORKERS = 3
 CONNECTIONS = 24  # P(some process gets none) = 3 * (2/3)^24, about 2 in 10,000
 READ = "read-token-of-the-workers-test"
 WRITE = "write-token-of-the-workers-test"
+NEW_READ = "read-token-added-by-sighup"
 
 
 Connect = Callable[..., list[http.client.HTTPConnection]]
@@ -162,6 +163,18 @@ def test_metrics_count_the_requests_of_every_process(node: NodeProcess, connect:
         return total if total >= wanted else 0.0
 
     wait_for(counted, 5, f"{wanted} GETs counted in /metrics", [node])
+
+
+def test_sighup_reloads_the_tokens_of_every_process(node: NodeProcess, connect: Connect) -> None:
+    tokens = node.data.parent / "tokens"
+    tokens.write_text(f"read {READ}\nwrite {WRITE}\nread {NEW_READ}\n")
+    node.signal(signal.SIGHUP)
+    conns = connect(node)
+
+    def everywhere() -> bool:
+        return all(_request(c, "GET", "/v1/kv/x", token=NEW_READ)[0] == 404 for c in conns)
+
+    wait_for(everywhere, 10, "every process to take the new token", [node])
 
 
 def test_watch_through_every_process(node: NodeProcess, connect: Connect) -> None:
