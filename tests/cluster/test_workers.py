@@ -22,7 +22,8 @@ import orjson
 import pytest
 
 from shareddb.certs import make_cluster
-from tests.harness import NodeProcess, wait_for
+from shareddb.workers import MAX_RESTARTS
+from tests.harness import NodeProcess, running_redis, wait_for
 from tests.harness.procfs import children_of
 
 pytestmark = pytest.mark.cluster
@@ -200,7 +201,7 @@ def test_a_second_node_cannot_take_the_port(node: NodeProcess, tmp_path: Path) -
     assert "cannot listen" in other.logs()
 
 
-def test_a_killed_worker_is_started_again_and_sigterm_stops_all(
+def test_a_killed_worker_is_started_again_and_one_that_keeps_dying_stops_the_node(
     tmp_path: Path, connect: Connect
 ) -> None:
     node = NodeProcess(tmp_path / "k1", "k1", "--workers", "2")
@@ -214,9 +215,20 @@ def test_a_killed_worker_is_started_again_and_sigterm_stops_all(
         for conn in connect(node, 12):
             assert _request(conn, "PUT", "/v1/kv/after", "kill")[0] in (200, 201)
             assert _request(conn, "GET", "/v1/kv/after") == (200, b"kill")
-        assert node.stop() == 0
-        wait_for(lambda: not Path(f"/proc/{again}").exists(), 5, "the worker to stop", [node])
-        assert "worker 1" in node.logs()
+        # No node runs on silently with a part of its processes.
+        for exits in range(2, MAX_RESTARTS + 2):
+            [worker] = [pid for pid in children_of(node.pid) if pid != worker]
+            os.kill(worker, signal.SIGKILL)
+            if exits <= MAX_RESTARTS:
+                wait_for(
+                    lambda: node.logs().count("started again") == exits,  # noqa: B023
+                    10,
+                    f"the worker to be started again after exit {exits}",
+                    [node],
+                )
+        assert node.proc is not None
+        assert node.proc.wait(20) == 1
+        assert "stopping the node" in node.logs()
     finally:
         node.cleanup()
 
@@ -246,5 +258,24 @@ def test_tls_and_peer_certificates_hold_on_every_process(tmp_path: Path) -> None
                 assert _request(conn, "GET", "/v1/kv/secure", token=None) == (200, b"over tls")
             finally:
                 conn.close()
+        workers = children_of(node.pid)
+        assert len(workers) == WORKERS - 1
+        assert node.stop() == 0  # SIGTERM stops every process of the node
+        assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
     finally:
         node.cleanup()
+
+
+def test_workers_read_a_redis_store(tmp_path: Path, connect: Connect) -> None:
+    with running_redis(tmp_path / "redis") as redis:
+        node = NodeProcess(tmp_path / "r1", "r1", "--workers", "2", "--store", redis.url(0))
+        node.start()
+        try:
+            conns = connect(node, 12)
+            for round_ in range(10):
+                value = f"in redis {round_}"
+                assert _request(conns[round_], "PUT", "/v1/kv/r", value)[0] in (200, 201)
+                for conn in conns:
+                    assert _request(conn, "GET", "/v1/kv/r") == (200, value.encode())
+        finally:
+            node.cleanup()
