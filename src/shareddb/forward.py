@@ -128,7 +128,8 @@ class Forwarder:
             )
         except aiohttp.ClientError as exc:
             log.warning("cannot forward %s %s to the node process: %s", request.method, url.path, exc)
-            raise ApiError(503, "the node process is not answering; try again shortly") from None
+            error = ApiError(503, "the node process is not answering; try again shortly")
+            return error.response(seed=url.path.startswith("/nodes/"))
         try:
             return await _relay(request, upstream)
         finally:

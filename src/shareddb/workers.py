@@ -56,8 +56,16 @@ def default_workers(cores: int | None = None) -> int:
     """Processes per node when --workers is not given: one on a machine of two cores or fewer,
     where the extra process competes with the clients and the node's own threads for the cores
     (measured: docs/design.md, "Serving reads on several processes"), else one per core."""
-    cores = cores or os.cpu_count() or 1
+    cores = cores or _usable_cores()
     return 1 if cores <= 2 else cores
+
+
+def _usable_cores() -> int:
+    """The cores this process may run on (a container's cpuset, `taskset`), not the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
 
 
 def workers_for(settings: Settings) -> int:
@@ -178,7 +186,7 @@ class WorkerPool:
             assert proc is not None
             assert proc.stdout is not None
             async for line in proc.stdout:
-                with contextlib.suppress(ValueError):
+                with contextlib.suppress(ValueError, KeyError, TypeError):  # a cut line
                     report = orjson.loads(line)
                     worker.series = {(m, r, int(s)): counts for m, r, s, counts in report["requests"]}
                     worker.connections = int(report["connections"])
