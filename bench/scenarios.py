@@ -32,6 +32,13 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("seed_update", "node", "seed_update.lua", "GET /nodes/update?name=K&value=V (100 B)", True),
     Scenario("put", "node", "kv_put.lua", "PUT /v1/kv/{key}, 100-byte body", True),
     Scenario(
+        "put_new",
+        "node",
+        "kv_put_new.lua",
+        "PUT /v1/kv/{key} of a key never written before (the store grows), 100-byte body",
+        True,
+    ),
+    Scenario(
         "watched_put",
         "node",
         "kv_put.lua",
