@@ -101,7 +101,13 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
         default=0.0,
         help="lag: pause between two GETs of one watcher (default 0: back to back)",
     )
-    knobs.add_argument("--load-fraction", type=float, default=0.5, help="lag: of A's max rate")
+    knobs.add_argument(
+        "--load-fractions",
+        type=lambda text: tuple(float(part) for part in text.split(",")),
+        default=(0.25, 0.5, 0.75),
+        metavar="F[,F]",
+        help="lag: the paced loads, as fractions of A's max write rate (default 0.25,0.5,0.75)",
+    )
     knobs.add_argument("--connections", type=int, default=32, help="throughput: wrk connections")
     knobs.add_argument(
         "--load-via",
@@ -164,7 +170,7 @@ def run_scenario(name: str, fleet: Fleet, work: Path, args: argparse.Namespace, 
             poll_interval=args.poll_interval_ms / 1000,
             max_seconds=args.max_seconds,
             load_seconds=args.load_seconds,
-            load_fraction=args.load_fraction,
+            load_fractions=args.load_fractions,
         )
         return replication_lag.run(fleet, work, lag, command)
     if name == "throughput":

@@ -35,6 +35,13 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("seed_update", "node", "seed_update.lua", "GET /nodes/update?name=K&value=V (100 B)", True),
     Scenario("put", "node", "kv_put.lua", "PUT /v1/kv/{key}, 100-byte body", True),
     Scenario(
+        "put_new",
+        "node",
+        "kv_put_new.lua",
+        "PUT /v1/kv/{key} of a key never written before (the store grows), 100-byte body",
+        True,
+    ),
+    Scenario(
         "watched_put",
         "node",
         "kv_put.lua",
@@ -65,8 +72,6 @@ NAMES = tuple(s.name for s in SCENARIOS)
 
 # Each Redis scenario against the same requests on the SQLite node.
 REDIS_PAIRS = (("redis_get", "get"), ("redis_put", "put"))
-# The reads of shareddb, one process or several, against etcd's local reads on a follower.
-GET_ROWS = ("get", "workers_get", "cluster_get")
 # The writes with watch streams open against the same writes without.
 WATCH_PAIRS = (("watched_put", "put"),)
 # Operations per second inside transactions against single writes per second.

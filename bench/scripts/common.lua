@@ -51,6 +51,11 @@ function request()
    return prepared[math.random(#prepared)]
 end
 
+-- The i-th prepared request, cycling: for a script whose request() builds each request itself.
+function prepared_at(i)
+   return prepared[(i - 1) % #prepared + 1]
+end
+
 function response(status, headers, body)
    if status < 200 or status > 299 then
       non2xx = non2xx + 1

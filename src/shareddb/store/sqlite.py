@@ -38,7 +38,7 @@ from shareddb.store.base import (
 from shareddb.store.entries import FeedRow, decode_entry, encode_entry, serve_entry
 from shareddb.store.expiry import Expiring
 from shareddb.store.pipeline import PipelineStore, wall_millis
-from shareddb.store.plan import Batch, Planner, Stored, Tally, Tombstones
+from shareddb.store.plan import Batch, Planner, Tally, Tombstones
 from shareddb.store.sqlite_faults import (
     StoreCorrupt,
     StoreOpenError,
@@ -46,13 +46,13 @@ from shareddb.store.sqlite_faults import (
     is_corrupt,
     write_error,
 )
-from shareddb.store.sqlite_schema import FEED, UPSERT, create_or_upgrade
+from shareddb.store.sqlite_rows import insert_rows, lookup
+from shareddb.store.sqlite_schema import FEED, UPSERT_HEAD, UPSERT_TAIL, create_or_upgrade
 from shareddb.store.sqlite_snapshot import SQLiteSnapshotRead
 from shareddb.store.writer_thread import WriterThread
 
 log = logging.getLogger("shareddb.store")
 
-LOOKUP_CHUNK = 500
 BUSY_TIMEOUT_MS = 10_000
 # Checkpoints (copying the WAL back into the database file, with an fsync of its own) run on a
 # thread of their own, so a commit never waits for one. Past WAL_LIMIT the writer checkpoints
@@ -375,10 +375,12 @@ class SQLiteBackend:
                     "SELECT key, seq, version FROM kv WHERE value IS NULL AND seq <= ?", (purge_upto,)
                 )
                 tombstones = {key: (seq, version) for key, seq, version in rows}
-            batch = plan(self._tally, self._lookup(db, keys), tombstones)
-            db.executemany(
-                UPSERT, [(k, v, ver, s, exp, txn or None) for k, v, ver, s, exp, txn in batch.rows]
-            )
+            batch = plan(self._tally, lookup(db, keys), tombstones)
+            insert_rows(
+                db, UPSERT_HEAD, 6,
+                [(k, v, ver, s, exp, txn or None) for k, v, ver, s, exp, txn in batch.rows],
+                UPSERT_TAIL,
+            )  # fmt: skip
             if batch.entries:
                 db.executemany(
                     "INSERT INTO txns (seq, body) VALUES (?, ?)",
@@ -400,19 +402,19 @@ class SQLiteBackend:
                     "INSERT OR REPLACE INTO node_meta (name, value) VALUES (?, ?)", batch.meta.items()
                 )
             tally = batch.tally
-            db.executemany(
-                "INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)",
+            insert_rows(
+                db, "INSERT OR REPLACE INTO meta (name, value)", 2,
                 [
                     ("seq", str(tally.seq)),
                     ("live", str(tally.live)),
                     ("hlc", str(tally.clock_high)),
                     ("floor", str(tally.floor)),
                 ],
-            )
-            db.executemany(
-                "INSERT OR REPLACE INTO digest (bucket, hash) VALUES (?, ?)",
+            )  # fmt: skip
+            insert_rows(
+                db, "INSERT OR REPLACE INTO digest (bucket, hash)", 2,
                 [(b, h.to_bytes(16, "big")) for b, h in batch.buckets.items()],
-            )
+            )  # fmt: skip
             db.execute("COMMIT")
         except BaseException:
             # A failed COMMIT (disk full, I/O error) leaves the transaction open; roll it back so
@@ -422,19 +424,6 @@ class SQLiteBackend:
                     db.execute("ROLLBACK")
             raise
         return batch
-
-    @staticmethod
-    def _lookup(db: sqlite3.Connection, keys: Collection[str]) -> Stored:
-        """The stored (live, version, expires) of each of `keys` that exists."""
-        found: Stored = {}
-        pending = list(keys)
-        for start in range(0, len(pending), LOOKUP_CHUNK):
-            chunk = pending[start : start + LOOKUP_CHUNK]
-            marks = ",".join("?" * len(chunk))
-            sql = f"SELECT key, value IS NOT NULL, version, expires FROM kv WHERE key IN ({marks})"
-            for key, live, version, expires in db.execute(sql, chunk):
-                found[key] = (bool(live), version, expires)
-        return found
 
     def _wal_size(self) -> int:
         try:

@@ -26,8 +26,9 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 ) WITHOUT ROWID;
 """
 
-UPSERT = """
-INSERT INTO kv (key, value, version, seq, expires, txn) VALUES (?, ?, ?, ?, ?, ?)
+# Rows go in as `UPSERT_HEAD VALUES (...), (...) UPSERT_TAIL` (sqlite_rows.insert_rows).
+UPSERT_HEAD = "INSERT INTO kv (key, value, version, seq, expires, txn)"
+UPSERT_TAIL = """
 ON CONFLICT (key) DO UPDATE SET value = excluded.value, version = excluded.version,
     seq = excluded.seq, expires = excluded.expires, txn = excluded.txn
 """
