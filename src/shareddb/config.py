@@ -125,6 +125,13 @@ SETTINGS: tuple[Setting, ...] = (
         "Watch streams and peers' long polls are answers in progress, never idle.",
     ),
     Setting(
+        "--copy-chunk",
+        "20000",
+        "Records per chunk when this node copies a peer's whole data set (on joining, or when it "
+        "is too far behind the peer's changes feed); each chunk is one commit and one step of the "
+        "copy's resumable position.",
+    ),
+    Setting(
         "--max-connections",
         "the open-files limit - 128",
         "Most client connections open at once. Past it, the connection that has waited longest "
@@ -160,3 +167,4 @@ class Settings:
     body_timeout: float = 30.0
     idle_timeout: float = 75.0
     max_connections: int | None = None  # None: derived from the open-files limit
+    copy_chunk: int = 20_000
