@@ -43,6 +43,7 @@ log = logging.getLogger("shareddb.replication")
 
 MAX_CHUNK = 100_000  # records per chunk a source serves at most
 PREFETCH = 2  # chunks received ahead of the one being applied
+DEFER_PAUSE = 1.0  # seconds before asking again a peer that is copying itself
 # A node this many changes (and more than half the feed) behind a peer copies instead of reading
 # the feed: the compacted feed serves at most one change per key, but a copy serves them faster.
 COPY_BEHIND = 50_000
@@ -50,6 +51,10 @@ COPY_BEHIND = 50_000
 
 class CopyRefused(PeerError):
     """The peer does not serve bulk copies (its store cannot): read its feed instead."""
+
+
+class CopyDeferred(PeerError):
+    """The peer is copying a data set itself (it answered 503): ask again in a while."""
 
 
 class CopyBusy(Exception):
@@ -330,6 +335,7 @@ class Copier:
         self._wanted: dict[str, CopyPosition | None] = {}  # peer -> where to resume (None: start)
         self._looked: set[str] = set()  # peers whose stored position was read
         self._refused: set[str] = set()  # peers that do not serve copies
+        self._deferred: set[str] = set()  # peers found copying themselves (logged once)
         self._lock = asyncio.Lock()
 
     @property
@@ -370,6 +376,12 @@ class Copier:
             frames = _prefetch(self.transport_copy(url, request), PREFETCH)
             try:
                 return await self._copy(url, peer, position, frames)
+            except CopyDeferred:
+                if peer not in self._deferred:
+                    self._deferred.add(peer)
+                    log.info("%s is copying a data set itself: copying from it later", url)
+                await asyncio.sleep(DEFER_PAUSE)
+                return None
             except CopyRefused as exc:
                 log.info("%s does not serve a bulk copy (%s): reading its changes feed", url, exc)
                 self._refused.add(peer)

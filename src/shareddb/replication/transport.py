@@ -180,7 +180,7 @@ class HttpTransport:
     async def copy(self, url: str, request: CopyRequest) -> AsyncGenerator[Frame, None]:
         """GET /v1/peer/copy, its frames decoded as they arrive: a chunk is held once, as it is
         read, never the whole answer."""
-        from shareddb.replication.copy import CopyRefused, decode_frame
+        from shareddb.replication.copy import CopyDeferred, CopyRefused, decode_frame
 
         params = {
             "after": request.after,
@@ -201,6 +201,8 @@ class HttpTransport:
                         raise PeerRemoved(_message(body))
                     if response.status in (404, 501):  # an older node, or a store without copies
                         raise CopyRefused(f"{target} answered {response.status}")
+                    if response.status == 503:
+                        raise CopyDeferred(_message(body))
                     raise PeerError(f"{target} answered {response.status}: {body[:200]!r}")
                 content = response.content
                 while line := await content.readline():
