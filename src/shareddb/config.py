@@ -125,17 +125,17 @@ SETTINGS: tuple[Setting, ...] = (
         "Watch streams and peers' long polls are answers in progress, never idle.",
     ),
     Setting(
+        "--max-connections",
+        "the open-files limit - 128",
+        "Most client connections open at once. Past it, the connection that has waited longest "
+        "for a request head is closed to make room; when all are busy, a new one gets 503.",
+    ),
+    Setting(
         "--copy-chunk",
         "20000",
         "Records per chunk when this node copies a peer's whole data set (on joining, or when it "
         "is too far behind the peer's changes feed); each chunk is one commit and one step of the "
         "copy's resumable position.",
-    ),
-    Setting(
-        "--max-connections",
-        "the open-files limit - 128",
-        "Most client connections open at once. Past it, the connection that has waited longest "
-        "for a request head is closed to make room; when all are busy, a new one gets 503.",
     ),
 )
 
