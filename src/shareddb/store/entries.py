@@ -91,8 +91,7 @@ def copy_unit(
         return []
     changes = serve_entry(txn, 0, items_of, row_of)
     served.add(txn)
-    served.update(c.txn for c in changes)
-    # Every entry served along with it covers rows of this unit: those rows are not met again.
+    # The entries served along with it (they cover rows of this unit) are not served again either.
     for change in changes:
         found = row_of(change.record.key)
         if found is not None and found[4]:
