@@ -24,8 +24,9 @@ from shareddb.replication.copy import (
     encode_frame,
     read_frames,
     serve_copy,
+    wants_copy,
 )
-from shareddb.replication.transport import PeerError
+from shareddb.replication.transport import PeerError, PullReply
 from shareddb.store.base import Checkpoint, CopyPosition, Store
 from shareddb.store.memory import MemoryData, MemoryStore
 from shareddb.store.plan import BulkLoad, MergePlan, Tally, plan_batch
@@ -274,3 +275,23 @@ async def test_a_source_that_left_the_cluster_is_not_copied(
     assert await copier.run(SOURCE_URL, "src") is None
     assert await target.get("k") is None
     assert not await copier.pending("src")
+
+
+def reply(last_seq: int, until: int, floor: int = 0, instance: str = "i1") -> PullReply:
+    return PullReply("src", instance, until, last_seq, [], [], floor=floor)
+
+
+def test_a_node_copies_a_peer_it_has_nothing_of_only_when_one_page_did_not_bring_it_all() -> None:
+    assert wants_copy(reply(100, 4), None)
+    assert not wants_copy(reply(4, 4), None)
+    assert wants_copy(reply(100, 4), Checkpoint("src", "i0", 50))  # the peer's store is new
+    assert not wants_copy(reply(100, 100), Checkpoint("src", "i0", 50))
+
+
+def test_a_node_copies_a_peer_below_its_feed_floor_or_far_behind_it() -> None:
+    assert wants_copy(reply(100, 60, floor=40), Checkpoint("src", "i1", 30))
+    assert not wants_copy(reply(100, 60, floor=30), Checkpoint("src", "i1", 30))
+    assert not wants_copy(reply(1_000_000, 900_000), Checkpoint("src", "i1", 895_000))
+    assert not wants_copy(reply(1_000_000, 600_000), Checkpoint("src", "i1", 595_000))
+    assert wants_copy(reply(1_000_000, 5_000), Checkpoint("src", "i1", 0))
+    assert wants_copy(reply(101_000, 6_000), Checkpoint("src", "i1", 1_000))
