@@ -55,6 +55,10 @@ from shareddb.store.writer_thread import WriterThread
 log = logging.getLogger("shareddb.store")
 
 LOOKUP_CHUNK = 500
+RANGE_LOOKUP = 2000  # keys of a batch from which a lookup tries one range read (see _lookup)
+RANGE = """
+SELECT key, value IS NOT NULL, version, expires FROM kv WHERE key >= ? AND key <= ? ORDER BY key LIMIT ?
+"""
 BUSY_TIMEOUT_MS = 10_000
 # Checkpoints (copying the WAL back into the database file, with an fsync of its own) run on a
 # thread of their own, so a commit never waits for one. Past WAL_LIMIT the writer checkpoints
@@ -475,6 +479,16 @@ class SQLiteBackend:
     def _lookup(db: sqlite3.Connection, keys: Collection[str]) -> Stored:
         """The stored (live, version, expires) of each of `keys` that exists."""
         found: Stored = {}
+        if len(keys) >= RANGE_LOOKUP and isinstance(keys, set | frozenset):
+            # Many keys (a chunk of a bulk copy: a run of neighbouring keys): one read along the
+            # key index from the least to the greatest, unless that range holds many other keys.
+            low, high = min(keys), max(keys)
+            rows = db.execute(RANGE, (low, high, 2 * len(keys) + 1)).fetchall()
+            if len(rows) <= 2 * len(keys):
+                for key, live, version, expires in rows:
+                    if key in keys:
+                        found[key] = (bool(live), version, expires)
+                return found
         pending = list(keys)
         for start in range(0, len(pending), LOOKUP_CHUNK):
             chunk = pending[start : start + LOOKUP_CHUNK]
