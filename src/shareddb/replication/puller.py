@@ -231,6 +231,9 @@ class Replicator:
         if peer_id and await self.copier.pending(peer_id):
             try:
                 copied = await self.copier.run(url, peer_id)
+            except PeerRemoved:
+                await self._removed(url)
+                raise
             finally:
                 self.skewed += self.copier.skewed
                 self.copier.skewed = 0
