@@ -25,7 +25,7 @@ from tests.cluster.replication_helpers import (
     seeded_rng,
     wait_converged,
 )
-from tests.harness import NodeProcess, wait_for
+from tests.harness import NodeProcess, running_redis, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -98,3 +98,21 @@ def test_joining_node_killed_half_way_through_its_copy_resumes_and_misses_nothin
     assert read(b, "k00000-new") == read(a, "k00000-new")
     assert read(b, "zzz-new") == read(a, "zzz-new")
     assert copied(b) == KEYS - len(set(deleted) | {"k00001"}) + 2
+
+
+def test_redis_backed_node_copies_from_a_sqlite_node_and_is_read_through_its_feed(
+    start_node: StartNode, tmp_path: Path
+) -> None:
+    """Invariant 2: all nodes that can reach each other converge to identical digests. A node on
+    Redis copies in bulk like any other (its chunks are Redis script calls); it serves no copy
+    itself (501), so a node joining through it reads its changes feed instead."""
+    (tmp_path / "a").mkdir()
+    asyncio.run(fill(tmp_path / "a", "a", 300))
+    a = start_node("a")
+    with running_redis(tmp_path / "redis", aof=True) as redis:
+        r = start_node("r", "--store", redis.url(0), "--peers", a.url, "--copy-chunk", str(CHUNK))
+        wait_for(lambda: "copied 300 records" in r.logs() or None, 30.0, "r's copy", [a, r], POLL)
+        c = start_node("c", "--peers", r.url, "--copy-chunk", str(CHUNK))
+        wait_converged([a, r, c])
+        wait_for(lambda: "does not serve a bulk copy" in c.logs() or None, 30.0, "c to ask r", [c], POLL)
+        assert "copying the data set of r" not in c.logs()
