@@ -138,6 +138,13 @@ SETTINGS: tuple[Setting, ...] = (
         "answer GET /v1/kv/{key} and /nodes/get from the store and hand every other request to "
         "the node process. Needs a store other processes can read (sqlite, redis://).",
     ),
+    Setting(
+        "--copy-chunk",
+        "20000",
+        "Records per chunk when this node copies a peer's whole data set (on joining, or when it "
+        "is too far behind the peer's changes feed); each chunk is one commit and one step of the "
+        "copy's resumable position.",
+    ),
 )
 
 
@@ -169,3 +176,4 @@ class Settings:
     idle_timeout: float = 75.0
     max_connections: int | None = None  # None: derived from the open-files limit
     workers: int | None = None  # None: chosen for the machine (workers.default_workers)
+    copy_chunk: int = 20_000

@@ -9,7 +9,7 @@
 /v1/snapshot                                 backup and restore               (snapshot.py)
 /ui, /ui/{file}                              the dashboard, public files      (ui.py)
 /metrics                                     Prometheus metrics               (metrics.py)
-/v1/peer/changes, /v1/peer/join              replication, peers only          (peer.py)
+/v1/peer/changes|copy, /v1/peer/join          replication, peers only          (peer.py)
 
 Each route declares the role that may call it; access.py decides (401/403) before the handler runs.
 """
