@@ -229,14 +229,16 @@ class SQLiteBackend:
         records: list[Record] = await self._in_reader(self._scan_rows, prefix, after, limit, now)
         return records
 
-    async def expiring(self) -> list[Expiring]:
-        found: list[Expiring] = await self._in_reader(self._expiring_rows)
+    async def expiring(self, after: int, limit: int) -> list[Expiring]:
+        found: list[Expiring] = await self._in_reader(self._expiring_rows, after, limit)
         return found
 
-    def _expiring_rows(self) -> list[Expiring]:
+    def _expiring_rows(self, after: int, limit: int) -> list[Expiring]:
         assert self._scan is not None
         rows = self._scan.execute(
-            "SELECT key, version, expires FROM kv WHERE expires IS NOT NULL AND value IS NOT NULL"
+            "SELECT key, version, expires FROM kv WHERE expires > ? AND value IS NOT NULL "
+            "ORDER BY expires LIMIT ?",
+            (after, limit),
         )
         found: list[Expiring] = rows.fetchall()
         return found
