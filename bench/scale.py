@@ -62,7 +62,9 @@ class Size:
     url: str = ""
     memory_file: Path = Path()
     get: list[WrkResult] = field(default_factory=list)
+    get_cpu_us: list[float] = field(default_factory=list)  # the node's CPU per GET, per round
     listing: list[WrkResult] = field(default_factory=list)
+    list_cpu_us: list[float] = field(default_factory=list)
     digest_ms: list[float] = field(default_factory=list)
     count: int = 0
     memory: dict[str, int] = field(default_factory=dict)
@@ -120,8 +122,11 @@ def measure(sizes: list[Size], options: WrkOptions, rounds: int, digests: int) -
         run_wrk(size.url, "scale_get.lua", [str(size.keys)], warm)
     for r in range(rounds):
         for size in sizes if r % 2 == 0 else reversed(sizes):
-            size.get.append(run_wrk(size.url, "scale_get.lua", [str(size.keys)], options))
-            size.listing.append(run_wrk(size.url, "scale_list.lua", [str(size.keys)], options))
+            for script, results, cpu in (
+                ("scale_get.lua", size.get, size.get_cpu_us),
+                ("scale_list.lua", size.listing, size.list_cpu_us),
+            ):
+                results.append(timed(size, script, options, cpu))
             print(
                 f"round {r + 1}: {size.keys:>10,} keys  GET p99 {size.get[-1].p99_ms:6.2f} ms  "
                 f"list p99 {size.listing[-1].p99_ms:6.2f} ms",
@@ -132,6 +137,16 @@ def measure(sizes: list[Size], options: WrkOptions, rounds: int, digests: int) -
         if size.count != size.keys:
             raise SystemExit(f"{size.url}: /v1/digest counts {size.count}, not {size.keys}")
         size.memory = memory_of(size)
+
+
+def timed(size: Size, script: str, options: WrkOptions, cpu_us: list[float]) -> WrkResult:
+    """One wrk run against the node of `size`; its CPU time per request goes to `cpu_us`."""
+    assert size.server is not None
+    before = size.server.cpu_seconds() or 0.0
+    result = run_wrk(size.url, script, [str(size.keys)], options)
+    used = (size.server.cpu_seconds() or 0.0) - before
+    cpu_us.append(used / max(result.requests, 1) * 1e6)
+    return result
 
 
 def time_digests(url: str, requests: int) -> tuple[list[float], int]:
@@ -180,8 +195,10 @@ def print_report(sizes: list[Size], options: WrkOptions, args: argparse.Namespac
     base_list = median_of(base.listing, "p99_ms")
     print()
     print(
-        f"{'keys':>11} {'load s':>7} {'open s':>7} {'GET/s':>7} {'GET p50':>8} {'GET p99':>8} "
-        f"{'x base':>6} {'list p99':>9} {'x base':>6} {'digest p99':>10} {'RssAnon':>8} "
+        f"{'keys':>11} {'load s':>7} {'open s':>7} {'GET/s':>7} {'CPU us':>6} {'x base':>6} "
+        f"{'GET p50':>8} {'GET p99':>8} "
+        f"{'x base':>6} {'list p99':>9} {'x base':>6} {'CPU us':>6} {'x base':>6} "
+        f"{'digest p99':>10} {'RssAnon':>8} "
         f"{'SQLite':>7} {'rest':>7} {'B/key':>6} {'B/key+':>6} {'VmHWM':>7}"
     )
     for size in sizes:
@@ -191,16 +208,21 @@ def print_report(sizes: list[Size], options: WrkOptions, args: argparse.Namespac
         growth = "-" if size is base else f"{(rest - beyond_sqlite(base)) / (size.keys - base.keys):.1f}"
         print(
             f"{size.keys:>11,} {size.load_seconds:>7.1f} {size.open_seconds:>7.1f} "
-            f"{median_of(size.get, 'rps'):>7,.0f} {median_of(size.get, 'p50_ms'):>6.2f}ms "
+            f"{median_of(size.get, 'rps'):>7,.0f} {statistics.median(size.get_cpu_us):>6.1f} "
+            f"{statistics.median(size.get_cpu_us) / statistics.median(base.get_cpu_us):>6.2f} "
+            f"{median_of(size.get, 'p50_ms'):>6.2f}ms "
             f"{get99:>6.2f}ms {get99 / base_get:>6.2f} {list99:>7.2f}ms {list99 / base_list:>6.2f} "
+            f"{statistics.median(size.list_cpu_us):>6.0f} "
+            f"{statistics.median(size.list_cpu_us) / statistics.median(base.list_cpu_us):>6.2f} "
             f"{p(size.digest_ms, 0.99):>8.2f}ms {size.memory['RssAnon'] / MB:>6.1f}MB "
             f"{size.memory['sqlite_used'] / MB:>5.1f}MB {rest / MB:>5.1f}MB "
             f"{rest / size.keys:>6.1f} {growth:>6} {size.memory['VmHWM'] / MB:>5.0f}MB"
         )
     print(
         f"\nwrk: {options.threads} threads, {options.connections} connections, {options.seconds} s "
-        f"x {args.rounds} rounds (medians), random keys over the whole set; x base: p99 over that "
-        f"of {base.keys:,} keys.\nSQLite: what SQLite has allocated (page caches: cache_size "
+        f"x {args.rounds} rounds (medians), random keys over the whole set; CPU us: the node's "
+        f"CPU time per request (steady on a busy machine, where p99 is not); x base: over the "
+        f"figure of {base.keys:,} keys.\nSQLite: what SQLite has allocated (page caches: cache_size "
         f"-65536 on the writer, the default -2000 on each reader); rest = RssAnon - SQLite; "
         f"B/key = rest / keys; B/key+ = growth of rest per key added since {base.keys:,}.\n"
         f"load = direct load into the store (bench/scale_load.py, 0 when reused); open = spawn "
@@ -218,6 +240,8 @@ def save(sizes: list[Size], args: argparse.Namespace) -> None:
                 "load_seconds": size.load_seconds,
                 "open_seconds": size.open_seconds,
                 "get": [asdict(r) for r in size.get],
+                "get_cpu_us": size.get_cpu_us,
+                "list_cpu_us": size.list_cpu_us,
                 "listing": [asdict(r) for r in size.listing],
                 "digest_ms": size.digest_ms,
                 "memory": size.memory,
