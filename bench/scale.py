@@ -198,7 +198,7 @@ def print_report(sizes: list[Size], options: WrkOptions, args: argparse.Namespac
         f"{'keys':>11} {'load s':>7} {'open s':>7} {'GET/s':>7} {'CPU us':>6} {'x base':>6} "
         f"{'GET p50':>8} {'GET p99':>8} "
         f"{'x base':>6} {'list p99':>9} {'x base':>6} {'CPU us':>6} {'x base':>6} "
-        f"{'digest p99':>10} {'RssAnon':>8} "
+        f"{'digest p50/p99':>14} {'RssAnon':>8} "
         f"{'SQLite':>7} {'rest':>7} {'B/key':>6} {'B/key+':>6} {'VmHWM':>7}"
     )
     for size in sizes:
@@ -214,7 +214,8 @@ def print_report(sizes: list[Size], options: WrkOptions, args: argparse.Namespac
             f"{get99:>6.2f}ms {get99 / base_get:>6.2f} {list99:>7.2f}ms {list99 / base_list:>6.2f} "
             f"{statistics.median(size.list_cpu_us):>6.0f} "
             f"{statistics.median(size.list_cpu_us) / statistics.median(base.list_cpu_us):>6.2f} "
-            f"{p(size.digest_ms, 0.99):>8.2f}ms {size.memory['RssAnon'] / MB:>6.1f}MB "
+            f"{p(size.digest_ms, 0.5):>5.2f}/{p(size.digest_ms, 0.99):>6.2f}ms "
+            f"{size.memory['RssAnon'] / MB:>6.1f}MB "
             f"{size.memory['sqlite_used'] / MB:>5.1f}MB {rest / MB:>5.1f}MB "
             f"{rest / size.keys:>6.1f} {growth:>6} {size.memory['VmHWM'] / MB:>5.0f}MB"
         )
