@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install run test test-fast lint format bench bench-replication sim chaos crash soak fuzz screenshot clean
+.PHONY: install run test test-fast lint format bench bench-replication bench-scale-keys sim chaos crash soak fuzz screenshot clean
 
 install: $(VENV)/.installed
 
@@ -42,6 +42,11 @@ bench: install
 
 bench-replication: install
 	$(BIN)/python bench/replication.py $(ARGS)
+
+# One node at 10k, 100k and 1M keys (ARGS="--keys 10000,100000,1000000,10000000" adds 10M, which
+# needs about 3 GB of disk): memory per key, GET, listing and digest latency.
+bench-scale-keys: install
+	$(BIN)/python bench/scale.py $(ARGS)
 
 # Fault testing (see "Guarantees and how we test them" in the README). SEEDS is how many runs,
 # SEED replays one run. DURATION is seconds: 60 for chaos, 120 for soak unless given.

@@ -37,7 +37,7 @@ from shareddb.forward import Forwarder
 from shareddb.record import Record
 from shareddb.server import MAX_REQUEST_LINE, SHUTDOWN_TIMEOUT, _limits, _Site
 from shareddb.store.base import StoreUnavailable
-from shareddb.store.sqlite import BUSY_TIMEOUT_MS, sqlite_path
+from shareddb.store.sqlite import BUSY_TIMEOUT_MS, POINT_MMAP_BYTES, sqlite_path
 from shareddb.tls import node_contexts
 from shareddb.tokens import Role
 from shareddb.workers import READY
@@ -65,7 +65,7 @@ class SQLiteReader:
         path = sqlite_path(settings.data).resolve()
         self._db = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, isolation_level=None)
         self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        self._db.execute("PRAGMA mmap_size = 268435456")
+        self._db.execute(f"PRAGMA mmap_size = {POINT_MMAP_BYTES}")
 
     async def get(self, key: str) -> Record | None:
         try:

@@ -6,14 +6,17 @@ from collections import OrderedDict
 
 from shareddb.record import Record
 
-CACHE_BYTES = 64 * 1024 * 1024
+# A node's memory beyond SQLite's is this and about 50 MiB of its own, whatever the number of keys
+# (docs/operations.md, "Sizing"): a million keys cost no more than 100 bytes each of it.
+CACHE_BYTES = 32 * 1024 * 1024
 CACHE_VALUE_BYTES = 64 * 1024  # larger values are always read from the store
-# What one cached record costs beyond its text: the Record, its strings' headers, the dict slot.
-RECORD_OVERHEAD = 450
+# What one cached record costs beyond its text: the Record, its strings' headers, the ordered
+# dict's slot and link (measured with tracemalloc: tests/unit/test_record_cache.py).
+RECORD_OVERHEAD = 330
 
 
 def _size(record: Record) -> int:
-    return len(record.key) + len(record.value or "") + RECORD_OVERHEAD
+    return len(record.key) + len(record.value or "") + len(record.version) + RECORD_OVERHEAD
 
 
 class RecordCache:

@@ -148,13 +148,14 @@ class MemoryBackend:
         found.sort(key=lambda record: record.key)
         return found[: max(limit, 0)]
 
-    async def expiring(self) -> list[Expiring]:
+    async def expiring(self, after: int, limit: int) -> list[Expiring]:
         rows = (await self._now()).rows
-        return [
+        found = [
             (key, version, expires)
             for key, (value, version, _, expires, _) in rows.items()
-            if value is not None and expires is not None
+            if value is not None and expires is not None and expires > after
         ]
+        return sorted(found, key=lambda item: item[2])[:limit]
 
     async def changes_since(self, seq: int, limit: int, max_bytes: int | None) -> FeedPage:
         now = await self._now()

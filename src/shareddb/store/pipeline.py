@@ -147,9 +147,11 @@ class Backend(Protocol):
         """Live records under `prefix` after `after`, by key, leaving out those expired by `now`."""
         ...
 
-    async def expiring(self) -> list[Expiring]:
-        """(key, version, expires) of every stored value that has an expiry (read once, when the
-        store opens; the values themselves are not needed)."""
+    async def expiring(self, after: int, limit: int) -> list[Expiring]:
+        """(key, version, expires) of up to `limit` stored values whose expiry is after `after`
+        (ms), soonest first; fewer than `limit` only when there are no more. The pipeline reads
+        them a page at a time into its bounded window (store/expiry.py), at open and as the
+        clock moves on; the values themselves are not needed."""
         ...
 
     async def changes_since(self, seq: int, limit: int, max_bytes: int | None) -> FeedPage: ...
@@ -208,7 +210,7 @@ class PipelineStore:
     async def open(self) -> None:
         await self._backend.open()
         try:
-            self._expiry.load(await self._backend.expiring())
+            await self._expiry.fill(self._backend.expiring, self._now())
         except BaseException:
             await self._backend.close()
             raise
@@ -422,7 +424,7 @@ class PipelineStore:
         self._note_cannot_write(None)
         self._generation += 1
         self._cache.committed(written.accepted)
-        self._expiry.committed(written.accepted)
+        self._expiry.committed(written.accepted, self._now())
         for future, result in zip(futures, written.results, strict=True):
             if not future.done():
                 future.set_result(result)
@@ -432,6 +434,8 @@ class PipelineStore:
         """Turn up to EXPIRE_CHUNK values whose expiry the clock has passed into tombstones of
         their own versions (never new ones: docs/design.md, "Expiry"). Answers how many."""
         now = self._now()
+        if self._expiry.needs_fill(now):  # the store holds values the window does not yet
+            await self._expiry.fill(self._backend.expiring, now)
         due = self._expiry.due(now, EXPIRE_CHUNK)
         if not due:
             return 0

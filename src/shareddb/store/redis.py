@@ -317,21 +317,21 @@ class RedisBackend:
         raw = await self._command("HGET", self._keys.node, name.encode("utf-8", ENCODING_ERRORS))
         return None if raw is None else bytes(raw).decode("utf-8")
 
-    async def expiring(self) -> list[Expiring]:
-        """Read in pages, when the store opens (nothing writes meanwhile)."""
+    async def expiring(self, after: int, limit: int) -> list[Expiring]:
         found: list[Expiring] = []
         offset = 0
-        while True:
+        while len(found) < limit:
             flat = await self._read_script(
-                BY_SCORE, [self._keys.exp, self._keys.rec], ["-inf", "+inf", offset, CHUNK]
+                BY_SCORE, [self._keys.exp, self._keys.rec], [f"({after}", "+inf", offset, CHUNK]
             )
             for i in range(0, len(flat), 3):
                 record = decode_record(bytes(flat[i]).decode("utf-8"), flat[i + 2])
                 if record.value is not None and record.expires is not None:
                     found.append((record.key, record.version, record.expires))
             if len(flat) < 3 * CHUNK:
-                return found
+                break
             offset += CHUNK
+        return found[:limit]
 
     async def scan(self, prefix: str, after: str | None, limit: int, now: int) -> list[Record]:
         if limit <= 0:

@@ -1,0 +1,257 @@
+"""Memory and latency as one node's data set grows: 10k, 100k, 1M (and 10M) keys.
+
+For each key count N, a node's SQLite store is filled directly with N keys of 100-byte values
+(bench/scale_load.py: the node's own schema and tally code, rows by `executemany`), then one
+`shareddb serve` per store is started, all at once, and measured in the same command:
+
+- load: the time the direct load took; open: from the node's spawn until it listens (the start-up
+  integrity check reads the whole file);
+- GET p50/p99 of random keys over the whole data set (wrk, bench/scripts/scale_get.lua), and the
+  ratio of its p99 to that of the smallest N;
+- a listing page, `GET /v1/kv?prefix=k&limit=100&after=K` from a random key (scale_list.lua);
+- `/v1/digest` (count and digest), timed one request at a time;
+- memory after those: RssAnon (the process's own memory), SQLite's share of it (what SQLite has
+  allocated: its page caches, read by bench/scale_node.py inside the node), and what is left,
+  Python's, per key; plus VmRSS and VmHWM, which also count the memory-mapped database file.
+
+The wrk runs alternate between the nodes, round after round (forward, backward, ...), so a change
+in the machine's load hits every N alike; each figure is the median over the rounds. Run by hand
+or with `make bench-scale-keys` (ARGS="--keys 10000,100000,1000000,10000000" adds 10M; see
+bench/README.md, "Keys at scale").
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    # Run as `python bench/scale.py`: import bench and tests from the checkout.
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+import orjson
+from tests.harness.procfs import status_bytes
+
+from bench.processes import Fleet, ServerProcess
+from bench.scale_load import load
+from bench.wrk import WrkOptions, WrkResult, run_wrk
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "scale.json"
+DEFAULT_KEYS = (10_000, 100_000, 1_000_000)
+OPEN_TIMEOUT_PER_MILLION = 30.0  # seconds of start-up allowed per million keys (and 30 s more)
+MB = 1024 * 1024
+
+
+@dataclass(slots=True)
+class Size:
+    """One key count: its store, its node and what was measured of it."""
+
+    keys: int
+    data: Path
+    load_seconds: float = 0.0
+    open_seconds: float = 0.0
+    server: ServerProcess | None = None
+    url: str = ""
+    memory_file: Path = Path()
+    get: list[WrkResult] = field(default_factory=list)
+    get_cpu_us: list[float] = field(default_factory=list)  # the node's CPU per GET, per round
+    listing: list[WrkResult] = field(default_factory=list)
+    list_cpu_us: list[float] = field(default_factory=list)
+    digest_ms: list[float] = field(default_factory=list)
+    count: int = 0
+    memory: dict[str, int] = field(default_factory=dict)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--keys", default=",".join(map(str, DEFAULT_KEYS)), help="key counts")
+    parser.add_argument("--seconds", type=int, default=5, help="per wrk run")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--digests", type=int, default=200, help="/v1/digest requests timed")
+    parser.add_argument(
+        "--data", type=Path, help="keep the stores here (reused by a later run) instead of a temp dir"
+    )
+    args = parser.parse_args(argv)
+    counts = sorted({int(k) for k in args.keys.split(",")})
+    options = WrkOptions(connections=args.connections, seconds=args.seconds)
+    with tempfile.TemporaryDirectory(prefix="shareddb-scale-") as tmp:
+        root = args.data or Path(tmp)
+        sizes = [Size(n, root / f"keys-{n}") for n in counts]
+        fleet = Fleet()
+        try:
+            for size in sizes:
+                loaded = load(size.data, "scale", size.keys)
+                size.load_seconds = loaded.seconds if loaded.added else 0.0
+                print(f"{size.keys:>10,} keys loaded in {loaded.seconds:.1f} s", flush=True)
+            for size in sizes:
+                start(fleet, size, root)
+            measure(sizes, options, args.rounds, args.digests)
+        finally:
+            fleet.close()
+    print_report(sizes, options, args)
+    save(sizes, args)
+    return 0
+
+
+def start(fleet: Fleet, size: Size, root: Path) -> None:
+    size.memory_file = root / f"keys-{size.keys}.sqlite-memory"
+    cmd = [
+        *(sys.executable, str(HERE / "scale_node.py"), str(size.memory_file)),
+        *("serve", "--host", "127.0.0.1", "--port", "0", "--data", str(size.data)),
+    ]
+    server = fleet.start(f"node-{size.keys}", cmd, root / f"keys-{size.keys}.log")
+    port = server.wait_listening(30 + OPEN_TIMEOUT_PER_MILLION * size.keys / 1e6)
+    size.open_seconds = time.monotonic() - server.spawned_at
+    size.server = server
+    size.url = f"http://127.0.0.1:{port}"
+    print(f"{size.keys:>10,} keys: node listening after {size.open_seconds:.1f} s", flush=True)
+
+
+def measure(sizes: list[Size], options: WrkOptions, rounds: int, digests: int) -> None:
+    warm = WrkOptions(options.threads, options.connections, 1, options.timeout_seconds)
+    for size in sizes:
+        run_wrk(size.url, "scale_get.lua", [str(size.keys)], warm)
+    for r in range(rounds):
+        for size in sizes if r % 2 == 0 else reversed(sizes):
+            for script, results, cpu in (
+                ("scale_get.lua", size.get, size.get_cpu_us),
+                ("scale_list.lua", size.listing, size.list_cpu_us),
+            ):
+                results.append(timed(size, script, options, cpu))
+            print(
+                f"round {r + 1}: {size.keys:>10,} keys  GET p99 {size.get[-1].p99_ms:6.2f} ms  "
+                f"list p99 {size.listing[-1].p99_ms:6.2f} ms",
+                flush=True,
+            )
+    for size in sizes:
+        size.digest_ms, size.count = time_digests(size.url, digests)
+        if size.count != size.keys:
+            raise SystemExit(f"{size.url}: /v1/digest counts {size.count}, not {size.keys}")
+        size.memory = memory_of(size)
+
+
+def timed(size: Size, script: str, options: WrkOptions, cpu_us: list[float]) -> WrkResult:
+    """One wrk run against the node of `size`; its CPU time per request goes to `cpu_us`."""
+    assert size.server is not None
+    before = size.server.cpu_seconds() or 0.0
+    result = run_wrk(size.url, script, [str(size.keys)], options)
+    used = (size.server.cpu_seconds() or 0.0) - before
+    cpu_us.append(used / max(result.requests, 1) * 1e6)
+    return result
+
+
+def time_digests(url: str, requests: int) -> tuple[list[float], int]:
+    """Milliseconds per `GET /v1/digest`, one at a time on one connection; and the count."""
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    times = []
+    count = 0
+    try:
+        for _ in range(requests):
+            started = time.perf_counter()
+            conn.request("GET", "/v1/digest")
+            body = conn.getresponse().read()
+            times.append((time.perf_counter() - started) * 1000)
+            count = int(orjson.loads(body)["count"])
+    finally:
+        conn.close()
+    return times, count
+
+
+def memory_of(size: Size) -> dict[str, int]:
+    assert size.server is not None
+    pid = size.server.pid
+    found = {f: status_bytes(pid, f) or 0 for f in ("RssAnon", "RssFile", "VmRSS", "VmHWM")}
+    used, high = (int(x) for x in size.memory_file.read_text().split())
+    return {**found, "sqlite_used": used, "sqlite_highwater": high}
+
+
+def p(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def median_of(results: list[WrkResult], name: str) -> float:
+    return float(statistics.median(getattr(r, name) for r in results))
+
+
+def beyond_sqlite(size: Size) -> int:
+    """RssAnon less what SQLite holds: Python's memory (and the libraries')."""
+    return size.memory["RssAnon"] - size.memory["sqlite_used"]
+
+
+def print_report(sizes: list[Size], options: WrkOptions, args: argparse.Namespace) -> None:
+    base = sizes[0]
+    base_get = median_of(base.get, "p99_ms")
+    base_list = median_of(base.listing, "p99_ms")
+    print()
+    print(
+        f"{'keys':>11} {'load s':>7} {'open s':>7} {'GET/s':>7} {'CPU us':>6} {'x base':>6} "
+        f"{'GET p50':>8} {'GET p99':>8} "
+        f"{'x base':>6} {'list p99':>9} {'x base':>6} {'CPU us':>6} {'x base':>6} "
+        f"{'digest p50/p99':>14} {'RssAnon':>8} "
+        f"{'SQLite':>7} {'rest':>7} {'B/key':>6} {'B/key+':>6} {'VmHWM':>7}"
+    )
+    for size in sizes:
+        get99 = median_of(size.get, "p99_ms")
+        list99 = median_of(size.listing, "p99_ms")
+        rest = beyond_sqlite(size)
+        growth = "-" if size is base else f"{(rest - beyond_sqlite(base)) / (size.keys - base.keys):.1f}"
+        print(
+            f"{size.keys:>11,} {size.load_seconds:>7.1f} {size.open_seconds:>7.1f} "
+            f"{median_of(size.get, 'rps'):>7,.0f} {statistics.median(size.get_cpu_us):>6.1f} "
+            f"{statistics.median(size.get_cpu_us) / statistics.median(base.get_cpu_us):>6.2f} "
+            f"{median_of(size.get, 'p50_ms'):>6.2f}ms "
+            f"{get99:>6.2f}ms {get99 / base_get:>6.2f} {list99:>7.2f}ms {list99 / base_list:>6.2f} "
+            f"{statistics.median(size.list_cpu_us):>6.0f} "
+            f"{statistics.median(size.list_cpu_us) / statistics.median(base.list_cpu_us):>6.2f} "
+            f"{p(size.digest_ms, 0.5):>5.2f}/{p(size.digest_ms, 0.99):>6.2f}ms "
+            f"{size.memory['RssAnon'] / MB:>6.1f}MB "
+            f"{size.memory['sqlite_used'] / MB:>5.1f}MB {rest / MB:>5.1f}MB "
+            f"{rest / size.keys:>6.1f} {growth:>6} {size.memory['VmHWM'] / MB:>5.0f}MB"
+        )
+    print(
+        f"\nwrk: {options.threads} threads, {options.connections} connections, {options.seconds} s "
+        f"x {args.rounds} rounds (medians), random keys over the whole set; CPU us: the node's "
+        f"CPU time per request (steady on a busy machine, where p99 is not); x base: over the "
+        f"figure of {base.keys:,} keys.\nSQLite: what SQLite has allocated (page caches: cache_size "
+        f"-65536 on the writer, the default -2000 on each reader); rest = RssAnon - SQLite; "
+        f"B/key = rest / keys; B/key+ = growth of rest per key added since {base.keys:,}.\n"
+        f"load = direct load into the store (bench/scale_load.py, 0 when reused); open = spawn "
+        f"to listening (includes the start-up quick_check)."
+    )
+    print("command:", " ".join([sys.executable, *sys.argv]))
+
+
+def save(sizes: list[Size], args: argparse.Namespace) -> None:
+    out: dict[str, Any] = {"command": " ".join([sys.executable, *sys.argv]), "sizes": []}
+    for size in sizes:
+        out["sizes"].append(
+            {
+                "keys": size.keys,
+                "load_seconds": size.load_seconds,
+                "open_seconds": size.open_seconds,
+                "get": [asdict(r) for r in size.get],
+                "get_cpu_us": size.get_cpu_us,
+                "list_cpu_us": size.list_cpu_us,
+                "listing": [asdict(r) for r in size.listing],
+                "digest_ms": size.digest_ms,
+                "memory": size.memory,
+            }
+        )
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_bytes(orjson.dumps(out, option=orjson.OPT_INDENT_2))
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
