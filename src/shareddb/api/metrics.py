@@ -140,7 +140,9 @@ class _NodeCollector:
             "Latest sequence number of this node's changes feed (it never goes backwards).",
             store.last_seq,
         )
-        skewed = node.replicator.skewed if node.replicator else 0
+        skewed = (node.replicator.skewed if node.replicator else 0) + (
+            node.bus.skewed if node.bus else 0
+        )
         yield CounterMetricFamily(
             "shareddb_clock_skew",
             "Received versions more than the drift bound ahead of this node's clock.",
