@@ -22,7 +22,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import nats
@@ -44,29 +43,24 @@ from nats.js.api import (
 
 from shareddb.clock import HybridClock
 from shareddb.membership import Membership
-from shareddb.record import Record, make_origin, named, version_hlc, version_origin
-from shareddb.replication.bus_view import BusAddress, FeedMarks, consumer_name, redact
-from shareddb.replication.transport import PeerError, PullReply, decode_reply, encode_reply
-from shareddb.store.base import Change, Checkpoint, Store, StoreUnavailable
+from shareddb.record import Record, make_origin, version_hlc
+from shareddb.replication.bus_publish import ORIGIN, Publisher
+from shareddb.replication.bus_view import BusAddress, BusState, backoff, consumer_name, redact
+from shareddb.replication.transport import PeerError, decode_reply
+from shareddb.store.base import Checkpoint, Store, StoreUnavailable
 
 log = logging.getLogger("shareddb.bus")
 
-ORIGIN = "Shareddb-Origin"  # header: the publishing node's origin (id~incarnation)
-PUBLISHED = "bus_published"  # node meta: {"stream": instance, "seq": feed position published}
-PUBLISH_PAGE = 5_000  # changes read from the feed at once by the publisher
 FETCH = 512  # messages a consumer applies at once at most
 FETCH_WAIT = 1.0
 MAX_IN_FLIGHT = 2048  # messages the server sends a consumer before it acknowledges
 ACK_WAIT = 10.0  # seconds before the server sends an unacknowledged message again
 HEARTBEAT = 1.0  # seconds between heartbeats (and looks at the stream and consumers)
 HURRY = 0.02  # seconds between looks at the consumers while a write waits for copies
-SAVE_EVERY = 1.0  # seconds between saves of the publisher's position while it is busy
-MIN_BACKOFF = 0.05
-MAX_BACKOFF = 2.0
+PAUSE = 2.0  # seconds before a session that failed is set up again
 DUPLICATE_WINDOW = 120.0  # seconds JetStream remembers message ids
 REQUEST_TIMEOUT = 5.0
 STOP_TIMEOUT = 5.0
-HEADROOM = 4096  # bytes of a message kept for headers and framing below the server's max_payload
 
 
 class StreamReset(Exception):
@@ -74,27 +68,9 @@ class StreamReset(Exception):
     messages): start over, from the positions saved in the store."""
 
 
-class TooLarge(Exception):
-    """One change (or transaction) does not fit in a message of this NATS server."""
-
-
 # Copies the whole data set from the peer at this URL through the join path (the pull path, or
 # the bulk copy where a peer offers it); returns once this node has caught up with that peer.
 CopyFrom = Callable[[str], Awaitable[None]]
-
-
-@dataclass(slots=True)
-class BusState:
-    """What /v1/cluster shows of the bus."""
-
-    connected: bool = False
-    stream_last: int = 0  # the stream's last sequence, as last seen
-    stream_first: int = 0
-    position: int = 0  # the stream sequence this node has applied up to (its checkpoint)
-    published: int = 0  # this node's feed position published up to
-    copying: str | None = None  # the URL of the peer a fallback copy reads, while it runs
-    error: str | None = None  # why the bus is not working, when it is not
-    members: set[str] = field(default_factory=set)  # node ids heard on the bus
 
 
 class Bus:
@@ -124,22 +100,16 @@ class Bus:
         self.copy_from = copy_from
         self.fallback_urls = fallback_urls  # --join and --peers: where a fallback copy may go
         self.state = BusState()
+        self.publisher = Publisher(address, node_id, self.origin, store, membership, self.state)
         membership.bus = True  # members are not pulled: their writes come through the bus
         self.skewed = 0
-        self._marks = FeedMarks()
-        self._origins: set[str] = set()  # origins of the other nodes heard on the bus
         self._instance = ""  # the stream's identity (its creation time)
-        self._last_acked = 0  # greatest stream sequence a publish of ours got
-        # A stream sequence at or below which everything in this node's feed so far is on the
-        # stream: its own writes (published) and the others' (consumed from there).
-        self._covered = 0
         self._hurry_until = 0.0
         self._hurried = asyncio.Event()
         self._reset = False
         self._epoch = 0  # bumped to end the running session's loops
         self._current: asyncio.Task[None] | None = None  # the session running now
         self._failures = 0
-        self._position: int | None = None  # the publisher's, kept across sessions of one stream
         self._task: asyncio.Task[None] | None = None
         self._nc: Client | None = None
         self._running = False
@@ -227,7 +197,7 @@ class Bus:
             self.state.error = f"cannot reach {redact(self.address.server)}: {exc or type(exc)}"
             if self._failures == 1:
                 log.warning("%s; retrying", self.state.error)
-            await asyncio.sleep(_backoff(self._failures))
+            await asyncio.sleep(backoff(self._failures))
             return None
         if self._failures:
             log.info("reached the bus at %s", redact(self.address.server))
@@ -245,7 +215,7 @@ class Bus:
             log.warning("%s; setting up again", self.state.error)
         else:
             log.error("bus failed; setting up again", exc_info=exc)
-        await asyncio.sleep(MAX_BACKOFF)
+        await asyncio.sleep(PAUSE)
 
     async def _on_error(self, exc: Exception) -> None:
         log.debug("bus connection: %s", exc)
@@ -273,14 +243,14 @@ class Bus:
         if _instance(info) != self._instance:
             # Another stream (the first, or one made anew): nothing known of the last holds.
             self._instance = _instance(info)
-            self._position, self._marks, self._last_acked = None, FeedMarks(), 0
+            self.publisher.new_stream(self._instance)
         self._seen(info)
         subscription = await nc.subscribe(self.address.heartbeats, cb=self._heard)
         self.state.error = None
         try:
             async with asyncio.TaskGroup() as group:
                 epoch = self._epoch
-                group.create_task(self._publish_loop(js, info, epoch))
+                group.create_task(self.publisher.run(nc, js, info, lambda: self._live(epoch)))
                 group.create_task(self._consume_loop(nc, js, info, epoch))
                 group.create_task(self._watch_loop(nc, js, epoch))
         finally:
@@ -312,174 +282,6 @@ class Bus:
     def _seen(self, info: StreamInfo) -> None:
         self.state.stream_last = info.state.last_seq
         self.state.stream_first = info.state.first_seq
-
-    # -- publishing this node's writes --------------------------------------------------------
-
-    async def _publish_loop(self, js: JetStreamContext, info: StreamInfo, epoch: int) -> None:
-        position = await self._published_position()
-        if self._position is not None:
-            position = max(position, self._position)  # published in an earlier session
-        if info.state.last_seq < self._last_acked:
-            # The server came back without its last messages: publish them again.
-            position = min(position, self._marks.rewind(info.state.last_seq))
-            await self._save_published(position)
-        self._last_acked = min(self._last_acked, info.state.last_seq)
-        # Everything this node published before is on the stream at or below its last sequence.
-        self._covered = info.state.last_seq
-        self._marks.mark(self._covered, position)
-        self.state.published = position
-        saved, saved_at = position, time.monotonic()
-        failures = 0
-        while self._live(epoch):
-            if self.membership.self_entry.left:
-                await asyncio.sleep(HEARTBEAT)  # a node that left publishes nothing more
-                continue
-            page = await self.store.changes_since(position, PUBLISH_PAGE)
-            if not page.changes and page.until <= position:
-                if saved != position:
-                    await self._save_published(position)
-                    saved, saved_at = position, time.monotonic()
-                await self.store.wait_for_changes(position, HEARTBEAT)
-                continue
-            units = self._units(page.changes)
-            try:
-                for records, groups, until in self._messages(js, units, page.until):
-                    await self._publish(js, position, records, groups, until)
-                    if until:
-                        position = self._position = until
-                        self.state.published = position
-            except TooLarge as exc:
-                failures += 1
-                if failures == 1:
-                    log.error(
-                        "cannot publish to the bus: %s; raise max_payload in the NATS server's "
-                        "configuration (this node's later writes wait until then)",
-                        exc,
-                    )
-                await asyncio.sleep(MAX_BACKOFF)
-                continue
-            except (nats.errors.Error, TimeoutError) as exc:
-                failures += 1
-                if failures == 1:
-                    log.warning("cannot publish to the bus (%s); retrying", exc or type(exc).__name__)
-                await asyncio.sleep(_backoff(failures))
-                continue
-            if failures:
-                log.info("publishing to the bus again")
-            failures = 0
-            position = self._position = max(position, page.until)
-            self.state.published = position
-            self._marks.mark(max(self._covered, self.state.position), position)
-            if time.monotonic() - saved_at >= SAVE_EVERY:
-                await self._save_published(position)
-                saved, saved_at = position, time.monotonic()
-
-    def _publishes(self, record: Record) -> bool:
-        """Whether this node puts `record` on the bus: its own writes, and what no other node on
-        the bus will publish (a restored snapshot, writes of nodes that are not on the bus)."""
-        origin = version_origin(record.version)
-        return origin == self.origin or origin not in self._origins
-
-    def _units(self, changes: list[Change]) -> list[tuple[list[Record], bool]]:
-        """The changes to publish, as units never split: (records, is a transaction)."""
-        units: list[tuple[list[Record], bool]] = []
-        index = 0
-        while index < len(changes):
-            change = changes[index]
-            if not change.txn:
-                if not change.known and self._publishes(change.record):
-                    units.append(([change.record], False))
-                index += 1
-                continue
-            stop = index
-            while stop < len(changes) and changes[stop].txn == change.txn:
-                stop += 1
-            group = changes[index:stop]
-            if any(not c.known and self._publishes(c.record) for c in group):
-                units.append(([named(c.record.key) if c.known else c.record for c in group], True))
-            index = stop
-        return units
-
-    def _messages(
-        self, js: JetStreamContext, units: list[tuple[list[Record], bool]], until: int
-    ) -> list[tuple[list[Record], list[tuple[int, int]], int]]:
-        """Units packed into messages that fit the server's max_payload: (records, groups, feed
-        position the message completes). Only the last message completes the page."""
-        assert self._nc is not None
-        budget = max(1024, self._nc.max_payload - HEADROOM)
-        messages: list[tuple[list[Record], list[tuple[int, int]], int]] = []
-        records: list[Record] = []
-        groups: list[tuple[int, int]] = []
-        size = 0
-        for unit, is_txn in units:
-            unit_size = sum(_size(r) for r in unit)
-            if unit_size > budget:
-                raise TooLarge(f"a change of about {unit_size} bytes (the server takes {budget})")
-            if records and size + unit_size > budget:
-                messages.append((records, groups, 0))
-                records, groups, size = [], [], 0
-            if is_txn and len(unit) > 1:
-                groups.append((len(records), len(records) + len(unit)))
-            records.extend(unit)
-            size += unit_size
-        if records:
-            messages.append((records, groups, until))
-        return messages
-
-    async def _publish(
-        self,
-        js: JetStreamContext,
-        since: int,
-        records: list[Record],
-        groups: list[tuple[int, int]],
-        until: int,
-    ) -> None:
-        reply = PullReply(
-            node=self.node_id,
-            instance=self.store.instance_id,
-            until=until,
-            last_seq=self.store.last_seq,
-            records=records,
-            members=[],
-            groups=groups,
-        )
-        payload = b"".join(encode_reply(reply))
-        # The same part of the feed gets the same id: JetStream drops a second copy of it.
-        first = records[0].version
-        msg_id = f"{self.origin}:{since}:{first}:{len(records)}"
-        ack = await js.publish(
-            self.address.subject(self.node_id),
-            payload,
-            timeout=REQUEST_TIMEOUT,
-            stream=self.address.stream,
-            headers={"Nats-Msg-Id": msg_id, ORIGIN: self.origin},
-        )
-        self._last_acked = max(self._last_acked, ack.seq)
-        self._covered = max(self._covered, ack.seq, self.state.position)
-        self.state.stream_last = max(self.state.stream_last, ack.seq)
-        if until:
-            self._marks.mark(self._covered, until)
-
-    async def _published_position(self) -> int:
-        raw = await self.store.get_meta(PUBLISHED)
-        if not raw:
-            return 0
-        saved = orjson.loads(raw)
-        if saved.get("stream") != self._instance:
-            self._position = None
-            # Another stream than the one this node published to (it was deleted and made
-            # again): publish everything again, so the new stream holds every write.
-            log.info(
-                "bus stream %s is new to this node: publishing its feed from the start",
-                self.address.stream,
-            )
-            return 0
-        return int(saved.get("seq", 0))
-
-    async def _save_published(self, position: int) -> None:
-        await self.store.set_meta(
-            PUBLISHED, orjson.dumps({"stream": self._instance, "seq": position}).decode()
-        )
 
     # -- applying the others' writes ----------------------------------------------------------
 
@@ -623,7 +425,7 @@ class Bus:
             member = self.membership.members.get(reply.node)
             if member is not None and member.removed(origin.rpartition("~")[2]):
                 continue  # a member that was removed is no source of changes (invariant 8)
-            self._origins.add(origin)  # it publishes its own writes: this node need not
+            self.publisher.origins.add(origin)  # it publishes its own writes: this node need not
             offset = len(records)
             records.extend(reply.records)
             groups.extend((a + offset, b + offset) for a, b in reply.groups)
@@ -645,7 +447,7 @@ class Bus:
                 info = await js.stream_info(self.address.stream)
                 if _instance(info) != self._instance:
                     raise StreamReset("it was deleted and made anew")
-                if info.state.last_seq < max(self._last_acked, self.state.position):
+                if info.state.last_seq < max(self.publisher.last_acked, self.state.position):
                     raise StreamReset("it lost its last messages (the server restarted without them)")
                 self._seen(info)
                 last_beat = now
@@ -680,7 +482,7 @@ class Bus:
         incarnation = str(own.get("inc", ""))
         if member is not None and member.removed(incarnation):
             return  # invariant 8: not taken back, not counted
-        self._origins.add(origin)
+        self.publisher.origins.add(origin)
         self.state.members.add(node_id)
         self.membership.merge(entries)
         current = self.membership.heard_from(node_id, str(own["url"]), int(own["v"]), incarnation)
@@ -700,7 +502,7 @@ class Bus:
                 self._progress(node_id, consumer.ack_floor.stream_seq)
 
     def _progress(self, node_id: str, stream_seq: int) -> None:
-        position = self._marks.position_at(stream_seq)
+        position = self.publisher.marks.position_at(stream_seq)
         member = self.membership.members.get(node_id)
         if position is not None and member is not None and (member.applied or 0) < position:
             self.membership.record_progress(node_id, position)
@@ -717,12 +519,3 @@ def _instance(info: StreamInfo) -> str:
     """A stream's identity: its creation time (a stream deleted and made again has another)."""
     created = info.created
     return created.isoformat() if created is not None else str(info.config.name)
-
-
-def _size(record: Record) -> int:
-    """How many bytes a record takes in a message, a few more than its JSON."""
-    return 16 + len(orjson.dumps((record.key, record.value, record.version, record.expires)))
-
-
-def _backoff(failures: int) -> float:
-    return float(min(MAX_BACKOFF, MIN_BACKOFF * 2.0 ** min(failures, 10)))

@@ -10,13 +10,15 @@ from __future__ import annotations
 import bisect
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 DEFAULT_CLUSTER = "shareddb"
 _CLUSTER = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # Pairs (stream sequence, feed position) kept for mapping members' positions to this node's feed.
 MAX_MARKS = 20_000
+MIN_BACKOFF = 0.05
+MAX_BACKOFF = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +49,25 @@ class BusAddress:
     def checkpoint_peer(self) -> str:
         """The name under which a node keeps its position in the stream with its checkpoints."""
         return f"bus:{self.stream}"
+
+
+@dataclass(slots=True)
+class BusState:
+    """What /v1/cluster shows of the bus."""
+
+    connected: bool = False
+    stream_last: int = 0  # the stream's last sequence, as last seen
+    stream_first: int = 0
+    position: int = 0  # the stream sequence this node has applied up to (its checkpoint)
+    published: int = 0  # this node's feed position published up to
+    copying: str | None = None  # the URL of the peer a fallback copy reads, while it runs
+    error: str | None = None  # why the bus is not working, when it is not
+    members: set[str] = field(default_factory=set)  # node ids heard on the bus
+
+
+def backoff(failures: int) -> float:
+    """Seconds to wait after `failures` failures in a row."""
+    return float(min(MAX_BACKOFF, MIN_BACKOFF * 2.0 ** min(failures, 10)))
 
 
 def parse_bus_url(url: str) -> BusAddress:
