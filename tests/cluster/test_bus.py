@@ -34,7 +34,7 @@ from tests.cluster.replication_helpers import (
     wait_all_up,
     wait_converged,
 )
-from tests.harness import NodeProcess, wait_for
+from tests.harness import NodeProcess, free_ports, run_cli, wait_for
 from tests.harness.nats import NatsServer, running_nats
 
 pytestmark = pytest.mark.cluster
@@ -143,6 +143,44 @@ def test_node_behind_the_streams_retention_copies_from_a_peer(
     wait_converged([a, b, c])
     assert len(live_items(c, "late/")) == 30
     assert "too far behind on the bus" in c.new_log()
+
+
+def test_values_larger_than_a_bus_message_arrive_whole(start_node: StartNode, tmp_path: Path) -> None:
+    with running_nats(tmp_path / "small", max_payload=32 * 1024) as server:
+        a, b = bus_cluster(start_node, server, ["a", "b"])
+        large = "x" * (200 * 1024)
+        assert put(a, "large", large).status == 201
+        then = [{"op": "put", "key": f"big/{i}", "value": f"{i}" * 20_000} for i in range(10)]
+        body = json.dumps({"if": [], "then": then}).encode()
+        reply = http("POST", f"{a.url}/v1/txn", body, {"Content-Type": "application/json"})
+        assert reply.status == 200, reply
+        assert put(a, "after", "small").status == 201
+        wait_converged([a, b])
+        assert live_items(b, "large")["large"][0] == large
+        assert len(live_items(b, "big/")) == 10
+
+
+def test_a_bad_bus_url_is_refused_in_one_line(tmp_path: Path) -> None:
+    result = run_cli("serve", "--port", "0", "--data", str(tmp_path / "n"), "--bus", "http://h:1")
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert lines == ["shareddb: bad --bus 'http://h:1': use nats://HOST:PORT (optionally /CLUSTER)"]
+
+
+def test_a_node_starts_while_the_bus_is_away_and_replicates_once_it_is_there(
+    start_node: StartNode, tmp_path: Path
+) -> None:
+    server = NatsServer(tmp_path / "late")
+    server.port = next(p for p in free_ports(2) if p != 4222)
+    try:
+        a = start_node("a", "--bus", server.url)
+        b = start_node("b", "--bus", server.url)
+        assert put(a, "before-the-bus", "1").status == 201  # writes go on meanwhile
+        server.start()
+        wait_converged([a, b])
+        assert "before-the-bus" in live_items(b, "before")
+    finally:
+        server.kill()
 
 
 async def _make_stream(url: str, max_msgs: int) -> None:

@@ -46,10 +46,18 @@ class NatsServer(LoggedProcess):
     """One nats-server with JetStream, its store in `directory`. `start()` again restarts it on
     the same port and store (what it had written to disk is still there)."""
 
-    def __init__(self, directory: Path, *, binary: str | None = None, session: bool = False) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        binary: str | None = None,
+        session: bool = False,
+        max_payload: int | None = None,
+    ) -> None:
         super().__init__(directory.parent / f"{directory.name}.log", session=session)
         self.directory = directory
         self.binary = binary
+        self.max_payload = max_payload  # bytes a message may hold (the server's default: 1 MB)
         self.port = 0
 
     @property
@@ -57,8 +65,14 @@ class NatsServer(LoggedProcess):
         return f"nats://127.0.0.1:{self.port}"
 
     def command(self) -> list[str]:
+        config: list[str] = []
+        if self.max_payload is not None:
+            path = self.directory.parent / f"{self.directory.name}.conf"
+            path.write_text(f"max_payload: {self.max_payload}\n")
+            config = ["-c", str(path)]
         return [
             self.binary or nats_server_binary(),
+            *config,
             "-js",
             "-sd",
             str(self.directory),
@@ -116,9 +130,9 @@ class NatsServer(LoggedProcess):
 
 
 @contextlib.contextmanager
-def running_nats(directory: Path) -> Iterator[NatsServer]:
+def running_nats(directory: Path, *, max_payload: int | None = None) -> Iterator[NatsServer]:
     """A started NatsServer, killed when the block ends."""
-    server = NatsServer(directory)
+    server = NatsServer(directory, max_payload=max_payload)
     try:
         yield server.start()
     finally:

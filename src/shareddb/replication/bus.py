@@ -44,7 +44,7 @@ from nats.js.api import (
 from shareddb.clock import HybridClock
 from shareddb.membership import Membership
 from shareddb.record import Record, make_origin, version_hlc
-from shareddb.replication.bus_publish import ORIGIN, Publisher
+from shareddb.replication.bus_publish import ORIGIN, PART, UNIT, Publisher
 from shareddb.replication.bus_view import BusAddress, BusState, backoff, consumer_name, redact
 from shareddb.replication.transport import PeerError, decode_reply
 from shareddb.store.base import Checkpoint, Store, StoreUnavailable
@@ -100,6 +100,8 @@ class Bus:
         self.copy_from = copy_from
         self.fallback_urls = fallback_urls  # --join and --peers: where a fallback copy may go
         self.state = BusState()
+        # Parts of large messages not whole yet: unit id -> (first part's seq, count, parts).
+        self._parts: dict[str, tuple[int, int, dict[int, bytes]]] = {}
         self.publisher = Publisher(address, node_id, self.origin, store, membership, self.state)
         membership.bus = True  # members are not pulled: their writes come through the bus
         self.skewed = 0
@@ -316,6 +318,7 @@ class Bus:
             ),
         )
         self.state.position = start - 1
+        self._parts.clear()  # read again from the checkpoint, which is before any of them
         try:
             while self._live(epoch):
                 if self.membership.self_entry.left:
@@ -333,14 +336,36 @@ class Bus:
                 await subscription.unsubscribe()
 
     async def _apply(self, peer: str, messages: list[Msg]) -> None:
-        """Apply the others' writes among `messages` with the stream position they reach, in one
-        commit; then acknowledge them all. Messages that come again are skipped."""
-        messages = [m for m in messages if m.metadata.sequence.stream > self.state.position]
-        if not messages:
-            return
+        """Apply the others' writes among `messages` in one commit, with the stream position
+        they reach as the checkpoint; then acknowledge them all. Messages that come again are
+        skipped. The parts of a large message wait until the last one is there; the checkpoint
+        stays before the first part of one not whole yet, so a restart reads its parts again."""
+        whole: list[tuple[int, dict[str, str], bytes]] = []
+        for msg in messages:
+            seq = msg.metadata.sequence.stream
+            headers = msg.headers or {}
+            if seq <= self.state.position or headers.get(ORIGIN) == self.origin:
+                continue  # again, or this node's own
+            if PART not in headers:
+                whole.append((seq, headers, msg.data))
+                continue
+            try:
+                number, count = (int(n) for n in headers[PART].split("/"))
+            except ValueError:
+                log.warning("skipping bus message %d: bad %s header", seq, PART)
+                continue
+            unit = self._parts.setdefault(headers.get(UNIT, ""), (seq, count, {}))
+            unit[2][number] = msg.data
+            if len(unit[2]) == unit[1]:
+                del self._parts[headers.get(UNIT, "")]
+                whole.append((seq, headers, b"".join(unit[2][n] for n in range(1, unit[1] + 1))))
         last = messages[-1].metadata
-        records, groups = self._decode(messages)
-        await self.store.apply(records, Checkpoint(peer, self._instance, last.sequence.stream), groups)
+        if last.sequence.stream <= self.state.position:
+            return
+        held = min((first for first, _, _ in self._parts.values()), default=None)
+        checkpoint = last.sequence.stream if held is None else min(last.sequence.stream, held - 1)
+        records, groups = self._decode(whole)
+        await self.store.apply(records, Checkpoint(peer, self._instance, checkpoint), groups)
         self.state.position = last.sequence.stream
         self.state.stream_last = max(self.state.stream_last, self.state.position + last.num_pending)
         with contextlib.suppress(nats.errors.Error):
@@ -408,19 +433,20 @@ class Bus:
         ]
         return [*urls, *(u for u in self.fallback_urls() if u not in urls)]
 
-    def _decode(self, messages: list[Msg]) -> tuple[list[Record], list[tuple[int, int]]]:
-        """The records of the others' messages, one batch, each message's groups kept."""
+    def _decode(
+        self, messages: list[tuple[int, dict[str, str], bytes]]
+    ) -> tuple[list[Record], list[tuple[int, int]]]:
+        """The records of the others' messages (seq, headers, data), one batch, each message's
+        groups kept."""
         records: list[Record] = []
         groups: list[tuple[int, int]] = []
         wall = self.now()
-        for msg in messages:
-            origin = (msg.headers or {}).get(ORIGIN, "")
-            if origin == self.origin:
-                continue  # this node's own writes
+        for seq, headers, data in messages:
+            origin = headers.get(ORIGIN, "")
             try:
-                reply = decode_reply(msg.data)
+                reply = decode_reply(data)
             except PeerError as exc:
-                log.warning("skipping bus message %d: %s", msg.metadata.sequence.stream, exc)
+                log.warning("skipping bus message %d: %s", seq, exc)
                 continue
             member = self.membership.members.get(reply.node)
             if member is not None and member.removed(origin.rpartition("~")[2]):

@@ -30,17 +30,14 @@ from shareddb.store.base import Change, Store
 log = logging.getLogger("shareddb.bus")
 
 ORIGIN = "Shareddb-Origin"  # header: the publishing node's origin (id~incarnation)
+UNIT = "Shareddb-Unit"  # header of a part: the id of the message it is part of
+PART = "Shareddb-Part"  # header of a part: "NUMBER/COUNT", from 1
 PUBLISHED = "bus_published"  # node meta: {"stream": instance, "seq": feed position published}
 PUBLISH_PAGE = 5_000  # changes read from the feed at once
 SAVE_EVERY = 1.0  # seconds between saves of the position while busy
 IDLE_WAIT = 1.0  # seconds the publisher waits for a change before it looks again
-PAUSE = 2.0  # seconds before trying a message that is too large again
 REQUEST_TIMEOUT = 5.0
 HEADROOM = 4096  # bytes of a message kept for headers and framing below the server's max_payload
-
-
-class TooLarge(Exception):
-    """One change (or transaction) does not fit in a message of this NATS server."""
 
 
 class Publisher:
@@ -107,20 +104,10 @@ class Publisher:
             units = self._units(page.changes)
             try:
                 for records, groups, until in self._messages(nc.max_payload, units, page.until):
-                    await self._publish(js, records, groups, until)
+                    await self._publish(js, nc.max_payload, records, groups, until)
                     if until:
                         position = self.position = until
                         self.state.published = position
-            except TooLarge as exc:
-                failures += 1
-                if failures == 1:
-                    log.error(
-                        "cannot publish to the bus: %s; raise max_payload in the NATS server's "
-                        "configuration (this node's later writes wait until then)",
-                        exc,
-                    )
-                await asyncio.sleep(PAUSE)
-                continue
             except (nats.errors.Error, TimeoutError) as exc:
                 failures += 1
                 if failures == 1:
@@ -175,8 +162,7 @@ class Publisher:
         size = 0
         for unit, is_txn in units:
             unit_size = sum(_size(r) for r in unit)
-            if unit_size > budget:
-                raise TooLarge(f"a change of about {unit_size} bytes (the server takes {budget})")
+            # A unit larger than a message goes alone, and `_publish` sends it in parts.
             if records and size + unit_size > budget:
                 messages.append((records, groups, 0))
                 records, groups, size = [], [], 0
@@ -191,6 +177,7 @@ class Publisher:
     async def _publish(
         self,
         js: JetStreamContext,
+        max_payload: int,
         records: list[Record],
         groups: list[tuple[int, int]],
         until: int,
@@ -211,13 +198,23 @@ class Publisher:
         for record in records:
             content.update(f"{record.key}\0{record.version}\0".encode())
         msg_id = f"{self.origin}:{content.hexdigest()}"
-        ack = await js.publish(
-            self.address.subject(self.node_id),
-            payload,
-            timeout=REQUEST_TIMEOUT,
-            stream=self.address.stream,
-            headers={"Nats-Msg-Id": msg_id, ORIGIN: self.origin},
-        )
+        budget = max(1024, max_payload - HEADROOM)
+        parts = [payload[i : i + budget] for i in range(0, len(payload), budget)]
+        for number, part in enumerate(parts, 1):
+            headers = {"Nats-Msg-Id": msg_id, ORIGIN: self.origin}
+            if len(parts) > 1:
+                # Larger than the server takes at once (a large value or transaction): in
+                # parts, which the consumers put together before they apply anything of it.
+                headers["Nats-Msg-Id"] = f"{msg_id}:{number}"
+                headers[UNIT] = msg_id
+                headers[PART] = f"{number}/{len(parts)}"
+            ack = await js.publish(
+                self.address.subject(self.node_id),
+                part,
+                timeout=REQUEST_TIMEOUT,
+                stream=self.address.stream,
+                headers=headers,
+            )
         self.last_acked = max(self.last_acked, ack.seq)
         self.covered = max(self.covered, ack.seq, self.state.position)
         self.state.stream_last = max(self.state.stream_last, ack.seq)
