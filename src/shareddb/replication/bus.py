@@ -131,6 +131,8 @@ class Bus:
             if stuck:
                 log.warning("the bus did not stop in time")
             self._task = None
+        with contextlib.suppress(StoreUnavailable):
+            await self.publisher.save()  # a restart need not publish again what went out
 
     def _live(self, epoch: int) -> bool:
         return self._running and self._epoch == epoch
@@ -470,10 +472,12 @@ class Bus:
             now = time.monotonic()
             if now - last_beat >= HEARTBEAT:
                 await self._beat(nc)
+                # Read before asking: what arrives while the answer travels may be past it.
+                known = max(self.publisher.last_acked, self.state.position)
                 info = await js.stream_info(self.address.stream)
                 if _instance(info) != self._instance:
                     raise StreamReset("it was deleted and made anew")
-                if info.state.last_seq < max(self.publisher.last_acked, self.state.position):
+                if info.state.last_seq < known:
                     raise StreamReset("it lost its last messages (the server restarted without them)")
                 self._seen(info)
                 last_beat = now
@@ -499,19 +503,19 @@ class Bus:
             node_id, origin, entries = str(beat["id"]), str(beat["origin"]), list(beat["entries"])
             position, stream = int(beat["position"]), str(beat["stream"])
             own = next(e for e in entries if e["id"] == node_id)
+            url, version, incarnation = str(own["url"]), int(own["v"]), str(own.get("inc", ""))
+            if node_id == self.node_id:
+                return
+            member = self.membership.members.get(node_id)
+            if member is not None and member.removed(incarnation):
+                return  # invariant 8: not taken back, not counted
+            self.membership.merge(entries)
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, StopIteration):
             log.debug("unreadable heartbeat on the bus")
             return
-        if node_id == self.node_id:
-            return
-        member = self.membership.members.get(node_id)
-        incarnation = str(own.get("inc", ""))
-        if member is not None and member.removed(incarnation):
-            return  # invariant 8: not taken back, not counted
         self.publisher.origins.add(origin)
         self.state.members.add(node_id)
-        self.membership.merge(entries)
-        current = self.membership.heard_from(node_id, str(own["url"]), int(own["v"]), incarnation)
+        current = self.membership.heard_from(node_id, url, version, incarnation)
         if current and stream == self._instance:
             self._progress(node_id, position)
 

@@ -221,6 +221,11 @@ class Publisher:
         if until:
             self.marks.mark(self.covered, until)
 
+    async def save(self) -> None:
+        """Save how far this node has published (when it stops)."""
+        if self.position is not None and self.instance:
+            await self._save_published(self.position)
+
     async def _published_position(self) -> int:
         raw = await self.store.get_meta(PUBLISHED)
         if not raw:
