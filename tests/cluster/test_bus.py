@@ -70,6 +70,8 @@ def test_writes_on_every_node_converge_through_the_bus(start_node: StartNode, bu
     view = cluster_view(nodes[1])
     assert view["bus"]["connected"] is True
     assert {m["id"] for m in view["members"]} == {"a", "c"}
+    metrics = http("GET", f"{nodes[1].url}/metrics").body.decode()
+    assert "shareddb_bus_connected 1.0" in metrics
 
 
 def test_a_transaction_arrives_whole(start_node: StartNode, bus: NatsServer) -> None:
