@@ -162,6 +162,22 @@ def test_values_larger_than_a_bus_message_arrive_whole(start_node: StartNode, tm
         assert len(live_items(b, "big/")) == 10
 
 
+def test_member_removed_on_the_bus_stops_replicating(start_node: StartNode, bus: NatsServer) -> None:
+    """Invariant 8: a member that was removed never becomes a source of changes again."""
+    a, b, c = nodes = bus_cluster(start_node, bus, ["a", "b", "c"])
+    assert http("DELETE", f"{a.url}/v1/cluster/members/c").status == 200
+    wait_for(
+        lambda: cluster_view(c)["node"]["state"] == "left", 10.0, "c to learn it was removed", nodes
+    )
+    assert put(c, "rm/on-c", "c").status == 201
+    assert put(a, "rm/on-a", "a").status == 201
+    wait_for(lambda: "rm/on-a" in live_items(b, "rm/"), 10.0, "a's write on b", nodes, POLL)
+    assert "rm/on-c" not in live_items(a, "rm/")
+    assert "rm/on-c" not in live_items(b, "rm/")
+    assert "rm/on-a" not in live_items(c, "rm/")
+    assert put(a, "rm/w", "x", "w=3").status == 400  # c no longer counts
+
+
 def test_a_bad_bus_url_is_refused_in_one_line(tmp_path: Path) -> None:
     result = run_cli("serve", "--port", "0", "--data", str(tmp_path / "n"), "--bus", "http://h:1")
     assert result.returncode != 0
