@@ -455,7 +455,7 @@ class Bus:
             member = self.membership.members.get(reply.node)
             if member is not None and member.removed(origin.rpartition("~")[2]):
                 continue  # a member that was removed is no source of changes (invariant 8)
-            self.publisher.origins.add(origin)  # it publishes its own writes: this node need not
+            self.publisher.heard(origin)  # it publishes its own writes: this node need not
             offset = len(records)
             records.extend(reply.records)
             groups.extend((a + offset, b + offset) for a, b in reply.groups)
@@ -515,7 +515,7 @@ class Bus:
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, StopIteration):
             log.debug("unreadable heartbeat on the bus")
             return
-        self.publisher.origins.add(origin)
+        self.publisher.heard(origin)
         self.state.members.add(node_id)
         current = self.membership.heard_from(node_id, url, version, incarnation)
         if current and stream == self._instance:

@@ -10,6 +10,7 @@ the store otherwise. docs/design.md, "The change bus".
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -35,6 +36,7 @@ PART = "Shareddb-Part"  # header of a part: "NUMBER/COUNT", from 1
 PUBLISHED = "bus_published"  # node meta: {"stream": instance, "seq": feed position published}
 PUBLISH_PAGE = 5_000  # changes read from the feed at once
 SAVE_EVERY = 1.0  # seconds between saves of the position while busy
+FIRST_HEARD = 2.5  # seconds to wait for the others' heartbeats before publishing anything
 IDLE_WAIT = 1.0  # seconds the publisher waits for a change before it looks again
 REQUEST_TIMEOUT = 5.0
 HEADROOM = 4096  # bytes of a message kept for headers and framing below the server's max_payload
@@ -61,11 +63,17 @@ class Publisher:
         self.instance = ""  # the stream's identity (bus._instance)
         self.marks = FeedMarks()
         self.origins: set[str] = set()  # origins of the other nodes heard on the bus
+        self._heard = asyncio.Event()  # set once another node was heard
         self.last_acked = 0  # greatest stream sequence a publish of ours got
         # A stream sequence at or below which everything in this node's feed so far is on the
         # stream: its own writes (published) and the others' (consumed from there).
         self.covered = 0
         self.position: int | None = None  # the feed position published, across sessions
+
+    def heard(self, origin: str) -> None:
+        """Another node publishes on the bus, under `origin`: its writes are not ours to send."""
+        self.origins.add(origin)
+        self._heard.set()
 
     def new_stream(self, instance: str) -> None:
         """Another stream (the first, or one made anew): nothing known of the last holds."""
@@ -90,6 +98,10 @@ class Publisher:
         self.state.published = position
         saved, saved_at = position, time.monotonic()
         failures = 0
+        # Until the others' heartbeats name them, their writes in this feed look like nobody's
+        # and would all be published again (harmless, but a whole data set after a first start).
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._heard.wait(), FIRST_HEARD)
         while live():
             if self.membership.self_entry.left:
                 await asyncio.sleep(IDLE_WAIT)  # a node that left publishes nothing more
