@@ -103,7 +103,7 @@ def start_cluster(fleet: Fleet, workdir: Path, members: int = MEMBERS) -> Target
         "etcd",
         tuple(client[i] for i in order),
         tuple(servers[i] for i in order),
-        f"{describe()}, {members} members (leader)",
+        f"{describe()}, {members} members",
     )
 
 

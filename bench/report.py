@@ -109,7 +109,7 @@ def summarise(
         summaries.append(
             Summary(
                 scenario=scenario,
-                target=targets[scenario.target],
+                target=_target_of(scenario, targets),
                 runs=tuple(done),
                 rps=rps,
                 p50_ms=statistics.median(r.result.p50_ms for r in done),
@@ -121,6 +121,13 @@ def summarise(
             )
         )
     return summaries
+
+
+def _target_of(scenario: Scenario, targets: dict[str, str]) -> str:
+    """The target's description; for etcd, which member the requests went to."""
+    if scenario.target != "etcd":
+        return targets[scenario.target]
+    return f"{targets['etcd']} ({'leader' if scenario.member == 0 else 'a follower'})"
 
 
 def _median_cpu(runs: Sequence[Run]) -> float | None:

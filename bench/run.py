@@ -88,6 +88,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "(scenario cluster_put); N < 2 (default) leaves it out",
     )
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=max(2, os.cpu_count() or 1),
+        metavar="N",
+        help="processes of the node that workers_get reads from (shareddb serve --workers N; "
+        "default: the number of cores, at least 2); every other node runs on one",
+    )
+    parser.add_argument(
         "--no-etcd", action="store_true", help="skip the etcd comparison even when etcd is installed"
     )
     parser.add_argument(
@@ -211,13 +219,15 @@ class Bench:
         self.targets["hello"] = start_hello(self.fleet, self.workdir)
         if "node" in needed:
             self.targets["node"] = start_node(self.fleet, self.workdir)
+        if "workers_node" in needed:
+            self.targets["workers_node"] = start_node(self.fleet, self.workdir, self.args.workers)
         if "redis_node" in needed:
             self.targets["redis_node"] = redis_target.start_redis_node(self.fleet, self.workdir)
         if "cluster" in needed:
             self.targets["cluster"] = start_cluster(self.fleet, self.workdir, self.args.cluster)
         if "etcd" in needed:
             self.targets["etcd"] = etcd.start_cluster(self.fleet, self.workdir)
-        for name in ("node", "redis_node", "cluster", "etcd"):
+        for name in ("node", "workers_node", "redis_node", "cluster", "etcd"):
             if name in self.targets:
                 self.preload(self.targets[name])
 
@@ -263,7 +273,8 @@ class Bench:
         for scenario in self.plan:
             target = self.targets[scenario.target]
             with self.watching(scenario, target):
-                run_wrk(target.url, scenario.script, self.workload.lua_args(scenario.ops), options)
+                url = target.urls[scenario.member]
+                run_wrk(url, scenario.script, self.workload.lua_args(scenario.ops), options)
             if target.name == "cluster":
                 settle(target)
         print(f"warmed up ({self.args.warmup} s per scenario)", flush=True)
@@ -287,7 +298,7 @@ class Bench:
         with self.watching(scenario, target):
             before = target.cpu_seconds()
             args = self.workload.lua_args(scenario.ops)
-            result = run_wrk(target.url, scenario.script, args, self.wrk, raw)
+            result = run_wrk(target.urls[scenario.member], scenario.script, args, self.wrk, raw)
             after = target.cpu_seconds()
         cpu = None
         if before is not None and after is not None and result.requests:

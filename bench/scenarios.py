@@ -16,7 +16,8 @@ TXN_OPS = 100  # puts per transaction in the txn scenario
 @dataclass(frozen=True, slots=True)
 class Scenario:
     name: str
-    # "hello" | "node" | "redis_node" | "cluster" | "etcd": which system receives the requests
+    # "hello" | "node" | "workers_node" | "redis_node" | "cluster" | "etcd": which system receives
+    # the requests
     target: str
     script: str  # in bench/scripts
     measures: str
@@ -24,11 +25,13 @@ class Scenario:
     # Operations each request carries (a transaction's puts): passed to the script as OPS.
     ops: int = 1
     watchers: int = 0  # watch streams held open on the target while it is measured
+    member: int = 0  # which of the target's URLs wrk sends to (etcd: 0 is the leader)
 
 
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario("hello", "hello", "hello.lua", "GET / of a bare aiohttp app: the ceiling", False),
     Scenario("get", "node", "kv_get.lua", "GET /v1/kv/{key}, a random preloaded key", False),
+    Scenario("workers_get", "workers_node", "kv_get.lua", "get, on a node with --workers N", False),
     Scenario("seed_update", "node", "seed_update.lua", "GET /nodes/update?name=K&value=V (100 B)", True),
     Scenario("put", "node", "kv_put.lua", "PUT /v1/kv/{key}, 100-byte body", True),
     Scenario(
@@ -51,7 +54,16 @@ SCENARIOS: tuple[Scenario, ...] = (
     ),
     Scenario("redis_get", "redis_node", "kv_get.lua", "get, on a node with --store redis://", False),
     Scenario("redis_put", "redis_node", "kv_put.lua", "put, on a node with --store redis://", True),
+    Scenario("cluster_get", "cluster", "kv_get.lua", "GET /v1/kv/{key} on node 1 of --cluster N", False),
     Scenario("cluster_put", "cluster", "kv_put.lua", "PUT /v1/kv/{key} on node 1 of --cluster N", True),
+    Scenario(
+        "etcd_get",
+        "etcd",
+        "etcd_v2_get.lua",
+        "etcd v2 GET /v2/keys/KEY on a follower (a local read)",
+        False,
+        member=1,
+    ),
     Scenario("etcd_put", "etcd", "etcd_v2_put.lua", "etcd v2 PUT /v2/keys/KEY, value=100 B", True),
 )
 

@@ -57,20 +57,30 @@ def start_hello(fleet: Fleet, workdir: Path) -> Target:
     return Target("hello", (f"http://127.0.0.1:{port}",), (server,), "aiohttp hello-world")
 
 
-def node_command(data: Path, node_id: str, port: int, peers: Sequence[str] = ()) -> list[str]:
-    """`shareddb serve` with the default store (SQLite, in `data`); redis_target.py adds --store."""
-    return serve_command(data, node_id, port, ("--peers", ",".join(peers)) if peers else ())
+def node_command(
+    data: Path, node_id: str, port: int, peers: Sequence[str] = (), workers: int = 1
+) -> list[str]:
+    """`shareddb serve` with the default store (SQLite, in `data`) on `workers` processes (one
+    unless a scenario says otherwise, so that a figure means the same on every machine);
+    redis_target.py adds --store."""
+    args = ["--workers", str(workers)]
+    if peers:
+        args += ["--peers", ",".join(peers)]
+    return serve_command(data, node_id, port, args)
 
 
-def start_node(fleet: Fleet, workdir: Path) -> Target:
-    """One shareddb node on a fresh data dir and a port it picks itself."""
+def start_node(fleet: Fleet, workdir: Path, workers: int = 1) -> Target:
+    """One shareddb node on a fresh data dir and a port it picks itself, on `workers` processes
+    (target "workers_node" when more than one)."""
+    name = "node" if workers == 1 else "workers_node"
     server = fleet.start(
-        "node",
-        node_command(workdir / "node" / "data", "bench1", 0),
-        workdir / "logs" / "node.log",
+        name,
+        node_command(workdir / name / "data", "bench1", 0, workers=workers),
+        workdir / "logs" / f"{name}.log",
     )
     port = server.wait_listening()
-    return Target("node", (f"http://127.0.0.1:{port}",), (server,), "shareddb, 1 node, SQLite")
+    processes = "" if workers == 1 else f", --workers {workers}"
+    return Target(name, (f"http://127.0.0.1:{port}",), (server,), f"shareddb, 1 node{processes}, SQLite")
 
 
 def start_cluster(fleet: Fleet, workdir: Path, size: int) -> Target:

@@ -88,6 +88,8 @@ def cli() -> None:
 @_setting("--body-timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True)
 @_setting("--idle-timeout", type=click.FloatRange(min=0.1), default=75.0, show_default=True)
 @_setting("--max-connections", type=click.IntRange(min=1), default=None)
+@_setting("--workers", type=click.IntRange(1, 64), default=None)
+@_setting("--copy-chunk", type=click.IntRange(1, 100_000), default=20_000, show_default=True)
 def serve(
     port: int,
     host: str,
@@ -114,6 +116,8 @@ def serve(
     body_timeout: float,
     idle_timeout: float,
     max_connections: int | None,
+    workers: int | None,
+    copy_chunk: int,
 ) -> None:
     """Run one node in the foreground until SIGTERM or Ctrl-C."""
     from shareddb.server import serve as serve_node
@@ -149,6 +153,8 @@ def serve(
         body_timeout=body_timeout,
         idle_timeout=idle_timeout,
         max_connections=max_connections,
+        workers=workers,
+        copy_chunk=copy_chunk,
     )
     try:
         run(serve_node(settings))

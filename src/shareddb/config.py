@@ -141,7 +141,22 @@ SETTINGS: tuple[Setting, ...] = (
         "--max-connections",
         "the open-files limit - 128",
         "Most client connections open at once. Past it, the connection that has waited longest "
-        "for a request head is closed to make room; when all are busy, a new one gets 503.",
+        "for a request head is closed to make room; when all are busy, a new one gets 503. "
+        "With --workers, each process of the node takes this many.",
+    ),
+    Setting(
+        "--workers",
+        "1 on 2 cores or fewer, else the number of cores",
+        "Processes serving the node's port (SO_REUSEPORT): the node process and N-1 workers that "
+        "answer GET /v1/kv/{key} and /nodes/get from the store and hand every other request to "
+        "the node process. Needs a store other processes can read (sqlite, redis://).",
+    ),
+    Setting(
+        "--copy-chunk",
+        "20000",
+        "Records per chunk when this node copies a peer's whole data set (on joining, or when it "
+        "is too far behind the peer's changes feed); each chunk is one commit and one step of the "
+        "copy's resumable position.",
     ),
 )
 
@@ -175,3 +190,5 @@ class Settings:
     body_timeout: float = 30.0
     idle_timeout: float = 75.0
     max_connections: int | None = None  # None: derived from the open-files limit
+    workers: int | None = None  # None: chosen for the machine (workers.default_workers)
+    copy_chunk: int = 20_000

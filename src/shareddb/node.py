@@ -274,6 +274,7 @@ class Node:
             self.membership,
             transport,
             now=self._now,
+            copy_chunk=self.settings.copy_chunk,
         )
         # The announcement carries a clock value that peers will see: save it (with the clock's
         # high-water mark) first, so that after a crash the clock resumes past it.

@@ -18,10 +18,12 @@ from aiohttp import web
 from shareddb.api.access import Access
 from shareddb.api.app import create_server
 from shareddb.api.connections import Limits, default_max_connections
+from shareddb.api.metrics import NodeMetrics
 from shareddb.config import Settings
 from shareddb.node import Node, NodeError
 from shareddb.tls import TlsError, check_peer_urls, node_contexts
 from shareddb.tokens import TokenError
+from shareddb.workers import NodeWorkers, WorkersError, listen, workers_for
 
 log = logging.getLogger("shareddb.server")
 
@@ -58,11 +60,11 @@ class _Site(web.SockSite):
         )
 
 
-def _listen(host: str, port: int) -> socket.socket:
-    """Bind the listening socket first, so a port in use is refused before anything is opened."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+def _listen(host: str, port: int, count: int = 1) -> list[socket.socket]:
+    """Bind the listening sockets first (one per process of the node, workers.py), so a port in
+    use is refused before anything is opened."""
     try:
-        return socket.create_server((host, port), family=family, backlog=1024)
+        return listen(host, port, count)
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise NodeError(f"cannot listen on {host}:{port}: {reason}") from exc
@@ -93,11 +95,17 @@ async def serve(settings: Settings) -> None:
         raise NodeError(str(exc)) from None
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGHUP, access.reload)  # before SIGHUP's default, which kills
-    sock = _listen(settings.host, settings.port)
+    try:
+        processes = workers_for(settings)
+    except WorkersError as exc:
+        raise NodeError(str(exc)) from None
+    sockets = _listen(settings.host, settings.port, processes)
+    sock = sockets[0]
     try:
         node = await Node.open(settings)
     except BaseException:
-        sock.close()
+        for each in sockets:
+            each.close()
         raise
     # From here on SIGTERM and SIGINT stop the node cleanly, also while it is still starting.
     stop = asyncio.Event()
@@ -112,13 +120,18 @@ async def serve(settings: Settings) -> None:
             limits.max_connections,
             default_max_connections(),
         )
-    runner = web.ServerRunner(
-        create_server(node, limits, access, access_log=None, max_line_size=MAX_REQUEST_LINE),
-        handle_signals=False,
-        shutdown_timeout=SHUTDOWN_TIMEOUT,
+    node_metrics = NodeMetrics(node)
+    server = create_server(
+        node, limits, access, node_metrics, access_log=None, max_line_size=MAX_REQUEST_LINE
     )
+    runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT)
+    workers = NodeWorkers(settings, sockets[1:]) if processes > 1 else None
+    failed: asyncio.Event = asyncio.Event()
     try:
         await runner.setup()
+        if workers is not None:
+            await _start_workers(workers, server, limits, access, node_metrics)
+            failed = workers.pool.failed
         site = _Site(runner, sock, ssl_context=server_tls, handshake_timeout=limits.head_timeout)
         await site.start()
         port = sock.getsockname()[1]
@@ -127,11 +140,50 @@ async def serve(settings: Settings) -> None:
             settings.advertise or f"{scheme}://{_public_host(settings.host)}:{port}",
             peer_tls=peer_tls,
         )
-        await stop.wait()
+        await _first(stop, failed)
         log.info("node %s shutting down", node.id)
     finally:
         # Open watch streams would hold the server's shutdown for SHUTDOWN_TIMEOUT: end them.
         await node.watches.close(WATCH_CLOSE_GRACE)
+        if workers is not None:
+            await workers.stop()
         await runner.cleanup()
         await node.close()
     log.info("node %s stopped", node.id)
+    if workers is not None and failed.is_set():
+        raise NodeError(workers.pool.reason)
+
+
+async def _start_workers(
+    workers: NodeWorkers,
+    server: web.Server,
+    limits: Limits,
+    access: Access,
+    node_metrics: NodeMetrics,
+) -> None:
+    """Start the node's workers; their requests count in its /metrics, SIGHUP reaches them."""
+    try:
+        await workers.start(
+            server.request_handler, limits, access_log=None, max_line_size=MAX_REQUEST_LINE
+        )
+    except WorkersError as exc:
+        raise NodeError(str(exc)) from None
+    pool = workers.pool
+    node_metrics.worker_requests = pool.series
+    node_metrics.connections = lambda: len(server.connections) + pool.connections()
+
+    def reload() -> None:
+        access.reload()
+        pool.reload()
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
+    log.info("serving on %d processes: this one and workers %s", len(pool) + 1, pool.pids)
+
+
+async def _first(*events: asyncio.Event) -> None:
+    waits = [asyncio.create_task(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()

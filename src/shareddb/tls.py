@@ -104,7 +104,11 @@ class Request(Protocol):
 def peer_certified(request: Request) -> bool:
     """Whether the request came over a connection whose client certificate verified against the
     node's --tls-ca. Only then does the handshake leave a certificate (`getpeercert()` is empty for
-    one that was not verified, None for none), so this is False without TLS or without a CA."""
+    one that was not verified, None for none), so this is False without TLS or without a CA.
+    A request a worker forwarded says what the worker's handshake found (forward.py)."""
+    forwarded: bool | None = getattr(request, "forwarded_certified", None)
+    if forwarded is not None:
+        return forwarded
     transport = request.transport
     if transport is None:
         return False

@@ -32,11 +32,15 @@ RESTART_TIMEOUT = 20.0  # a restart may find its port briefly held by an outgoin
 
 
 def serve_command(data: Path, node_id: str | None, port: int, args: Sequence[str] = ()) -> list[str]:
-    """The command line of one node on loopback."""
+    """The command line of one node on loopback, on one process unless `args` name --workers: the
+    default depends on the machine's cores, and a test's counts and limits should not
+    (tests/cluster/test_workers.py runs several)."""
     cmd = [sys.executable, "-m", "shareddb", "serve", "--host", "127.0.0.1", "--port", str(port)]
     cmd += ["--data", str(data)]
     if node_id is not None:
         cmd += ["--node-id", node_id]
+    if "--workers" not in args:
+        cmd += ["--workers", "1"]
     return cmd + list(args)
 
 

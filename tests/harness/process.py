@@ -114,5 +114,5 @@ class LoggedProcess:
         return status_bytes(self.pid, "RssAnon") if self.running() else None
 
     def cpu_seconds(self) -> float | None:
-        """User + system CPU time so far; None when it is not running."""
-        return cpu_seconds(self.pid) if self.running() else None
+        """User + system CPU time so far, its workers' included; None when it is not running."""
+        return cpu_seconds(self.pid, children=True) if self.running() else None

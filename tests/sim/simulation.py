@@ -585,6 +585,7 @@ class Simulation:
         world.network.delayed.clear()
         world.network.drop_request = world.network.drop_reply = 0.0
         world.network.delay = world.network.duplicate = world.network.small_page = 0.0
+        world.network.cut_copy = 0.0
         for slot in world.slots:
             slot.registry_cut = False
             if not slot.up:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import shutil
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from shareddb.membership import Outside, Removed
 from shareddb.node import Node
 from shareddb.record import Record
 from shareddb.registry import HEARTBEAT, WITHDRAW, Registry
+from shareddb.replication.copy import CopyBusy, CopyChunk, CopyRequest, Frame, serve_copy
 from shareddb.replication.puller import Replicator
 from shareddb.replication.transport import PeerError, PeerRemoved, PullReply, PullRequest
 from shareddb.store.memory import MemoryData, MemoryStore
@@ -96,6 +97,8 @@ class Network:
     drop_reply: float = 0.03
     delay: float = 0.03
     duplicate: float = 0.03
+    # The chance that a bulk copy's stream breaks after a chunk.
+    cut_copy: float = 0.2
     # The chance that a pull asks for a page of 1 to 3 changes (a transaction counts as one):
     # the pages that must never split a transaction.
     small_page: float = 0.15
@@ -143,6 +146,31 @@ class SimTransport:
         if rng.random() < net.drop_reply:
             raise PeerError(f"{url}: answer lost")
         return reply
+
+    async def copy(self, url: str, request: CopyRequest) -> AsyncGenerator[Frame, None]:
+        """A bulk copy from the target's real `serve_copy`, in chunks of 1 to 5 records; the
+        stream may be cut after any chunk, so a copy spans steps, with writes, crashes and
+        partitions between them, and resumes from the position its chunks saved."""
+        target = self._target(url)
+        net, rng = self.world.network, self.world.rng
+        if rng.random() < net.drop_request:
+            raise PeerError(f"{url}: request lost")
+        request = dataclasses.replace(request, limit=rng.randint(1, 5))
+        assert target.node is not None
+        node = target.node
+        busy = node.replicator is not None and node.replicator.copier.busy
+        frames = serve_copy(node.id, node.store, node.membership, request, busy=busy)
+        try:
+            async for frame in frames:
+                yield frame
+                if isinstance(frame, CopyChunk) and rng.random() < net.cut_copy:
+                    raise PeerError(f"{url}: the copy was cut")
+        except Removed as exc:
+            raise PeerRemoved(str(exc)) from None
+        except CopyBusy as exc:  # what the peer API answers with 503
+            raise PeerError(str(exc)) from None
+        finally:
+            await frames.aclose()
 
     async def join(self, url: str, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         target = self._target(url)
@@ -232,7 +260,11 @@ class World:
 
     async def start(self, slot: Slot) -> None:
         """Start the node at `slot` from whatever its data dir holds (the real open path)."""
-        settings = Settings(data=slot.data, node_id=slot.node_id, peers=slot.peers, join=slot.join)
+        # Chunks of 4: a peer whose feed holds more than that is copied when this node has none
+        # of it (replication/copy.py), so copies happen in most runs.
+        settings = Settings(
+            data=slot.data, node_id=slot.node_id, peers=slot.peers, join=slot.join, copy_chunk=4
+        )
         node = await Node.open(
             settings,
             now=self.clock_of(slot),

@@ -23,6 +23,9 @@ from shareddb.record import Record, make_version
 from shareddb.store.base import (
     Change,
     Checkpoint,
+    CopyPage,
+    CopyPosition,
+    CopyUnsupported,
     FeedPage,
     Outcome,
     SnapshotRead,
@@ -1174,3 +1177,139 @@ async def test_an_empty_store_snapshots_to_nothing(store: Store) -> None:
     read = await store.snapshot()
     assert (read.seq, read.count) == (0, 0)
     assert await read_all(read) == []
+
+
+# --- bulk copies (replication/copy.py) --------------------------------------------------------
+
+
+async def test_bulk_load_merges_by_lww_and_saves_its_position_in_the_same_commit(
+    store: Store,
+) -> None:
+    await store.write(put("b", "newer here", 9))
+    position = CopyPosition("p", "inst", 42, "c")
+    won = await store.bulk_load([put("a", "1", 1), put("b", "older", 2), tomb("c", 3)], position)
+    assert won == 2
+    assert await state(store, ["a", "b", "c"]) == {
+        "a": put("a", "1", 1),
+        "b": put("b", "newer here", 9),
+        "c": tomb("c", 3),
+    }
+    assert CopyPosition.decode("p", await store.get_meta(position.meta_name)) == position
+    assert await store.checkpoint("p") is None  # the feed is read from `seq` only once it ends
+    # Applied again (a resumed copy repeats nothing it need not): nothing more wins.
+    assert await store.bulk_load([put("a", "1", 1)], position) == 0
+
+
+async def test_bulk_load_that_ends_a_copy_clears_its_position_and_sets_the_checkpoint(
+    stores: Stores,
+) -> None:
+    store = await stores.open()
+    position = CopyPosition("p", "inst", 42, "z")
+    await store.bulk_load([put("a", "1", 1)], position)
+    assert await store.bulk_load([], position, done=True) == 0
+    assert CopyPosition.decode("p", await store.get_meta(position.meta_name)) is None
+    assert await store.checkpoint("p") == Checkpoint("p", "inst", 42)
+    reopened = await stores.reopen(store)
+    assert await reopened.checkpoint("p") == Checkpoint("p", "inst", 42)
+    assert await reopened.get("a") == put("a", "1", 1)
+
+
+async def test_failed_bulk_load_changes_nothing_not_even_the_position(stores: Stores) -> None:
+    if stores.backend != "memory":
+        pytest.skip("the memory backend is the one a test can make refuse a commit")
+    store = await stores.open()
+    data = MEMORY[stores.root / "a"]
+    data.refuse = StoreUnavailable("no")
+    with pytest.raises(StoreUnavailable):
+        await store.bulk_load([put("a", "1", 1)], CopyPosition("p", "inst", 1, "a"))
+    data.refuse = None
+    assert await store.get("a") is None
+    assert await store.get_meta("copy:p") is None
+
+
+async def copy_all(store: Store, limit: int) -> list[list[Change]]:
+    """Every page of a copy of `store`, passing on what each served as `skip`."""
+    pages: list[list[Change]] = []
+    after, served = "", set[int]()
+    while True:
+        page = await store.copy_page(after, limit, 10**6, served)
+        pages.append(page.changes)
+        served |= page.served
+        after = page.after
+        if page.done:
+            return pages
+
+
+async def test_copy_pages_hand_over_every_record_in_key_order_tombstones_too(
+    stores: Stores,
+) -> None:
+    store = await stores.open()
+    if stores.backend == "redis":
+        with pytest.raises(CopyUnsupported):
+            await store.copy_page("", 10, 10**6)
+        return
+    records = [put(f"k{i:02d}", f"v{i}", i + 1) for i in range(25)]
+    await store.apply(random.Random(7).sample(records, len(records)))
+    await store.write(tomb("k03", 90))
+    await store.write(Record("k04", "ttl", v(91), FAR))
+    pages = await copy_all(store, 10)
+    assert [len(page) for page in pages] == [10, 10, 5]
+    got = [change.record for page in pages for change in page]
+    assert [r.key for r in got] == sorted(r.key for r in records)
+    assert got[3] == tomb("k03", 90)
+    assert got[4] == Record("k04", "ttl", v(91), FAR)
+    # A page starts after the key the one before ended on; past the last key, an empty last page.
+    page = await store.copy_page("k19", 100, 10**6)
+    assert [c.record.key for c in page.changes] == [f"k{i:02d}" for i in range(20, 25)]
+    assert page.done
+    assert page.after == "k24"
+    assert await store.copy_page("k24", 100, 10**6) == CopyPage([], "k24", True, set())
+    # A byte budget ends a page early (after at least one record).
+    small = await store.copy_page("", 100, 1)
+    assert [c.record.key for c in small.changes] == ["k00"]
+    assert not small.done
+
+
+async def test_copy_pages_serve_a_transaction_whole_where_its_first_key_is_met(
+    stores: Stores,
+) -> None:
+    store = await stores.open()
+    if stores.backend == "redis":
+        pytest.skip("a Redis store serves no copies (see the test above)")
+    await store.apply([put(k, "old", 1) for k in "abcdefgh"])
+    await store.transact([], [put("b", "txn", 10), put("g", "txn", 11)])
+    pages = await copy_all(store, 2)
+    # "b" brings "g" with it, in the same page; "g" is not met again on its own.
+    assert [c.record.key for c in pages[0]] == ["a", "b", "g"]
+    assert [c.record.key for page in pages[1:] for c in page] == ["c", "d", "e", "f", "h"]
+    entry = pages[0][1:]
+    assert {c.txn for c in entry} == {entry[0].txn}
+    assert entry[0].txn != 0
+    assert [c.record for c in entry] == [put("b", "txn", 10), put("g", "txn", 11)]
+
+
+async def test_bulk_loading_every_page_of_a_copy_gives_the_same_digest(stores: Stores) -> None:
+    source = await stores.open("source")
+    if stores.backend == "redis":
+        pytest.skip("a Redis store serves no copies")
+    target = await stores.open("target")
+    await source.apply([put(f"k{i:03d}", "v", i + 1) for i in range(60)])
+    await source.write(tomb("k007", 100))
+    await source.transact([], [put("k001", "t", 101), put("k050", "t", 102)])
+    await target.write(put("k002", "target's newer", 500))
+    await source.write(put("k002", "source's", 400))
+    position = CopyPosition("source", source.instance_id, source.last_seq)
+    for page in await copy_all(source, 7):
+        records = [c.record for c in page]
+        groups: list[tuple[int, int]] = []
+        for index, change in enumerate(page):
+            if change.txn and (not groups or page[groups[-1][0]].txn != change.txn):
+                groups.append((index, index + 1))
+            elif change.txn:
+                groups[-1] = (groups[-1][0], index + 1)
+        await target.bulk_load(records, position, groups)
+    await target.bulk_load([], position, done=True)
+    assert target.digest() != source.digest()  # the target's own newer write of k002 stays
+    assert await target.get("k002") == put("k002", "target's newer", 500)
+    await source.write(put("k002", "target's newer", 500))
+    assert target.digest() == source.digest()

@@ -9,7 +9,7 @@
 /v1/snapshot                                 backup and restore               (snapshot.py)
 /ui, /ui/{file}                              the dashboard, public files      (ui.py)
 /metrics                                     Prometheus metrics               (metrics.py)
-/v1/peer/changes, /v1/peer/join              replication, peers only          (peer.py)
+/v1/peer/changes|copy, /v1/peer/join          replication, peers only          (peer.py)
 
 Each route declares the role that may call it; access.py decides (401/403) before the handler runs.
 """
@@ -54,11 +54,15 @@ def create_router(
 
 
 def create_server(
-    node: Node, limits: Limits, access: Access | None = None, **kwargs: object
+    node: Node,
+    limits: Limits,
+    access: Access | None = None,
+    node_metrics: NodeMetrics | None = None,
+    **kwargs: object,
 ) -> web.Server:
-    """The aiohttp low-level server of a node, its connections held to `limits`; `access`: as
-    for `create_router`; `kwargs` go to aiohttp's request handler."""
-    node_metrics = NodeMetrics(node)
+    """The aiohttp low-level server of a node, its connections held to `limits`; `access` and
+    `node_metrics`: as for `create_router`; `kwargs` go to aiohttp's request handler."""
+    node_metrics = node_metrics or NodeMetrics(node)
     server = GuardedServer(create_router(node, access, node_metrics), limits=limits, **kwargs)
     node_metrics.connections = lambda: len(server.connections)
     return server

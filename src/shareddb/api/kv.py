@@ -7,6 +7,7 @@ character round-trip exactly. Bodies are read up to --max-value-bytes and no fur
 from __future__ import annotations
 
 from functools import partial
+from typing import Protocol
 
 from aiohttp import web
 
@@ -16,7 +17,7 @@ from shareddb.api.query import decode, parse_query, split_target, ttl_seconds
 from shareddb.api.routing import Route
 from shareddb.api.writes import await_copies, copy_policy
 from shareddb.node import Node, PreconditionFailed
-from shareddb.record import MAX_KEY_BYTES, key_error
+from shareddb.record import MAX_KEY_BYTES, Record, key_error
 from shareddb.store.base import Outcome
 from shareddb.store.plan import ANY, Condition
 from shareddb.times import http_date, iso_time
@@ -27,6 +28,12 @@ PREFIX_LENGTH = len(PREFIX)
 TEXT = "text/plain; charset=utf-8"
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
+
+
+class Reader(Protocol):
+    """Where GET reads a key: the node, or a worker's own view of its store (worker.py)."""
+
+    async def get(self, key: str) -> Record | None: ...
 
 
 def _key_and_params(request: web.BaseRequest) -> tuple[str, dict[str, str]]:
@@ -90,7 +97,7 @@ async def put(node: Node, request: web.BaseRequest) -> web.Response:
     return json_response({"key": key, "version": result.version}, status, _etag(result.version))
 
 
-async def get(node: Node, request: web.BaseRequest) -> web.Response:
+async def get(node: Reader, request: web.BaseRequest) -> web.Response:
     key, _ = _key_and_params(request)
     record = await node.get(key)
     if record is None:

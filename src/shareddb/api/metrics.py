@@ -77,6 +77,8 @@ class NodeMetrics:
             registry=self.registry,
         )
         self.connections: Callable[[], int] = lambda: 0
+        # The requests the node's workers answered themselves (workers.py), counted with these.
+        self.worker_requests: Callable[[], list[dict[tuple[str, str, int], list[float]]]] = list
         self.registry.register(_NodeCollector(self))
         node.store.commit_observer = self.commits.observe
         self.observe_request = self.requests.observe
@@ -108,14 +110,25 @@ class RequestLatency:
         counts[bisect_left(self.bounds, seconds)] += 1
         counts[-1] += seconds
 
-    def family(self) -> HistogramMetricFamily:
+    def family(
+        self, others: list[dict[tuple[str, str, int], list[float]]] | None = None
+    ) -> HistogramMetricFamily:
+        """The histogram, with the counts of `others` (series of other processes) added in."""
+        series = self.series
+        if others:
+            series = {key: list(counts) for key, counts in series.items()}
+            for other in others:
+                for key, counts in other.items():
+                    mine = series.setdefault(key, [0.0] * len(counts))
+                    for i, count in enumerate(counts):
+                        mine[i] += count
         family = HistogramMetricFamily(
             "shareddb_http_request_duration_seconds",
             "Time from a request's head to its answer (for a watch stream: until it ends), by "
             "method, route (its path pattern) and status.",
             labels=("method", "route", "status"),
         )
-        for (method, route, status), counts in sorted(self.series.items()):
+        for (method, route, status), counts in sorted(series.items()):
             cumulative, buckets = 0.0, []
             for le, count in zip(self._les, counts, strict=False):
                 cumulative += count
@@ -133,7 +146,7 @@ class _NodeCollector:
     def collect(self) -> Iterator[Metric]:
         node = self.metrics.node
         store = node.store
-        yield self.metrics.requests.family()
+        yield self.metrics.requests.family(self.metrics.worker_requests())
         yield GaugeMetricFamily("shareddb_keys", "Live keys on this node.", store.digest().count)
         yield GaugeMetricFamily(
             "shareddb_sequence",

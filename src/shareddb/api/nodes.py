@@ -12,6 +12,7 @@ import orjson
 from aiohttp import web
 
 from shareddb.api.errors import JSON, ApiError, bad_request, json_response
+from shareddb.api.kv import Reader
 from shareddb.api.query import parse_query, split_target, ttl_seconds
 from shareddb.api.routing import Route
 from shareddb.api.writes import await_copies, copy_policy
@@ -65,7 +66,7 @@ async def update(node: Node, request: web.BaseRequest) -> web.Response:
     )
 
 
-async def get(node: Node, request: web.BaseRequest) -> web.Response:
+async def get(node: Reader, request: web.BaseRequest) -> web.Response:
     name = _name(_params(request))
     record = await node.get(name)
     if record is None:

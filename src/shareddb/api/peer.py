@@ -1,4 +1,5 @@
-"""The peer API that replication runs on: GET /v1/peer/changes and POST /v1/peer/join.
+"""The peer API that replication runs on: GET /v1/peer/changes, GET /v1/peer/copy (a bulk copy of
+the data set, replication/copy.py) and POST /v1/peer/join.
 
 Only peers may call it (Role.PEER; api/access.py decides): no client token opens it.
 """
@@ -17,7 +18,9 @@ from shareddb.api.routing import Route
 from shareddb.membership import Outside, Removed
 from shareddb.node import Node
 from shareddb.record import is_incarnation, node_id_error
+from shareddb.replication.copy import CopyBusy, CopyRequest, encode_frame, serve_copy
 from shareddb.replication.transport import PullRequest, encode_reply
+from shareddb.store.base import COPY_CHUNK, CopyUnsupported
 from shareddb.tokens import Role
 
 MAX_JOIN_BODY = 1024 * 1024
@@ -76,6 +79,51 @@ async def changes(node: Node, request: web.BaseRequest) -> web.StreamResponse:
     return response
 
 
+async def copy(node: Node, request: web.BaseRequest) -> web.StreamResponse:
+    """A bulk copy of this node's data set after the key `after`, in chunks of `limit` records:
+    frames of JSON, each after its length in ASCII digits and a newline (replication/copy.py)."""
+    params = parse_query(split_target(request.raw_path)[1])
+    puller = params.get("from", "")
+    if puller and node_id_error(puller):
+        raise bad_request(f"bad node id {puller!r}")
+    incarnation = params.get("inc", "")
+    if incarnation and not is_incarnation(incarnation):
+        raise bad_request(f"bad incarnation {incarnation!r}")
+    wanted = CopyRequest(
+        after=params.get("after", ""),
+        limit=_int(params, "limit", COPY_CHUNK),
+        puller_id=puller,
+        puller_url=params.get("url", ""),
+        puller_version=_int(params, "v"),
+        puller_incarnation=incarnation,
+        digest=params.get("digest", ""),
+    )
+    busy = node.replicator is not None and node.replicator.copier.busy
+    frames = serve_copy(node.id, node.store, node.membership, wanted, busy=busy)
+    try:
+        # The header comes once the first chunk is read: a refusal is still a status of its own.
+        header = await anext(frames)
+    except Removed as exc:
+        raise ApiError(410, str(exc)) from None
+    except CopyUnsupported as exc:
+        raise ApiError(501, str(exc)) from None
+    except CopyBusy as exc:
+        raise ApiError(503, str(exc)) from None
+    response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+    try:
+        await response.prepare(request)
+        await response.write(encode_frame(header))
+        async for frame in frames:
+            await response.write(encode_frame(frame))
+        await response.write_eof()
+    except ConnectionError:
+        # The puller went away: it resumes after the last chunk it applied.
+        pass
+    finally:
+        await frames.aclose()
+    return response
+
+
 def _entries(payload: Any) -> list[dict[str, Any]]:
     if not isinstance(payload, dict) or not isinstance(payload.get("members"), list):
         raise bad_request('body must be {"members": [...]}')
@@ -115,5 +163,6 @@ async def join(node: Node, request: web.BaseRequest) -> web.Response:
 def routes(node: Node) -> list[Route]:
     return [
         Route("GET", "/v1/peer/changes", partial(changes, node), Role.PEER),
+        Route("GET", "/v1/peer/copy", partial(copy, node), Role.PEER),
         Route("POST", "/v1/peer/join", partial(join, node), Role.PEER),
     ]

@@ -84,6 +84,7 @@ class Feed:
             records=records,
             members=self.membership.entries(),
             groups=[(a, b) for a, b in groups if b - a > 1],
+            floor=store.feed_floor,
         )
 
     def join(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:

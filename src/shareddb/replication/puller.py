@@ -21,6 +21,7 @@ import orjson
 from shareddb.clock import HybridClock, from_millis
 from shareddb.membership import Membership
 from shareddb.record import incarnation_of, make_version, version_hlc
+from shareddb.replication.copy import Copier, wants_copy
 from shareddb.replication.transport import (
     PeerError,
     PeerRemoved,
@@ -28,7 +29,7 @@ from shareddb.replication.transport import (
     PullRequest,
     Transport,
 )
-from shareddb.store.base import Checkpoint, Store, StoreUnavailable
+from shareddb.store.base import COPY_CHUNK, Checkpoint, Store, StoreUnavailable
 
 log = logging.getLogger("shareddb.replication")
 
@@ -58,6 +59,7 @@ class Replicator:
         now: Callable[[], int],
         rng: random.Random | None = None,
         tombstone_grace_ms: int = TOMBSTONE_GRACE_MS,
+        copy_chunk: int = COPY_CHUNK,
     ) -> None:
         self.node_id = node_id
         self.store = store
@@ -80,6 +82,16 @@ class Replicator:
         self._tasks: set[asyncio.Task[None]] = set()
         self._persisting: asyncio.Task[None] | None = None
         self._running = False
+        # Bulk copies of a peer's data set, when its feed is too far ahead (replication/copy.py).
+        self.copier = Copier(
+            store,
+            clock,
+            membership,
+            getattr(transport, "copy", None),
+            node_id=node_id,
+            now=now,
+            chunk=copy_chunk,
+        )
 
     def start(self, join: str | None = None) -> None:
         self._running = True
@@ -216,11 +228,24 @@ class Replicator:
         """Pull and apply one batch from `url`. False when the URL is not to be pulled: it turned out
         to be this node, or a member that was removed. Raises `PeerRemoved` when this node was."""
         peer_id = self.membership.id_for_url(url)
+        if peer_id and await self.copier.pending(peer_id):
+            try:
+                copied = await self.copier.run(url, peer_id)
+            except PeerRemoved:
+                await self._removed(url)
+                raise
+            finally:
+                self.skewed += self.copier.skewed
+                self.copier.skewed = 0
+            if copied is not None:
+                self._positions[peer_id] = copied
+            return True
         checkpoint = await self._position(peer_id) if peer_id else None
         request = PullRequest(
             since=checkpoint.seq if checkpoint else 0,
             instance=checkpoint.instance if checkpoint else "",
-            limit=BATCH,
+            # Without a checkpoint, a first page of a copy's chunk tells whether to copy instead.
+            limit=BATCH if checkpoint else min(BATCH, self.copier.chunk),
             wait=LONG_POLL,
             puller_id=self.node_id,
             puller_url=self.membership.self_entry.url,
@@ -269,6 +294,8 @@ class Replicator:
             return False
         self.membership.identified(url, reply.node)
         self.membership.heard_from(reply.node, url)
+        if wants_copy(reply, checkpoint):  # this page is applied all the same
+            self.copier.want(reply.node)
         position = Checkpoint(reply.node, reply.instance, reply.until)
         if not reply.records:
             # Nothing to apply (an idle feed, or only this node's own writes coming back): move

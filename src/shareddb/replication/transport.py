@@ -3,19 +3,24 @@ over the peer API, and the simulation passes in a transport of its own."""
 
 from __future__ import annotations
 
+import asyncio
 import ssl
-from collections.abc import Iterator
+from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
 import orjson
 
 from shareddb.record import Record
 
+if TYPE_CHECKING:
+    from shareddb.replication.copy import CopyRequest, Frame
+
 PEER_HEADER = "Authorization"
 READ_SLACK = 10.0  # seconds past the long poll a peer may go silent before the pull fails
 ENCODE_PART = 256 * 1024
+COPY_READ_TIMEOUT = 60.0  # seconds a copy stream may go silent (the source reads a chunk)
 
 
 class PeerError(Exception):
@@ -49,12 +54,17 @@ class PullReply:
     members: list[dict[str, Any]]
     # (start, stop) index ranges of `records` that are transactions: applied whole, kept whole.
     groups: list[tuple[int, int]] = field(default_factory=list)
+    floor: int = 0  # the source's feed floor: a checkpoint below it is copied anew (copy.py)
 
 
 class Transport(Protocol):
     async def pull(self, url: str, request: PullRequest) -> PullReply: ...
 
     async def join(self, url: str, entries: list[dict[str, Any]]) -> list[dict[str, Any]]: ...
+
+    def copy(self, url: str, request: CopyRequest) -> AsyncGenerator[Frame, None]:
+        """The frames of a bulk copy of the peer's data set (replication/copy.py)."""
+        ...
 
     async def close(self) -> None: ...
 
@@ -69,6 +79,8 @@ def encode_reply(reply: PullReply) -> Iterator[bytes]:
         "last_seq": reply.last_seq,
         "members": reply.members,
     }
+    if reply.floor:
+        head["floor"] = reply.floor
     parts = [orjson.dumps(head)[:-1], b',"changes":[']
     size = 0
     txn = _group_marks(reply)
@@ -128,6 +140,7 @@ def decode_reply(body: bytes) -> PullReply:
             records=records,
             members=list(data["members"]),
             groups=groups,
+            floor=int(data.get("floor", 0)),
         )
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise PeerError(f"unreadable answer from peer: {exc}") from exc
@@ -163,6 +176,45 @@ class HttpTransport:
         )
         body = await self._call("GET", url + "/v1/peer/changes", params=params, timeout=timeout)
         return decode_reply(body)
+
+    async def copy(self, url: str, request: CopyRequest) -> AsyncGenerator[Frame, None]:
+        """GET /v1/peer/copy, its frames decoded as they arrive: a chunk is held once, as it is
+        read, never the whole answer."""
+        from shareddb.replication.copy import CopyDeferred, CopyRefused, decode_frame
+
+        params = {
+            "after": request.after,
+            "limit": str(request.limit),
+            "from": request.puller_id,
+            "url": request.puller_url,
+            "v": str(request.puller_version),
+            "inc": request.puller_incarnation,
+            "digest": request.digest,
+        }
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=3.0, sock_read=COPY_READ_TIMEOUT)
+        target = url + "/v1/peer/copy"
+        try:
+            async with self._session.get(target, params=params, timeout=timeout) as response:
+                if response.status != 200:
+                    body = await response.read()
+                    if response.status == 410:
+                        raise PeerRemoved(_message(body))
+                    if response.status in (404, 501):  # an older node, or a store without copies
+                        raise CopyRefused(f"{target} answered {response.status}")
+                    if response.status == 503:
+                        raise CopyDeferred(_message(body))
+                    raise PeerError(f"{target} answered {response.status}: {body[:200]!r}")
+                content = response.content
+                while line := await content.readline():
+                    if not line.rstrip(b"\n").isdigit():
+                        raise PeerError(f"unreadable copy frame from {url}")
+                    yield decode_frame(await content.readexactly(int(line)))
+        except asyncio.IncompleteReadError as exc:
+            raise PeerError(f"the copy from {url} was cut short") from exc
+        except aiohttp.ClientError as exc:
+            raise PeerError(f"cannot reach {url}: {exc}") from exc
+        except TimeoutError as exc:
+            raise PeerError(f"{url} did not answer in time") from exc
 
     async def join(self, url: str, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         timeout = aiohttp.ClientTimeout(total=10.0, connect=3.0)

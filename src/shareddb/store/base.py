@@ -20,9 +20,11 @@ import contextlib
 import enum
 import hashlib
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
+
+import orjson
 
 from shareddb.record import Record
 
@@ -39,6 +41,10 @@ class StoreUnavailable(Exception):
 class StoreFull(StoreUnavailable):
     """The store is there but cannot write (no space, read-only); nothing was changed, and reads
     still work. Not sticky: every later write tries again."""
+
+
+class CopyUnsupported(Exception):
+    """This store cannot serve a bulk copy (a peer then reads its changes feed instead)."""
 
 
 class Outcome(enum.Enum):
@@ -89,6 +95,61 @@ class FeedPage:
 
     changes: list[Change]
     until: int
+
+
+@dataclass(frozen=True, slots=True)
+class CopyPosition:
+    """How far a bulk copy of a peer's data set has got (replication/copy.py), saved with every
+    chunk it applies: the peer, its feed instance, the peer's feed sequence when the copy began
+    (the feed is read from there once the copy is over), and the copy's place in the peer's data
+    set (`after`: the last key copied; "" before the first)."""
+
+    peer: str
+    instance: str
+    seq: int
+    after: str = ""
+
+    @property
+    def meta_name(self) -> str:
+        """The node meta entry the position is kept in ("" there: no copy under way)."""
+        return f"copy:{self.peer}"
+
+    def encode(self) -> str:
+        return orjson.dumps([self.instance, self.seq, self.after]).decode()
+
+    @classmethod
+    def decode(cls, peer: str, text: str | None) -> CopyPosition | None:
+        """The position kept for `peer`, or None: no copy under way (or one this cannot read)."""
+        if not text:
+            return None
+        try:
+            instance, seq, after = orjson.loads(text)
+        except (orjson.JSONDecodeError, TypeError, ValueError):
+            return None
+        if not (isinstance(instance, str) and type(seq) is int and isinstance(after, str)):
+            return None
+        return cls(peer, instance, seq, after)
+
+
+@dataclass(frozen=True, slots=True)
+class CopyPage:
+    """One read of a bulk copy: records in key order after a key, tombstones included.
+
+    `changes`: a record outside any transaction has `txn` 0; a row covered by a transaction entry
+    comes with that entry, served whole where the first of its rows is met (each change of it
+    then carries the entry's sequence as `txn`, and they come together). `after` is the last key
+    the read passed (the next read starts after it); `done`: no key after it. `served`: the
+    transaction entries it served whole (with those served along with them): a later read
+    given them as `skip` leaves out the rows they cover."""
+
+    changes: list[Change]
+    after: str
+    done: bool
+    served: set[int]
+
+
+COPY_CHUNK = 20_000  # records a copy read hands over at most at once (--copy-chunk)
+COPY_CHUNK_BYTES = 8 * 1024 * 1024  # and about this many bytes of them (by `change_size`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +247,28 @@ class Store(Protocol):
         """Merge records from a peer by LWW and save `checkpoint`, atomically. `groups`: index
         ranges of `records` that are transactions, kept whole in this node's feed. Returns how
         many won."""
+        ...
+
+    async def bulk_load(
+        self,
+        records: Sequence[Record],
+        position: CopyPosition,
+        groups: Sequence[tuple[int, int]] = (),
+        *,
+        done: bool = False,
+    ) -> int:
+        """Merge a chunk of a bulk copy from a peer by LWW and save the copy's `position`,
+        atomically (see `plan.BulkLoad`). With `done`, the copy ends: the position is cleared and
+        the peer's checkpoint set to `position.seq`. Returns how many records won."""
+        ...
+
+    async def copy_page(
+        self, after: str, limit: int, max_bytes: int, skip: Collection[int] = ()
+    ) -> CopyPage:
+        """The next records of a bulk copy, by key after `after` (see `CopyPage`), read at one
+        point in time: at most `limit` rows and about `max_bytes` (a transaction entry comes
+        whole, which may pass both). Rows covered by an entry of `skip` are left out (they were
+        served with it already). Raises `CopyUnsupported` when this store cannot serve a copy."""
         ...
 
     async def scan(self, prefix: str, after: str | None, limit: int) -> list[Record]:

@@ -72,3 +72,28 @@ def serve_entry(
                 seen_entries.add(txn)
                 worklist.append(txn)
     return changes
+
+
+def copy_unit(
+    row: Change,
+    txn: int,
+    served: set[int],
+    items_of: Callable[[int], list[tuple[int, str]]],
+    row_of: Callable[[str], FeedRow | None],
+) -> list[Change]:
+    """What a bulk copy serves for one row met in key order (store.copy_page): the row alone, or,
+    when a transaction entry covers it (`txn`), that entry whole as the feed serves it to a reader
+    that holds nothing (`serve_entry` from 0), each change marked with the entry, unless an entry
+    of `served` covers it (it came already). Adds the entries it serves to `served`."""
+    if not txn:
+        return [row]
+    if txn in served:
+        return []
+    changes = serve_entry(txn, 0, items_of, row_of)
+    served.add(txn)
+    # The entries served along with it (they cover rows of this unit) are not served again either.
+    for change in changes:
+        found = row_of(change.record.key)
+        if found is not None and found[4]:
+            served.add(found[4])
+    return [Change(c.seq, c.record, txn, c.current) for c in changes]

@@ -19,12 +19,13 @@ from shareddb.store.base import (
     SNAPSHOT_CHUNK_BYTES,
     Change,
     Checkpoint,
+    CopyPage,
     FeedPage,
     StoreUnavailable,
     bucket_of,
     change_size,
 )
-from shareddb.store.entries import serve_entry
+from shareddb.store.entries import copy_unit, serve_entry
 from shareddb.store.expiry import Expiring
 from shareddb.store.pipeline import PipelineStore, wall_millis
 from shareddb.store.plan import Batch, Planner, Stored, Tally, Tombstones
@@ -182,6 +183,31 @@ class MemoryBackend:
         if len(positions) >= limit:
             return FeedPage(changes, read_to)
         return FeedPage(changes, max(seq, now.tally.seq))
+
+    async def copy_page(self, after: str, limit: int, max_bytes: int, skip: Collection[int]) -> CopyPage:
+        """A commit swaps in a new `Snapshot`: the one current now is one point in time. Its
+        keys are sorted for every page (this backend holds test-sized data sets)."""
+        now = await self._now()
+        keys = sorted(key for key in now.rows if key > after)
+        changes: list[Change] = []
+        served = set(skip)
+        total = 0
+        read_to = after
+        for taken, key in enumerate(keys):
+            if taken >= limit or (total > max_bytes and changes):
+                return CopyPage(changes, read_to, False, served - set(skip))
+            value, version, seq, expires, txn = now.rows[key]
+            unit = copy_unit(
+                Change(seq, Record(key, value, version, expires)),
+                txn,
+                served,
+                now.entries.__getitem__,
+                now.rows.get,
+            )
+            total += sum(change_size(c.record.key, c.record.value) for c in unit)
+            changes.extend(unit)
+            read_to = key
+        return CopyPage(changes, read_to, True, served - set(skip))
 
     async def checkpoint(self, peer: str) -> Checkpoint | None:
         return (await self._now()).checkpoints.get(peer)

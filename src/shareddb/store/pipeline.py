@@ -24,8 +24,12 @@ from typing import Any, Protocol
 from shareddb.clock import wall_millis
 from shareddb.record import Record
 from shareddb.store.base import (
+    COPY_CHUNK,
+    COPY_CHUNK_BYTES,
     ChangeSignal,
     Checkpoint,
+    CopyPage,
+    CopyPosition,
     Digest,
     FeedPage,
     SnapshotRead,
@@ -37,6 +41,7 @@ from shareddb.store.cache import RecordCache
 from shareddb.store.expiry import Expiring, ExpiryIndex
 from shareddb.store.plan import (
     Batch,
+    BulkLoad,
     ClientWrite,
     Condition,
     Expire,
@@ -158,6 +163,11 @@ class Backend(Protocol):
     async def snapshot(self) -> SnapshotRead:
         """Every record as of the last commit, read in chunks (see `SnapshotRead`): a commit
         that lands while it is read is not in it."""
+        ...
+
+    async def copy_page(self, after: str, limit: int, max_bytes: int, skip: Collection[int]) -> CopyPage:
+        """The next records of a bulk copy (see `Store.copy_page`), read at one commit; raises
+        `CopyUnsupported` when the backend cannot serve one."""
         ...
 
 
@@ -289,6 +299,16 @@ class PipelineStore:
         self._check_open()
         return await self._backend.snapshot()
 
+    async def copy_page(
+        self,
+        after: str,
+        limit: int = COPY_CHUNK,
+        max_bytes: int = COPY_CHUNK_BYTES,
+        skip: Collection[int] = (),
+    ) -> CopyPage:
+        self._check_open()
+        return await self._backend.copy_page(after, limit, max_bytes, skip)
+
     # -- writes --------------------------------------------------------------------------------
 
     async def write(self, record: Record, condition: Condition | None = None) -> object:
@@ -307,6 +327,18 @@ class PipelineStore:
     ) -> int:
         result: int = await self._submit(PeerBatch(records, checkpoint, groups))
         return result
+
+    async def bulk_load(
+        self,
+        records: Sequence[Record],
+        position: CopyPosition,
+        groups: Sequence[tuple[int, int]] = (),
+        *,
+        done: bool = False,
+    ) -> int:
+        """A chunk of a bulk copy from a peer (see plan.BulkLoad): how many records won."""
+        won: int = await self._submit(BulkLoad(records, position, groups, done))
+        return won
 
     async def set_meta(self, name: str, value: str) -> None:
         await self._submit(SetMeta(name, value))

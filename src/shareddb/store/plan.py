@@ -25,6 +25,7 @@ from shareddb.store.base import (
     DIGEST_BUCKETS,
     Change,
     Checkpoint,
+    CopyPosition,
     Digest,
     Outcome,
     bucket_of,
@@ -98,6 +99,20 @@ class PeerBatch:
 
 
 @dataclass(frozen=True, slots=True)
+class BulkLoad:
+    """A chunk of a bulk copy of a peer's data set (replication/copy.py): its records merged by
+    LWW exactly as a `PeerBatch`'s (a transaction's records, as `groups`, kept whole), and the
+    copy's `position` saved in the same commit, so that a copy cut half way resumes after the last
+    chunk that committed. With `done` the copy is over: the position is cleared and the peer's
+    checkpoint set to the feed sequence at which the copy began. Answers how many records won."""
+
+    records: Sequence[Record]
+    position: CopyPosition
+    groups: Sequence[tuple[int, int]] = ()
+    done: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Expire:
     """Turn each (key, version) whose value expired by `now` into a tombstone of that same
     version (never a new one: a later write, from any node, still wins). Answers how many."""
@@ -123,13 +138,13 @@ class PurgeTombstones:
     before: str
 
 
-Op = ClientWrite | Txn | PeerBatch | Expire | SetMeta | PurgeTombstones
+Op = ClientWrite | Txn | PeerBatch | Expire | SetMeta | PurgeTombstones | BulkLoad
 
 
 def op_records(op: Op) -> Sequence[Record]:
     if isinstance(op, ClientWrite):
         return (op.record,)
-    if isinstance(op, PeerBatch | Txn):
+    if isinstance(op, PeerBatch | Txn | BulkLoad):
         return op.records
     return ()
 
@@ -140,7 +155,7 @@ def op_keys(op: Op) -> Sequence[str]:
         return (op.record.key,)
     if isinstance(op, Txn):
         return [c.key for c in op.conditions] + [r.key for r in op.records]
-    if isinstance(op, PeerBatch):
+    if isinstance(op, PeerBatch | BulkLoad):
         return [r.key for r in op.records]
     if isinstance(op, Expire):
         return [key for key, _ in op.due]
@@ -175,6 +190,9 @@ def unstorable(op: Op) -> str | None:
         elif isinstance(op, SetMeta):
             op.name.encode("utf-8")
             op.value.encode("utf-8")
+        elif isinstance(op, BulkLoad):
+            op.position.encode().encode("utf-8")
+            op.position.peer.encode("utf-8")
     except UnicodeEncodeError as exc:
         return str(exc)
     return None
@@ -269,6 +287,42 @@ class MergePlan:
             return Outcome.DELETED
         return Outcome.UPDATED if was_visible else Outcome.CREATED
 
+    def load(self, records: Sequence[Record]) -> int:
+        """`merge` of many records from a peer, outside any transaction: the same rule and the
+        same effects, in one loop (a bulk copy's hot path, a million records per copy). Returns
+        how many won."""
+        current, rows, accepted = self.current, self.rows, self.accepted
+        buckets, base = self.buckets, self.base_buckets
+        seq, live, won = self.seq, self.live, 0
+        for record in records:
+            key, value, version = record.key, record.value, record.version
+            stored = current.get(key)
+            was_live = False
+            if stored is not None:
+                was_live = stored[0]
+                if not version > stored[1]:  # record.supersedes, and the exception of `merge`
+                    if not (was_live and stored[2] is not None and value is None):
+                        continue
+                    if version != stored[1]:
+                        continue
+            expires = None if value is None else record.expires
+            if expires is not record.expires:
+                record = Record(key, value, version, expires)
+            seq += 1
+            rows[key] = (key, value, version, seq, expires, 0)
+            current[key] = (value is not None, version, expires)
+            accepted.append(record)
+            if stored is None or stored[1] != version:
+                bucket = bucket_of(key)
+                digest = buckets.get(bucket, base[bucket]) ^ record_hash(key, version)
+                if stored is not None:
+                    digest ^= record_hash(key, stored[1])
+                buckets[bucket] = digest
+            live += (value is not None) - was_live
+            won += 1
+        self.seq, self.live = seq, live
+        return won
+
     def expire(self, key: str, version: str) -> bool:
         """Turn the value of `key` at `version` into a tombstone of the same version, when it has
         expired. The digest does not change: it hashes (key, version) only."""
@@ -331,6 +385,7 @@ class Batch:
     tally: Tally  # the store's tally once this batch commits
     results: list[object]  # one per operation, in order (not written)
     accepted: list[Record]  # records written, then purged keys as Record(key, None, "") (not written)
+    copied: bool = False  # a bulk copy ended in this batch (SQLite checkpoints its WAL after it)
 
 
 Planner = Callable[[Tally, Stored, Tombstones], Batch]
@@ -352,6 +407,7 @@ def plan_batch(
     checkpoints: dict[str, Checkpoint] = {}
     meta: dict[str, str] = {}
     purges: list[tuple[int, PurgeTombstones]] = []
+    copied = False
     for op in ops:
         if isinstance(op, ClientWrite):
             condition = op.condition
@@ -371,6 +427,13 @@ def plan_batch(
         elif isinstance(op, SetMeta):
             meta[op.name] = op.value
             results.append(None)
+        elif isinstance(op, BulkLoad):
+            results.append(_plan_peer_batch(plan, op) if op.groups else plan.load(op.records))
+            position = op.position
+            meta[position.meta_name] = "" if op.done else position.encode()
+            if op.done:
+                copied = True
+                checkpoints[position.peer] = Checkpoint(position.peer, position.instance, position.seq)
         else:
             purges.append((len(results), op))
             results.append(0)
@@ -393,6 +456,7 @@ def plan_batch(
         tally,
         results,
         plan.accepted,
+        copied,
     )
 
 
@@ -416,7 +480,7 @@ def _plan_txn(plan: MergePlan, txn: Txn) -> object:
     return outcomes
 
 
-def _plan_peer_batch(plan: MergePlan, batch: PeerBatch) -> int:
+def _plan_peer_batch(plan: MergePlan, batch: PeerBatch | BulkLoad) -> int:
     won = 0
     records = batch.records
     position = 0

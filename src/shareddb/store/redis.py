@@ -71,6 +71,8 @@ from shareddb.store.base import (
     CHANGE_OVERHEAD,
     Change,
     Checkpoint,
+    CopyPage,
+    CopyUnsupported,
     FeedPage,
     StoreFull,
     StoreUnavailable,
@@ -390,6 +392,12 @@ class RedisBackend:
                     found[key] = decode_head(raw_version[1:])[0]
             if int(cursor) == 0:
                 return found
+
+    async def copy_page(self, after: str, limit: int, max_bytes: int, skip: Collection[int]) -> CopyPage:
+        """Not served: this layout keeps no key order over tombstones and live values together,
+        nor a way to read a transaction entry as a reader from 0 would get it. A node copying from
+        a Redis-backed peer reads its changes feed instead (docs/design.md, "Bulk copy")."""
+        raise CopyUnsupported("a Redis store does not serve bulk copies")
 
     async def snapshot(self) -> RedisSnapshotRead:
         """One script copies the records and the feed index (COPY, inside Redis): the read then

@@ -25,9 +25,11 @@ from urllib.parse import quote
 
 from shareddb.record import Record
 from shareddb.store.base import (
+    CHANGE_OVERHEAD,
     DIGEST_BUCKETS,
     Change,
     Checkpoint,
+    CopyPage,
     FeedPage,
     StoreFull,
     StoreUnavailable,
@@ -35,7 +37,7 @@ from shareddb.store.base import (
     change_size,
     prefix_end,
 )
-from shareddb.store.entries import FeedRow, decode_entry, encode_entry, serve_entry
+from shareddb.store.entries import FeedRow, copy_unit, decode_entry, encode_entry, serve_entry
 from shareddb.store.expiry import Expiring
 from shareddb.store.pipeline import PipelineStore, wall_millis
 from shareddb.store.plan import Batch, Planner, Tally, Tombstones
@@ -47,7 +49,7 @@ from shareddb.store.sqlite_faults import (
     write_error,
 )
 from shareddb.store.sqlite_rows import insert_rows, lookup
-from shareddb.store.sqlite_schema import FEED, UPSERT_HEAD, UPSERT_TAIL, create_or_upgrade
+from shareddb.store.sqlite_schema import COPY, FEED, UPSERT_HEAD, UPSERT_TAIL, create_or_upgrade
 from shareddb.store.sqlite_snapshot import SQLiteSnapshotRead
 from shareddb.store.writer_thread import WriterThread
 
@@ -245,6 +247,45 @@ class SQLiteBackend:
         page: FeedPage = await self._in_reader(self._change_rows, seq, limit, max_bytes)
         return page
 
+    async def copy_page(self, after: str, limit: int, max_bytes: int, skip: Collection[int]) -> CopyPage:
+        page: CopyPage = await self._in_reader(self._copy_rows, after, limit, max_bytes, skip)
+        return page
+
+    def _copy_rows(self, after: str, limit: int, max_bytes: int, skip: Collection[int]) -> CopyPage:
+        """One read transaction, along the primary key's index: a page of a bulk copy."""
+        db = self._scan
+        assert db is not None
+        changes: list[Change] = []
+        served = set(skip)
+        total = 0
+        read_to = after
+        taken = 0
+        db.execute("BEGIN")
+        try:
+            rows = db.execute(COPY, (after, limit))
+            for key, value, version, seq, expires, txn in rows:
+                if txn:
+                    unit = copy_unit(
+                        Change(seq, Record(key, value, version, expires)),
+                        txn,
+                        served,
+                        lambda entry: _entry_items(db, entry),
+                        lambda k: _feed_row(db, k),
+                    )
+                    total += sum(change_size(c.record.key, c.record.value) for c in unit)
+                    changes.extend(unit)
+                else:
+                    total += len(key) + len(value or "") + CHANGE_OVERHEAD
+                    changes.append(Change(seq, Record(key, value, version, expires)))
+                read_to = key
+                taken += 1
+                if total >= max_bytes:
+                    break
+            rows.close()
+        finally:
+            db.execute("COMMIT")
+        return CopyPage(changes, read_to, taken < limit and total < max_bytes, served - set(skip))
+
     async def bucket_versions(self, bucket: int) -> dict[str, str]:
         found: dict[str, str] = await self._in_reader(self._bucket_rows, bucket)
         return found
@@ -351,9 +392,16 @@ class SQLiteBackend:
     def _write(self, keys: Collection[str], purge_upto: int | None, plan: Planner) -> Batch:
         """Runs on the writer thread: one transaction, one fsync, for the whole batch."""
         try:
-            return self._transaction(keys, purge_upto, plan)
+            batch = self._transaction(keys, purge_upto, plan)
         except Exception as exc:
             raise write_error(exc) from exc
+        else:
+            if batch.copied and self._wdb is not None and not self._snapshots:
+                # A bulk copy ended: its WAL goes into the database file now, and the WAL file
+                # back to nothing, rather than being copied piecemeal behind later commits.
+                with contextlib.suppress(sqlite3.Error):
+                    self._wdb.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            return batch
         finally:
             self._checkpoint_due.set()
             # Not while a snapshot read is open: the WAL cannot be restarted past it, and the
@@ -452,6 +500,18 @@ class SQLiteBackend:
             log.warning("checkpoint failed: %s", exc)
         finally:
             db.close()
+
+
+def _entry_items(db: sqlite3.Connection, entry: int) -> list[tuple[int, str]]:
+    row = db.execute("SELECT body FROM txns WHERE seq = ?", (entry,)).fetchone()
+    return [] if row is None else decode_entry(row[0])
+
+
+def _feed_row(db: sqlite3.Connection, key: str) -> FeedRow | None:
+    found: FeedRow | None = db.execute(
+        "SELECT value, version, seq, expires, coalesce(txn, 0) FROM kv WHERE key = ?", (key,)
+    ).fetchone()
+    return found
 
 
 def _entry_changes(db: sqlite3.Connection, at: int, since: int) -> list[Change]:

@@ -22,6 +22,7 @@ import orjson
 
 from shareddb.store.plan import Stored
 
+RANGE_LOOKUP = 2000  # keys of a batch from which a lookup tries one range read
 CHUNK = 256  # rows per statement at most: 6 columns x 256 stays far below SQLite's 32,766 variables
 
 
@@ -53,6 +54,16 @@ def insert_rows(
 def lookup(db: sqlite3.Connection, keys: Collection[str]) -> Stored:
     """The stored (live, version, expires) of each of `keys` that exists, one step per chunk."""
     found: Stored = {}
+    if len(keys) >= RANGE_LOOKUP and isinstance(keys, set | frozenset):
+        # Many keys (a chunk of a bulk copy: a run of neighbouring keys): one read along the key
+        # index from the least to the greatest, unless that range holds many other keys.
+        low, high = min(keys), max(keys)
+        rows = db.execute(_RANGE, (low, high, 2 * len(keys) + 1)).fetchall()
+        if len(rows) <= 2 * len(keys):
+            for key, live, version, expires in rows:
+                if key in keys:
+                    found[key] = (bool(live), version, expires)
+            return found
     pending = list(keys)
     for part in chunks(pending):
         (doc,) = db.execute(_LOOKUP.format(marks=_marks(len(part))), part).fetchone()
@@ -66,6 +77,10 @@ def _marks(count: int) -> str:
     return ", ".join("?" * count)
 
 
+_RANGE = (
+    "SELECT key, value IS NOT NULL, version, expires FROM kv "
+    "WHERE key >= ? AND key <= ? ORDER BY key LIMIT ?"
+)
 _LOOKUP = (
     "SELECT json_group_array(json_array(key, value IS NOT NULL, version, expires)) "
     "FROM kv WHERE key IN ({marks})"

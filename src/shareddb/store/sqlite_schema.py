@@ -48,6 +48,11 @@ SELECT seq, NULL, NULL, NULL, NULL, body FROM txns WHERE seq > ?
 ORDER BY 1 LIMIT ?
 """
 
+# A page of a bulk copy: every row (tombstones too) by key, along the primary key's index.
+COPY = """
+SELECT key, value, version, seq, expires, coalesce(txn, 0) FROM kv WHERE key > ? ORDER BY key LIMIT ?
+"""
+
 
 def create_or_upgrade(db: sqlite3.Connection) -> None:
     """Make the tables of a new store, or add to an older store what it lacks (idempotent)."""
