@@ -105,6 +105,20 @@ def test_node_that_was_stopped_catches_up_from_the_bus(start_node: StartNode, bu
         assert_state(c, final_state(acks), prefix, set())
 
 
+def test_node_killed_before_it_published_sends_its_writes_when_back(
+    start_node: StartNode, bus: NatsServer
+) -> None:
+    """Invariant 1: an acknowledged write reaches the others though its node was killed (kill -9)
+    between the commit and the publication: it publishes from its saved position when back."""
+    a, b = bus_cluster(start_node, bus, ["a", "b"])
+    acks = run_ops(writes([a], "crash", 200), concurrency=16)
+    a.kill()
+    assert all(x.version for x in acks)
+    a.start()
+    wait_converged([a, b])
+    assert_state(b, final_state(acks), "crash/", set())
+
+
 def test_bus_server_killed_mid_writes_loses_nothing(start_node: StartNode, bus: NatsServer) -> None:
     seed, rng = seeded_rng()
     print(f"seed {seed}")
