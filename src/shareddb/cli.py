@@ -68,6 +68,8 @@ def cli() -> None:
 @_setting("--store", default="sqlite", show_default=True)
 @_setting("--registry", default=None)
 @_setting("--registry-ttl", type=click.FloatRange(min=1), default=15.0, show_default=True)
+@_setting("--bus", default=None)
+@_setting("--bus-retention", type=click.FloatRange(min=1), default=604_800.0, show_default=True)
 @_setting(
     "--max-value-bytes",
     type=click.IntRange(min=1),
@@ -99,6 +101,8 @@ def serve(
     store: str,
     registry: str | None,
     registry_ttl: float,
+    bus: str | None,
+    bus_retention: float,
     max_value_bytes: int,
     token: str | None,
     tokens: Path | None,
@@ -134,6 +138,8 @@ def serve(
         store=store,
         registry=registry,
         registry_ttl=registry_ttl,
+        bus=bus.strip() if bus and bus.strip() else None,
+        bus_retention=bus_retention,
         max_value_bytes=max_value_bytes,
         token=token or None,
         tokens=tokens,

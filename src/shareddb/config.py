@@ -61,6 +61,19 @@ SETTINGS: tuple[Setting, ...] = (
         "it as left and stop pulling it until it announces itself again.",
     ),
     Setting(
+        "--bus",
+        "none",
+        "NATS JetStream server (nats://HOST:PORT, optionally /CLUSTER) to replicate through: "
+        "every node on it publishes its writes there once and reads everyone else's; no --peers "
+        "needed. Without it, nodes pull from their peers.",
+    ),
+    Setting(
+        "--bus-retention",
+        "604800",
+        "Seconds the bus stream keeps a change when this node creates it; a node that was away "
+        "longer copies the data set from a peer, then reads the stream again.",
+    ),
+    Setting(
         "--max-value-bytes",
         str(DEFAULT_MAX_VALUE_BYTES),
         "Largest value accepted, in UTF-8 bytes; larger writes get 413.",
@@ -162,6 +175,8 @@ class Settings:
     store: str = "sqlite"
     registry: str | None = None
     registry_ttl: float = 15.0
+    bus: str | None = None
+    bus_retention: float = 604_800.0
     max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
     token: str | None = None
     tokens: Path | None = None

@@ -86,6 +86,9 @@ class Membership:
         self.static_urls: set[str] = set()  # --peers / --join URLs whose node id is not known yet
         # URLs where a member that left answered again: not pulled (see `pull_urls`).
         self.refused_urls: set[str] = set()
+        # On a change bus (replication/bus.py) the members' writes come through it: only the
+        # --peers and --join URLs not identified yet are pulled, to learn who answers there.
+        self.bus = False
         self._clock = clock
         self._progress = asyncio.Event()
         self.on_change: Callable[[], None] = lambda: None
@@ -102,6 +105,8 @@ class Membership:
             return set()
         urls = {m.url for m in self.members.values() if not m.left and not m.registry_expired}
         departed = {m.url for m in self.members.values() if m.left} - urls - self.refused_urls
+        if self.bus:
+            return set(self.static_urls)  # members replicate through the bus, not by pulls
         return urls | self.static_urls | (departed - {self.self_entry.url})
 
     def id_for_url(self, url: str) -> str | None:

@@ -33,9 +33,11 @@ from shareddb.record import (
 )
 from shareddb.redis_urls import redact_url
 from shareddb.registry import Registry, check_registry_url
+from shareddb.replication.bus import Bus
+from shareddb.replication.bus_view import parse_bus_url, redact
 from shareddb.replication.feed import Feed
 from shareddb.replication.puller import Replicator
-from shareddb.replication.transport import HttpTransport, Transport
+from shareddb.replication.transport import HttpTransport, PeerError, Transport
 from shareddb.store.base import Outcome, Store, StoreUnavailable
 from shareddb.store.plan import Behind, Condition, Conflict
 from shareddb.store.redis import RedisStore
@@ -115,6 +117,7 @@ class Node:
         self.watches = WatchHub(store, now=now)  # the watchers of the same feed (GET /v1/watch)
         self.replicator: Replicator | None = None
         self.registry: Registry | None = None
+        self.bus: Bus | None = None
 
     @classmethod
     async def open(
@@ -136,6 +139,11 @@ class Node:
                 check_registry_url(settings.registry)
             except ValueError as exc:
                 raise NodeError(f"bad --registry {redact_url(settings.registry)!r}: {exc}") from None
+        if settings.bus:
+            try:
+                parse_bus_url(settings.bus)
+            except ValueError as exc:
+                raise NodeError(f"bad --bus {redact(settings.bus)!r}: {exc}") from None
         data = settings.data
         try:
             data.mkdir(parents=True, exist_ok=True)
@@ -228,7 +236,22 @@ class Node:
         # Only the peer token: no client token opens a peer endpoint.
         transport = transport or HttpTransport(self.settings.peer_token, ssl_context=peer_tls)
         replicator = await self.attach_replication(url, transport)
+        if self.settings.bus:
+            # Made before the pullers start: members on the bus are not pulled.
+            self.bus = Bus(
+                parse_bus_url(self.settings.bus),
+                self.id,
+                self.store,
+                self.clock,
+                self.membership,
+                retention=self.settings.bus_retention,
+                now=self._now,
+                copy_from=self.copy_from,
+                fallback_urls=lambda: [*self.settings.peers, *filter(None, [self.settings.join])],
+            )
         replicator.start(join=self.settings.join)
+        if self.bus is not None:
+            self.bus.start()
         if self.settings.registry:
             self.registry = Registry(
                 self.settings.registry, self.membership, ttl=self.settings.registry_ttl
@@ -263,6 +286,9 @@ class Node:
         if self.registry is not None:
             await self.registry.stop()  # first: its entry goes before this node stops answering
             self.registry = None
+        if self.bus is not None:
+            await self.bus.stop()
+            self.bus = None
         if self.replicator is not None:
             await self.replicator.stop()
             self.replicator = None
@@ -396,6 +422,19 @@ class Node:
             await self.replicator.persist_members()
         return True
 
+    async def copy_from(self, url: str) -> None:
+        """Take the whole data set of the peer at `url` through the join path (its changes feed,
+        or a bulk copy where the peer offers one), until this node has caught up with it. The
+        change bus falls back on this when the stream no longer holds what a node missed."""
+        if self.replicator is None:
+            raise PeerError("replication is not running")
+        while True:
+            if not await self.replicator.pull_once(url):
+                raise PeerError(f"{url} is this node, or a member that was removed")
+            peer = self.membership.id_for_url(url)
+            if peer is not None and self.replicator.pull_lag.get(peer) == 0:
+                return
+
     async def wait_for_copies(self, copies: int, timeout: float) -> int:
         """Wait until `copies` nodes hold every write this node has committed so far.
 
@@ -403,6 +442,8 @@ class Node:
         a checkpoint at or past it. Returns how many nodes hold it at the end.
         """
         target = self.store.last_seq
+        if self.bus is not None:
+            self.bus.hurry(timeout)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:

@@ -35,16 +35,17 @@ async def cluster(node: Node, request: web.BaseRequest) -> web.Response:
         )
     for url in sorted(membership.static_urls):
         members.append({"id": None, "url": url, "state": "down", "lag": last_seq, "last_contact": None})
-    return json_response(
-        {
-            "node": {
-                "id": node.id,
-                "url": node.url,
-                "state": "left" if membership.self_entry.left else "up",
-            },
-            "members": members,
-        }
-    )
+    answer = {
+        "node": {
+            "id": node.id,
+            "url": node.url,
+            "state": "left" if membership.self_entry.left else "up",
+        },
+        "members": members,
+    }
+    if node.bus is not None:
+        answer["bus"] = node.bus.status()
+    return json_response(answer)
 
 
 async def leave(node: Node, request: web.BaseRequest) -> web.Response:

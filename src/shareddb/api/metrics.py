@@ -153,7 +153,9 @@ class _NodeCollector:
             "Latest sequence number of this node's changes feed (it never goes backwards).",
             store.last_seq,
         )
-        skewed = node.replicator.skewed if node.replicator else 0
+        skewed = (node.replicator.skewed if node.replicator else 0) + (
+            node.bus.skewed if node.bus else 0
+        )
         yield CounterMetricFamily(
             "shareddb_clock_skew",
             "Received versions more than the drift bound ahead of this node's clock.",
@@ -165,6 +167,23 @@ class _NodeCollector:
             self.metrics.connections(),
         )
         yield from self._members()
+        if node.bus is not None:
+            bus = node.bus.status()
+            yield GaugeMetricFamily(
+                "shareddb_bus_connected",
+                "Whether this node is connected to its change bus (1) or not (0).",
+                1 if bus["connected"] else 0,
+            )
+            yield GaugeMetricFamily(
+                "shareddb_bus_lag",
+                "Messages on the change bus's stream this node has not applied yet.",
+                bus["lag"],
+            )
+            yield GaugeMetricFamily(
+                "shareddb_bus_unpublished",
+                "Changes of this node's feed not yet looked at by its publisher to the change bus.",
+                bus["unpublished"],
+            )
         watches = node.watches
         yield GaugeMetricFamily(
             "shareddb_watchers", "Open watch streams (GET /v1/watch).", watches.watchers

@@ -237,10 +237,44 @@ SCHEMAS: Doc = {
             },
         },
     },
+    "Bus": {
+        "type": "object",
+        "description": "The change bus (--bus), only when the node has one.",
+        "required": ["url", "stream", "connected", "position", "stream_last", "lag"],
+        "properties": {
+            "url": {"type": "string", "example": "nats://127.0.0.1:4222"},
+            "stream": {"type": "string", "example": "SHAREDDB_shareddb"},
+            "connected": {"type": "boolean"},
+            "position": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "The stream sequence this node has applied up to.",
+            },
+            "stream_last": {"type": "integer", "minimum": 0},
+            "lag": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "Messages on the stream this node has not applied yet.",
+            },
+            "published": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "This node's feed position published up to.",
+            },
+            "unpublished": {"type": "integer", "minimum": 0},
+            "copying": {
+                "type": "string",
+                "nullable": True,
+                "description": "The peer a fallback copy reads from, while one runs.",
+            },
+            "error": {"type": "string", "nullable": True},
+        },
+    },
     "Cluster": {
         "type": "object",
         "required": ["node", "members"],
         "properties": {
+            "bus": ref("schemas", "Bus"),
             "node": ref("schemas", "ThisNode"),
             "members": {
                 "type": "array",

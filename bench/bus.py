@@ -1,0 +1,169 @@
+"""How long a burst of writes takes to reach every node: the change bus (`--bus`) against the mesh.
+
+Starts N nodes (default 3) twice, each time in a fresh directory: as a mesh (every node with every
+other in `--peers`) and on a private `nats-server -js` (`--bus`, no `--peers`). Each time it sends
+a burst of writes (default 4,000 PUTs of new keys, 100-byte values, 32 in flight) to the first node
+and measures, from the burst's first request: when the last write was acknowledged, and when every
+node answered the same /v1/digest holding all the keys (converged). The two set-ups alternate over
+`--rounds` rounds (mesh, bus, bus, mesh, ...), and each figure is the median; only their ratio
+means something on a shared machine.
+
+    .venv/bin/python bench/bus.py                   # 3 nodes, 4,000 writes, 3 rounds
+    .venv/bin/python bench/bus.py --nodes 5 --writes 2000 --rounds 1
+
+Needs nats-server (Debian: apt-get install nats-server).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+import aiohttp
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.harness import NodeProcess, free_ports, stop_all
+from tests.harness.nats import NatsServer, find_nats_server
+
+VALUE = "v" * 100
+CONVERGE_TIMEOUT = 300.0
+
+
+def digest(node: NodeProcess) -> tuple[int, str] | None:
+    try:
+        with urllib.request.urlopen(node.url + "/v1/digest", timeout=5) as response:
+            body = orjson.loads(response.read())
+            return int(body["count"]), str(body["digest"])
+    except OSError:
+        return None
+
+
+def mesh(work: Path, count: int) -> list[NodeProcess]:
+    ports = free_ports(count)
+    nodes = []
+    for i, port in enumerate(ports):
+        peers = ",".join(f"http://127.0.0.1:{p}" for p in ports if p != port)
+        node = NodeProcess(work / f"n{i}", f"n{i}", "--peers", peers, port=port, session=True)
+        nodes.append(node.start())
+    return nodes
+
+
+def on_bus(work: Path, count: int, server: NatsServer) -> list[NodeProcess]:
+    return [
+        NodeProcess(work / f"n{i}", f"n{i}", "--bus", server.url, session=True).start()
+        for i in range(count)
+    ]
+
+
+def wait_members(nodes: Sequence[NodeProcess], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            views = []
+            for node in nodes:
+                with urllib.request.urlopen(node.url + "/v1/cluster", timeout=5) as response:
+                    views.append(orjson.loads(response.read()))
+        except OSError:
+            time.sleep(0.1)
+            continue
+        if all(sum(m["state"] == "up" for m in v["members"]) == len(nodes) - 1 for v in views):
+            return
+        time.sleep(0.1)
+    raise SystemExit("the nodes did not see each other in time")
+
+
+async def burst(node: NodeProcess, writes: int, tag: str, concurrency: int) -> None:
+    pending = list(range(writes))
+    async with aiohttp.ClientSession() as session:
+
+        async def worker() -> None:
+            while pending:
+                i = pending.pop()
+                url = f"{node.url}/v1/kv/{tag}-{i}"
+                async with session.put(url, data=VALUE) as response:
+                    await response.read()
+                    if response.status not in (200, 201):
+                        raise SystemExit(f"PUT answered {response.status}")
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+
+def measure(nodes: Sequence[NodeProcess], writes: int, tag: str, concurrency: int) -> dict[str, float]:
+    started = time.monotonic()
+    asyncio.run(burst(nodes[0], writes, tag, concurrency))
+    acked = time.monotonic() - started
+    deadline = started + CONVERGE_TIMEOUT
+    while True:
+        digests = [digest(n) for n in nodes]
+        first = digests[0]
+        if first is not None and first[0] >= writes and all(d == first for d in digests):
+            break
+        if time.monotonic() > deadline:
+            raise SystemExit(f"no convergence within {CONVERGE_TIMEOUT}s: {digests}")
+        time.sleep(0.01)
+    return {"acked_s": acked, "converged_s": time.monotonic() - started}
+
+
+def run_one(kind: str, count: int, writes: int, concurrency: int, round_no: int) -> dict[str, float]:
+    with tempfile.TemporaryDirectory(prefix=f"bench-bus-{kind}-") as tmp:
+        work = Path(tmp)
+        server = NatsServer(work / "nats", session=True).start() if kind == "bus" else None
+        nodes: list[NodeProcess] = []
+        try:
+            nodes = mesh(work, count) if server is None else on_bus(work, count, server)
+            wait_members(nodes)
+            return measure(nodes, writes, f"r{round_no}", concurrency)
+        finally:
+            stop_all(nodes)
+            if server is not None:
+                server.kill()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--nodes", type=int, default=3)
+    parser.add_argument("--writes", type=int, default=4000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args(argv)
+    if find_nats_server() is None:
+        print("nats-server is not installed (apt-get install nats-server)", file=sys.stderr)
+        return 2
+    results: dict[str, list[dict[str, float]]] = {"mesh": [], "bus": []}
+    for round_no in range(args.rounds):
+        order = ("mesh", "bus") if round_no % 2 == 0 else ("bus", "mesh")
+        for kind in order:
+            figures = run_one(kind, args.nodes, args.writes, args.concurrency, round_no)
+            results[kind].append(figures)
+            print(
+                f"round {round_no + 1} {kind:4}: acked {figures['acked_s']:.2f} s, "
+                f"converged {figures['converged_s']:.2f} s",
+                flush=True,
+            )
+    median = {
+        kind: {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        for kind, runs in results.items()
+    }
+    print(
+        f"\n{args.writes} writes to node 1 of {args.nodes}, {args.concurrency} in flight, "
+        f"median of {args.rounds} rounds:"
+    )
+    print(f"{'':6}{'acked (s)':>12}{'converged (s)':>16}")
+    for kind in ("mesh", "bus"):
+        print(f"{kind:6}{median[kind]['acked_s']:>12.2f}{median[kind]['converged_s']:>16.2f}")
+    ratio = median["bus"]["converged_s"] / median["mesh"]["converged_s"]
+    print(f"convergence time, bus / mesh: {ratio:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
