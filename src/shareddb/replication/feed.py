@@ -8,12 +8,13 @@ how far the puller has applied our feed, and that it is alive.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from shareddb.membership import Membership, Outside
 from shareddb.record import Record, make_origin, named, version_hlc, version_origin
-from shareddb.replication.transport import PullReply, PullRequest
-from shareddb.store.base import Store
+from shareddb.replication.transport import EncodedChanges, PullReply, PullRequest
+from shareddb.store.base import Change, Store
 
 MAX_LIMIT = 10_000
 MAX_WAIT = 30.0
@@ -27,6 +28,7 @@ class Feed:
         self.node_id = node_id
         self.store = store
         self.membership = membership
+        self.encoded = EncodedChanges()  # what api/peer.py sends, encoded once for all pullers
 
     async def pull(self, request: PullRequest) -> PullReply:
         store = self.store
@@ -40,50 +42,40 @@ class Feed:
                 puller, request.puller_url, request.puller_version, request.puller_incarnation or None
             )
             if current:  # how far a late request of an earlier life had got says nothing now
-                self.membership.record_progress(puller, since)
+                # A pull sent while the page before it is still being applied says how far the
+                # puller has applied: that, not `since`, is what `w=N` and the purge may count.
+                applied = since if request.applied is None else min(request.applied, since)
+                self.membership.record_progress(puller, applied)
         limit = max(1, min(request.limit, MAX_LIMIT))
-        page = await store.changes_since(since, limit, MAX_ANSWER_BYTES)
-        if not page.changes and request.wait > 0:
-            # Wait for a sequence past what the read covered, not past `since`: when the rows
-            # after `since` were purged tombstones, `since` is already behind `last_seq` and the
-            # poll would answer at once, empty, for ever.
-            await store.wait_for_changes(page.until, min(request.wait, MAX_WAIT))
-            page = await store.changes_since(page.until, limit, MAX_ANSWER_BYTES)
-        changes, until = page.changes, page.until
-        own_since = request.own_since
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(request.wait, MAX_WAIT)
         origin = make_origin(puller, request.puller_incarnation)
-        records: list[Record] = []
-        groups: list[tuple[int, int]] = []
-        txn, start = 0, 0
-        for change in changes:
-            record = change.record
-            # The puller already holds what this life of it wrote from own_since on (it says so
-            # once it has caught up with this feed; see Replicator._caught_up). A transaction's
-            # changes all go, also the puller's own: the puller keeps the transaction as one
-            # entry of its feed, which must name every key of it.
-            if (
-                own_since > 0
-                and not change.txn
-                and version_origin(record.version) == origin
-                and version_hlc(record.version) >= own_since
-            ):
-                continue
-            if change.txn != txn:  # a transaction's changes come together: one group
-                if txn:
-                    groups.append((start, len(records)))
-                txn, start = change.txn, len(records)
-            records.append(named(record.key) if change.known else record)
-        if txn:
-            groups.append((start, len(records)))
+        self.encoded.belong_to(store.instance_id)
+        page = await store.changes_since(since, limit, MAX_ANSWER_BYTES)
+        while True:
+            records, groups, seqs = _for_puller(page.changes, origin, request.own_since)
+            if records or (remaining := deadline - loop.time()) <= 0:
+                break
+            # Nothing the puller lacks (an idle feed, or only what the puller wrote itself): the
+            # long poll goes on, rather than answer an empty page the puller would only ask past
+            # again at once (in a full mesh each node's own writes come back to it from every
+            # peer). Wait for a sequence past what the read covered, not past `since`: when the
+            # rows after `since` were purged tombstones, `since` is already behind `last_seq` and
+            # the poll would answer at once, empty, for ever.
+            await store.wait_for_changes(page.until, remaining)
+            if store.last_seq <= page.until:
+                break
+            page = await store.changes_since(page.until, limit, MAX_ANSWER_BYTES)
         return PullReply(
             node=self.node_id,
             instance=store.instance_id,
-            until=until,
+            until=page.until,
             # A read may see a commit before the store publishes its new `last_seq`.
-            last_seq=max(store.last_seq, until),
+            last_seq=max(store.last_seq, page.until),
             records=records,
             members=self.membership.entries(),
             groups=[(a, b) for a, b in groups if b - a > 1],
+            seqs=seqs,
         )
 
     def join(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -101,3 +93,43 @@ class Feed:
                 newcomer["id"], newcomer["url"], newcomer["v"], str(newcomer.get("inc", "")) or None
             )
         return self.membership.entries()
+
+
+def _for_puller(
+    changes: list[Change], origin: str, own_since: int
+) -> tuple[list[Record], list[tuple[int, int]], list[int]]:
+    """What of `changes` goes to a puller whose versions carry `origin`: the records, the index
+    ranges of its transactions, and each record's sequence number when it is a plain row
+    (`PullReply.seqs`)."""
+    records: list[Record] = []
+    groups: list[tuple[int, int]] = []
+    seqs: list[int] = []
+    # The puller already holds what this life of it wrote from own_since on (it says so once it
+    # has caught up with this feed; see Replicator._caught_up). A transaction's changes all go,
+    # also the puller's own: the puller keeps the transaction as one entry of its feed, which
+    # must name every key of it. Its versions end with "-" + origin (record.make_version).
+    mine = "-" + origin if own_since > 0 else None
+    txn, start = 0, 0
+    for change in changes:
+        record = change.record
+        if (
+            mine is not None
+            and not change.txn
+            and record.version.endswith(mine)
+            and version_origin(record.version) == origin
+            and version_hlc(record.version) >= own_since
+        ):
+            continue
+        if change.txn != txn:  # a transaction's changes come together: one group
+            if txn:
+                groups.append((start, len(records)))
+            txn, start = change.txn, len(records)
+        if change.txn:
+            records.append(named(record.key) if change.known else record)
+            seqs.append(0)
+        else:
+            records.append(record)
+            seqs.append(change.seq)
+    if txn:
+        groups.append((start, len(records)))
+    return records, groups, seqs

@@ -138,6 +138,10 @@ class Backend(Protocol):
 
     async def get(self, key: str) -> Record | None: ...
 
+    async def lookup(self, keys: Collection[str]) -> Stored:
+        """The stored (live, version, expires) of each of `keys` that exists, outside a commit."""
+        ...
+
     async def scan(self, prefix: str, after: str | None, limit: int, now: int) -> list[Record]:
         """Live records under `prefix` after `after`, by key, leaving out those expired by `now`."""
         ...
@@ -262,6 +266,10 @@ class PipelineStore:
     async def scan(self, prefix: str, after: str | None, limit: int) -> list[Record]:
         self._check_open()
         return await self._backend.scan(prefix, after, limit, self._now())
+
+    async def lookup(self, keys: Collection[str]) -> Stored:
+        self._check_open()
+        return await self._backend.lookup(keys)
 
     async def changes_since(self, seq: int, limit: int, max_bytes: int | None = None) -> FeedPage:
         self._check_open()

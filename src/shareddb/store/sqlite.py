@@ -210,6 +210,20 @@ class SQLiteBackend:
         row = self._read_one("SELECT value, version, expires FROM kv WHERE key = ?", key)
         return None if row is None else Record(key, row[0], row[1], row[2])
 
+    async def lookup(self, keys: Collection[str]) -> Stored:
+        """On the event loop, as `get`, when the keys fit in one query; else on the reader."""
+        if len(keys) > LOOKUP_CHUNK:
+            found: Stored = await self._in_reader(self._lookup_with_scan, keys)
+            return found
+        try:
+            return self._lookup(self._reader(), keys)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"read failed: {exc}") from exc
+
+    def _lookup_with_scan(self, keys: Collection[str]) -> Stored:
+        assert self._scan is not None
+        return self._lookup(self._scan, keys)
+
     async def checkpoint(self, peer: str) -> Checkpoint | None:
         row = self._read_one("SELECT instance, seq FROM checkpoints WHERE peer = ?", peer)
         return None if row is None else Checkpoint(peer, row[0], row[1])
