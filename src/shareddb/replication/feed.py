@@ -12,7 +12,14 @@ import asyncio
 from typing import Any
 
 from shareddb.membership import Membership, Outside
-from shareddb.record import Record, make_origin, named, version_hlc, version_origin
+from shareddb.record import (
+    Record,
+    incarnation_of,
+    make_origin,
+    named,
+    version_hlc,
+    version_origin,
+)
 from shareddb.replication.transport import EncodedChanges, PullReply, PullRequest
 from shareddb.store.base import Change, Store
 
@@ -21,6 +28,10 @@ MAX_WAIT = 30.0
 # A batch stops here (but always holds at least one change); the store's read stops here too, so
 # one pull holds about this much of records, and as much again of encoded answer.
 MAX_ANSWER_BYTES = 8 * 1024 * 1024
+# An answer holding only writes taken on other nodes waits up to this long (seconds) for more,
+# unless it has RELAY_BATCH changes already (see `Feed.pull`).
+RELAY_LINGER = 0.025
+RELAY_BATCH = 256
 
 
 class Feed:
@@ -52,9 +63,22 @@ class Feed:
         origin = make_origin(puller, request.puller_incarnation)
         self.encoded.belong_to(store.instance_id)
         page = await store.changes_since(since, limit, MAX_ANSWER_BYTES)
+        relayed_until: float | None = None
         while True:
             records, groups, seqs = _for_puller(page.changes, origin, request.own_since)
-            if records or (remaining := deadline - loop.time()) <= 0:
+            if (remaining := deadline - loop.time()) <= 0:
+                break
+            if records and not groups and len(records) < RELAY_BATCH and not self._mints(records):
+                # Only others' writes, which a full mesh also sends the puller straight from
+                # the nodes that took them: gathered for a moment, so that they come in fewer
+                # pulls (a puller that lacks them gets them at most RELAY_LINGER later).
+                if relayed_until is None:
+                    relayed_until = loop.time() + RELAY_LINGER
+                if (linger := min(relayed_until, deadline) - loop.time()) > 0:
+                    await asyncio.sleep(linger)
+                    page = await store.changes_since(since, limit, MAX_ANSWER_BYTES)
+                    continue
+            if records:
                 break
             # Nothing the puller lacks (an idle feed, or only what the puller wrote itself): the
             # long poll goes on, rather than answer an empty page the puller would only ask past
@@ -77,6 +101,11 @@ class Feed:
             groups=[(a, b) for a, b in groups if b - a > 1],
             seqs=seqs,
         )
+
+    def _mints(self, records: list[Record]) -> bool:
+        """Whether any of `records` was written on this node (its version names this node)."""
+        mine = "-" + make_origin(self.node_id, incarnation_of(self.store.instance_id))
+        return any(record.version.endswith(mine) for record in records)
 
     def join(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """A node joins through this one: it sends its entries (its own first) and gets the whole

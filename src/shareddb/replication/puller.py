@@ -200,8 +200,10 @@ class Replicator:
                         reply, ahead = await ahead, None
                     if not await self._take(url, reply):
                         return
-                    if reply.records:
+                    if reply.records and reply.until < reply.last_seq:
+                        # Behind the source: its next page is there already, fetched meanwhile.
                         ahead = asyncio.get_running_loop().create_task(self._fetch_ahead(url, reply))
+                    if reply.records:
                         await self._apply(reply)
                 except PeerRemoved:
                     return
@@ -246,10 +248,11 @@ class Replicator:
         return await self._send(url, peer_id, checkpoint, None, LONG_POLL)
 
     async def _fetch_ahead(self, url: str, reply: PullReply) -> PullReply:
-        """Ask for the page after `reply` while `reply` is applied. It says how far this node has
-        applied (the position before `reply`): the source counts that for `w=N` and its purge,
-        never what is only being applied. It does not wait: the next pull, sent once `reply` is
-        applied, says at once that it was."""
+        """Ask for the page after `reply` while `reply` is applied (only when the source said it
+        had more: a node that keeps up sends its next pull once it has applied a page, which
+        tells the source at once that it did, for `w=N`). It says how far this node has applied
+        (the position before `reply`): the source counts that for `w=N` and its purge, never
+        what is only being applied. It does not wait."""
         applied = self._positions.get(reply.node)
         done = applied.seq if applied is not None and applied.instance == reply.instance else 0
         position = Checkpoint(reply.node, reply.instance, reply.until)
