@@ -35,6 +35,7 @@ from shareddb.store.base import (
 )
 from shareddb.store.cache import RecordCache
 from shareddb.store.expiry import Expiring, ExpiryIndex
+from shareddb.store.feed_tail import FeedTail
 from shareddb.store.plan import (
     Batch,
     ClientWrite,
@@ -193,6 +194,7 @@ class PipelineStore:
         self._cannot_write = False  # the last batch failed for want of space
         self._signal = ChangeSignal()
         self._cache = RecordCache()
+        self._tail = FeedTail()  # the newest changes, for the feed's readers (store/feed_tail.py)
         self._generation = 0  # bumped whenever the cache is refreshed or dropped
         # Told how many seconds each committed batch took (the node's metrics).
         self.commit_observer: Callable[[float], None] | None = None
@@ -273,6 +275,14 @@ class PipelineStore:
 
     async def changes_since(self, seq: int, limit: int, max_bytes: int | None = None) -> FeedPage:
         self._check_open()
+        if not self._backend.cache_valid:
+            self._tail.reset(None)
+        elif (page := self._tail.read(seq, limit, max_bytes)) is not None:
+            # Yield once, as a store read does: a reader that polls in a loop lets writers in.
+            await asyncio.sleep(0)
+            return page
+        elif self._tail.start is None:  # read from now on: kept from the next commit
+            self._tail.reset(self.last_seq)
         return await self._backend.changes_since(seq, limit, max_bytes)
 
     async def wait_for_changes(self, seq: int, timeout: float) -> None:
@@ -385,12 +395,14 @@ class PipelineStore:
             self._note_cannot_write(exc)
             if isinstance(exc, OutcomeUnknown):
                 self._drop_cache()
+            self._tail.reset(None)  # the tally may have moved past batches it never saw
             if self.last_seq != seq:  # an earlier batch was found committed meanwhile
                 self._signal.notify()
             fail_all(futures, exc)
             return
         except Exception as exc:  # a bug: the batch is refused all the same
             log.exception("write batch failed")
+            self._tail.reset(None)
             fail_all(futures, StoreUnavailable(f"write failed: {exc}"))
             return
         if self.commit_observer is not None:
@@ -398,6 +410,7 @@ class PipelineStore:
         self._note_cannot_write(None)
         self._generation += 1
         self._cache.committed(written.accepted)
+        self._tail.committed(written)
         self._expiry.committed(written.accepted)
         for future, result in zip(futures, written.results, strict=True):
             if not future.done():
@@ -438,6 +451,7 @@ class PipelineStore:
 
     def _drop_cache(self) -> None:
         self._cache = RecordCache()
+        self._tail.reset(None)
         self._generation += 1
 
     def _note_cannot_write(self, error: StoreUnavailable | None) -> None:
