@@ -7,6 +7,7 @@ tombstones and its next long poll really waits, instead of being answered at onc
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -121,3 +122,32 @@ async def test_a_change_larger_than_the_budget_is_still_sent_alone(store: SQLite
     assert ([r.key for r in reply.records], reply.until) == (["huge"], 1)
     reply = await feed.pull(pull(1, store.instance_id, wait=0))
     assert ([r.key for r in reply.records], reply.until) == (["small"], 2)
+
+
+async def test_a_pull_sent_ahead_counts_only_what_the_puller_has_applied(
+    store: SQLiteStore,
+) -> None:
+    # A puller fetches its next page while it applies one: that pull says how far it has applied,
+    # and only that counts for `w=N` and the tombstone purge (invariants 1 and 4).
+    feed = feed_of(store)
+    for i in range(3):
+        await store.write(Record(f"k{i}", "v", make_version(i + 1, "origin")))
+    await feed.pull(dataclasses.replace(pull(3, store.instance_id, wait=0), applied=1))
+    assert feed.membership.members["puller"].applied == 1
+    await feed.pull(pull(3, store.instance_id, wait=0))
+    assert feed.membership.members["puller"].applied == 3
+
+
+async def test_the_pullers_own_writes_do_not_end_its_long_poll(store: SQLiteStore) -> None:
+    feed = feed_of(store)
+    request = dataclasses.replace(
+        pull(store.last_seq, store.instance_id, wait=20), puller_incarnation="", own_since=1
+    )
+    waiting = asyncio.create_task(feed.pull(request))
+    await store.write(Record("mine", "m", make_version(5, "puller")))  # the puller holds it
+    done, _ = await asyncio.wait({waiting}, timeout=0.3)
+    assert not done, "an answer of nothing but the puller's own write"
+    theirs = Record("theirs", "t", make_version(6, "other"))
+    await store.write(theirs)
+    reply = await asyncio.wait_for(waiting, 5)
+    assert (reply.records, reply.until) == ([theirs], 2)

@@ -59,17 +59,27 @@ async def changes(node: Node, request: web.BaseRequest) -> web.StreamResponse:
         puller_version=_int(params, "v"),
         own_since=_int(params, "own_since"),
         puller_incarnation=incarnation,
+        applied=_int(params, "applied") if params.get("applied") else None,
     )
     try:
         reply = await node.feed.pull(pull)
     except Removed as exc:
         raise ApiError(410, str(exc)) from None
+    parts = encode_reply(reply, node.feed.encoded)
+    first = next(parts)
+    second = next(parts, None)
+    if second is None:
+        # The usual answer of a puller that keeps up: one part, sent in one write with a
+        # Content-Length (no chunked framing for either side to handle).
+        return web.Response(body=first, headers={"Content-Type": JSON})
     # Written out part by part, each part sent (or buffered only up to aiohttp's small limit)
     # before the next is encoded: a large batch is held once, as records, not again as JSON.
     response = web.StreamResponse(headers={"Content-Type": JSON})
     try:
         await response.prepare(request)
-        for part in encode_reply(reply):
+        await response.write(first)
+        await response.write(second)
+        for part in parts:
             await response.write(part)
         await response.write_eof()
     except ConnectionError:

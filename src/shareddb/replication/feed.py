@@ -8,18 +8,30 @@ how far the puller has applied our feed, and that it is alive.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from shareddb.membership import Membership, Outside
-from shareddb.record import Record, make_origin, named, version_hlc, version_origin
-from shareddb.replication.transport import PullReply, PullRequest
-from shareddb.store.base import Store
+from shareddb.record import (
+    Record,
+    incarnation_of,
+    make_origin,
+    named,
+    version_hlc,
+    version_origin,
+)
+from shareddb.replication.transport import EncodedChanges, PullReply, PullRequest
+from shareddb.store.base import Change, Store
 
 MAX_LIMIT = 10_000
 MAX_WAIT = 30.0
 # A batch stops here (but always holds at least one change); the store's read stops here too, so
 # one pull holds about this much of records, and as much again of encoded answer.
 MAX_ANSWER_BYTES = 8 * 1024 * 1024
+# An answer holding only writes taken on other nodes waits up to this long (seconds) for more,
+# unless it has RELAY_BATCH changes already (see `Feed.pull`).
+RELAY_LINGER = 0.025
+RELAY_BATCH = 256
 
 
 class Feed:
@@ -27,6 +39,7 @@ class Feed:
         self.node_id = node_id
         self.store = store
         self.membership = membership
+        self.encoded = EncodedChanges()  # what api/peer.py sends, encoded once for all pullers
 
     async def pull(self, request: PullRequest) -> PullReply:
         store = self.store
@@ -40,52 +53,60 @@ class Feed:
                 puller, request.puller_url, request.puller_version, request.puller_incarnation or None
             )
             if current:  # how far a late request of an earlier life had got says nothing now
-                self.membership.record_progress(puller, since)
+                # A pull sent while the page before it is still being applied says how far the
+                # puller has applied: that, not `since`, is what `w=N` and the purge may count.
+                applied = since if request.applied is None else min(request.applied, since)
+                self.membership.record_progress(puller, applied)
         limit = max(1, min(request.limit, MAX_LIMIT))
-        page = await store.changes_since(since, limit, MAX_ANSWER_BYTES)
-        if not page.changes and request.wait > 0:
-            # Wait for a sequence past what the read covered, not past `since`: when the rows
-            # after `since` were purged tombstones, `since` is already behind `last_seq` and the
-            # poll would answer at once, empty, for ever.
-            await store.wait_for_changes(page.until, min(request.wait, MAX_WAIT))
-            page = await store.changes_since(page.until, limit, MAX_ANSWER_BYTES)
-        changes, until = page.changes, page.until
-        own_since = request.own_since
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(request.wait, MAX_WAIT)
         origin = make_origin(puller, request.puller_incarnation)
-        records: list[Record] = []
-        groups: list[tuple[int, int]] = []
-        txn, start = 0, 0
-        for change in changes:
-            record = change.record
-            # The puller already holds what this life of it wrote from own_since on (it says so
-            # once it has caught up with this feed; see Replicator._caught_up). A transaction's
-            # changes all go, also the puller's own: the puller keeps the transaction as one
-            # entry of its feed, which must name every key of it.
-            if (
-                own_since > 0
-                and not change.txn
-                and version_origin(record.version) == origin
-                and version_hlc(record.version) >= own_since
-            ):
-                continue
-            if change.txn != txn:  # a transaction's changes come together: one group
-                if txn:
-                    groups.append((start, len(records)))
-                txn, start = change.txn, len(records)
-            records.append(named(record.key) if change.known else record)
-        if txn:
-            groups.append((start, len(records)))
+        self.encoded.belong_to(store.instance_id)
+        page = await store.changes_since(since, limit, MAX_ANSWER_BYTES)
+        relayed_until: float | None = None
+        while True:
+            records, groups, seqs = _for_puller(page.changes, origin, request.own_since)
+            if (remaining := deadline - loop.time()) <= 0:
+                break
+            if records and not groups and len(records) < RELAY_BATCH and not self._mints(records):
+                # Only others' writes, which a full mesh also sends the puller straight from
+                # the nodes that took them: gathered for a moment, so that they come in fewer
+                # pulls (a puller that lacks them gets them at most RELAY_LINGER later).
+                if relayed_until is None:
+                    relayed_until = loop.time() + RELAY_LINGER
+                if (linger := min(relayed_until, deadline) - loop.time()) > 0:
+                    await asyncio.sleep(linger)
+                    page = await store.changes_since(since, limit, MAX_ANSWER_BYTES)
+                    continue
+            if records:
+                break
+            # Nothing the puller lacks (an idle feed, or only what the puller wrote itself): the
+            # long poll goes on, rather than answer an empty page the puller would only ask past
+            # again at once (in a full mesh each node's own writes come back to it from every
+            # peer). Wait for a sequence past what the read covered, not past `since`: when the
+            # rows after `since` were purged tombstones, `since` is already behind `last_seq` and
+            # the poll would answer at once, empty, for ever.
+            await store.wait_for_changes(page.until, remaining)
+            if store.last_seq <= page.until:
+                break
+            page = await store.changes_since(page.until, limit, MAX_ANSWER_BYTES)
         return PullReply(
             node=self.node_id,
             instance=store.instance_id,
-            until=until,
+            until=page.until,
             # A read may see a commit before the store publishes its new `last_seq`.
-            last_seq=max(store.last_seq, until),
+            last_seq=max(store.last_seq, page.until),
             records=records,
             members=self.membership.entries(),
             groups=[(a, b) for a, b in groups if b - a > 1],
             floor=store.feed_floor,
+            seqs=seqs,
         )
+
+    def _mints(self, records: list[Record]) -> bool:
+        """Whether any of `records` was written on this node (its version names this node)."""
+        mine = "-" + make_origin(self.node_id, incarnation_of(self.store.instance_id))
+        return any(record.version.endswith(mine) for record in records)
 
     def join(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """A node joins through this one: it sends its entries (its own first) and gets the whole
@@ -102,3 +123,43 @@ class Feed:
                 newcomer["id"], newcomer["url"], newcomer["v"], str(newcomer.get("inc", "")) or None
             )
         return self.membership.entries()
+
+
+def _for_puller(
+    changes: list[Change], origin: str, own_since: int
+) -> tuple[list[Record], list[tuple[int, int]], list[int]]:
+    """What of `changes` goes to a puller whose versions carry `origin`: the records, the index
+    ranges of its transactions, and each record's sequence number when it is a plain row
+    (`PullReply.seqs`)."""
+    records: list[Record] = []
+    groups: list[tuple[int, int]] = []
+    seqs: list[int] = []
+    # The puller already holds what this life of it wrote from own_since on (it says so once it
+    # has caught up with this feed; see Replicator._caught_up). A transaction's changes all go,
+    # also the puller's own: the puller keeps the transaction as one entry of its feed, which
+    # must name every key of it. Its versions end with "-" + origin (record.make_version).
+    mine = "-" + origin if own_since > 0 else None
+    txn, start = 0, 0
+    for change in changes:
+        record = change.record
+        if (
+            mine is not None
+            and not change.txn
+            and record.version.endswith(mine)
+            and version_origin(record.version) == origin
+            and version_hlc(record.version) >= own_since
+        ):
+            continue
+        if change.txn != txn:  # a transaction's changes come together: one group
+            if txn:
+                groups.append((start, len(records)))
+            txn, start = change.txn, len(records)
+        if change.txn:
+            records.append(named(record.key) if change.known else record)
+            seqs.append(0)
+        else:
+            records.append(record)
+            seqs.append(change.seq)
+    if txn:
+        groups.append((start, len(records)))
+    return records, groups, seqs

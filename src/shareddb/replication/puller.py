@@ -30,6 +30,7 @@ from shareddb.replication.transport import (
     Transport,
 )
 from shareddb.store.base import COPY_CHUNK, Checkpoint, Store, StoreUnavailable
+from shareddb.store.plan import loses
 
 log = logging.getLogger("shareddb.replication")
 
@@ -78,6 +79,8 @@ class Replicator:
         self.tombstone_grace_ms = tombstone_grace_ms
         self._pullers: dict[str, asyncio.Task[None]] = {}
         self._positions: dict[str, Checkpoint] = {}  # per peer id; may run ahead of the saved one
+        # Per URL: the position its last pull asked from (`_take` checks whether to copy instead).
+        self._asked: dict[str, Checkpoint | None] = {}
         self._out = membership.self_entry.left  # this node left or was removed; it said so
         self._tasks: set[asyncio.Task[None]] = set()
         self._persisting: asyncio.Task[None] | None = None
@@ -198,66 +201,131 @@ class Replicator:
         failures = 0
         reached = False
         me = asyncio.current_task()
+        # The next page, asked for while this one is applied (at most one page ahead).
+        ahead: asyncio.Task[PullReply] | None = None
         # The loop also ends when this puller is no longer the one wanted for `url`, in case the
         # HTTP client swallowed the cancel that `reconcile` or `stop` sent.
-        while self._running and self._pullers.get(url) is me:
-            try:
-                if not await self.pull_once(url):
+        try:
+            while self._running and self._pullers.get(url) is me:
+                try:
+                    if ahead is None:
+                        if await self._copy(url):
+                            continue
+                        reply = await self._fetch(url)
+                    else:
+                        reply, ahead = await ahead, None
+                    if not await self._take(url, reply):
+                        return
+                    behind = reply.records and reply.until < reply.last_seq
+                    if behind and not await self.copier.pending(reply.node):
+                        # Behind the source: its next page is there already, fetched meanwhile.
+                        ahead = asyncio.get_running_loop().create_task(self._fetch_ahead(url, reply))
+                    if reply.records:
+                        await self._apply(reply)
+                except PeerRemoved:
                     return
-            except PeerRemoved:
-                return
-            except (PeerError, StoreUnavailable) as exc:
-                failures += 1
-                if failures == 1 and isinstance(exc, StoreUnavailable):
-                    log.warning("cannot apply what %s sent: %s; backing off", url, exc)
-                elif failures == 1 and reached:
-                    log.warning("pull from %s failed: %s; backing off", url, exc)
-                elif failures == 1:
-                    log.info("waiting for peer %s (%s)", url, exc)
-                delay = min(MAX_BACKOFF, MIN_BACKOFF * 2 ** min(failures, 10))
-                await asyncio.sleep(delay * self.rng.uniform(0.5, 1.0))
-            else:
-                if failures and reached:
-                    log.info("pulling from peer %s again", url)
-                elif not reached:
-                    log.info("pulling from peer %s", url)
-                failures = 0
-                reached = True
+                except (PeerError, StoreUnavailable) as exc:
+                    if ahead is not None:  # asked past a page that was not applied: dropped
+                        ahead.cancel()
+                        ahead = None
+                    failures += 1
+                    if failures == 1 and isinstance(exc, StoreUnavailable):
+                        log.warning("cannot apply what %s sent: %s; backing off", url, exc)
+                    elif failures == 1 and reached:
+                        log.warning("pull from %s failed: %s; backing off", url, exc)
+                    elif failures == 1:
+                        log.info("waiting for peer %s (%s)", url, exc)
+                    delay = min(MAX_BACKOFF, MIN_BACKOFF * 2 ** min(failures, 10))
+                    await asyncio.sleep(delay * self.rng.uniform(0.5, 1.0))
+                else:
+                    if failures and reached:
+                        log.info("pulling from peer %s again", url)
+                    elif not reached:
+                        log.info("pulling from peer %s", url)
+                    failures = 0
+                    reached = True
+        finally:
+            if ahead is not None:
+                ahead.cancel()
 
     async def pull_once(self, url: str) -> bool:
         """Pull and apply one batch from `url`. False when the URL is not to be pulled: it turned out
         to be this node, or a member that was removed. Raises `PeerRemoved` when this node was."""
-        peer_id = self.membership.id_for_url(url)
-        if peer_id and await self.copier.pending(peer_id):
-            try:
-                copied = await self.copier.run(url, peer_id)
-            except PeerRemoved:
-                await self._removed(url)
-                raise
-            finally:
-                self.skewed += self.copier.skewed
-                self.copier.skewed = 0
-            if copied is not None:
-                self._positions[peer_id] = copied
+        if await self._copy(url):
             return True
+        reply = await self._fetch(url)
+        if not await self._take(url, reply):
+            return False
+        if reply.records:
+            await self._apply(reply)
+        return True
+
+    async def _copy(self, url: str) -> bool:
+        """Run (or resume) a bulk copy of the peer at `url` when one is due (replication/copy.py);
+        its feed is then read from where the copy ended. False when none is due."""
+        peer_id = self.membership.id_for_url(url)
+        if not peer_id or not await self.copier.pending(peer_id):
+            return False
+        try:
+            copied = await self.copier.run(url, peer_id)
+        except PeerRemoved:
+            await self._removed(url)
+            raise
+        finally:
+            self.skewed += self.copier.skewed
+            self.copier.skewed = 0
+        if copied is not None:
+            self._positions[peer_id] = copied
+        return True
+
+    async def _fetch(self, url: str) -> PullReply:
+        """Ask `url` for the changes after this node's position in its feed (a long poll)."""
+        peer_id = self.membership.id_for_url(url)
         checkpoint = await self._position(peer_id) if peer_id else None
+        return await self._send(url, peer_id, checkpoint, None, LONG_POLL)
+
+    async def _fetch_ahead(self, url: str, reply: PullReply) -> PullReply:
+        """Ask for the page after `reply` while `reply` is applied (only when the source said it
+        had more: a node that keeps up sends its next pull once it has applied a page, which
+        tells the source at once that it did, for `w=N`). It says how far this node has applied
+        (the position before `reply`): the source counts that for `w=N` and its purge, never
+        what is only being applied. It does not wait."""
+        applied = self._positions.get(reply.node)
+        done = applied.seq if applied is not None and applied.instance == reply.instance else 0
+        position = Checkpoint(reply.node, reply.instance, reply.until)
+        return await self._send(url, reply.node, position, done, 0.0)
+
+    async def _send(
+        self,
+        url: str,
+        peer_id: str | None,
+        checkpoint: Checkpoint | None,
+        applied: int | None,
+        wait: float,
+    ) -> PullReply:
         request = PullRequest(
             since=checkpoint.seq if checkpoint else 0,
             instance=checkpoint.instance if checkpoint else "",
             # Without a checkpoint, a first page of a copy's chunk tells whether to copy instead.
             limit=BATCH if checkpoint else min(BATCH, self.copier.chunk),
-            wait=LONG_POLL,
+            wait=wait,
             puller_id=self.node_id,
             puller_url=self.membership.self_entry.url,
             puller_version=self.membership.self_entry.version,
             own_since=self._own_since.get(peer_id, 0) if peer_id else 0,
             puller_incarnation=self.membership.incarnation,
+            applied=applied,
         )
+        self._asked[url] = checkpoint  # `_take` reads it: whether the answer calls for a copy
         try:
-            reply = await self.transport.pull(url, request)
+            return await self.transport.pull(url, request)
         except PeerRemoved:
             await self._removed(url)
             raise
+
+    async def _take(self, url: str, reply: PullReply) -> bool:
+        """What an answer says about the members, before any of its changes is applied. False
+        when `url` is not to be pulled: it is this node, or a member that left or was removed."""
         if reply.node == self.node_id:
             self.membership.identified(url, reply.node)
             return False
@@ -294,32 +362,43 @@ class Replicator:
             return False
         self.membership.identified(url, reply.node)
         self.membership.heard_from(reply.node, url)
-        if wants_copy(reply, checkpoint):  # this page is applied all the same
+        if wants_copy(reply, self._asked.pop(url, None)):  # this page is applied all the same
             self.copier.want(reply.node)
-        position = Checkpoint(reply.node, reply.instance, reply.until)
         if not reply.records:
-            # Nothing to apply (an idle feed, or only this node's own writes coming back): move
-            # the position in memory and save it with the next batch. After a crash the node
-            # just asks for those changes again.
-            self._positions[reply.node] = position
+            # Nothing to apply (an idle feed): move the position in memory and save it with the
+            # next batch. After a crash the node just asks for those changes again.
+            self._positions[reply.node] = Checkpoint(reply.node, reply.instance, reply.until)
             self._caught_up(reply)
-            return True
-        wall = self.now()
-        for record in reply.records:
-            if record.named_only:
-                continue
-            if not self.clock.observe(version_hlc(record.version), wall):
-                self.skewed += 1
-                log.warning(
-                    "version %s from %s is more than %d ms ahead of this node's clock",
-                    record.version,
-                    reply.node,
-                    self.clock.max_drift_ms,
-                )
-        await self.store.apply(reply.records, position, reply.groups)
+        return True
+
+    async def _apply(self, reply: PullReply) -> None:
+        """Apply a page and save the position after it, in one commit. What this node holds
+        already at that version or a newer one is left out first, by its version alone; a page
+        of nothing else is not committed at all (in a full mesh every node serves the others'
+        writes again to each peer, and each peer has them already)."""
+        position = Checkpoint(reply.node, reply.instance, reply.until)
+        records = reply.records
+        if not reply.groups:  # a transaction is applied whole, by the write pipeline
+            stored = await self.store.lookup({record.key for record in records})
+            if stored:
+                records = [r for r in records if not loses(r.version, r.value, stored.get(r.key))]
+        if records:
+            wall = self.now()
+            for record in records:
+                if record.named_only:
+                    continue
+                if not self.clock.observe(version_hlc(record.version), wall):
+                    self.skewed += 1
+                    log.warning(
+                        "version %s from %s is more than %d ms ahead of this node's clock",
+                        record.version,
+                        reply.node,
+                        self.clock.max_drift_ms,
+                    )
+            await self.store.apply(records, position, reply.groups)
+        # Else nothing to commit: the position moves in memory, saved with the next batch.
         self._positions[reply.node] = position
         self._caught_up(reply)
-        return True
 
     def leaving(self) -> None:
         """This node leaves the cluster by its own choice (see `Node.leave`)."""

@@ -21,6 +21,7 @@ PEER_HEADER = "Authorization"
 READ_SLACK = 10.0  # seconds past the long poll a peer may go silent before the pull fails
 ENCODE_PART = 256 * 1024
 COPY_READ_TIMEOUT = 60.0  # seconds a copy stream may go silent (the source reads a chunk)
+ENCODED_CACHE_BYTES = 16 * 1024 * 1024  # of encoded feed rows kept for the next puller
 
 
 class PeerError(Exception):
@@ -42,6 +43,9 @@ class PullRequest:
     puller_version: int  # the version of the puller's own membership entry
     own_since: int  # the source may leave out records the puller wrote at or after this HLC
     puller_incarnation: str = ""  # which life of the puller this is (record.incarnation_of)
+    # How far the puller has applied this feed, when that is behind `since`: a pull sent while the
+    # page before it is still being applied (Replicator._pull_forever). None: all of `since`.
+    applied: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +59,9 @@ class PullReply:
     # (start, stop) index ranges of `records` that are transactions: applied whole, kept whole.
     groups: list[tuple[int, int]] = field(default_factory=list)
     floor: int = 0  # the source's feed floor: a checkpoint below it is copied anew (copy.py)
+    # Per record, on the source's side: its sequence number when it is a plain row of the feed
+    # (the same bytes for every puller, see `EncodedChanges`), else 0. Empty: none is.
+    seqs: list[int] = field(default_factory=list)
 
 
 class Transport(Protocol):
@@ -69,9 +76,49 @@ class Transport(Protocol):
     async def close(self) -> None: ...
 
 
-def encode_reply(reply: PullReply) -> Iterator[bytes]:
+class EncodedChanges:
+    """Plain rows of this node's feed as they go out in pull answers, encoded once and shared by
+    every puller: N-1 peers read the same new rows, and each would encode them again.
+
+    Keyed by sequence number: a row of the feed never changes under its number (a new write, an
+    expiry, gets a new one; a purge removes it, and then the feed no longer names that number),
+    so bytes found here are always those of the row the feed names. Rows served as part of a
+    transaction entry are not kept (their form depends on the reader). Bounded by bytes; the
+    oldest entries go first."""
+
+    def __init__(self, max_bytes: int = ENCODED_CACHE_BYTES) -> None:
+        self._parts: dict[int, bytes] = {}
+        self._bytes = 0
+        self._max_bytes = max_bytes
+        self.instance = ""  # the feed instance the parts belong to
+
+    def __len__(self) -> int:
+        return len(self._parts)
+
+    def belong_to(self, instance: str) -> None:
+        """Forget everything when the store is another one (sequence numbers start again)."""
+        if instance != self.instance:
+            self._parts.clear()
+            self._bytes = 0
+            self.instance = instance
+
+    def get(self, seq: int) -> bytes | None:
+        return self._parts.get(seq)
+
+    def put(self, seq: int, part: bytes) -> None:
+        if seq in self._parts:
+            return
+        self._parts[seq] = part
+        self._bytes += len(part)
+        while self._bytes > self._max_bytes:
+            oldest = next(iter(self._parts))
+            self._bytes -= len(self._parts.pop(oldest))
+
+
+def encode_reply(reply: PullReply, cache: EncodedChanges | None = None) -> Iterator[bytes]:
     """The reply as JSON, in parts of about ENCODE_PART bytes: the origin writes each part out
-    before it encodes the next, so it never holds a second, encoded copy of a large batch."""
+    before it encodes the next, so it never holds a second, encoded copy of a large batch. With
+    `cache`, a plain row is encoded once for all pullers (`PullReply.seqs`)."""
     head = {
         "node": reply.node,
         "instance": reply.instance,
@@ -81,24 +128,36 @@ def encode_reply(reply: PullReply) -> Iterator[bytes]:
     }
     if reply.floor:
         head["floor"] = reply.floor
-    parts = [orjson.dumps(head)[:-1], b',"changes":[']
+    lead = orjson.dumps(head)[:-1] + b',"changes":['
+    items: list[bytes] = []
     size = 0
     txn = _group_marks(reply)
+    seqs = reply.seqs if cache is not None and reply.seqs else [0] * len(reply.records)
     for index, r in enumerate(reply.records):
-        # [key, value, version], then the expiry and the transaction mark when there are any.
-        if txn[index]:
-            part = orjson.dumps([r.key, r.value, r.version, r.expires, txn[index]])
-        elif r.expires is not None:
-            part = orjson.dumps([r.key, r.value, r.version, r.expires])
-        else:
-            part = orjson.dumps([r.key, r.value, r.version])
-        parts.append(b"," + part if index else part)
+        seq = seqs[index]
+        part = cache.get(seq) if seq and cache is not None else None
+        if part is None:
+            part = _encode_change(r, txn[index])
+            if seq and cache is not None:
+                cache.put(seq, part)
+        items.append(part)
         size += len(part)
         if size >= ENCODE_PART:
-            yield b"".join(parts)
-            parts, size = [], 0
-    parts.append(b"]}")
-    yield b"".join(parts)
+            yield lead + b",".join(items)
+            lead, items, size = b",", [], 0  # the next part goes on after a change
+    if items:
+        yield lead + b",".join(items) + b"]}"
+    else:  # nothing after the head, or after the last part
+        yield (b"" if lead == b"," else lead) + b"]}"
+
+
+def _encode_change(r: Record, txn: int) -> bytes:
+    """[key, value, version], then the expiry and the transaction mark when there are any."""
+    if txn:
+        return orjson.dumps([r.key, r.value, r.version, r.expires, txn])
+    if r.expires is not None:
+        return orjson.dumps([r.key, r.value, r.version, r.expires])
+    return orjson.dumps([r.key, r.value, r.version])
 
 
 def _group_marks(reply: PullReply) -> list[int]:
@@ -116,12 +175,13 @@ def decode_reply(body: bytes) -> PullReply:
         groups: list[tuple[int, int]] = []
         mark, start = 0, 0
         for index, change in enumerate(data["changes"]):
-            key, value, version = change[:3]
-            expires = change[3] if len(change) > 3 else None
-            txn = change[4] if len(change) > 4 else 0
-            if not (isinstance(key, str) and isinstance(version, str)):
+            size = len(change)
+            key, value, version = change[0], change[1], change[2]
+            expires = change[3] if size > 3 else None
+            txn = change[4] if size > 4 else 0
+            if not (type(key) is str and type(version) is str):
                 raise TypeError("a change needs a key and a version")
-            if not (value is None or isinstance(value, str)):
+            if not (value is None or type(value) is str):
                 raise TypeError("a value is text or null")
             if not (expires is None or type(expires) is int) or type(txn) is not int:
                 raise TypeError("an expiry and a transaction mark are integers")
@@ -142,7 +202,7 @@ def decode_reply(body: bytes) -> PullReply:
             groups=groups,
             floor=int(data.get("floor", 0)),
         )
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, ValueError) as exc:
         raise PeerError(f"unreadable answer from peer: {exc}") from exc
 
 
@@ -170,6 +230,8 @@ class HttpTransport:
             "own_since": str(request.own_since),
             "inc": request.puller_incarnation,
         }
+        if request.applied is not None:
+            params["applied"] = str(request.applied)
         # No total limit: a large batch may take long to arrive, as long as bytes keep coming.
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=3.0, sock_read=request.wait + READ_SLACK

@@ -29,7 +29,7 @@ import orjson
 from shareddb.record import Record
 
 if TYPE_CHECKING:
-    from shareddb.store.plan import Condition
+    from shareddb.store.plan import Condition, Stored
 
 DIGEST_BUCKETS = 256
 
@@ -273,6 +273,12 @@ class Store(Protocol):
 
     async def scan(self, prefix: str, after: str | None, limit: int) -> list[Record]:
         """Live records whose key starts with `prefix` and sorts after `after`, by key (code point)."""
+        ...
+
+    async def lookup(self, keys: Collection[str]) -> Stored:
+        """The stored (live, version, expires) of each of `keys` that exists, as of the last
+        commit: what replication compares a peer's versions with before it decodes or applies
+        anything (a record that loses now loses for ever: stored versions only grow)."""
         ...
 
     async def changes_since(self, seq: int, limit: int, max_bytes: int | None = None) -> FeedPage:

@@ -138,6 +138,14 @@ class MemoryBackend:
         row = (await self._now()).rows.get(key)
         return None if row is None else Record(key, row[0], row[1], row[3])
 
+    async def lookup(self, keys: Collection[str]) -> Stored:
+        rows = (await self._now()).rows
+        return {
+            key: (row[0] is not None, row[1], row[3])
+            for key in keys
+            if (row := rows.get(key)) is not None
+        }
+
     async def scan(self, prefix: str, after: str | None, limit: int, now: int) -> list[Record]:
         found = [
             record

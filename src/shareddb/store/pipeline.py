@@ -39,6 +39,7 @@ from shareddb.store.base import (
 )
 from shareddb.store.cache import RecordCache
 from shareddb.store.expiry import Expiring, ExpiryIndex
+from shareddb.store.feed_tail import FeedTail
 from shareddb.store.plan import (
     Batch,
     BulkLoad,
@@ -143,6 +144,10 @@ class Backend(Protocol):
 
     async def get(self, key: str) -> Record | None: ...
 
+    async def lookup(self, keys: Collection[str]) -> Stored:
+        """The stored (live, version, expires) of each of `keys` that exists, outside a commit."""
+        ...
+
     async def scan(self, prefix: str, after: str | None, limit: int, now: int) -> list[Record]:
         """Live records under `prefix` after `after`, by key, leaving out those expired by `now`."""
         ...
@@ -201,6 +206,7 @@ class PipelineStore:
         self._cannot_write = False  # the last batch failed for want of space
         self._signal = ChangeSignal()
         self._cache = RecordCache()
+        self._tail = FeedTail()  # the newest changes, for the feed's readers (store/feed_tail.py)
         self._generation = 0  # bumped whenever the cache is refreshed or dropped
         # Told how many seconds each committed batch took (the node's metrics).
         self.commit_observer: Callable[[float], None] | None = None
@@ -275,8 +281,20 @@ class PipelineStore:
         self._check_open()
         return await self._backend.scan(prefix, after, limit, self._now())
 
+    async def lookup(self, keys: Collection[str]) -> Stored:
+        self._check_open()
+        return await self._backend.lookup(keys)
+
     async def changes_since(self, seq: int, limit: int, max_bytes: int | None = None) -> FeedPage:
         self._check_open()
+        if not self._backend.cache_valid:
+            self._tail.reset(None)
+        elif (page := self._tail.read(seq, limit, max_bytes)) is not None:
+            # Yield once, as a store read does: a reader that polls in a loop lets writers in.
+            await asyncio.sleep(0)
+            return page
+        elif self._tail.start is None:  # read from now on: kept from the next commit
+            self._tail.reset(self.last_seq)
         return await self._backend.changes_since(seq, limit, max_bytes)
 
     async def wait_for_changes(self, seq: int, timeout: float) -> None:
@@ -411,12 +429,14 @@ class PipelineStore:
             self._note_cannot_write(exc)
             if isinstance(exc, OutcomeUnknown):
                 self._drop_cache()
+            self._tail.reset(None)  # the tally may have moved past batches it never saw
             if self.last_seq != seq:  # an earlier batch was found committed meanwhile
                 self._signal.notify()
             fail_all(futures, exc)
             return
         except Exception as exc:  # a bug: the batch is refused all the same
             log.exception("write batch failed")
+            self._tail.reset(None)
             fail_all(futures, StoreUnavailable(f"write failed: {exc}"))
             return
         if self.commit_observer is not None:
@@ -424,6 +444,7 @@ class PipelineStore:
         self._note_cannot_write(None)
         self._generation += 1
         self._cache.committed(written.accepted)
+        self._tail.committed(written)
         self._expiry.committed(written.accepted, self._now())
         for future, result in zip(futures, written.results, strict=True):
             if not future.done():
@@ -466,6 +487,7 @@ class PipelineStore:
 
     def _drop_cache(self) -> None:
         self._cache = RecordCache()
+        self._tail.reset(None)
         self._generation += 1
 
     def _note_cannot_write(self, error: StoreUnavailable | None) -> None:

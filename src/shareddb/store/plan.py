@@ -202,7 +202,22 @@ def unstorable(op: Op) -> str | None:
 
 # key, value (None: a tombstone), version, seq, expires (ms or None), txn (0 or its entry's seq)
 Row = tuple[str, str | None, str, int, int | None, int]
-Stored = dict[str, tuple[bool, str, int | None]]  # key -> (live, version, expires) as stored
+StoredRow = tuple[bool, str, int | None]  # (live, version, expires) of one key as stored
+Stored = dict[str, StoredRow]  # key -> its stored row, for the keys that exist
+
+
+def loses(version: str, value: str | None, stored: StoredRow | None) -> bool:
+    """Whether a peer's record (`version`, `value`) changes nothing against `stored`: the LWW
+    rule of `record.supersedes`, with one exception. A value and the tombstone its expiry left
+    share a version, and the tombstone wins, so every node holds it once one has it
+    (docs/design.md, "Expiry"). `MergePlan.merge` decides by this, and so does the puller's
+    drop path (replication/puller.py), which may leave out a record this says loses."""
+    if stored is None or supersedes(version, stored[1]):
+        return False
+    live, current, expires = stored
+    return not (live and expires is not None and value is None and version == current)
+
+
 Tombstones = dict[str, tuple[int, str]]  # key -> (seq, version) of a stored tombstone
 
 
@@ -272,12 +287,10 @@ class MergePlan:
                 return Outcome.NOT_FOUND
         else:
             was_visible = was_live
-        if stored is not None and not supersedes(version, stored[1]):
-            # One exception: a value and the tombstone its expiry left share a version, and the
-            # tombstone wins, so every node holds it once one has it (docs/design.md, "Expiry").
-            expired = was_live and stored[2] is not None and value is None and not only_over_live
-            if not (expired and version == stored[1]):
-                return Outcome.SUPERSEDED
+        if stored is not None and (
+            not supersedes(version, stored[1]) if only_over_live else loses(version, value, stored)
+        ):
+            return Outcome.SUPERSEDED
         expires = None if value is None else record.expires
         self._write(Record(key, value, version, expires), txn)
         if stored is None or stored[1] != version:

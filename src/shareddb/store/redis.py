@@ -306,6 +306,15 @@ class RedisBackend:
         raw = await self._command("HGET", self._keys.rec, key.encode("utf-8", ENCODING_ERRORS))
         return None if raw is None else decode_record(key, raw)
 
+    async def lookup(self, keys: Collection[str]) -> Stored:
+        self._check_usable()
+        try:
+            found = await self._versions(keys)
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(exc) from exc
+        self._reachable = True
+        return found
+
     async def checkpoint(self, peer: str) -> Checkpoint | None:
         raw = await self._command("HGET", self._keys.cp, peer.encode("utf-8", ENCODING_ERRORS))
         if raw is None:

@@ -40,7 +40,7 @@ from shareddb.store.base import (
 from shareddb.store.entries import FeedRow, copy_unit, decode_entry, encode_entry, serve_entry
 from shareddb.store.expiry import Expiring
 from shareddb.store.pipeline import PipelineStore, wall_millis
-from shareddb.store.plan import Batch, Planner, Tally, Tombstones
+from shareddb.store.plan import Batch, Planner, Stored, Tally, Tombstones
 from shareddb.store.sqlite_faults import (
     StoreCorrupt,
     StoreOpenError,
@@ -55,6 +55,7 @@ from shareddb.store.writer_thread import WriterThread
 
 log = logging.getLogger("shareddb.store")
 
+LOOKUP_ON_LOOP = 500  # keys a replication lookup reads on the event loop; more go to the reader
 BUSY_TIMEOUT_MS = 10_000
 # Checkpoints (copying the WAL back into the database file, with an fsync of its own) run on a
 # thread of their own, so a commit never waits for one. Past WAL_LIMIT the writer checkpoints
@@ -218,6 +219,20 @@ class SQLiteBackend:
     async def get(self, key: str) -> Record | None:
         row = self._read_one("SELECT value, version, expires FROM kv WHERE key = ?", key)
         return None if row is None else Record(key, row[0], row[1], row[2])
+
+    async def lookup(self, keys: Collection[str]) -> Stored:
+        """On the event loop, as `get`, when the keys fit in one query; else on the reader."""
+        if len(keys) > LOOKUP_ON_LOOP:
+            found: Stored = await self._in_reader(self._lookup_with_scan, keys)
+            return found
+        try:
+            return lookup(self._reader(), keys)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"read failed: {exc}") from exc
+
+    def _lookup_with_scan(self, keys: Collection[str]) -> Stored:
+        assert self._scan is not None
+        return lookup(self._scan, keys)
 
     async def checkpoint(self, peer: str) -> Checkpoint | None:
         row = self._read_one("SELECT instance, seq FROM checkpoints WHERE peer = ?", peer)

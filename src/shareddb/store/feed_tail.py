@@ -1,0 +1,110 @@
+"""The newest part of the changes feed, kept in memory as batches commit, so that the readers that
+keep up with the feed (each peer's puller, the watch hub) read it without a store read each.
+
+It is a cache of what `Backend.changes_since` answers, never a second record of changes: it is
+filled only from batches the pipeline saw commit, and it answers only a read that it covers
+whole (every change after `since`); any other read goes to the store. It holds plain rows only:
+a batch with a transaction entry (store/entries.py), or one whose outcome is not known, empties
+it and it starts again after that batch. Touched only on the event loop, in step with the store's
+tally (the pipeline refreshes it before anything can await after a commit).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+
+from shareddb.record import Record
+from shareddb.store.base import Change, FeedPage, change_size
+from shareddb.store.plan import Batch
+
+TAIL_CHANGES = 50_000  # changes kept at most
+TAIL_BYTES = 16 * 1024 * 1024  # and about this much of them (by `change_size`)
+
+
+class FeedTail:
+    """The changes with a sequence number above `start`, as the store's feed would serve them: one
+    per key, at its latest sequence number, purged tombstones gone."""
+
+    def __init__(self, max_changes: int = TAIL_CHANGES, max_bytes: int = TAIL_BYTES) -> None:
+        self._max_changes = max_changes
+        self._max_bytes = max_bytes
+        self.start: int | None = None  # None: covers nothing (not read yet, or reset)
+        self._last = 0
+        # Sequence numbers in order, from `_head` on; some name changes since replaced (absent
+        # from `_changes`), dropped as the list is compacted.
+        self._seqs: list[int] = []
+        self._head = 0
+        self._changes: dict[int, Change] = {}
+        self._by_key: dict[str, int] = {}
+        self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._changes)
+
+    def reset(self, last_seq: int | None) -> None:
+        """Hold nothing; cover the changes after `last_seq` from now on (None: none at all)."""
+        self.start = last_seq
+        self._last = last_seq or 0
+        self._seqs, self._head = [], 0
+        self._changes.clear()
+        self._by_key.clear()
+        self._bytes = 0
+
+    def committed(self, batch: Batch) -> None:
+        """A batch committed: its rows enter the tail, replacing their keys' earlier rows, and
+        the tombstones it purged leave it."""
+        if self.start is None:
+            return
+        if batch.entries or any(row[5] for row in batch.rows):
+            self.reset(batch.tally.seq)  # a transaction's rows are served by its entry
+            return
+        for key, value, version, seq, expires, _ in sorted(batch.rows, key=lambda row: row[3]):
+            self._drop(key)
+            change = Change(seq, Record(key, value, version, expires))
+            self._changes[seq] = change
+            self._by_key[key] = seq
+            self._seqs.append(seq)
+            self._bytes += change_size(key, value)
+        for key in batch.purged:
+            self._drop(key)
+        self._last = batch.tally.seq
+        while self._changes and (
+            len(self._changes) > self._max_changes or self._bytes > self._max_bytes
+        ):
+            self.start = self._seqs[self._head]
+            self._head += 1
+            if (old := self._changes.pop(self.start, None)) is not None:
+                del self._by_key[old.record.key]
+                self._bytes -= change_size(old.record.key, old.record.value)
+        if (self._head > 1024 and self._head * 2 > len(self._seqs)) or len(self._seqs) > 2 * (
+            len(self._changes) + 1024
+        ):
+            self._seqs = [s for s in self._seqs[self._head :] if s in self._changes]
+            self._head = 0
+
+    def _drop(self, key: str) -> None:
+        seq = self._by_key.pop(key, None)
+        if seq is not None:
+            old = self._changes.pop(seq)
+            self._bytes -= change_size(key, old.record.value)
+
+    def read(self, since: int, limit: int, max_bytes: int | None) -> FeedPage | None:
+        """The page `Backend.changes_since(since, limit, max_bytes)` would answer, or None when
+        the tail does not cover it."""
+        if self.start is None or since < self.start:
+            return None
+        budget = float("inf") if max_bytes is None else max_bytes
+        changes: list[Change] = []
+        total = 0
+        seqs = self._seqs
+        for index in range(max(self._head, bisect_right(seqs, since, self._head)), len(seqs)):
+            change = self._changes.get(seqs[index])
+            if change is None:
+                continue
+            total += change_size(change.record.key, change.record.value)
+            if total > budget and changes:
+                return FeedPage(changes, changes[-1].seq)
+            changes.append(change)
+            if len(changes) >= limit:
+                return FeedPage(changes, change.seq)
+        return FeedPage(changes, max(since, self._last))

@@ -1,0 +1,69 @@
+"""The feed's tail in memory (store/feed_tail.py): every read it answers is the read the store
+would answer, through writes, rewrites, deletes, purges, expiries and transactions.
+Invariant 1 rests on it: a puller that reads the tail misses no change the store's feed has."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from shareddb.record import Record, make_version
+from shareddb.store.base import Change, FeedPage
+from shareddb.store.feed_tail import FeedTail
+from shareddb.store.memory import MemoryBackend, MemoryData
+from shareddb.store.pipeline import PipelineStore
+
+SEEDS = range(20)
+
+
+def as_tuples(page: FeedPage) -> tuple[list[Change], int]:
+    return page.changes, page.until
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+async def test_the_tail_answers_every_read_as_the_store_does(seed: int) -> None:
+    rng = random.Random(seed)
+    print(f"seed {seed}")
+    now = [1_000_000]
+    backend = MemoryBackend(MemoryData())
+    store = PipelineStore(backend, now=lambda: now[0], reap=False)
+    # A small tail, so that reads both inside and before it happen.
+    store._tail = FeedTail(max_changes=rng.choice([5, 20, 1000]), max_bytes=rng.choice([600, 10**6]))
+    await store.open()
+    hlc = 1
+    keys = [f"k{i}" for i in range(12)]
+    served_from_tail = 0
+    try:
+        for _ in range(300):
+            hlc += 1
+            action = rng.random()
+            key = rng.choice(keys)
+            if action < 0.45:
+                ttl = rng.choice([None, None, now[0] + rng.randint(1, 50)])
+                await store.write(Record(key, "v" * rng.randint(0, 40), make_version(hlc, "a"), ttl))
+            elif action < 0.6:
+                await store.write(Record(key, None, make_version(hlc, "a")))
+            elif action < 0.7:
+                records = [
+                    Record(k, f"t{hlc}", make_version(hlc, "b"))
+                    for k in rng.sample(keys, rng.randint(1, 3))
+                ]
+                await store.apply(records, None, [(0, len(records))] if rng.random() < 0.3 else [])
+            elif action < 0.75:
+                await store.purge_tombstones(rng.randint(0, store.last_seq), make_version(hlc, ""))
+            elif action < 0.8:
+                now[0] += rng.randint(1, 60)
+                await store.reap()
+            for _ in range(3):
+                since = rng.randint(max(0, store.last_seq - 30), store.last_seq)
+                limit = rng.choice([1, 3, 1000])
+                budget = rng.choice([None, 80, 300])
+                covered = store._tail.read(since, limit, budget) is not None
+                served_from_tail += covered
+                got = await store.changes_since(since, limit, budget)
+                expected = await backend.changes_since(since, limit, budget)
+                assert as_tuples(got) == as_tuples(expected), (since, limit, budget)
+    finally:
+        await store.close()
+    assert served_from_tail > 0
