@@ -4,6 +4,7 @@ and, with the feed read from where the copy began, misses nothing written meanwh
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import replace
@@ -16,6 +17,7 @@ from shareddb.record import Record, make_version
 from shareddb.replication.copy import (
     Copier,
     CopyChunk,
+    CopyDeferred,
     CopyEnd,
     CopyHeader,
     CopyRequest,
@@ -295,3 +297,30 @@ def test_a_node_copies_a_peer_below_its_feed_floor_or_far_behind_it() -> None:
     assert not wants_copy(reply(1_000_000, 600_000), Checkpoint("src", "i1", 595_000))
     assert wants_copy(reply(1_000_000, 5_000), Checkpoint("src", "i1", 0))
     assert wants_copy(reply(101_000, 6_000), Checkpoint("src", "i1", 1_000))
+
+
+async def test_a_node_waiting_for_a_busy_source_serves_copies_meanwhile(
+    pair: tuple[MemoryStore, MemoryStore, MemoryData],
+) -> None:
+    """Two nodes that each want to copy the other, each busy copying: the one told to wait must
+    not hold its copy lock while it waits, or each refuses the other for ever."""
+    _, target, _ = pair
+    copier: Copier
+
+    async def busy_source(url: str, request: CopyRequest) -> AsyncGenerator[Frame, None]:
+        raise CopyDeferred("src is copying a data set itself")
+        yield  # an async generator that fails on its first frame  # pragma: no cover
+
+    membership = Membership("dst", "http://dst", "bbbbbbbbbbbb", clock=lambda: 0.0)
+    copier = Copier(
+        target, HybridClock(), membership, busy_source, node_id="dst", now=lambda: WALL, chunk=10
+    )
+    copier.want("src")
+    waiting = asyncio.get_running_loop().create_task(copier.run(SOURCE_URL, "src"))
+    for _ in range(5000):  # the memory store answers within a few loop steps
+        if copier._deferred:
+            break
+        await asyncio.sleep(0.001)
+    assert copier._deferred == {"src"}, "the copy was never told to wait"
+    assert not copier.busy, "a node waiting for another's copy still refuses copies itself"
+    assert await waiting is None

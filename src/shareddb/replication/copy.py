@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import dataclass, replace
@@ -322,7 +323,9 @@ class Copier:
         node_id: str,
         now: Callable[[], int],
         chunk: int,
+        rng: random.Random | None = None,
     ) -> None:
+        self.rng = rng or random.Random()
         self.store = store
         self.clock = clock
         self.membership = membership
@@ -362,6 +365,7 @@ class Copier:
         start again). Raises `PeerError` when the stream fails; what was applied stays applied,
         with its position, and the next run resumes after it."""
         assert self.transport_copy is not None
+        deferred = False
         async with self._lock:
             position = self._wanted.get(peer)
             request = CopyRequest(
@@ -380,8 +384,7 @@ class Copier:
                 if peer not in self._deferred:
                     self._deferred.add(peer)
                     log.info("%s is copying a data set itself: copying from it later", url)
-                await asyncio.sleep(DEFER_PAUSE)
-                return None
+                deferred = True
             except CopyRefused as exc:
                 log.info("%s does not serve a bulk copy (%s): reading its changes feed", url, exc)
                 self._refused.add(peer)
@@ -389,6 +392,12 @@ class Copier:
                 return None
             finally:
                 await frames.aclose()
+        # Wait outside the lock: a node holding it answers copy requests with 503, and two nodes
+        # that each wait for the other's copy, holding theirs, would wait for ever. The jitter
+        # keeps two such nodes from asking in step.
+        if deferred:
+            await asyncio.sleep(DEFER_PAUSE * self.rng.uniform(0.5, 1.5))
+        return None
 
     async def _copy(
         self,

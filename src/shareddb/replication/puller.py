@@ -94,6 +94,7 @@ class Replicator:
             node_id=node_id,
             now=now,
             chunk=copy_chunk,
+            rng=self.rng,
         )
 
     def start(self, join: str | None = None) -> None:
