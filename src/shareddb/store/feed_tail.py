@@ -58,6 +58,11 @@ class FeedTail:
         if batch.entries or any(row[5] for row in batch.rows):
             self.reset(batch.tally.seq)  # a transaction's rows are served by its entry
             return
+        if len(batch.rows) > self._max_changes // 10:
+            # A bulk load's chunk (or a peer's large page): readers that keep up are rare while
+            # such batches come, and holding them as objects costs far more than their bytes.
+            self.reset(batch.tally.seq)
+            return
         for key, value, version, seq, expires, _ in sorted(batch.rows, key=lambda row: row[3]):
             self._drop(key)
             change = Change(seq, Record(key, value, version, expires))
