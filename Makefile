@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install run test test-fast lint format bench bench-replication bench-scale-keys sim chaos crash soak fuzz screenshot clean
+.PHONY: install run test test-fast lint format bench bench-replication bench-scale-keys bench-scale sim chaos crash soak fuzz screenshot clean
 
 install: $(VENV)/.installed
 
@@ -45,6 +45,11 @@ bench-replication: install
 
 # One node at 10k, 100k and 1M keys (ARGS="--keys 10000,100000,1000000,10000000" adds 10M, which
 # needs about 3 GB of disk): memory per key, GET, listing and digest latency.
+# What a write costs as the cluster grows: mesh and change bus at 3, 5 and 9 nodes, the bus at 25
+# (bench/scale_cluster.py; needs nats-server).
+bench-scale: install
+	$(BIN)/python bench/scale_cluster.py $(ARGS)
+
 bench-scale-keys: install
 	$(BIN)/python bench/scale.py $(ARGS)
 

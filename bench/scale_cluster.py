@@ -1,0 +1,187 @@
+"""`make bench-scale`: what a write costs as the cluster grows, on the mesh and on the change bus.
+
+For each set-up (`--setups`, default mesh and bus at 3, 5 and 9 nodes, and the bus at 25), in a
+fresh directory, it starts the nodes on loopback (the mesh: every node with every other in
+`--peers`; the bus: a private `nats-server -js` and `--bus`, no `--peers`), waits until every node
+sees every other up, and measures:
+
+- **idle CPU**: the CPU time of every node (and of nats-server) over `--idle` seconds with no
+  writes, as a percentage of one core;
+- **a burst**: `--writes` PUTs of new keys (100-byte values, 32 in flight) to node 1; writes/s is
+  how many node 1 acknowledged per second, and the time until every node answers the same
+  /v1/digest is the convergence time;
+- **CPU per write**: the CPU time of every process of the set-up (nodes and nats-server) from the
+  burst's start to its convergence, divided by the writes and by the number of nodes;
+- **`PUT ?w=N`**: `--probes` writes one after another to node 1, each answered once all N nodes
+  hold it: p50 and p99.
+
+Then the issue's ratios, all of one run: CPU per write per node at 9 nodes over that at 3 (goal
+<= 1.3), idle CPU of 9 nodes over that of 3 (goal <= 3), and the bus's convergence time at 25
+nodes over that of 3 nodes (goal <= 2). Every node shares the machine's cores, so absolute figures
+only mean something next to each other.
+
+    make bench-scale                                            # every set-up (many minutes)
+    .venv/bin/python bench/scale_cluster.py --setups mesh:3,bus:3 --writes 1000 --probes 20
+
+Needs nats-server for the bus set-ups (Debian: apt-get install nats-server).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.harness import NodeProcess, stop_all
+from tests.harness.nats import NatsServer, find_nats_server
+from tests.harness.procfs import cpu_seconds
+
+from bench.bus import VALUE, mesh, on_bus, wait_members
+from bench.bus import measure as burst_until_converged
+
+DEFAULT_SETUPS = "mesh:3,mesh:5,mesh:9,bus:3,bus:5,bus:9,bus:25"
+
+
+def parse_setups(text: str) -> list[tuple[str, int]]:
+    setups = []
+    for part in text.split(","):
+        kind, _, count = part.partition(":")
+        if kind not in ("mesh", "bus") or not count.isdigit() or int(count) < 2:
+            raise argparse.ArgumentTypeError(f"a set-up is mesh:N or bus:N with N >= 2, not {part!r}")
+        setups.append((kind, int(count)))
+    return setups
+
+
+def cpu_of(pids: Sequence[int]) -> float:
+    return sum(cpu_seconds(pid, children=True) or 0.0 for pid in pids)
+
+
+async def copies(node: NodeProcess, count: int, probes: int) -> list[float]:
+    """Milliseconds of `probes` PUTs with `?w=count`, one after another."""
+    took = []
+    async with aiohttp.ClientSession() as session:
+        for i in range(probes):
+            started = time.monotonic()
+            url = f"{node.url}/v1/kv/copies-{i}?w={count}&timeout=30"
+            async with session.put(url, data=VALUE) as response:
+                await response.read()
+                if response.status not in (200, 201):
+                    raise SystemExit(f"PUT ?w={count} answered {response.status}")
+            took.append(1000 * (time.monotonic() - started))
+    return took
+
+
+def percentile(values: Sequence[float], pct: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
+
+
+def run_setup(kind: str, count: int, args: argparse.Namespace) -> dict[str, float]:
+    with tempfile.TemporaryDirectory(prefix=f"bench-scale-{kind}{count}-") as tmp:
+        work = Path(tmp)
+        server = NatsServer(work / "nats", session=True).start() if kind == "bus" else None
+        nodes: list[NodeProcess] = []
+        try:
+            nodes = mesh(work, count) if server is None else on_bus(work, count, server)
+            wait_members(nodes, timeout=120.0)
+            pids = [n.pid for n in nodes] + ([server.pid] if server is not None else [])
+            time.sleep(1.0)  # past the start-up's own work
+            before, started = cpu_of(pids), time.monotonic()
+            time.sleep(args.idle)
+            idle = 100 * (cpu_of(pids) - before) / (time.monotonic() - started)
+            before = cpu_of(pids)
+            burst = burst_until_converged(nodes, args.writes, "burst", 32)
+            per_write = (cpu_of(pids) - before) / args.writes / count * 1e6
+            took = asyncio.run(copies(nodes[0], count, args.probes))
+            return {
+                "idle_pct": idle,
+                "writes_per_s": args.writes / burst["acked_s"],
+                "converged_s": burst["converged_s"],
+                "cpu_us_per_write_per_node": per_write,
+                "w_p50_ms": percentile(took, 50),
+                "w_p99_ms": percentile(took, 99),
+            }
+        finally:
+            stop_all(nodes)
+            if server is not None:
+                server.kill()
+
+
+def ratio_line(name: str, top: float | None, bottom: float | None, goal: float) -> str:
+    if top is None or bottom is None or bottom <= 0:
+        return f"  {name:48} -     (goal <= {goal:g}; a set-up it needs did not run)"
+    value = top / bottom
+    verdict = "met" if value <= goal else "NOT met"
+    return f"  {name:48} {value:5.2f} goal <= {goal:g}  {verdict}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--setups", type=parse_setups, default=parse_setups(DEFAULT_SETUPS))
+    parser.add_argument("--writes", type=int, default=4000, help="writes in the burst")
+    parser.add_argument("--probes", type=int, default=100, help="PUT ?w=N probes")
+    parser.add_argument("--idle", type=float, default=5.0, help="seconds of idle CPU measured")
+    args = parser.parse_args(argv)
+    if any(kind == "bus" for kind, _ in args.setups) and find_nats_server() is None:
+        print("nats-server is not installed (apt-get install nats-server)", file=sys.stderr)
+        return 2
+    results: dict[tuple[str, int], dict[str, float]] = {}
+    header = (
+        f"{'set-up':8}{'writes/s':>10}{'w=N p50':>10}{'w=N p99':>10}"
+        f"{'CPU us/write/node':>19}{'idle CPU %':>12}{'converged s':>13}"
+    )
+    for kind, count in args.setups:
+        figures = results[(kind, count)] = run_setup(kind, count, args)
+        print(
+            f"{kind}:{count:<4}{figures['writes_per_s']:>10,.0f}{figures['w_p50_ms']:>10.1f}"
+            f"{figures['w_p99_ms']:>10.1f}{figures['cpu_us_per_write_per_node']:>19,.0f}"
+            f"{figures['idle_pct']:>12.1f}{figures['converged_s']:>13.2f}",
+            flush=True,
+        )
+    print(f"\n{header}\n(w=N in ms; {args.writes} writes to node 1 per burst)")
+    for (kind, count), f in results.items():
+        print(
+            f"{kind}:{count:<4}{f['writes_per_s']:>10,.0f}{f['w_p50_ms']:>10.1f}{f['w_p99_ms']:>10.1f}"
+            f"{f['cpu_us_per_write_per_node']:>19,.0f}{f['idle_pct']:>12.1f}{f['converged_s']:>13.2f}"
+        )
+
+    def get(kind: str, count: int, field: str) -> float | None:
+        return results[(kind, count)][field] if (kind, count) in results else None
+
+    print("\ntargets (ratios of this run):")
+    for kind in ("mesh", "bus"):
+        field = "cpu_us_per_write_per_node"
+        print(
+            ratio_line(
+                f"{kind}: CPU per write per node, 9 / 3 nodes",
+                get(kind, 9, field),
+                get(kind, 3, field),
+                1.3,
+            )
+        )
+        print(
+            ratio_line(
+                f"{kind}: idle CPU, 9 / 3 nodes", get(kind, 9, "idle_pct"), get(kind, 3, "idle_pct"), 3.0
+            )
+        )
+    print(
+        ratio_line(
+            "bus: convergence, 25 / 3 nodes",
+            get("bus", 25, "converged_s"),
+            get("bus", 3, "converged_s"),
+            2.0,
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
