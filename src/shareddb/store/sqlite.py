@@ -25,19 +25,14 @@ from urllib.parse import quote
 
 from shareddb.record import Record
 from shareddb.store.base import (
-    CHANGE_OVERHEAD,
     DIGEST_BUCKETS,
-    Change,
     Checkpoint,
     CopyPage,
     FeedPage,
     StoreFull,
     StoreUnavailable,
-    bucket_of,
-    change_size,
-    prefix_end,
 )
-from shareddb.store.entries import FeedRow, copy_unit, decode_entry, encode_entry, serve_entry
+from shareddb.store.entries import encode_entry
 from shareddb.store.expiry import Expiring
 from shareddb.store.pipeline import PipelineStore, wall_millis
 from shareddb.store.plan import Batch, Planner, Stored, Tally, Tombstones
@@ -48,8 +43,15 @@ from shareddb.store.sqlite_faults import (
     is_corrupt,
     write_error,
 )
+from shareddb.store.sqlite_reads import (
+    bucket_rows,
+    change_rows,
+    copy_rows,
+    expiring_rows,
+    scan_rows,
+)
 from shareddb.store.sqlite_rows import insert_rows, lookup
-from shareddb.store.sqlite_schema import COPY, FEED, UPSERT_HEAD, UPSERT_TAIL, create_or_upgrade
+from shareddb.store.sqlite_schema import UPSERT_HEAD, UPSERT_TAIL, create_or_upgrade
 from shareddb.store.sqlite_snapshot import SQLiteSnapshotRead
 from shareddb.store.writer_thread import WriterThread
 
@@ -250,74 +252,24 @@ class SQLiteBackend:
         return row
 
     async def scan(self, prefix: str, after: str | None, limit: int, now: int) -> list[Record]:
-        records: list[Record] = await self._in_reader(self._scan_rows, prefix, after, limit, now)
+        records: list[Record] = await self._on_scan(scan_rows, prefix, after, limit, now)
         return records
 
     async def expiring(self, after: int, limit: int) -> list[Expiring]:
-        found: list[Expiring] = await self._in_reader(self._expiring_rows, after, limit)
-        return found
-
-    def _expiring_rows(self, after: int, limit: int) -> list[Expiring]:
-        assert self._scan is not None
-        rows = self._scan.execute(
-            "SELECT key, version, expires FROM kv WHERE expires > ? AND value IS NOT NULL "
-            "ORDER BY expires LIMIT ?",
-            (after, limit),
-        )
-        found: list[Expiring] = rows.fetchall()
+        found: list[Expiring] = await self._on_scan(expiring_rows, after, limit)
         return found
 
     async def changes_since(self, seq: int, limit: int, max_bytes: int | None) -> FeedPage:
-        page: FeedPage = await self._in_reader(self._change_rows, seq, limit, max_bytes)
+        page: FeedPage = await self._on_scan(change_rows, seq, limit, max_bytes)
         return page
 
     async def copy_page(self, after: str, limit: int, max_bytes: int, skip: Collection[int]) -> CopyPage:
-        page: CopyPage = await self._in_reader(self._copy_rows, after, limit, max_bytes, skip)
+        page: CopyPage = await self._on_scan(copy_rows, after, limit, max_bytes, skip)
         return page
 
-    def _copy_rows(self, after: str, limit: int, max_bytes: int, skip: Collection[int]) -> CopyPage:
-        """One read transaction, along the primary key's index: a page of a bulk copy."""
-        db = self._scan
-        assert db is not None
-        changes: list[Change] = []
-        served = set(skip)
-        total = 0
-        read_to = after
-        taken = 0
-        db.execute("BEGIN")
-        try:
-            rows = db.execute(COPY, (after, limit))
-            for key, value, version, seq, expires, txn in rows:
-                if txn:
-                    unit = copy_unit(
-                        Change(seq, Record(key, value, version, expires)),
-                        txn,
-                        served,
-                        lambda entry: _entry_items(db, entry),
-                        lambda k: _feed_row(db, k),
-                    )
-                    total += sum(change_size(c.record.key, c.record.value) for c in unit)
-                    changes.extend(unit)
-                else:
-                    total += len(key) + len(value or "") + CHANGE_OVERHEAD
-                    changes.append(Change(seq, Record(key, value, version, expires)))
-                read_to = key
-                taken += 1
-                if total >= max_bytes:
-                    break
-            rows.close()
-        finally:
-            db.execute("COMMIT")
-        return CopyPage(changes, read_to, taken < limit and total < max_bytes, served - set(skip))
-
     async def bucket_versions(self, bucket: int) -> dict[str, str]:
-        found: dict[str, str] = await self._in_reader(self._bucket_rows, bucket)
+        found: dict[str, str] = await self._on_scan(bucket_rows, bucket)
         return found
-
-    def _bucket_rows(self, bucket: int) -> dict[str, str]:
-        assert self._scan is not None
-        rows = self._scan.execute("SELECT key, version FROM kv")
-        return {key: version for key, version in rows if bucket_of(key) == bucket}
 
     async def snapshot(self) -> SQLiteSnapshotRead:
         """A read transaction on a connection of its own: in WAL mode it sees the file as of its
@@ -340,6 +292,14 @@ class SQLiteBackend:
             raise
         return SQLiteSnapshotRead(self, db, rows, int(seq[0]) if seq else 0, int(count))
 
+    async def _on_scan(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """`fn(connection, *args)` on the reader thread, with its connection (store/sqlite_reads.py)."""
+        return await self._in_reader(self._with_scan, fn, *args)
+
+    def _with_scan(self, fn: Callable[..., Any], *args: Any) -> Any:
+        assert self._scan is not None
+        return fn(self._scan, *args)
+
     async def _in_reader(self, fn: Callable[..., Any], *args: Any) -> Any:
         if self._closing:
             raise StoreUnavailable("the store is closed")
@@ -347,61 +307,6 @@ class SQLiteBackend:
             return await asyncio.get_running_loop().run_in_executor(self._reader_pool, fn, *args)
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"read failed: {exc}") from exc
-
-    def _scan_rows(self, prefix: str, after: str | None, limit: int, now: int) -> list[Record]:
-        assert self._scan is not None
-        clauses = ["value IS NOT NULL", "(expires IS NULL OR expires > ?)"]
-        args: list[object] = [now]
-        if after is not None and after >= prefix:
-            clauses.append("key > ?")
-            args.append(after)
-        elif prefix:
-            clauses.append("key >= ?")
-            args.append(prefix)
-        end = prefix_end(prefix)
-        if end is not None:
-            clauses.append("key < ?")
-            args.append(end)
-        args.append(limit)
-        where = " AND ".join(clauses)
-        sql = f"SELECT key, value, version, expires FROM kv WHERE {where} ORDER BY key LIMIT ?"
-        return [Record(*row) for row in self._scan.execute(sql, args)]
-
-    def _change_rows(self, seq: int, limit: int, max_bytes: int | None) -> FeedPage:
-        db = self._scan
-        assert db is not None
-        budget = float("inf") if max_bytes is None else max_bytes
-        changes: list[Change] = []
-        total = 0
-        ended = True
-        # One read transaction: the feed's last sequence comes from the snapshot the rows come
-        # from, so `until` never covers a sequence committed after the rows were read.
-        db.execute("BEGIN")
-        try:
-            last = db.execute("SELECT value FROM meta WHERE name = 'seq'").fetchone()
-            rows = db.execute(FEED, (seq, seq, limit))
-            # Rows come one at a time: a read that reaches the budget stops there.
-            taken = 0
-            read_to = seq  # the position of the last unit taken (an entry's may serve no change)
-            for s, k, v, ver, expires, body in rows:
-                unit = (
-                    [Change(s, Record(k, v, ver, expires))]
-                    if body is None
-                    else _entry_changes(db, s, seq)
-                )
-                total += sum(change_size(c.record.key, c.record.value) for c in unit)
-                if total > budget and changes:
-                    ended = False
-                    break
-                changes.extend(unit)
-                read_to = s
-                taken += 1
-            rows.close()
-        finally:
-            db.execute("COMMIT")
-        if not ended or taken >= limit:
-            return FeedPage(changes, read_to)
-        return FeedPage(changes, max(seq, int(last[0]) if last else 0))
 
     # -- writes --------------------------------------------------------------------------------
 
@@ -524,35 +429,6 @@ class SQLiteBackend:
             log.warning("checkpoint failed: %s", exc)
         finally:
             db.close()
-
-
-def _entry_items(db: sqlite3.Connection, entry: int) -> list[tuple[int, str]]:
-    row = db.execute("SELECT body FROM txns WHERE seq = ?", (entry,)).fetchone()
-    return [] if row is None else decode_entry(row[0])
-
-
-def _feed_row(db: sqlite3.Connection, key: str) -> FeedRow | None:
-    found: FeedRow | None = db.execute(
-        "SELECT value, version, seq, expires, coalesce(txn, 0) FROM kv WHERE key = ?", (key,)
-    ).fetchone()
-    return found
-
-
-def _entry_changes(db: sqlite3.Connection, at: int, since: int) -> list[Change]:
-    """The changes the feed serves for the transaction entry at `at` (entries.serve_entry), read
-    in the reader's transaction."""
-
-    def items_of(entry: int) -> list[tuple[int, str]]:
-        row = db.execute("SELECT body FROM txns WHERE seq = ?", (entry,)).fetchone()
-        return [] if row is None else decode_entry(row[0])
-
-    def row_of(key: str) -> FeedRow | None:
-        found: FeedRow | None = db.execute(
-            "SELECT value, version, seq, expires, coalesce(txn, 0) FROM kv WHERE key = ?", (key,)
-        ).fetchone()
-        return found
-
-    return serve_entry(at, since, items_of, row_of)
 
 
 class SQLiteStore(PipelineStore):
