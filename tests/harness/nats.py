@@ -8,18 +8,14 @@ is a failure: CI installs it (Debian's package `nats-server`, at /usr/sbin/nats-
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 import signal
 import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 from tests.harness.nodes import free_ports
-from tests.harness.process import LoggedProcess
+from tests.harness.process import LoggedProcess, find_binary, required_binary
 
 DEFAULT_BINARY = "/usr/sbin/nats-server"
 START_TIMEOUT = 20.0
@@ -29,17 +25,12 @@ READY = "Server is ready"
 
 def find_nats_server() -> str | None:
     """The installed nats-server, or None."""
-    return shutil.which("nats-server") or (DEFAULT_BINARY if os.path.exists(DEFAULT_BINARY) else None)
+    return find_binary("nats-server", DEFAULT_BINARY)
 
 
 def nats_server_binary() -> str:
     """The nats-server to run; skips the test when there is none (fails it under CI)."""
-    path = find_nats_server()
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("nats-server is not installed; CI must install it (apt-get install nats-server)")
-        pytest.skip("nats-server is not installed")
-    return path
+    return required_binary("nats-server", DEFAULT_BINARY, "nats-server")
 
 
 class NatsServer(LoggedProcess):

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import resource
+import shutil
 import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
+
+import pytest
 
 from tests.harness.procfs import cpu_seconds, status_bytes
 
@@ -116,3 +120,19 @@ class LoggedProcess:
     def cpu_seconds(self) -> float | None:
         """User + system CPU time so far, its workers' included; None when it is not running."""
         return cpu_seconds(self.pid, children=True) if self.running() else None
+
+
+def find_binary(name: str, default: str) -> str | None:
+    """The installed program `name` (on PATH, else at `default`), or None."""
+    return shutil.which(name) or (default if os.path.exists(default) else None)
+
+
+def required_binary(name: str, default: str, package: str) -> str:
+    """The program a test runs: the test is skipped when it is missing, and fails under CI, which
+    must install `package`."""
+    path = find_binary(name, default)
+    if path is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{name} is not installed; CI must install it (apt-get install {package})")
+        pytest.skip(f"{name} is not installed")
+    return path

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import os
-import shutil
 import signal
 import socket
 import tempfile
@@ -22,11 +20,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import redis
 
 from tests.harness.nodes import free_ports
-from tests.harness.process import LoggedProcess
+from tests.harness.process import LoggedProcess, find_binary, required_binary
 
 DEFAULT_BINARY = "/usr/bin/redis-server"
 START_TIMEOUT = 20.0
@@ -35,19 +32,12 @@ FORBIDDEN_PORT = 6379  # the machine's own Redis: tests never touch it
 
 def find_redis_server() -> str | None:
     """The installed redis-server, or None."""
-    return shutil.which("redis-server") or (DEFAULT_BINARY if os.path.exists(DEFAULT_BINARY) else None)
+    return find_binary("redis-server", DEFAULT_BINARY)
 
 
 def redis_server_binary() -> str:
     """The redis-server to run; skips the test when there is none (fails it under CI)."""
-    path = find_redis_server()
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(
-                "redis-server is not installed; CI must install it (apt-get install redis-server)"
-            )
-        pytest.skip("redis-server is not installed")
-    return path
+    return required_binary("redis-server", DEFAULT_BINARY, "redis-server")
 
 
 def free_port() -> int:
