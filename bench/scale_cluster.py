@@ -46,6 +46,7 @@ from tests.harness.procfs import cpu_seconds
 
 from bench.bus import VALUE, mesh, on_bus, wait_members
 from bench.bus import measure as burst_until_converged
+from bench.replication_load import percentile
 
 DEFAULT_SETUPS = "mesh:3,mesh:5,mesh:9,bus:3,bus:5,bus:9,bus:25"
 
@@ -77,11 +78,6 @@ async def copies(node: NodeProcess, count: int, probes: int) -> list[float]:
                     raise SystemExit(f"PUT ?w={count} answered {response.status}")
             took.append(1000 * (time.monotonic() - started))
     return took
-
-
-def percentile(values: Sequence[float], pct: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
 
 
 def run_setup(kind: str, count: int, args: argparse.Namespace) -> dict[str, float]:
