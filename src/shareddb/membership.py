@@ -37,6 +37,7 @@ class Member:
     incarnation: str = ""  # which life of the node the entry is about (record.incarnation_of)
     last_contact: float | None = None  # monotonic seconds of the last successful exchange
     applied: int | None = None  # how far it has applied this node's feed, from its last pull
+    held: int | None = None  # how far it holds all of it, left-out writes included (purge)
     expired: int | None = None  # local: its version when its registry entry expired (see expire)
 
     def entry(self) -> dict[str, Any]:
@@ -62,7 +63,7 @@ class Member:
         about it."""
         if incarnation != self.incarnation:
             self.incarnation = incarnation
-            self.applied = None
+            self.applied = self.held = None
 
 
 class Removed(Exception):
@@ -233,10 +234,13 @@ class Membership:
         member.last_contact = self._clock()
         return incarnation is None or incarnation == member.incarnation
 
-    def record_progress(self, node_id: str, applied: int) -> None:
+    def record_progress(self, node_id: str, applied: int, held: int | None = None) -> None:
+        """How far a member has applied this node's feed (`w=N`, lag) and how far it holds all
+        of it (the tombstone purge; a puller that leaves out others' writes holds less)."""
         member = self.members.get(node_id)
         if member is not None:
             member.applied = applied
+            member.held = applied if held is None else min(held, applied)
             self._progress.set()
             self._progress = asyncio.Event()
 

@@ -167,6 +167,16 @@ class _NodeCollector:
             self.metrics.connections(),
         )
         yield from self._members()
+        served = CounterMetricFamily(
+            "shareddb_peer_changes_served",
+            "Changes this node's feed served to pulling peers, by kind: written on this node "
+            "(own), written elsewhere (relayed), or left out because the peer pulls the node "
+            "that wrote them straight (skipped).",
+            labels=("kind",),
+        )
+        for kind, count in node.feed.served.items():
+            served.add_metric([kind], count)
+        yield served
         if node.bus is not None:
             bus = node.bus.status()
             yield GaugeMetricFamily(

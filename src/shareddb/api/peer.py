@@ -24,6 +24,21 @@ from shareddb.store.base import COPY_CHUNK, CopyUnsupported
 from shareddb.tokens import Role
 
 MAX_JOIN_BODY = 1024 * 1024
+MAX_SKIP = 1024  # origins one pull may leave out
+
+
+def _origins(raw: str) -> frozenset[str]:
+    """`skip`: origins (record.make_origin: node id, then `~` and an incarnation) by commas."""
+    if not raw:
+        return frozenset()
+    origins = raw.split(",")
+    if len(origins) > MAX_SKIP:
+        raise bad_request(f"skip names at most {MAX_SKIP} origins")
+    for origin in origins:
+        node_id, tilde, incarnation = origin.partition("~")
+        if node_id_error(node_id) or (tilde and not is_incarnation(incarnation)):
+            raise bad_request(f"bad origin {origin!r} in skip")
+    return frozenset(origins)
 
 
 def _int(params: dict[str, str], name: str, default: int = 0) -> int:
@@ -60,6 +75,8 @@ async def changes(node: Node, request: web.BaseRequest) -> web.StreamResponse:
         own_since=_int(params, "own_since"),
         puller_incarnation=incarnation,
         applied=_int(params, "applied") if params.get("applied") else None,
+        skip=_origins(params.get("skip", "")),
+        held=_int(params, "held") if params.get("held") else None,
     )
     try:
         reply = await node.feed.pull(pull)

@@ -40,6 +40,9 @@ class Feed:
         self.store = store
         self.membership = membership
         self.encoded = EncodedChanges()  # what api/peer.py sends, encoded once for all pullers
+        # Changes served to pullers: written on this node, written elsewhere (relayed), and left
+        # out because the puller gets them from the node that took them (for /metrics).
+        self.served = {"own": 0, "relayed": 0, "skipped": 0}
 
     async def pull(self, request: PullRequest) -> PullReply:
         store = self.store
@@ -56,16 +59,22 @@ class Feed:
                 # A pull sent while the page before it is still being applied says how far the
                 # puller has applied: that, not `since`, is what `w=N` and the purge may count.
                 applied = since if request.applied is None else min(request.applied, since)
-                self.membership.record_progress(puller, applied)
+                self.membership.record_progress(puller, applied, request.held)
         limit = max(1, min(request.limit, MAX_LIMIT))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + min(request.wait, MAX_WAIT)
         origin = make_origin(puller, request.puller_incarnation)
+        skip = request.skip - {self.origin}  # this node's own writes always go
+        # A puller that leaves writes out holds less of the feed than it has read: what it has not
+        # got of a transaction's keys is served, not only named (entries.serve_entry).
+        known = None if request.held is None else min(request.held, since)
         self.encoded.belong_to(store.instance_id)
-        page = await store.changes_since(since, limit, MAX_ANSWER_BYTES)
+        page = await store.changes_since(since, limit, MAX_ANSWER_BYTES, known=known)
         relayed_until: float | None = None
+        skipped = 0
         while True:
-            records, groups, seqs = _for_puller(page.changes, origin, request.own_since)
+            records, groups, seqs, left_out = _for_puller(page.changes, origin, request.own_since, skip)
+            skipped += left_out
             if (remaining := deadline - loop.time()) <= 0:
                 break
             if records and not groups and len(records) < RELAY_BATCH and not self._mints(records):
@@ -76,7 +85,8 @@ class Feed:
                     relayed_until = loop.time() + RELAY_LINGER
                 if (linger := min(relayed_until, deadline) - loop.time()) > 0:
                     await asyncio.sleep(linger)
-                    page = await store.changes_since(since, limit, MAX_ANSWER_BYTES)
+                    page = await store.changes_since(since, limit, MAX_ANSWER_BYTES, known=known)
+                    skipped = 0
                     continue
             if records:
                 break
@@ -89,7 +99,11 @@ class Feed:
             await store.wait_for_changes(page.until, remaining)
             if store.last_seq <= page.until:
                 break
-            page = await store.changes_since(page.until, limit, MAX_ANSWER_BYTES)
+            page = await store.changes_since(page.until, limit, MAX_ANSWER_BYTES, known=known)
+        own = self._count_own(records)
+        self.served["own"] += own
+        self.served["relayed"] += len(records) - own
+        self.served["skipped"] += skipped
         return PullReply(
             node=self.node_id,
             instance=store.instance_id,
@@ -103,10 +117,19 @@ class Feed:
             seqs=seqs,
         )
 
+    @property
+    def origin(self) -> str:
+        """What the versions this node mints end with (record.make_origin)."""
+        return make_origin(self.node_id, incarnation_of(self.store.instance_id))
+
     def _mints(self, records: list[Record]) -> bool:
         """Whether any of `records` was written on this node (its version names this node)."""
-        mine = "-" + make_origin(self.node_id, incarnation_of(self.store.instance_id))
+        mine = "-" + self.origin
         return any(record.version.endswith(mine) for record in records)
+
+    def _count_own(self, records: list[Record]) -> int:
+        mine = "-" + self.origin
+        return sum(1 for record in records if record.version.endswith(mine))
 
     def join(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """A node joins through this one: it sends its entries (its own first) and gets the whole
@@ -126,14 +149,16 @@ class Feed:
 
 
 def _for_puller(
-    changes: list[Change], origin: str, own_since: int
-) -> tuple[list[Record], list[tuple[int, int]], list[int]]:
-    """What of `changes` goes to a puller whose versions carry `origin`: the records, the index
-    ranges of its transactions, and each record's sequence number when it is a plain row
-    (`PullReply.seqs`)."""
+    changes: list[Change], origin: str, own_since: int, skip: frozenset[str]
+) -> tuple[list[Record], list[tuple[int, int]], list[int], int]:
+    """What of `changes` goes to a puller whose versions carry `origin` and that gets the writes of
+    the origins in `skip` from elsewhere: the records, the index ranges of its transactions, each
+    record's sequence number when it is a plain row (`PullReply.seqs`), and how many changes were
+    left out for `skip`."""
     records: list[Record] = []
     groups: list[tuple[int, int]] = []
     seqs: list[int] = []
+    skipped = 0
     # The puller already holds what this life of it wrote from own_since on (it says so once it
     # has caught up with this feed; see Replicator._caught_up). A transaction's changes all go,
     # also the puller's own: the puller keeps the transaction as one entry of its feed, which
@@ -142,17 +167,20 @@ def _for_puller(
     txn, start = 0, 0
     for change in changes:
         record = change.record
-        if (
-            mine is not None
-            and not change.txn
-            and record.version.endswith(mine)
-            and version_origin(record.version) == origin
-            and version_hlc(record.version) >= own_since
-        ):
-            continue
+        if not change.txn:
+            if (
+                mine is not None
+                and record.version.endswith(mine)
+                and version_origin(record.version) == origin
+                and version_hlc(record.version) >= own_since
+            ):
+                continue
+            if skip and version_origin(record.version) in skip:
+                skipped += 1
+                continue
         if change.txn != txn:  # a transaction's changes come together: one group
             if txn:
-                groups.append((start, len(records)))
+                skipped += _close_group(records, groups, seqs, start, skip)
             txn, start = change.txn, len(records)
         if change.txn:
             records.append(named(record.key) if change.known else record)
@@ -161,5 +189,27 @@ def _for_puller(
             records.append(record)
             seqs.append(change.seq)
     if txn:
-        groups.append((start, len(records)))
-    return records, groups, seqs
+        skipped += _close_group(records, groups, seqs, start, skip)
+    return records, groups, seqs, skipped
+
+
+def _close_group(
+    records: list[Record],
+    groups: list[tuple[int, int]],
+    seqs: list[int],
+    start: int,
+    skip: frozenset[str],
+) -> int:
+    """End the transaction whose changes are `records[start:]`: a group of the answer, or left
+    out whole (its count returned) when it was written on a node in `skip`: a transaction is
+    taken on one node, and the puller gets it whole from there."""
+    unit = records[start:]
+    if (
+        skip
+        and any(not r.named_only for r in unit)
+        and all(r.named_only or version_origin(r.version) in skip for r in unit)
+    ):
+        del records[start:], seqs[start:]
+        return len(unit)
+    groups.append((start, len(records)))
+    return 0

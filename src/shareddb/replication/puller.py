@@ -4,7 +4,8 @@ One puller per peer URL: pull a batch, fold its versions into the clock, apply i
 peer's checkpoint in one transaction, repeat. On an error it backs off with jitter (the member shows
 as `down`) and goes on; nothing is lost, because the checkpoint only moves with applied data.
 Records that win the LWW comparison enter this node's own feed, so changes also travel through
-intermediate nodes (A→B→C when A and C cannot reach each other).
+intermediate nodes (A→B→C when A and C cannot reach each other); where a node pulls the node that
+took a write straight, its other peers leave that write out (replication/paths.py).
 """
 
 from __future__ import annotations
@@ -14,14 +15,16 @@ import contextlib
 import logging
 import random
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from shareddb.clock import HybridClock, from_millis
 from shareddb.membership import Membership
-from shareddb.record import incarnation_of, make_version, version_hlc
+from shareddb.record import incarnation_of, make_origin, make_version, version_hlc
 from shareddb.replication.copy import Copier, wants_copy
+from shareddb.replication.paths import Asked, Paths
 from shareddb.replication.transport import (
     PeerError,
     PeerRemoved,
@@ -44,6 +47,17 @@ PURGE_INTERVAL = 60.0
 # Tombstones stay at least this long, even once every member has applied them: a member that was
 # cut off for less than this can never bring a deleted key back.
 TOMBSTONE_GRACE_MS = 3_600_000
+NOTHING_ASKED = Asked({}, frozenset(), 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Pulled:
+    """An answer, with what its pull asked from (`wants_copy` looks) and what this node knew
+    when it sent it (replication/paths.py)."""
+
+    reply: PullReply
+    position: Checkpoint | None
+    asked: Asked
 
 
 class Replicator:
@@ -78,9 +92,11 @@ class Replicator:
         self.pull_lag: dict[str, int] = {}
         self.tombstone_grace_ms = tombstone_grace_ms
         self._pullers: dict[str, asyncio.Task[None]] = {}
-        self._positions: dict[str, Checkpoint] = {}  # per peer id; may run ahead of the saved one
-        # Per URL: the position its last pull asked from (`_take` checks whether to copy instead).
-        self._asked: dict[str, Checkpoint | None] = {}
+        self._positions: dict[str, Checkpoint] = {}  # per peer id; where its next pull reads
+        # Per peer id: how far this node holds its feed (at most the position; replication/paths.py).
+        # The checkpoint saved, and what the peer's purge may count.
+        self._held: dict[str, Checkpoint] = {}
+        self.paths = Paths()
         self._out = membership.self_entry.left  # this node left or was removed; it said so
         self._tasks: set[asyncio.Task[None]] = set()
         self._persisting: asyncio.Task[None] | None = None
@@ -128,6 +144,8 @@ class Replicator:
         for url in list(self._pullers):
             if url not in wanted:
                 self._pullers.pop(url).cancel()
+                if peer_id := self.membership.id_for_url(url):
+                    self._lose(peer_id)
         for url in wanted - self._pullers.keys():
             self._pullers[url] = asyncio.get_running_loop().create_task(self._pull_forever(url))
 
@@ -152,14 +170,14 @@ class Replicator:
         task.add_done_callback(self._tasks.discard)
 
     def purge_horizon(self) -> int | None:
-        """The sequence up to which every member has applied this node's feed, or None when that
+        """The sequence up to which every member holds this node's feed, or None when that
         is not known (a member has not pulled since this node started, or a peer is unidentified)."""
         if self.membership.static_urls:
             return None
-        applied = [m.applied for m in self.membership.active()]
-        if any(a is None for a in applied):
+        held = [m.held for m in self.membership.active()]
+        if any(h is None for h in held):
             return None
-        return min((a for a in applied if a is not None), default=self.store.last_seq)
+        return min((h for h in held if h is not None), default=self.store.last_seq)
 
     async def purge(self) -> int:
         """Drop the tombstones every member has applied and that are past the grace period (none
@@ -203,7 +221,7 @@ class Replicator:
         reached = False
         me = asyncio.current_task()
         # The next page, asked for while this one is applied (at most one page ahead).
-        ahead: asyncio.Task[PullReply] | None = None
+        ahead: asyncio.Task[Pulled] | None = None
         # The loop also ends when this puller is no longer the one wanted for `url`, in case the
         # HTTP client swallowed the cancel that `reconcile` or `stop` sent.
         try:
@@ -212,23 +230,26 @@ class Replicator:
                     if ahead is None:
                         if await self._copy(url):
                             continue
-                        reply = await self._fetch(url)
+                        pulled = await self._fetch(url)
                     else:
-                        reply, ahead = await ahead, None
-                    if not await self._take(url, reply):
+                        pulled, ahead = await ahead, None
+                    if not await self._take(url, pulled):
                         return
+                    reply = pulled.reply
                     behind = reply.records and reply.until < reply.last_seq
                     if behind and not await self.copier.pending(reply.node):
                         # Behind the source: its next page is there already, fetched meanwhile.
                         ahead = asyncio.get_running_loop().create_task(self._fetch_ahead(url, reply))
                     if reply.records:
-                        await self._apply(reply)
+                        await self._apply(pulled)
                 except PeerRemoved:
                     return
                 except (PeerError, StoreUnavailable) as exc:
                     if ahead is not None:  # asked past a page that was not applied: dropped
                         ahead.cancel()
                         ahead = None
+                    if isinstance(exc, PeerError):
+                        self._lose_url(url)
                     failures += 1
                     if failures == 1 and isinstance(exc, StoreUnavailable):
                         log.warning("cannot apply what %s sent: %s; backing off", url, exc)
@@ -248,17 +269,22 @@ class Replicator:
         finally:
             if ahead is not None:
                 ahead.cancel()
+            self._lose_url(url)
 
     async def pull_once(self, url: str) -> bool:
         """Pull and apply one batch from `url`. False when the URL is not to be pulled: it turned out
         to be this node, or a member that was removed. Raises `PeerRemoved` when this node was."""
         if await self._copy(url):
             return True
-        reply = await self._fetch(url)
-        if not await self._take(url, reply):
+        try:
+            pulled = await self._fetch(url)
+        except PeerError:
+            self._lose_url(url)
+            raise
+        if not await self._take(url, pulled):
             return False
-        if reply.records:
-            await self._apply(reply)
+        if pulled.reply.records:
+            await self._apply(pulled)
         return True
 
     async def _copy(self, url: str) -> bool:
@@ -275,17 +301,17 @@ class Replicator:
         finally:
             self.skewed += self.copier.skewed
             self.copier.skewed = 0
-        if copied is not None:
-            self._positions[peer_id] = copied
+        if copied is not None:  # a copy holds all of the feed up to where it began
+            self._positions[peer_id] = self._held[peer_id] = copied
         return True
 
-    async def _fetch(self, url: str) -> PullReply:
+    async def _fetch(self, url: str) -> Pulled:
         """Ask `url` for the changes after this node's position in its feed (a long poll)."""
         peer_id = self.membership.id_for_url(url)
         checkpoint = await self._position(peer_id) if peer_id else None
         return await self._send(url, peer_id, checkpoint, None, LONG_POLL)
 
-    async def _fetch_ahead(self, url: str, reply: PullReply) -> PullReply:
+    async def _fetch_ahead(self, url: str, reply: PullReply) -> Pulled:
         """Ask for the page after `reply` while `reply` is applied (only when the source said it
         had more: a node that keeps up sends its next pull once it has applied a page, which
         tells the source at once that it did, for `w=N`). It says how far this node has applied
@@ -303,7 +329,10 @@ class Replicator:
         checkpoint: Checkpoint | None,
         applied: int | None,
         wait: float,
-    ) -> PullReply:
+    ) -> Pulled:
+        self._check_paths()
+        asked = self.paths.ask(peer_id, self._positions) if peer_id else NOTHING_ASKED
+        held = self._held.get(peer_id) if peer_id else None
         request = PullRequest(
             since=checkpoint.seq if checkpoint else 0,
             instance=checkpoint.instance if checkpoint else "",
@@ -316,17 +345,23 @@ class Replicator:
             own_since=self._own_since.get(peer_id, 0) if peer_id else 0,
             puller_incarnation=self.membership.incarnation,
             applied=applied,
+            skip=asked.skip,
+            held=held.seq
+            if held is not None and checkpoint is not None and held.instance == checkpoint.instance
+            else None
+            if not asked.skip
+            else 0,
         )
-        self._asked[url] = checkpoint  # `_take` reads it: whether the answer calls for a copy
         try:
-            return await self.transport.pull(url, request)
+            return Pulled(await self.transport.pull(url, request), checkpoint, asked)
         except PeerRemoved:
             await self._removed(url)
             raise
 
-    async def _take(self, url: str, reply: PullReply) -> bool:
+    async def _take(self, url: str, pulled: Pulled) -> bool:
         """What an answer says about the members, before any of its changes is applied. False
         when `url` is not to be pulled: it is this node, or a member that left or was removed."""
+        reply = pulled.reply
         if reply.node == self.node_id:
             self.membership.identified(url, reply.node)
             return False
@@ -348,6 +383,7 @@ class Replicator:
             version = self.clock.now(self.now())
             for old in stale:
                 self.membership.leave(old, version)
+                self._lose(old)
             await self.persist_members()  # with the clock value the entries carry
         source = self.membership.members.get(reply.node)
         if says_left or (source is not None and source.removed(incarnation)):
@@ -360,29 +396,29 @@ class Replicator:
                     url,
                 )
             self.membership.refuse(url)
+            self._lose(reply.node)
             return False
         self.membership.identified(url, reply.node)
         self.membership.heard_from(reply.node, url)
-        if wants_copy(reply, self._asked.pop(url, None)):  # this page is applied all the same
+        if wants_copy(reply, pulled.position):  # this page is applied all the same
             self.copier.want(reply.node)
         if not reply.records:
             # Nothing to apply (an idle feed): move the position in memory and save it with the
             # next batch. After a crash the node just asks for those changes again.
-            self._positions[reply.node] = Checkpoint(reply.node, reply.instance, reply.until)
-            self._caught_up(reply)
+            self._advance(pulled)
         return True
 
-    async def _apply(self, reply: PullReply) -> None:
-        """Apply a page and save the position after it, in one commit. What this node holds
-        already at that version or a newer one is left out first, by its version alone; a page
-        of nothing else is not committed at all (in a full mesh every node serves the others'
-        writes again to each peer, and each peer has them already)."""
-        position = Checkpoint(reply.node, reply.instance, reply.until)
+    async def _apply(self, pulled: Pulled) -> None:
+        """Apply a page and save how far this node then holds the feed, in one commit. What this
+        node holds already at that version or a newer one is left out first, by its version
+        alone; a page of nothing else is not committed at all."""
+        reply = pulled.reply
         records = reply.records
         if not reply.groups:  # a transaction is applied whole, by the write pipeline
             stored = await self.store.lookup({record.key for record in records})
             if stored:
                 records = [r for r in records if not loses(r.version, r.value, stored.get(r.key))]
+        held = self._held_after(pulled)
         if records:
             wall = self.now()
             for record in records:
@@ -396,10 +432,77 @@ class Replicator:
                         reply.node,
                         self.clock.max_drift_ms,
                     )
-            await self.store.apply(records, position, reply.groups)
+            await self.store.apply(records, held, reply.groups)
         # Else nothing to commit: the position moves in memory, saved with the next batch.
-        self._positions[reply.node] = position
-        self._caught_up(reply)
+        self._advance(pulled, held)
+
+    def _held_after(self, pulled: Pulled) -> Checkpoint:
+        """How far this node holds the source's feed once `pulled` is applied (paths.py)."""
+        reply = pulled.reply
+        position = Checkpoint(reply.node, reply.instance, reply.until)
+        held = self.paths.held(reply.node, position, pulled.asked)
+        before = self._held.get(reply.node)
+        if before is not None and before.instance == reply.instance:
+            held = max(held, before.seq)
+        return Checkpoint(reply.node, reply.instance, held)
+
+    def _advance(self, pulled: Pulled, held: Checkpoint | None = None) -> None:
+        """`pulled` is applied: move the positions in the source's feed. An answer to a pull sent
+        before some origin stopped being direct left out writes this node may now lack: the next
+        pull reads again from what it holds."""
+        reply = pulled.reply
+        self._held[reply.node] = held = held or self._held_after(pulled)
+        if pulled.asked.generation == self.paths.generation:
+            self._positions[reply.node] = Checkpoint(reply.node, reply.instance, reply.until)
+        else:
+            self._positions[reply.node] = held
+        # How far behind the peer's feed this node is, for /metrics.
+        self.pull_lag[reply.node] = max(0, reply.last_seq - reply.until)
+        if reply.until < reply.last_seq:
+            return
+        if reply.node not in self._own_since:
+            # Once this node holds all of a peer's feed, the peer may leave out the records this
+            # node writes itself from then on: they are the ones of its id above its clock now.
+            # Not before: with a store that lost its latest writes (Redis with relaxed
+            # persistence), the peer may hold writes of this incarnation that this node lacks.
+            self._own_since[reply.node] = self.clock.last + 1
+        generation = self.paths.generation
+        origin = make_origin(reply.node, incarnation_of(reply.instance))
+        self.paths.caught_up(reply.node, origin, pulled.asked)
+        if self.paths.generation != generation:  # an earlier life of the peer is gone
+            self._rewind()
+
+    def _check_paths(self) -> None:
+        """An origin is direct only while its node is an active member in that life, pulled at
+        its URL: one that left, expired from the registry or answers as another life is not."""
+        members = self.membership.members
+        for origin, peer_id in self.paths.origins():
+            member = members.get(peer_id)
+            if (
+                member is None
+                or member.left
+                or member.registry_expired
+                or make_origin(peer_id, member.incarnation) != origin
+            ):
+                self._lose(peer_id)
+
+    def _lose_url(self, url: str) -> None:
+        if peer_id := self.membership.id_for_url(url):
+            self._lose(peer_id)
+
+    def _lose(self, peer_id: str) -> None:
+        """`peer_id` is not pulled straight for now: its writes come through the other peers
+        again, from what this node holds of their feeds (paths.py)."""
+        if self.paths.lost(peer_id):
+            self._rewind()
+
+    def _rewind(self) -> None:
+        for peer_id, position in list(self._positions.items()):
+            held = self._held.get(peer_id)
+            if held is None or held.instance != position.instance:
+                del self._positions[peer_id]  # read again from the saved checkpoint
+            elif held.seq < position.seq:
+                self._positions[peer_id] = held
 
     def leaving(self) -> None:
         """This node leaves the cluster by its own choice (see `Node.leave`)."""
@@ -421,18 +524,6 @@ class Replicator:
             self.membership.leave(self.node_id, self.clock.now(self.now()))
         await self.persist_members()
 
-    def _caught_up(self, reply: PullReply) -> None:
-        """Once this node holds all of a peer's feed, the peer may leave out the records this
-        node writes itself from then on: they are the ones of its id above its clock now.
-
-        Not before: with a store that lost its latest writes (Redis with relaxed persistence),
-        the peer may hold writes of this incarnation that this node no longer has.
-        """
-        # Also how far behind the peer's feed this node is, for /metrics.
-        self.pull_lag[reply.node] = max(0, reply.last_seq - reply.until)
-        if reply.node not in self._own_since and reply.until >= reply.last_seq:
-            self._own_since[reply.node] = self.clock.last + 1
-
     async def _position(self, peer_id: str) -> Checkpoint | None:
         """How far this node has applied `peer_id`'s feed: in memory, else the saved checkpoint."""
         position = self._positions.get(peer_id)
@@ -440,4 +531,7 @@ class Replicator:
             position = await self.store.checkpoint(peer_id)
             if position is not None:
                 self._positions[peer_id] = position
+                held = self._held.get(peer_id)
+                if held is None or held.instance != position.instance or held.seq < position.seq:
+                    self._held[peer_id] = position  # the saved checkpoint is what it holds
         return position

@@ -46,6 +46,12 @@ class PullRequest:
     # How far the puller has applied this feed, when that is behind `since`: a pull sent while the
     # page before it is still being applied (Replicator._pull_forever). None: all of `since`.
     applied: int | None = None
+    # Origins (record.make_origin) whose writes the puller gets straight from the nodes that took
+    # them: the source leaves them out (replication/paths.py).
+    skip: frozenset[str] = frozenset()
+    # How far the puller holds everything of this feed, left-out writes included: at most
+    # `applied`. What the source's tombstone purge may count. None: all of `applied`.
+    held: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +238,10 @@ class HttpTransport:
         }
         if request.applied is not None:
             params["applied"] = str(request.applied)
+        if request.skip:
+            params["skip"] = ",".join(sorted(request.skip))
+        if request.held is not None:
+            params["held"] = str(request.held)
         # No total limit: a large batch may take long to arrive, as long as bytes keep coming.
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=3.0, sock_read=request.wait + READ_SLACK

@@ -281,13 +281,17 @@ class Store(Protocol):
         anything (a record that loses now loses for ever: stored versions only grow)."""
         ...
 
-    async def changes_since(self, seq: int, limit: int, max_bytes: int | None = None) -> FeedPage:
+    async def changes_since(
+        self, seq: int, limit: int, max_bytes: int | None = None, *, known: int | None = None
+    ) -> FeedPage:
         """The feed: records with a sequence number above `seq`, in sequence order, at most
         `limit` of them and, with `max_bytes`, no more than fit in that many bytes by
         `change_size` (but always at least one). The read stops at the budget: it never holds
         much more than `max_bytes` of records at once. `until` is read consistently with the
         rows: the feed's last sequence number when the read reached its end, else the last
-        change's."""
+        change's. A transaction's change is `known` when the feed serves its row at or below
+        `known` (default `seq`): how far the reader holds the feed, which a peer that leaves
+        out others' writes (replication/paths.py) says apart from where it reads."""
         ...
 
     async def wait_for_changes(self, seq: int, timeout: float) -> None:

@@ -36,11 +36,11 @@ def serve_entry(
     items_of: Callable[[int], list[tuple[int, str]]],
     row_of: Callable[[str], FeedRow | None],
 ) -> list[Change]:
-    """The changes the feed serves for the entry at `at` to a reader that has applied the feed up
-    to `since`, read from one consistent state: the current row of each of its keys, and, whole,
-    every entry that covers one of those rows (and so on). A change is `current` when it is the
-    transaction's own write, still in place; a watcher skips the others (they come again later in
-    the feed, at their own sequence numbers).
+    """The changes the feed serves for the entry at `at` to a reader that holds the feed up to
+    `since` (`Store.changes_since`'s `known`), read from one consistent state: the current row of
+    each of its keys, and, whole, every entry that covers one of those rows (and so on). A change
+    is `current` when it is the transaction's own write, still in place; a watcher skips the others
+    (they come again later in the feed, at their own sequence numbers).
 
     A row the feed serves at or below `since` (at its own sequence, or with the entry covering it)
     is `known`: the reader holds it already, or a newer state of its key, and the entry covering

@@ -165,7 +165,7 @@ class MemoryBackend:
         ]
         return sorted(found, key=lambda item: item[2])[:limit]
 
-    async def changes_since(self, seq: int, limit: int, max_bytes: int | None) -> FeedPage:
+    async def changes_since(self, seq: int, limit: int, max_bytes: int | None, known: int) -> FeedPage:
         now = await self._now()
         if limit <= 0:
             return FeedPage([], seq)
@@ -183,7 +183,7 @@ class MemoryBackend:
                 value, version, _, expires, _ = now.rows[key]
                 unit = [Change(at, Record(key, value, version, expires))]
             else:
-                unit = serve_entry(at, seq, now.entries.__getitem__, now.rows.get)
+                unit = serve_entry(at, known, now.entries.__getitem__, now.rows.get)
             total += sum(change_size(c.record.key, c.record.value) for c in unit)
             if max_bytes is not None and total > max_bytes and changes:
                 return FeedPage(changes, read_to)

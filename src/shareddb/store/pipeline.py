@@ -159,7 +159,9 @@ class Backend(Protocol):
         clock moves on; the values themselves are not needed."""
         ...
 
-    async def changes_since(self, seq: int, limit: int, max_bytes: int | None) -> FeedPage: ...
+    async def changes_since(
+        self, seq: int, limit: int, max_bytes: int | None, known: int
+    ) -> FeedPage: ...
 
     async def checkpoint(self, peer: str) -> Checkpoint | None: ...
 
@@ -285,7 +287,9 @@ class PipelineStore:
         self._check_open()
         return await self._backend.lookup(keys)
 
-    async def changes_since(self, seq: int, limit: int, max_bytes: int | None = None) -> FeedPage:
+    async def changes_since(
+        self, seq: int, limit: int, max_bytes: int | None = None, *, known: int | None = None
+    ) -> FeedPage:
         self._check_open()
         if not self._backend.cache_valid:
             self._tail.reset(None)
@@ -295,7 +299,9 @@ class PipelineStore:
             return page
         elif self._tail.start is None:  # read from now on: kept from the next commit
             self._tail.reset(self.last_seq)
-        return await self._backend.changes_since(seq, limit, max_bytes)
+        return await self._backend.changes_since(
+            seq, limit, max_bytes, seq if known is None else min(known, seq)
+        )
 
     async def wait_for_changes(self, seq: int, timeout: float) -> None:
         loop = asyncio.get_running_loop()

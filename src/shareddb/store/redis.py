@@ -361,7 +361,7 @@ class RedisBackend:
             decode_record(bytes(flat[i]).decode("utf-8"), flat[i + 1]) for i in range(0, len(flat), 2)
         ]
 
-    async def changes_since(self, seq: int, limit: int, max_bytes: int | None) -> FeedPage:
+    async def changes_since(self, seq: int, limit: int, max_bytes: int | None, known: int) -> FeedPage:
         if limit <= 0:
             self._check_usable()
             return FeedPage([], seq)
@@ -370,7 +370,7 @@ class RedisBackend:
         flat = await self._read_script(
             FEED,
             [keys.seq, keys.rec, keys.meta, keys.txn, keys.entry],
-            [f"({seq}", limit, budget, CHANGE_OVERHEAD, seq],
+            [f"({seq}", limit, budget, CHANGE_OVERHEAD, known],
         )
         changes: list[Change] = []
         for i in range(2, len(flat), 3):

@@ -219,19 +219,19 @@ end
 return out
 """
 
-# The changes feed after a sequence, read atomically with the feed's last sequence. KEYS: seq,
-# rec, meta, txn, entry. ARGV: min score (exclusive), count, byte budget (-1: none), per-change
-# overhead, the reader's position. The feed is the `seq` zset: rows, less those a transaction
-# entry covers (in `txn`), and each entry as NUL + its seq, served whole (one of `count`; never
-# split by the budget): the current rows of its keys, and of the keys of every entry that covers
-# one of those rows, and so on (store/plan.py), each key once; a change is known when the feed
-# serves its row at or below the reader's position (entries.serve_entry says why), and current
-# when it is the entry's own and its key's row still holds the sequence the entry gave it.
+# The changes feed after a sequence, read atomically with the feed's last sequence. KEYS: seq, rec,
+# meta, txn, entry. ARGV: min score (exclusive), count, byte budget (-1: none), per-change
+# overhead, how far the reader holds the feed (its position, or less). The feed is the `seq` zset:
+# rows, less those a transaction entry covers (in `txn`), and each entry as NUL + its seq, served
+# whole (one of `count`; never split by the budget): the current rows of its keys, and of the keys
+# of every entry that covers one of those rows, and so on (store/plan.py), each key once; a change
+# is known when the feed serves its row at or below that (entries.serve_entry says why), and
+# current when it is the entry's own and its key's row still holds the sequence the entry gave it.
 # Answers: 1 when the read reached the end of the feed, else 0; the last sequence; then for each
-# unit: member, score, and the record (a row) or the changes (an entry: key, seq, record,
-# '1' current, '0' not, 'k' known, key, ...). Units stop before the one that would pass the budget (the
-# first is always sent), counted as `change_size` counts them, in bytes (with the version). Only
-# an entry and the rows it covers share a score, and NUL sorts before every key: resuming after a
+# unit: member, score, and the record (a row) or the changes (an entry: key, seq, record, '1'
+# current, '0' not, 'k' known, key, ...). Units stop before the one that would pass the budget (the
+# first is always sent), counted as `change_size` counts them, in bytes (with the version). Only an
+# entry and the rows it covers share a score, and NUL sorts before every key: resuming after a
 # score loses nothing.
 FEED = """#!lua flags=no-writes
 local seqs, rec, meta, txn, entry = unpack(KEYS)

@@ -259,8 +259,8 @@ class SQLiteBackend:
         found: list[Expiring] = await self._on_scan(expiring_rows, after, limit)
         return found
 
-    async def changes_since(self, seq: int, limit: int, max_bytes: int | None) -> FeedPage:
-        page: FeedPage = await self._on_scan(change_rows, seq, limit, max_bytes)
+    async def changes_since(self, seq: int, limit: int, max_bytes: int | None, known: int) -> FeedPage:
+        page: FeedPage = await self._on_scan(change_rows, seq, limit, max_bytes, known)
         return page
 
     async def copy_page(self, after: str, limit: int, max_bytes: int, skip: Collection[int]) -> CopyPage:

@@ -96,7 +96,9 @@ def scan_rows(
     return [Record(*row) for row in db.execute(sql, args)]
 
 
-def change_rows(db: sqlite3.Connection, seq: int, limit: int, max_bytes: int | None) -> FeedPage:
+def change_rows(
+    db: sqlite3.Connection, seq: int, limit: int, max_bytes: int | None, known: int
+) -> FeedPage:
     budget = float("inf") if max_bytes is None else max_bytes
     changes: list[Change] = []
     total = 0
@@ -112,7 +114,7 @@ def change_rows(db: sqlite3.Connection, seq: int, limit: int, max_bytes: int | N
         read_to = seq  # the position of the last unit taken (an entry's may serve no change)
         for s, k, v, ver, expires, body in rows:
             unit = (
-                [Change(s, Record(k, v, ver, expires))] if body is None else _entry_changes(db, s, seq)
+                [Change(s, Record(k, v, ver, expires))] if body is None else _entry_changes(db, s, known)
             )
             total += sum(change_size(c.record.key, c.record.value) for c in unit)
             if total > budget and changes:
@@ -141,8 +143,8 @@ def _feed_row(db: sqlite3.Connection, key: str) -> FeedRow | None:
     return found
 
 
-def _entry_changes(db: sqlite3.Connection, at: int, since: int) -> list[Change]:
-    """The changes the feed serves for the transaction entry at `at` (entries.serve_entry), read
-    in the reader's transaction."""
+def _entry_changes(db: sqlite3.Connection, at: int, known: int) -> list[Change]:
+    """The changes the feed serves for the transaction entry at `at` (entries.serve_entry) to a
+    reader that holds the feed up to `known`, read in the reader's transaction."""
 
-    return serve_entry(at, since, partial(_entry_items, db), partial(_feed_row, db))
+    return serve_entry(at, known, partial(_entry_items, db), partial(_feed_row, db))
