@@ -36,17 +36,21 @@ under a prefix (`sdb:` by default):
     entry   hash  seq -> a transaction entry's keys, with the sequence each took (store/entries.py)
     loose   set   seqs of entries that may cover no row any more (one of their rows was written
                   again or purged): a purge's batch drops those of them that cover none
+    bkt     zset  every key (values and tombstones), scored 0, as its digest bucket in two bytes
+                  then the key: one bucket is one lex range (GET /v1/digest?bucket=N)
 
 Keys never contain NUL, so an entry's member cannot be taken for a key. Versions never contain SOH
-and format 1 (before expiry and transactions) wrote no expiry, so its records read as they are; a
-store of format 1 is marked format 2 when it opens (an older shareddb then refuses it). An entry
-body that also holds the records written (as entries were first kept) reads the same: each change
-starts with its seq and key.
+and format 1 (before expiry and transactions) wrote no expiry, so its records read as they are.
+Formats 1 and 2 (before `bkt`) get their `bkt` index built from `ver` when they open, and are then
+marked format 3 (an older shareddb, which would not keep `bkt` up, then refuses the store). An
+entry body that also holds the records written (as entries were first kept) reads the same: each
+change starts with its seq and key.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
@@ -76,21 +80,24 @@ from shareddb.store.base import (
     FeedPage,
     StoreFull,
     StoreUnavailable,
-    bucket_of,
     prefix_end,
 )
 from shareddb.store.expiry import Expiring
 from shareddb.store.pipeline import OutcomeUnknown, PipelineStore, wall_millis
 from shareddb.store.plan import Batch, Planner, Stored, Tally, Tombstones
 from shareddb.store.redis_scripts import (
+    BUCKET,
     BY_SCORE,
     CREATE,
     FEED,
     FENCE,
     SCAN,
     SNAPSHOT_BEGIN,
+    UPGRADE,
     WRITE,
     Keys,
+    bucket_member,
+    bucket_prefix,
     decode_head,
     decode_record,
     write_args,
@@ -99,10 +106,13 @@ from shareddb.store.redis_snapshot import SNAPSHOT_COPY_TTL, RedisSnapshotRead
 
 log = logging.getLogger("shareddb.store")
 
-FORMAT = "2"
-OLDER_FORMAT = "1"  # the same layout without expiry and transactions: read as it is
+FORMAT = "3"
+# The same layout without `bkt` (2), and also without expiry and transactions (1): read as they
+# are once `bkt` is built.
+OLDER_FORMATS = ("1", "2")
 DEFAULT_PREFIX = "sdb:"
 CHUNK = 1000  # keys per command when reading many (purge candidates, bucket listings)
+INDEX_CHUNK = 10_000  # keys per command when building the `bkt` index of an older store
 MAX_CONNECTIONS = 32
 SOCKET_TIMEOUT = 5.0  # a Redis that stops answering fails calls with 503 after this long
 CONNECT_TIMEOUT = 2.0
@@ -180,13 +190,17 @@ class RedisBackend:
                     f"Redis at {where} evicts keys when full (maxmemory-policy {policy}), which would "
                     "drop records; set maxmemory-policy noeviction"
                 )
-            created = [self._new_instance(), uuid.uuid4().hex, FORMAT, OLDER_FORMAT]
+            created = [self._new_instance(), uuid.uuid4().hex, FORMAT]
             meta = _pairs(await self._script(CREATE, [self._keys.meta], created))
+            if meta.get("format") in OLDER_FORMATS:
+                await self._index_buckets()
+                upgrade = [meta["format"], FORMAT]
+                meta = _pairs(await self._script(UPGRADE, [self._keys.meta], upgrade))
             if meta.get("format") != FORMAT:
                 raise StoreUnavailable(
                     f"Redis at {where} holds a store of format {meta.get('format')!r} under "
                     f"{self._keys.meta.decode()!r}; this version of shareddb reads formats "
-                    f"{OLDER_FORMAT} and {FORMAT}"
+                    f"{', '.join(OLDER_FORMATS)} and {FORMAT}"
                 )
             digest = _pairs(await self._execute("HGETALL", self._keys.digest), text=False)
         except StoreUnavailable:
@@ -207,6 +221,23 @@ class RedisBackend:
             tuple(buckets),
             int(meta.get("floor", 0)),
         )
+
+    async def _index_buckets(self) -> None:
+        """Build the `bkt` index of a store made before it, from `ver`, a chunk of keys per
+        command. Started again from nothing on every open until the store is marked with the
+        current format: one cut off half way, or written by an older shareddb after, is rebuilt."""
+        started = time.monotonic()
+        log.info("indexing the keys of a store made by an older shareddb by digest bucket (once)")
+        await self._execute("DEL", self._keys.bkt)
+        cursor = 0
+        while True:
+            cursor, items = await self._execute("HSCAN", self._keys.ver, cursor, "COUNT", INDEX_CHUNK)
+            members = [bucket_member(bytes(key)) for key, _ in _hash_items(items)]
+            if members:
+                await self._execute("ZADD", self._keys.bkt, *(x for m in members for x in (0, m)))
+            if int(cursor) == 0:
+                break
+        log.info("digest bucket index built in %.1f s", time.monotonic() - started)
 
     async def close(self) -> None:
         """Called by the pipeline once its last batch is written."""
@@ -391,16 +422,20 @@ class RedisBackend:
         return FeedPage(changes, _score(flat[-2]) if len(flat) > 2 else seq)
 
     async def bucket_versions(self, bucket: int) -> dict[str, str]:
+        """Pages of the bucket's lex range of `bkt`, each read atomically with the versions: a key
+        held throughout the listing is in it once."""
         found: dict[str, str] = {}
-        cursor = 0
+        low = b"[" + bucket_prefix(bucket)
+        high = b"(" + bucket_prefix(bucket + 1)
         while True:
-            cursor, items = await self._command("HSCAN", self._keys.ver, cursor, "COUNT", CHUNK)
-            for raw_key, raw_version in _hash_items(items):
-                key = raw_key.decode("utf-8")
-                if bucket_of(key) == bucket:
-                    found[key] = decode_head(raw_version[1:])[0]
-            if int(cursor) == 0:
+            flat = await self._read_script(BUCKET, [self._keys.bkt, self._keys.ver], [low, high, CHUNK])
+            for i in range(0, len(flat), 2):
+                if flat[i + 1]:
+                    key = bytes(flat[i])[2:].decode("utf-8")
+                    found[key] = decode_head(bytes(flat[i + 1])[1:])[0]
+            if len(flat) < 2 * CHUNK:
                 return found
+            low = b"(" + bytes(flat[-2])
 
     async def copy_page(self, after: str, limit: int, max_bytes: int, skip: Collection[int]) -> CopyPage:
         """Not served: this layout keeps no key order over tombstones and live values together,

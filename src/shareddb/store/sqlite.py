@@ -31,6 +31,7 @@ from shareddb.store.base import (
     FeedPage,
     StoreFull,
     StoreUnavailable,
+    bucket_of,
 )
 from shareddb.store.entries import encode_entry
 from shareddb.store.expiry import Expiring
@@ -51,7 +52,12 @@ from shareddb.store.sqlite_reads import (
     scan_rows,
 )
 from shareddb.store.sqlite_rows import insert_rows, lookup
-from shareddb.store.sqlite_schema import UPSERT_HEAD, UPSERT_TAIL, create_or_upgrade
+from shareddb.store.sqlite_schema import (
+    UPSERT_HEAD,
+    UPSERT_TAIL,
+    UPSERT_WIDTH,
+    create_or_upgrade,
+)
 from shareddb.store.sqlite_snapshot import SQLiteSnapshotRead
 from shareddb.store.writer_thread import WriterThread
 
@@ -354,8 +360,8 @@ class SQLiteBackend:
                 tombstones = {key: (seq, version) for key, seq, version in rows}
             batch = plan(self._tally, lookup(db, keys), tombstones)
             insert_rows(
-                db, UPSERT_HEAD, 6,
-                [(k, v, ver, s, exp, txn or None) for k, v, ver, s, exp, txn in batch.rows],
+                db, UPSERT_HEAD, UPSERT_WIDTH,
+                [(k, v, ver, s, exp, t or None, bucket_of(k)) for k, v, ver, s, exp, t in batch.rows],
                 UPSERT_TAIL,
             )  # fmt: skip
             if batch.entries:
