@@ -107,7 +107,8 @@ def _append(path: Path, node_id: str, start: int, end: int) -> None:
         hlc = base + end - start
         db.executemany(
             "INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)",
-            [("seq", str(end)), ("live", str(end)), ("hlc", str(hlc))],
+            # Every row went in with its bucket in kv_by_bucket (sqlite_schema.SETTLE).
+            [("seq", str(end)), ("live", str(end)), ("hlc", str(hlc)), ("settled", str(end))],
         )
         db.executemany(
             "INSERT OR REPLACE INTO digest (bucket, hash) VALUES (?, ?)",

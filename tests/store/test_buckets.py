@@ -15,7 +15,7 @@ import pytest
 from shareddb.record import Record, make_version
 from shareddb.store.base import DIGEST_BUCKETS, CopyPosition, Store, bucket_of, record_hash
 from shareddb.store.sqlite import SQLiteStore
-from shareddb.store.sqlite_schema import BUCKET
+from shareddb.store.sqlite_schema import BUCKET, SETTLE, SETTLE_EVERY
 from tests.store.test_contract import BACKENDS, read_all
 
 CROWDED = 7  # a bucket given more keys than one page of a Redis listing (redis.CHUNK)
@@ -153,9 +153,15 @@ def make_old_store(path: Path) -> dict[str, str]:
     return {key: version for key, _, version, _ in rows}
 
 
-def bucket_column(path: Path) -> list[tuple[str, int | None]]:
+def bucket_column(path: Path) -> list[tuple[str, int | None, int | None]]:
+    """Each row's key, indexed bucket and fresh bucket (sqlite_schema.SETTLE)."""
     with sqlite3.connect(path) as db:
-        return list(db.execute("SELECT key, bucket FROM kv ORDER BY key"))
+        return list(db.execute("SELECT key, bucket, fresh FROM kv ORDER BY key"))
+
+
+def query_plan(path: Path, sql: str, *args: object) -> str:
+    with sqlite3.connect(path) as db:
+        return " ".join(str(row) for row in db.execute(f"EXPLAIN QUERY PLAN {sql}", args))
 
 
 @pytest.mark.parametrize("cut_off", [False, True], ids=["whole", "resumed"])
@@ -182,11 +188,36 @@ async def test_an_sqlite_store_made_before_the_bucket_column_gets_it_when_it_ope
         await store.close()
     stored = bucket_column(path)
     assert len(stored) == OLD_ROWS + 1
-    wrong = [(key, bucket) for key, bucket in stored if bucket != bucket_of(key)]
+    wrong = [row for row in stored if row[1:] != (bucket_of(row[0]), None) and row[0] != "new"]
     assert not wrong, f"rows with a wrong bucket: {wrong[:5]}"
-    with sqlite3.connect(path) as db:
-        plan = " ".join(str(row) for row in db.execute(f"EXPLAIN QUERY PLAN {BUCKET}", (3,)))
+    assert ("new", None, bucket_of("new")) in stored
+    plan = query_plan(path, BUCKET, 3)
     assert "kv_by_bucket" in plan, f"a bucket listing does not read along its index: {plan}"
+    assert "kv_by_seq" in plan, f"a bucket listing reads every row for the fresh ones: {plan}"
+
+
+async def test_new_keys_go_into_the_bucket_index_together_and_are_listed_before_and_after(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "db.sqlite3"
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        await store.apply([Record(f"a{i}", "x", v(i + 1)) for i in range(100)])
+        assert {row[1] for row in bucket_column(path)} == {None}, "indexed one commit at a time"
+        await assert_buckets_list_exactly_their_keys(store)
+        await store.apply([Record(f"b{i}", "x", v(1000 + i)) for i in range(SETTLE_EVERY)])
+        await store.apply([Record("a1", "again", v(9000)), Record("c", "x", v(9001))])
+        listed = await assert_buckets_list_exactly_their_keys(store)
+        assert listed["a1"] == v(9000)
+    finally:
+        await store.close()
+    rows = {key: (bucket, fresh) for key, bucket, fresh in bucket_column(path)}
+    settled_rows = [key for key in rows if key != "c"]
+    assert all(rows[key] == (bucket_of(key), None) for key in settled_rows)
+    assert rows["c"] == (None, bucket_of("c"))
+    plan = query_plan(path, SETTLE, 0)
+    assert "kv_by_seq" in plan, f"settling reads every row: {plan}"
 
 
 async def test_an_update_of_a_key_keeps_its_row_in_its_bucket(tmp_path: Path) -> None:
@@ -201,4 +232,4 @@ async def test_an_update_of_a_key_keeps_its_row_in_its_bucket(tmp_path: Path) ->
         assert await store.bucket_versions(bucket_of("key")) == {"key": v(4)}
     finally:
         await store.close()
-    assert bucket_column(path) == [("key", bucket_of("key"))]
+    assert bucket_column(path) == [("key", None, bucket_of("key"))]

@@ -53,10 +53,13 @@ from shareddb.store.sqlite_reads import (
 )
 from shareddb.store.sqlite_rows import insert_rows, lookup
 from shareddb.store.sqlite_schema import (
+    SETTLE,
+    SETTLE_EVERY,
     UPSERT_HEAD,
     UPSERT_TAIL,
     UPSERT_WIDTH,
     create_or_upgrade,
+    settled,
 )
 from shareddb.store.sqlite_snapshot import SQLiteSnapshotRead
 from shareddb.store.writer_thread import WriterThread
@@ -107,6 +110,7 @@ class SQLiteBackend:
         self._point: sqlite3.Connection | None = None
         self._scan: sqlite3.Connection | None = None
         self._snapshots = 0  # snapshot reads open now (SQLiteSnapshotRead)
+        self._settled = 0  # meta 'settled', on the writer thread (sqlite_schema.SETTLE)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -174,6 +178,7 @@ class SQLiteBackend:
             db.execute("INSERT INTO meta (name, value) VALUES ('instance', ?)", (meta["instance"],))
         db.execute("COMMIT")
         self._instance = meta["instance"]
+        self._settled = settled(db)
         buckets = [0] * DIGEST_BUCKETS
         for bucket, digest in db.execute("SELECT bucket, hash FROM digest"):
             buckets[bucket] = int.from_bytes(digest, "big")
@@ -385,20 +390,24 @@ class SQLiteBackend:
                     "INSERT OR REPLACE INTO node_meta (name, value) VALUES (?, ?)", batch.meta.items()
                 )
             tally = batch.tally
-            insert_rows(
-                db, "INSERT OR REPLACE INTO meta (name, value)", 2,
-                [
-                    ("seq", str(tally.seq)),
-                    ("live", str(tally.live)),
-                    ("hlc", str(tally.clock_high)),
-                    ("floor", str(tally.floor)),
-                ],
-            )  # fmt: skip
+            meta = [
+                ("seq", str(tally.seq)),
+                ("live", str(tally.live)),
+                ("hlc", str(tally.clock_high)),
+                ("floor", str(tally.floor)),
+            ]
+            settle = tally.seq - self._settled >= SETTLE_EVERY
+            if settle:  # the new keys since the last time go into kv_by_bucket together
+                db.execute(SETTLE, (self._settled,))
+                meta.append(("settled", str(tally.seq)))
+            insert_rows(db, "INSERT OR REPLACE INTO meta (name, value)", 2, meta)
             insert_rows(
                 db, "INSERT OR REPLACE INTO digest (bucket, hash)", 2,
                 [(b, h.to_bytes(16, "big")) for b, h in batch.buckets.items()],
             )  # fmt: skip
             db.execute("COMMIT")
+            if settle:
+                self._settled = tally.seq
         except BaseException:
             # A failed COMMIT (disk full, I/O error) leaves the transaction open; roll it back so
             # the connection takes the next batch. The original error is the one that matters.
