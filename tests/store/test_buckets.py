@@ -18,7 +18,7 @@ from shareddb.store.sqlite import SQLiteStore
 from shareddb.store.sqlite_schema import BUCKET, SETTLE, SETTLE_EVERY
 from tests.store.test_contract import BACKENDS, read_all
 
-CROWDED = 7  # a bucket given more keys than one page of a Redis listing (redis.CHUNK)
+CROWDED = 7  # a bucket given more keys than one page of a Redis listing (redis_buckets.PAGE)
 
 
 def v(hlc: int, node: str = "n1") -> str:

@@ -50,7 +50,6 @@ change starts with its seq and key.
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
@@ -85,8 +84,8 @@ from shareddb.store.base import (
 from shareddb.store.expiry import Expiring
 from shareddb.store.pipeline import OutcomeUnknown, PipelineStore, wall_millis
 from shareddb.store.plan import Batch, Planner, Stored, Tally, Tombstones
+from shareddb.store.redis_buckets import build_index, list_bucket
 from shareddb.store.redis_scripts import (
-    BUCKET,
     BY_SCORE,
     CREATE,
     FEED,
@@ -96,10 +95,9 @@ from shareddb.store.redis_scripts import (
     UPGRADE,
     WRITE,
     Keys,
-    bucket_member,
-    bucket_prefix,
     decode_head,
     decode_record,
+    hash_items,
     write_args,
 )
 from shareddb.store.redis_snapshot import SNAPSHOT_COPY_TTL, RedisSnapshotRead
@@ -111,8 +109,7 @@ FORMAT = "3"
 # are once `bkt` is built.
 OLDER_FORMATS = ("1", "2")
 DEFAULT_PREFIX = "sdb:"
-CHUNK = 1000  # keys per command when reading many (purge candidates, bucket listings)
-INDEX_CHUNK = 10_000  # keys per command when building the `bkt` index of an older store
+CHUNK = 1000  # keys per command when reading many (purge candidates, expiring values)
 MAX_CONNECTIONS = 32
 SOCKET_TIMEOUT = 5.0  # a Redis that stops answering fails calls with 503 after this long
 CONNECT_TIMEOUT = 2.0
@@ -193,7 +190,7 @@ class RedisBackend:
             created = [self._new_instance(), uuid.uuid4().hex, FORMAT]
             meta = _pairs(await self._script(CREATE, [self._keys.meta], created))
             if meta.get("format") in OLDER_FORMATS:
-                await self._index_buckets()
+                await build_index(self._execute, self._keys)
                 upgrade = [meta["format"], FORMAT]
                 meta = _pairs(await self._script(UPGRADE, [self._keys.meta], upgrade))
             if meta.get("format") != FORMAT:
@@ -221,23 +218,6 @@ class RedisBackend:
             tuple(buckets),
             int(meta.get("floor", 0)),
         )
-
-    async def _index_buckets(self) -> None:
-        """Build the `bkt` index of a store made before it, from `ver`, a chunk of keys per
-        command. Started again from nothing on every open until the store is marked with the
-        current format: one cut off half way, or written by an older shareddb after, is rebuilt."""
-        started = time.monotonic()
-        log.info("indexing the keys of a store made by an older shareddb by digest bucket (once)")
-        await self._execute("DEL", self._keys.bkt)
-        cursor = 0
-        while True:
-            cursor, items = await self._execute("HSCAN", self._keys.ver, cursor, "COUNT", INDEX_CHUNK)
-            members = [bucket_member(bytes(key)) for key, _ in _hash_items(items)]
-            if members:
-                await self._execute("ZADD", self._keys.bkt, *(x for m in members for x in (0, m)))
-            if int(cursor) == 0:
-                break
-        log.info("digest bucket index built in %.1f s", time.monotonic() - started)
 
     async def close(self) -> None:
         """Called by the pipeline once its last batch is written."""
@@ -422,20 +402,7 @@ class RedisBackend:
         return FeedPage(changes, _score(flat[-2]) if len(flat) > 2 else seq)
 
     async def bucket_versions(self, bucket: int) -> dict[str, str]:
-        """Pages of the bucket's lex range of `bkt`, each read atomically with the versions: a key
-        held throughout the listing is in it once."""
-        found: dict[str, str] = {}
-        low = b"[" + bucket_prefix(bucket)
-        high = b"(" + bucket_prefix(bucket + 1)
-        while True:
-            flat = await self._read_script(BUCKET, [self._keys.bkt, self._keys.ver], [low, high, CHUNK])
-            for i in range(0, len(flat), 2):
-                if flat[i + 1]:
-                    key = bytes(flat[i])[2:].decode("utf-8")
-                    found[key] = decode_head(bytes(flat[i + 1])[1:])[0]
-            if len(flat) < 2 * CHUNK:
-                return found
-            low = b"(" + bytes(flat[-2])
+        return await list_bucket(self._read_script, self._keys, bucket)
 
     async def copy_page(self, after: str, limit: int, max_bytes: int, skip: Collection[int]) -> CopyPage:
         """Not served: this layout keeps no key order over tombstones and live values together,
@@ -569,16 +536,8 @@ def _score(raw: object) -> int:
 def _pairs(flat: object, *, text: bool = True) -> dict[str, Any]:
     """A hash reply (flat from a script, or a dict the client parsed), keys decoded; values
     decoded too unless `text` is False."""
-    items = _hash_items(flat)
+    items = hash_items(flat)
     return {bytes(k).decode("utf-8"): bytes(v).decode("utf-8") if text else bytes(v) for k, v in items}
-
-
-def _hash_items(items: object) -> list[tuple[bytes, bytes]]:
-    """HSCAN's items, whether the client parsed them into a dict or left them flat."""
-    if isinstance(items, dict):
-        return list(items.items())
-    assert isinstance(items, list)
-    return [(items[i], items[i + 1]) for i in range(0, len(items), 2)]
 
 
 async def _not_open(*args: object) -> Any:

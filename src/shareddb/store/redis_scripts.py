@@ -441,3 +441,12 @@ while taken < limit do
 end
 return out
 """
+
+
+def hash_items(items: object) -> list[tuple[bytes, bytes]]:
+    """HSCAN's items, or a hash a script answered, whether the client parsed them into a dict or
+    left them flat."""
+    if isinstance(items, dict):
+        return list(items.items())
+    assert isinstance(items, list)
+    return [(items[i], items[i + 1]) for i in range(0, len(items), 2)]
