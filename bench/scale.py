@@ -10,6 +10,9 @@ For each key count N, a node's SQLite store is filled directly with N keys of 10
   ratio of its p99 to that of the smallest N;
 - a listing page, `GET /v1/kv?prefix=k&limit=100&after=K` from a random key (scale_list.lua);
 - `/v1/digest` (count and digest), timed one request at a time;
+- listing one digest bucket, `GET /v1/digest?bucket=N` (what `shareddb verify` and repairs read),
+  timed one request at a time over --bucket-listings buckets spread over the 256, with how many
+  keys a bucket held on average;
 - memory after those: RssAnon (the process's own memory), SQLite's share of it (what SQLite has
   allocated: its page caches, read by bench/scale_node.py inside the node), and what is left,
   Python's, per key; plus VmRSS and VmHWM, which also count the memory-mapped database file.
@@ -42,6 +45,7 @@ from tests.harness.procfs import status_bytes
 from bench.processes import Fleet, ServerProcess
 from bench.scale_load import load
 from bench.wrk import WrkOptions, WrkResult, run_wrk
+from shareddb.store.base import DIGEST_BUCKETS
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "scale.json"
@@ -66,6 +70,8 @@ class Size:
     listing: list[WrkResult] = field(default_factory=list)
     list_cpu_us: list[float] = field(default_factory=list)
     digest_ms: list[float] = field(default_factory=list)
+    bucket_ms: list[float] = field(default_factory=list)  # one listing of a digest bucket each
+    bucket_keys: list[int] = field(default_factory=list)  # the keys each listing held
     count: int = 0
     memory: dict[str, int] = field(default_factory=dict)
 
@@ -77,6 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--digests", type=int, default=200, help="/v1/digest requests timed")
+    parser.add_argument(
+        "--bucket-listings",
+        type=int,
+        default=32,
+        help="GET /v1/digest?bucket=N requests timed, each of another bucket (at most 256)",
+    )
     parser.add_argument(
         "--data", type=Path, help="keep the stores here (reused by a later run) instead of a temp dir"
     )
@@ -94,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{size.keys:>10,} keys loaded in {loaded.seconds:.1f} s", flush=True)
             for size in sizes:
                 start(fleet, size, root)
-            measure(sizes, options, args.rounds, args.digests)
+            measure(sizes, options, args.rounds, args.digests, args.bucket_listings)
         finally:
             fleet.close()
     print_report(sizes, options, args)
@@ -116,7 +128,7 @@ def start(fleet: Fleet, size: Size, root: Path) -> None:
     print(f"{size.keys:>10,} keys: node listening after {size.open_seconds:.1f} s", flush=True)
 
 
-def measure(sizes: list[Size], options: WrkOptions, rounds: int, digests: int) -> None:
+def measure(sizes: list[Size], options: WrkOptions, rounds: int, digests: int, listings: int) -> None:
     warm = WrkOptions(options.threads, options.connections, 1, options.timeout_seconds)
     for size in sizes:
         run_wrk(size.url, "scale_get.lua", [str(size.keys)], warm)
@@ -136,6 +148,12 @@ def measure(sizes: list[Size], options: WrkOptions, rounds: int, digests: int) -
         size.digest_ms, size.count = time_digests(size.url, digests)
         if size.count != size.keys:
             raise SystemExit(f"{size.url}: /v1/digest counts {size.count}, not {size.keys}")
+        size.bucket_ms, size.bucket_keys = time_bucket_listings(size.url, listings)
+        print(
+            f"{size.keys:>10,} keys: bucket listing p50 {p(size.bucket_ms, 0.5):.2f} ms "
+            f"({statistics.mean(size.bucket_keys):,.0f} keys a bucket)",
+            flush=True,
+        )
         size.memory = memory_of(size)
 
 
@@ -165,6 +183,26 @@ def time_digests(url: str, requests: int) -> tuple[list[float], int]:
     finally:
         conn.close()
     return times, count
+
+
+def time_bucket_listings(url: str, requests: int) -> tuple[list[float], list[int]]:
+    """Milliseconds per `GET /v1/digest?bucket=N`, one at a time on one connection, for
+    `requests` buckets spread over all of them; and how many keys each listed."""
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=120)
+    times, keys = [], []
+    count = max(1, min(requests, DIGEST_BUCKETS))
+    try:
+        for i in range(count):
+            bucket = i * DIGEST_BUCKETS // count
+            started = time.perf_counter()
+            conn.request("GET", f"/v1/digest?bucket={bucket}")
+            body = conn.getresponse().read()
+            times.append((time.perf_counter() - started) * 1000)
+            keys.append(len(orjson.loads(body)["versions"]))
+    finally:
+        conn.close()
+    return times, keys
 
 
 def memory_of(size: Size) -> dict[str, int]:
@@ -198,7 +236,7 @@ def print_report(sizes: list[Size], options: WrkOptions, args: argparse.Namespac
         f"{'keys':>11} {'load s':>7} {'open s':>7} {'GET/s':>7} {'CPU us':>6} {'x base':>6} "
         f"{'GET p50':>8} {'GET p99':>8} "
         f"{'x base':>6} {'list p99':>9} {'x base':>6} {'CPU us':>6} {'x base':>6} "
-        f"{'digest p50/p99':>14} {'RssAnon':>8} "
+        f"{'digest p50/p99':>14} {'bucket p50/p99':>16} {'RssAnon':>8} "
         f"{'SQLite':>7} {'rest':>7} {'B/key':>6} {'B/key+':>6} {'VmHWM':>7}"
     )
     for size in sizes:
@@ -215,6 +253,7 @@ def print_report(sizes: list[Size], options: WrkOptions, args: argparse.Namespac
             f"{statistics.median(size.list_cpu_us):>6.0f} "
             f"{statistics.median(size.list_cpu_us) / statistics.median(base.list_cpu_us):>6.2f} "
             f"{p(size.digest_ms, 0.5):>5.2f}/{p(size.digest_ms, 0.99):>6.2f}ms "
+            f"{p(size.bucket_ms, 0.5):>7.1f}/{p(size.bucket_ms, 0.99):>6.1f}ms "
             f"{size.memory['RssAnon'] / MB:>6.1f}MB "
             f"{size.memory['sqlite_used'] / MB:>5.1f}MB {rest / MB:>5.1f}MB "
             f"{rest / size.keys:>6.1f} {growth:>6} {size.memory['VmHWM'] / MB:>5.0f}MB"
@@ -227,7 +266,8 @@ def print_report(sizes: list[Size], options: WrkOptions, args: argparse.Namespac
         f"-65536 on the writer, the default -2000 on each reader); rest = RssAnon - SQLite; "
         f"B/key = rest / keys; B/key+ = growth of rest per key added since {base.keys:,}.\n"
         f"load = direct load into the store (bench/scale_load.py, 0 when reused); open = spawn "
-        f"to listening (includes the start-up quick_check)."
+        f"to listening (includes the start-up quick_check).\nbucket: GET /v1/digest?bucket=N, "
+        f"{len(base.bucket_ms)} buckets one at a time (about keys / {DIGEST_BUCKETS} keys each)."
     )
     print("command:", " ".join([sys.executable, *sys.argv]))
 
@@ -245,6 +285,8 @@ def save(sizes: list[Size], args: argparse.Namespace) -> None:
                 "list_cpu_us": size.list_cpu_us,
                 "listing": [asdict(r) for r in size.listing],
                 "digest_ms": size.digest_ms,
+                "bucket_ms": size.bucket_ms,
+                "bucket_keys": size.bucket_keys,
                 "memory": size.memory,
             }
         )

@@ -3,9 +3,10 @@
 A million PUTs over HTTP take minutes and ten million far longer, so the rows go in with
 `executemany`, in key order, into a store made by the node's own code (`SQLiteStore.open` creates
 the schema and the instance id). Everything a node keeps beside its rows is written as the write
-pipeline would: the sequence, the live count, the clock's high-water mark and the digest buckets
-(`bucket_of`, `record_hash`), so the node that opens the file serves a correct `/v1/digest` without
-reading a row. Versions are this node's own (its id and incarnation), above anything it wrote.
+pipeline would: each row's digest bucket, the sequence, the live count, the clock's high-water
+mark and the digest buckets (`bucket_of`, `record_hash`), so the node that opens the file serves
+a correct `/v1/digest` and bucket listings without reading every row. Versions are this node's
+own (its id and incarnation), above anything it wrote.
 A store that already holds keys from an earlier load is extended: keys `start` onward are added.
 """
 
@@ -97,13 +98,17 @@ def _append(path: Path, node_id: str, start: int, end: int) -> None:
             for i in range(first, min(end, first + CHUNK)):
                 key = key_name(i)
                 version = make_version(base + i - start, origin)
-                buckets[bucket_of(key)] ^= record_hash(key, version)
-                rows.append((key, value_of(i), version, i + 1))
-            db.executemany("INSERT INTO kv (key, value, version, seq) VALUES (?, ?, ?, ?)", rows)
+                bucket = bucket_of(key)
+                buckets[bucket] ^= record_hash(key, version)
+                rows.append((key, value_of(i), version, i + 1, bucket))
+            db.executemany(
+                "INSERT INTO kv (key, value, version, seq, bucket) VALUES (?, ?, ?, ?, ?)", rows
+            )
         hlc = base + end - start
         db.executemany(
             "INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)",
-            [("seq", str(end)), ("live", str(end)), ("hlc", str(hlc))],
+            # Every row went in with its bucket in kv_by_bucket (sqlite_schema.SETTLE).
+            [("seq", str(end)), ("live", str(end)), ("hlc", str(hlc)), ("settled", str(end))],
         )
         db.executemany(
             "INSERT OR REPLACE INTO digest (bucket, hash) VALUES (?, ?)",

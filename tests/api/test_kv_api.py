@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from shareddb.record import is_version, version_node
+from shareddb.store.base import bucket_of
 from tests.api.conftest import JSON, TEXT, Api, enc
 from tests.api.test_seed_api import AWKWARD
 
@@ -310,6 +311,37 @@ async def test_digest_with_buckets_off_leaves_them_out(api: Api, flag: str) -> N
     reply = await api.get(f"/v1/digest?buckets={flag}")
     assert reply.status == 200
     assert set(reply.json()) == {"count", "digest"}
+
+
+async def test_digest_of_one_bucket_lists_the_versions_of_exactly_its_keys(api: Api) -> None:
+    """Tombstones too, at their delete's version: `shareddb verify` compares them between nodes."""
+    versions = {}
+    for i in range(300):
+        versions[f"k{i}"] = (await api.put(f"/v1/kv/k{i}", "v")).json()["version"]
+    deleted = {f"k{i}" for i in range(0, 300, 3)}
+    for key in sorted(deleted):
+        assert (await api.delete(f"/v1/kv/{key}")).status == 204
+    listed: dict[str, str] = {}
+    for bucket in range(256):
+        reply = await api.get(f"/v1/digest?bucket={bucket}")
+        assert reply.status == 200
+        assert reply.json()["bucket"] == bucket
+        found = reply.json()["versions"]
+        assert {bucket_of(key) for key in found} <= {bucket}, f"bucket {bucket} lists others' keys"
+        listed |= found
+    assert set(listed) == set(versions)
+    assert {k: ver for k, ver in listed.items() if k not in deleted} == {
+        k: ver for k, ver in versions.items() if k not in deleted
+    }
+    assert all(listed[key] > versions[key] for key in deleted), "a tombstone at its put's version"
+
+
+@pytest.mark.parametrize("bucket", ["256", "-1", "x", "", "٣"])
+async def test_digest_refuses_a_bucket_out_of_range(api: Api, bucket: str) -> None:
+    """Invariant 6: bad input gets a clear 4xx and changes nothing."""
+    reply = await api.get(f"/v1/digest?bucket={enc(bucket)}")
+    assert reply.status == 400, reply.body
+    assert "bucket must be an integer from 0 to 255" in reply.json()["message"]
 
 
 @pytest.mark.parametrize("target", ["/v1/digest?buckets=yes", "/v1/digest?buckets=&bucket=3"])

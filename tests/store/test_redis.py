@@ -37,7 +37,7 @@ from shareddb.store.base import (
 )
 from shareddb.store.memory import MemoryStore
 from shareddb.store.redis import RedisStore
-from shareddb.store.redis_scripts import WRITE
+from shareddb.store.redis_scripts import WRITE, bucket_member
 from tests.harness import RedisServer, eventually, running_redis
 
 PREFIX = b"sdb:"
@@ -130,6 +130,7 @@ async def stored_state(url: str) -> Stored:
         txn = await _zset(client, "txn")
         bodies = await _hash(client, "entry")
         loose = {int(at) for at in await client.smembers(PREFIX + b"loose")}
+        indexed = set(await _zset(client, "bkt"))
     finally:
         await client.aclose()
     seqs = {member: at for member, at in feed.items() if not member.startswith(b"\0")}
@@ -163,6 +164,7 @@ async def stored_state(url: str) -> Stored:
             assert taken.get(key) == seqs[raw_key], f"{key} is not the write of its entry"
         buckets[bucket_of(key)] ^= record_hash(key, record.version)
     assert set(ver) == set(rec) == set(seqs), "the indexes name other keys than the records"
+    assert indexed == {bucket_member(key) for key in rec}, "the bucket index names other keys"
     assert live <= set(rec)
     assert set(tombs) <= set(rec)
     assert set(exp) <= set(rec)
@@ -687,7 +689,8 @@ async def test_a_store_written_before_expiry_and_transactions_opens_and_reads_as
         assert await store.scan("", None, 10) == [a]
         assert (await store.changes_since(0, 10)).changes == [Change(1, a), Change(3, b)]
         assert (store.digest().count, store.digest().buckets) == (1, tuple(buckets))
-        assert await admin.hget(PREFIX + b"meta", "format") == b"2"
+        assert await admin.hget(PREFIX + b"meta", "format") == b"3"
+        assert await store.bucket_versions(bucket_of("b")) == {"b": v(3)}
 
         later = Record("x", "v", v(10), 4_000_000_000_000)
         assert await store.write(later) is Outcome.CREATED
@@ -698,6 +701,35 @@ async def test_a_store_written_before_expiry_and_transactions_opens_and_reads_as
             Change(5, put("a", "two", 11), 6),
             Change(6, put("c", "3", 12), 6),
         ]
+        await assert_store_matches_redis(store)
+    finally:
+        await admin.aclose()
+
+
+async def test_a_store_written_before_the_bucket_index_gets_it_when_it_opens(
+    redis_server: RedisServer, open_store: OpenStore
+) -> None:
+    """Format 2, as the shareddb before the `bkt` index left it (that index aside, the layout is
+    the same): it opens, its buckets list their keys, and it is marked format 3."""
+    store = await open_store(redis_server.url())
+    await store.apply([put(f"k{i}", str(i), i + 1) for i in range(3000)])
+    await store.write(Record("k5", None, v(5000)))
+    await store.transact([], [put("t1", "a", 6000), put("t2", "b", 6000)])
+    expected = {b: await store.bucket_versions(b) for b in range(DIGEST_BUCKETS)}
+    await store.close()
+    admin = Redis.from_url(redis_server.url())
+    try:
+        # What that shareddb left, and a stale member of a build cut off half way.
+        await admin.delete(PREFIX + b"bkt")
+        await admin.zadd(PREFIX + b"bkt", {bucket_member(b"purged-since"): 0})
+        await admin.hset(PREFIX + b"meta", "format", "2")
+
+        store = await open_store(redis_server.url())
+        assert await admin.hget(PREFIX + b"meta", "format") == b"3"
+        assert {b: await store.bucket_versions(b) for b in range(DIGEST_BUCKETS)} == expected
+        assert sum(map(len, expected.values())) == 3002
+        await store.write(put("later", "x", 7000))
+        assert (await store.bucket_versions(bucket_of("later")))["later"] == v(7000)
         await assert_store_matches_redis(store)
     finally:
         await admin.aclose()

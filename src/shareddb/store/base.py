@@ -313,7 +313,7 @@ class Store(Protocol):
 
     async def bucket_versions(self, bucket: int) -> dict[str, str]:
         """Key -> version of every record (tombstones too) in one digest bucket: for repairs and
-        `shareddb verify`. It reads the whole store."""
+        `shareddb verify`. It reads that bucket's keys only, not the whole store."""
         ...
 
     async def snapshot(self) -> SnapshotRead:

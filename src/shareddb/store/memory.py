@@ -43,6 +43,9 @@ class Snapshot:
     entries: dict[int, list[tuple[int, str]]]  # transaction entries of the feed: seq -> (seq, key)s
     checkpoints: dict[str, Checkpoint]
     meta: dict[str, str]
+    # The keys of `rows` by digest bucket (a bucket absent: none): one bucket is listed without
+    # looking at the others. A commit copies only the buckets its keys fall in.
+    buckets: dict[int, frozenset[str]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -127,6 +130,7 @@ class MemoryBackend:
             entries=entries,
             checkpoints=checkpoints,
             meta=now.meta | batch.meta,
+            buckets=_rebucket(now, rows, [row[0] for row in batch.rows] + batch.purged),
         )
         if self.data.refuse is not None:
             raise self.data.refuse
@@ -225,13 +229,34 @@ class MemoryBackend:
         return (await self._now()).meta.get(name)
 
     async def bucket_versions(self, bucket: int) -> dict[str, str]:
-        rows = (await self._now()).rows
-        return {key: version for key, (_, version, *_) in rows.items() if bucket_of(key) == bucket}
+        now = await self._now()
+        return {key: now.rows[key][1] for key in now.buckets.get(bucket, ())}
 
     async def snapshot(self) -> MemorySnapshotRead:
         """A commit swaps in a new `Snapshot` and never changes the old one: reading the one
         current now is reading one point in time."""
         return MemorySnapshotRead(await self._now(), self)
+
+
+def _rebucket(
+    before: Snapshot, rows: dict[str, Row], touched: Collection[str]
+) -> dict[int, frozenset[str]]:
+    """`before.buckets` once the keys `touched` by a commit are in `rows` or gone from it."""
+    changed: dict[int, set[str]] = {}
+    for key in touched:
+        if (key in rows) == (key in before.rows):
+            continue  # updated in place, or written and purged in the same commit
+        bucket = bucket_of(key)
+        members = changed.get(bucket)
+        if members is None:
+            members = changed[bucket] = set(before.buckets.get(bucket, ()))
+        if key in rows:
+            members.add(key)
+        else:
+            members.discard(key)
+    if not changed:
+        return before.buckets
+    return before.buckets | {bucket: frozenset(keys) for bucket, keys in changed.items()}
 
 
 class MemorySnapshotRead:

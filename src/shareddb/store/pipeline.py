@@ -167,7 +167,10 @@ class Backend(Protocol):
 
     async def get_meta(self, name: str) -> str | None: ...
 
-    async def bucket_versions(self, bucket: int) -> dict[str, str]: ...
+    async def bucket_versions(self, bucket: int) -> dict[str, str]:
+        """Key -> version of every stored key in one digest bucket, read along an index of keys
+        by bucket that the backend keeps up in its commits: the cost is the bucket's size."""
+        ...
 
     async def snapshot(self) -> SnapshotRead:
         """Every record as of the last commit, read in chunks (see `SnapshotRead`): a commit

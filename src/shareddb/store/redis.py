@@ -36,12 +36,15 @@ under a prefix (`sdb:` by default):
     entry   hash  seq -> a transaction entry's keys, with the sequence each took (store/entries.py)
     loose   set   seqs of entries that may cover no row any more (one of their rows was written
                   again or purged): a purge's batch drops those of them that cover none
+    bkt     zset  every key (values and tombstones), scored 0, as its digest bucket in two bytes
+                  then the key: one bucket is one lex range (GET /v1/digest?bucket=N)
 
 Keys never contain NUL, so an entry's member cannot be taken for a key. Versions never contain SOH
-and format 1 (before expiry and transactions) wrote no expiry, so its records read as they are; a
-store of format 1 is marked format 2 when it opens (an older shareddb then refuses it). An entry
-body that also holds the records written (as entries were first kept) reads the same: each change
-starts with its seq and key.
+and format 1 (before expiry and transactions) wrote no expiry, so its records read as they are.
+Formats 1 and 2 (before `bkt`) get their `bkt` index built from `ver` when they open, and are then
+marked format 3 (an older shareddb, which would not keep `bkt` up, then refuses the store). An
+entry body that also holds the records written (as entries were first kept) reads the same: each
+change starts with its seq and key.
 """
 
 from __future__ import annotations
@@ -76,12 +79,12 @@ from shareddb.store.base import (
     FeedPage,
     StoreFull,
     StoreUnavailable,
-    bucket_of,
     prefix_end,
 )
 from shareddb.store.expiry import Expiring
 from shareddb.store.pipeline import OutcomeUnknown, PipelineStore, wall_millis
 from shareddb.store.plan import Batch, Planner, Stored, Tally, Tombstones
+from shareddb.store.redis_buckets import build_index, list_bucket
 from shareddb.store.redis_scripts import (
     BY_SCORE,
     CREATE,
@@ -89,20 +92,24 @@ from shareddb.store.redis_scripts import (
     FENCE,
     SCAN,
     SNAPSHOT_BEGIN,
+    UPGRADE,
     WRITE,
     Keys,
     decode_head,
     decode_record,
+    hash_items,
     write_args,
 )
 from shareddb.store.redis_snapshot import SNAPSHOT_COPY_TTL, RedisSnapshotRead
 
 log = logging.getLogger("shareddb.store")
 
-FORMAT = "2"
-OLDER_FORMAT = "1"  # the same layout without expiry and transactions: read as it is
+FORMAT = "3"
+# The same layout without `bkt` (2), and also without expiry and transactions (1): read as they
+# are once `bkt` is built.
+OLDER_FORMATS = ("1", "2")
 DEFAULT_PREFIX = "sdb:"
-CHUNK = 1000  # keys per command when reading many (purge candidates, bucket listings)
+CHUNK = 1000  # keys per command when reading many (purge candidates, expiring values)
 MAX_CONNECTIONS = 32
 SOCKET_TIMEOUT = 5.0  # a Redis that stops answering fails calls with 503 after this long
 CONNECT_TIMEOUT = 2.0
@@ -180,13 +187,17 @@ class RedisBackend:
                     f"Redis at {where} evicts keys when full (maxmemory-policy {policy}), which would "
                     "drop records; set maxmemory-policy noeviction"
                 )
-            created = [self._new_instance(), uuid.uuid4().hex, FORMAT, OLDER_FORMAT]
+            created = [self._new_instance(), uuid.uuid4().hex, FORMAT]
             meta = _pairs(await self._script(CREATE, [self._keys.meta], created))
+            if meta.get("format") in OLDER_FORMATS:
+                await build_index(self._execute, self._keys)
+                upgrade = [meta["format"], FORMAT]
+                meta = _pairs(await self._script(UPGRADE, [self._keys.meta], upgrade))
             if meta.get("format") != FORMAT:
                 raise StoreUnavailable(
                     f"Redis at {where} holds a store of format {meta.get('format')!r} under "
                     f"{self._keys.meta.decode()!r}; this version of shareddb reads formats "
-                    f"{OLDER_FORMAT} and {FORMAT}"
+                    f"{', '.join(OLDER_FORMATS)} and {FORMAT}"
                 )
             digest = _pairs(await self._execute("HGETALL", self._keys.digest), text=False)
         except StoreUnavailable:
@@ -391,16 +402,7 @@ class RedisBackend:
         return FeedPage(changes, _score(flat[-2]) if len(flat) > 2 else seq)
 
     async def bucket_versions(self, bucket: int) -> dict[str, str]:
-        found: dict[str, str] = {}
-        cursor = 0
-        while True:
-            cursor, items = await self._command("HSCAN", self._keys.ver, cursor, "COUNT", CHUNK)
-            for raw_key, raw_version in _hash_items(items):
-                key = raw_key.decode("utf-8")
-                if bucket_of(key) == bucket:
-                    found[key] = decode_head(raw_version[1:])[0]
-            if int(cursor) == 0:
-                return found
+        return await list_bucket(self._read_script, self._keys, bucket)
 
     async def copy_page(self, after: str, limit: int, max_bytes: int, skip: Collection[int]) -> CopyPage:
         """Not served: this layout keeps no key order over tombstones and live values together,
@@ -534,16 +536,8 @@ def _score(raw: object) -> int:
 def _pairs(flat: object, *, text: bool = True) -> dict[str, Any]:
     """A hash reply (flat from a script, or a dict the client parsed), keys decoded; values
     decoded too unless `text` is False."""
-    items = _hash_items(flat)
+    items = hash_items(flat)
     return {bytes(k).decode("utf-8"): bytes(v).decode("utf-8") if text else bytes(v) for k, v in items}
-
-
-def _hash_items(items: object) -> list[tuple[bytes, bytes]]:
-    """HSCAN's items, whether the client parsed them into a dict or left them flat."""
-    if isinstance(items, dict):
-        return list(items.items())
-    assert isinstance(items, list)
-    return [(items[i], items[i + 1]) for i in range(0, len(items), 2)]
 
 
 async def _not_open(*args: object) -> Any:

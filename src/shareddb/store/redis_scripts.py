@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from shareddb.record import Record
+from shareddb.store.base import bucket_of
 from shareddb.store.entries import encode_entry
 from shareddb.store.plan import Batch
 
@@ -26,6 +27,7 @@ class Keys(NamedTuple):
     txn: bytes
     entry: bytes
     loose: bytes
+    bkt: bytes
 
     @classmethod
     def under(cls, prefix: str) -> Keys:
@@ -46,17 +48,25 @@ TYPES = (  # of each of Keys
     "zset",
     "hash",
     "set",
+    "zset",
 )
 
 # Create the store's meta unless it exists; answer the meta either way. ARGV: instance, batch
-# token, format, and the older format this one extends (marked with the new one, so an older
-# shareddb, which could not read what is written from now on, refuses the store).
+# token, format.
 CREATE = """#!lua
 if redis.call('HEXISTS', KEYS[1], 'instance') == 0 then
   redis.call('HSET', KEYS[1], 'instance', ARGV[1], 'batch', ARGV[2], 'format', ARGV[3],
              'seq', '0', 'live', '0', 'hlc', '0', 'floor', '0')
-elseif redis.call('HGET', KEYS[1], 'format') == ARGV[4] then
-  redis.call('HSET', KEYS[1], 'format', ARGV[3])
+end
+return redis.call('HGETALL', KEYS[1])
+"""
+
+# Mark an older store with the current format once what it lacked was added (so an older
+# shareddb, which could not keep up what is written from now on, refuses it). ARGV: the format
+# it was, the current one. Answers the meta.
+UPGRADE = """#!lua
+if redis.call('HGET', KEYS[1], 'format') == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'format', ARGV[2])
 end
 return redis.call('HGETALL', KEYS[1])
 """
@@ -64,7 +74,8 @@ return redis.call('HGETALL', KEYS[1])
 # One planned batch. ARGV: expected token, new token, seq, live, hlc, floor, '1' to drop the
 # transaction entries that cover no row ('' to keep them), then six sections, each a count
 # followed by its items: rows (key, record, version entry, seq, expires or '', covering entry's
-# seq or 0), purged keys, transaction entries (seq, body), digest buckets (bucket, hash),
+# seq or 0, bucket prefix), purged keys (key, bucket prefix), transaction entries (seq, body),
+# digest buckets (bucket, hash),
 # checkpoints (peer, value), node meta (name, value). Every check comes before the first write: a
 # script that fails part-way would keep the writes it made, so nothing in the write part can fail
 # on a well-formed store. An entry that may have stopped covering rows (one of its rows was
@@ -84,7 +95,7 @@ end
 if redis.call('HGET', KEYS[1], 'batch') ~= ARGV[1] then
   return redis.error_reply('STALE the store was changed by another writer')
 end
-local meta, rec, ver, seq, live, tomb, digest, cp, node, exp, txn, entry, loose = unpack(KEYS)
+local meta, rec, ver, seq, live, tomb, digest, cp, node, exp, txn, entry, loose, bkt = unpack(KEYS)
 local function uncover(key, covering)  -- the row of `key` is now covered by `covering` (0: none)
   local old = redis.call('ZSCORE', txn, key)
   if old and tonumber(old) ~= tonumber(covering) then
@@ -98,7 +109,9 @@ local function count()  -- the count that starts the next section; n moves to it
 end
 for _ = 1, count() do
   local key, at, expires, covering = ARGV[n], ARGV[n + 3], ARGV[n + 4], ARGV[n + 5]
-  redis.call('HSET', rec, key, ARGV[n + 1])
+  if redis.call('HSET', rec, key, ARGV[n + 1]) == 1 then  -- a new key: its bucket's too
+    redis.call('ZADD', bkt, 0, ARGV[n + 6] .. key)
+  end
   redis.call('HSET', ver, key, ARGV[n + 2])
   redis.call('ZADD', seq, at, key)
   if string.byte(ARGV[n + 2], 1) == 43 then  -- '+': a value
@@ -119,7 +132,7 @@ for _ = 1, count() do
   else
     redis.call('ZADD', txn, covering, key)
   end
-  n = n + 6
+  n = n + 7
 end
 for _ = 1, count() do
   local key = ARGV[n]
@@ -129,7 +142,8 @@ for _ = 1, count() do
   for _, index in ipairs({seq, live, tomb, exp, txn}) do
     redis.call('ZREM', index, key)
   end
-  n = n + 1
+  redis.call('ZREM', bkt, ARGV[n + 1] .. key)
+  n = n + 2
 end
 for _ = 1, count() do
   local marker = string.char(0) .. ARGV[n]
@@ -315,8 +329,9 @@ def write_args(before: str, token: str, batch: Batch) -> list[object]:
         head = version.encode("utf-8")
         if expires is not None:
             head += b"\1%d" % expires
+        prefix = bucket_prefix(bucket_of(key))
         if value is None:
-            args += (key.encode("utf-8"), head, b"-" + head, seq, b"", txn)
+            args += (key.encode("utf-8"), head, b"-" + head, seq, b"", txn, prefix)
         else:
             record = head + b"\0" + value.encode("utf-8")
             args += (
@@ -326,8 +341,11 @@ def write_args(before: str, token: str, batch: Batch) -> list[object]:
                 seq,
                 b"" if expires is None else expires,
                 txn,
+                prefix,
             )
-    args += (len(batch.purged), *(key.encode("utf-8") for key in batch.purged))
+    args.append(len(batch.purged))
+    for key in batch.purged:
+        args += (key.encode("utf-8"), bucket_prefix(bucket_of(key)))
     args.append(len(batch.entries))
     for seq, changes in batch.entries:
         args += (seq, encode_entry(changes))
@@ -340,6 +358,30 @@ def write_args(before: str, token: str, batch: Batch) -> list[object]:
         for name, text in section.items():
             args += (name.encode("utf-8"), text.encode("utf-8"))
     return args
+
+
+def bucket_prefix(bucket: int) -> bytes:
+    """What starts the members of one digest bucket in the `bkt` index: its number in two bytes,
+    big-endian, so each bucket is one lex range of the index."""
+    return bucket.to_bytes(2, "big")
+
+
+def bucket_member(key: bytes) -> bytes:
+    """The member of the `bkt` index that stands for `key` (UTF-8)."""
+    return bucket_prefix(bucket_of(key.decode("utf-8"))) + key
+
+
+# One page of a digest bucket: members of the `bkt` index in a lex range, with the version
+# entry of each key, read atomically. KEYS: bkt, ver. ARGV: min, max, count. Answers member,
+# version entry, member, ...
+BUCKET = """#!lua flags=no-writes
+local out = {}
+for _, member in ipairs(redis.call('ZRANGEBYLEX', KEYS[1], ARGV[1], ARGV[2], 'LIMIT', 0, ARGV[3])) do
+  out[#out + 1] = member
+  out[#out + 1] = redis.call('HGET', KEYS[2], string.sub(member, 3)) or ''
+end
+return out
+"""
 
 
 def decode_record(key: str, raw: bytes) -> Record:
@@ -399,3 +441,12 @@ while taken < limit do
 end
 return out
 """
+
+
+def hash_items(items: object) -> list[tuple[bytes, bytes]]:
+    """HSCAN's items, or a hash a script answered, whether the client parsed them into a dict or
+    left them flat."""
+    if isinstance(items, dict):
+        return list(items.items())
+    assert isinstance(items, list)
+    return [(items[i], items[i + 1]) for i in range(0, len(items), 2)]

@@ -31,6 +31,7 @@ from shareddb.store.base import (
     FeedPage,
     StoreFull,
     StoreUnavailable,
+    bucket_of,
 )
 from shareddb.store.entries import encode_entry
 from shareddb.store.expiry import Expiring
@@ -51,7 +52,15 @@ from shareddb.store.sqlite_reads import (
     scan_rows,
 )
 from shareddb.store.sqlite_rows import insert_rows, lookup
-from shareddb.store.sqlite_schema import UPSERT_HEAD, UPSERT_TAIL, create_or_upgrade
+from shareddb.store.sqlite_schema import (
+    SETTLE,
+    SETTLE_EVERY,
+    UPSERT_HEAD,
+    UPSERT_TAIL,
+    UPSERT_WIDTH,
+    create_or_upgrade,
+    settled,
+)
 from shareddb.store.sqlite_snapshot import SQLiteSnapshotRead
 from shareddb.store.writer_thread import WriterThread
 
@@ -101,6 +110,7 @@ class SQLiteBackend:
         self._point: sqlite3.Connection | None = None
         self._scan: sqlite3.Connection | None = None
         self._snapshots = 0  # snapshot reads open now (SQLiteSnapshotRead)
+        self._settled = 0  # meta 'settled', on the writer thread (sqlite_schema.SETTLE)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -168,6 +178,7 @@ class SQLiteBackend:
             db.execute("INSERT INTO meta (name, value) VALUES ('instance', ?)", (meta["instance"],))
         db.execute("COMMIT")
         self._instance = meta["instance"]
+        self._settled = settled(db)
         buckets = [0] * DIGEST_BUCKETS
         for bucket, digest in db.execute("SELECT bucket, hash FROM digest"):
             buckets[bucket] = int.from_bytes(digest, "big")
@@ -354,8 +365,8 @@ class SQLiteBackend:
                 tombstones = {key: (seq, version) for key, seq, version in rows}
             batch = plan(self._tally, lookup(db, keys), tombstones)
             insert_rows(
-                db, UPSERT_HEAD, 6,
-                [(k, v, ver, s, exp, txn or None) for k, v, ver, s, exp, txn in batch.rows],
+                db, UPSERT_HEAD, UPSERT_WIDTH,
+                [(k, v, ver, s, exp, t or None, bucket_of(k)) for k, v, ver, s, exp, t in batch.rows],
                 UPSERT_TAIL,
             )  # fmt: skip
             if batch.entries:
@@ -379,20 +390,24 @@ class SQLiteBackend:
                     "INSERT OR REPLACE INTO node_meta (name, value) VALUES (?, ?)", batch.meta.items()
                 )
             tally = batch.tally
-            insert_rows(
-                db, "INSERT OR REPLACE INTO meta (name, value)", 2,
-                [
-                    ("seq", str(tally.seq)),
-                    ("live", str(tally.live)),
-                    ("hlc", str(tally.clock_high)),
-                    ("floor", str(tally.floor)),
-                ],
-            )  # fmt: skip
+            meta = [
+                ("seq", str(tally.seq)),
+                ("live", str(tally.live)),
+                ("hlc", str(tally.clock_high)),
+                ("floor", str(tally.floor)),
+            ]
+            settle = tally.seq - self._settled >= SETTLE_EVERY
+            if settle:  # the new keys since the last time go into kv_by_bucket together
+                db.execute(SETTLE, (self._settled,))
+                meta.append(("settled", str(tally.seq)))
+            insert_rows(db, "INSERT OR REPLACE INTO meta (name, value)", 2, meta)
             insert_rows(
                 db, "INSERT OR REPLACE INTO digest (bucket, hash)", 2,
                 [(b, h.to_bytes(16, "big")) for b, h in batch.buckets.items()],
             )  # fmt: skip
             db.execute("COMMIT")
+            if settle:
+                self._settled = tally.seq
         except BaseException:
             # A failed COMMIT (disk full, I/O error) leaves the transaction open; roll it back so
             # the connection takes the next batch. The original error is the one that matters.

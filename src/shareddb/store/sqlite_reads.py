@@ -15,13 +15,12 @@ from shareddb.store.base import (
     Change,
     CopyPage,
     FeedPage,
-    bucket_of,
     change_size,
     prefix_end,
 )
 from shareddb.store.entries import FeedRow, copy_unit, decode_entry, serve_entry
 from shareddb.store.expiry import Expiring
-from shareddb.store.sqlite_schema import COPY, FEED
+from shareddb.store.sqlite_schema import BUCKET, COPY, FEED
 
 
 def expiring_rows(db: sqlite3.Connection, after: int, limit: int) -> list[Expiring]:
@@ -71,8 +70,8 @@ def copy_rows(
 
 
 def bucket_rows(db: sqlite3.Connection, bucket: int) -> dict[str, str]:
-    rows = db.execute("SELECT key, version FROM kv")
-    return {key: version for key, version in rows if bucket_of(key) == bucket}
+    """One digest bucket's rows, along kv_by_bucket: as many as the bucket holds, not the store."""
+    return dict(db.execute(BUCKET, (bucket,)).fetchall())
 
 
 def scan_rows(
