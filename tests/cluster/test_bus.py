@@ -153,8 +153,10 @@ def test_node_behind_the_streams_retention_copies_from_a_peer(
     put(a, "early", "1")
     wait_converged([a, b, c])
     c.stop()
-    for i in range(30):  # one at a time: each its own message, so the stream drops c's place
-        assert put(a if i % 2 else b, f"late/{i}", str(i)).status == 201
+    # One at a time, each waiting for its copy (w=2 publishes at once, where a busy publisher
+    # would gather writes): each its own message, so the stream drops c's place.
+    for i in range(30):
+        assert put(a if i % 2 else b, f"late/{i}", str(i), "w=2").status == 201
     c.start()
     wait_converged([a, b, c])
     assert len(live_items(c, "late/")) == 30

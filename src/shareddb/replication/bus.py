@@ -27,7 +27,6 @@ from typing import Any
 import nats
 import nats.errors
 import nats.js.errors
-import orjson
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -44,6 +43,7 @@ from nats.js.api import (
 from shareddb.clock import HybridClock
 from shareddb.membership import Membership
 from shareddb.record import Record, make_origin, version_hlc
+from shareddb.replication.bus_beats import HEARTBEAT, Heartbeats
 from shareddb.replication.bus_publish import ORIGIN, PART, UNIT, Publisher
 from shareddb.replication.bus_view import BusAddress, BusState, backoff, consumer_name, redact
 from shareddb.replication.transport import PeerError, decode_reply
@@ -55,7 +55,6 @@ FETCH = 512  # messages a consumer applies at once at most
 FETCH_WAIT = 1.0
 MAX_IN_FLIGHT = 2048  # messages the server sends a consumer before it acknowledges
 ACK_WAIT = 10.0  # seconds before the server sends an unacknowledged message again
-HEARTBEAT = 1.0  # seconds between heartbeats (and looks at the stream and consumers)
 HURRY = 0.02  # seconds between looks at the consumers while a write waits for copies
 PAUSE = 2.0  # seconds before a session that failed is set up again
 DUPLICATE_WINDOW = 120.0  # seconds JetStream remembers message ids
@@ -103,6 +102,7 @@ class Bus:
         # Parts of large messages not whole yet: unit id -> (first part's seq, count, parts).
         self._parts: dict[str, tuple[int, int, dict[int, bytes]]] = {}
         self.publisher = Publisher(address, node_id, self.origin, store, membership, self.state)
+        self.beats = Heartbeats(address, node_id, self.origin, membership, self.publisher, self.state)
         membership.bus = True  # members are not pulled: their writes come through the bus
         self.skewed = 0
         self._instance = ""  # the stream's identity (its creation time)
@@ -141,6 +141,7 @@ class Bus:
         """A write waits for copies (`w=N`): look at the members' positions often meanwhile."""
         self._hurry_until = max(self._hurry_until, time.monotonic() + seconds)
         self._hurried.set()
+        self.publisher.hurry()
 
     def status(self) -> dict[str, Any]:
         s = self.state
@@ -248,8 +249,9 @@ class Bus:
             # Another stream (the first, or one made anew): nothing known of the last holds.
             self._instance = _instance(info)
             self.publisher.new_stream(self._instance)
+            self.beats.instance = self._instance
         self._seen(info)
-        subscription = await nc.subscribe(self.address.heartbeats, cb=self._heard)
+        subscription = await nc.subscribe(self.address.heartbeats, cb=self.beats.heard)
         self.state.error = None
         try:
             async with asyncio.TaskGroup() as group:
@@ -467,13 +469,15 @@ class Bus:
     # -- heartbeats: members, positions -------------------------------------------------------
 
     async def _watch_loop(self, nc: Client, js: JetStreamContext, epoch: int) -> None:
-        """Send this node's heartbeat and look at the stream and the members' consumers, every
-        HEARTBEAT seconds, or every HURRY seconds while a write waits for copies."""
-        last_beat = 0.0
+        """Send this node's heartbeat and look at the stream every `beats.period()` seconds; while
+        a write waits for copies, look at the members' consumers every HURRY seconds too. Idle,
+        a member's position comes with its heartbeat: asking for every consumer each second made
+        the idle cost grow with the square of the cluster's size."""
+        next_beat = 0.0
         while self._live(epoch):
             now = time.monotonic()
-            if now - last_beat >= HEARTBEAT:
-                await self._beat(nc)
+            if now >= next_beat:
+                await self.beats.beat(nc)
                 # Read before asking: what arrives while the answer travels may be past it.
                 known = max(self.publisher.last_acked, self.state.position)
                 info = await js.stream_info(self.address.stream)
@@ -482,44 +486,14 @@ class Bus:
                 if info.state.last_seq < known:
                     raise StreamReset("it lost its last messages (the server restarted without them)")
                 self._seen(info)
-                last_beat = now
-            await self._positions(js)
+                next_beat = now + self.beats.period()
             hurried = self._hurry_until > time.monotonic()
+            if hurried:
+                await self._positions(js)
             self._hurried.clear()
+            wait = HURRY if hurried else max(0.0, next_beat - time.monotonic())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._hurried.wait(), HURRY if hurried else HEARTBEAT)
-
-    async def _beat(self, nc: Client) -> None:
-        beat = {
-            "id": self.node_id,
-            "origin": self.origin,
-            "stream": self._instance,
-            "position": self.state.position,
-            "entries": self.membership.entries(),
-        }
-        await nc.publish(self.address.heartbeats, orjson.dumps(beat))
-
-    async def _heard(self, msg: Msg) -> None:
-        try:
-            beat = orjson.loads(msg.data)
-            node_id, origin, entries = str(beat["id"]), str(beat["origin"]), list(beat["entries"])
-            position, stream = int(beat["position"]), str(beat["stream"])
-            own = next(e for e in entries if e["id"] == node_id)
-            url, version, incarnation = str(own["url"]), int(own["v"]), str(own.get("inc", ""))
-            if node_id == self.node_id:
-                return
-            member = self.membership.members.get(node_id)
-            if member is not None and member.removed(incarnation):
-                return  # invariant 8: not taken back, not counted
-            self.membership.merge(entries)
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, StopIteration):
-            log.debug("unreadable heartbeat on the bus")
-            return
-        self.publisher.heard(origin)
-        self.state.members.add(node_id)
-        current = self.membership.heard_from(node_id, url, version, incarnation)
-        if current and stream == self._instance:
-            self._progress(node_id, position)
+                await asyncio.wait_for(self._hurried.wait(), wait)
 
     async def _positions(self, js: JetStreamContext) -> None:
         """Each member's acknowledged position, from its consumer: fresher than its heartbeat."""
@@ -531,13 +505,7 @@ class Bus:
         for consumer in consumers:
             node_id = names.get(consumer.name)
             if node_id is not None and consumer.ack_floor is not None:
-                self._progress(node_id, consumer.ack_floor.stream_seq)
-
-    def _progress(self, node_id: str, stream_seq: int) -> None:
-        position = self.publisher.marks.position_at(stream_seq)
-        member = self.membership.members.get(node_id)
-        if position is not None and member is not None and (member.applied or 0) < position:
-            self.membership.record_progress(node_id, position)
+                self.beats.progress(node_id, consumer.ack_floor.stream_seq)
 
 
 def _leaf(exc: BaseException) -> BaseException:

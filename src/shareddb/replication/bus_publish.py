@@ -38,6 +38,11 @@ PUBLISH_PAGE = 5_000  # changes read from the feed at once
 SAVE_EVERY = 1.0  # seconds between saves of the position while busy
 FIRST_HEARD = 2.5  # seconds to wait for the others' heartbeats before publishing anything
 IDLE_WAIT = 1.0  # seconds the publisher waits for a change before it looks again
+# Seconds a busy publisher gathers changes before its next message: every message costs each
+# of the other nodes a commit of its own, so under load one message per LINGER (all that came
+# meanwhile) keeps the whole cluster's cost per write flat. A write after a quiet spell, or one
+# that waits for copies (`w=N`, see `hurry`), goes out at once.
+LINGER = 0.05
 REQUEST_TIMEOUT = 5.0
 HEADROOM = 4096  # bytes of a message kept for headers and framing below the server's max_payload
 
@@ -69,6 +74,12 @@ class Publisher:
         # stream: its own writes (published) and the others' (consumed from there).
         self.covered = 0
         self.position: int | None = None  # the feed position published, across sessions
+        self._sent_at = 0.0  # monotonic seconds of the last message published
+        self._hurried = asyncio.Event()  # a write waits for copies: publish without lingering
+
+    def hurry(self) -> None:
+        """A write waits for copies (`w=N`): publish what there is now."""
+        self._hurried.set()
 
     def heard(self, origin: str) -> None:
         """Another node publishes on the bus, under `origin`: its writes are not ours to send."""
@@ -113,6 +124,8 @@ class Publisher:
                     saved, saved_at = position, time.monotonic()
                 await self.store.wait_for_changes(position, IDLE_WAIT)
                 continue
+            if await self._linger():
+                page = await self.store.changes_since(position, PUBLISH_PAGE)
             units = self._units(page.changes)
             try:
                 for records, groups, until in self._messages(nc.max_payload, units, page.until):
@@ -135,6 +148,18 @@ class Publisher:
             if time.monotonic() - saved_at >= SAVE_EVERY:
                 await self._save_published(position)
                 saved, saved_at = position, time.monotonic()
+
+    async def _linger(self) -> bool:
+        """Wait out the rest of LINGER after the last message, unless a write waits for copies.
+        Returns whether it waited (the page is read again, with what came meanwhile)."""
+        rest = self._sent_at + LINGER - time.monotonic()
+        if rest <= 0 or self._hurried.is_set():
+            self._hurried.clear()
+            return False
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._hurried.wait(), rest)
+        self._hurried.clear()
+        return True
 
     def _publishes(self, record: Record) -> bool:
         """Whether this node puts `record` on the bus: its own writes, and what no other node on
@@ -227,6 +252,7 @@ class Publisher:
                 stream=self.address.stream,
                 headers=headers,
             )
+        self._sent_at = time.monotonic()
         self.last_acked = max(self.last_acked, ack.seq)
         self.covered = max(self.covered, ack.seq, self.state.position)
         self.state.stream_last = max(self.state.stream_last, ack.seq)
