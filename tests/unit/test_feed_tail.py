@@ -62,7 +62,7 @@ async def test_the_tail_answers_every_read_as_the_store_does(seed: int) -> None:
                 covered = store._tail.read(since, limit, budget) is not None
                 served_from_tail += covered
                 got = await store.changes_since(since, limit, budget)
-                expected = await backend.changes_since(since, limit, budget)
+                expected = await backend.changes_since(since, limit, budget, since)
                 assert as_tuples(got) == as_tuples(expected), (since, limit, budget)
     finally:
         await store.close()
