@@ -28,6 +28,7 @@ DOCUMENTED = {
     "shareddb_member_lag": "gauge",
     "shareddb_member_last_contact_seconds": "gauge",
     "shareddb_pull_lag": "gauge",
+    "shareddb_peer_changes_served": "counter",
     "shareddb_watchers": "gauge",
     "shareddb_watchers_behind": "gauge",
     "shareddb_watch_fell_behind": "counter",
