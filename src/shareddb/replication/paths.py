@@ -46,10 +46,6 @@ class Paths:
         self._marks: dict[str, dict[str, Checkpoint]] = {}  # peer id -> origin -> mark
         self.generation = 0  # one more each time an origin stops being direct
 
-    @property
-    def direct(self) -> frozenset[str]:
-        return frozenset(self._direct)
-
     def skip_for(self, peer_id: str) -> frozenset[str]:
         """The origins a pull from `peer_id` leaves out: the direct ones taken by other nodes."""
         return frozenset(o for o, peer in self._direct.items() if peer != peer_id)
@@ -99,8 +95,3 @@ class Paths:
                 return 0
             held = min(held, mark.seq)
         return held
-
-    def forget(self, peer_id: str) -> None:
-        """`peer_id` left the member list: its marks go with it."""
-        self._marks.pop(peer_id, None)
-        self.lost(peer_id)
