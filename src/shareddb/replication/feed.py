@@ -9,6 +9,7 @@ how far the puller has applied our feed, and that it is alive.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass, field
 from typing import Any
 
 from shareddb.membership import Membership, Outside
@@ -71,13 +72,12 @@ class Feed:
         self.encoded.belong_to(store.instance_id)
         page = await store.changes_since(since, limit, MAX_ANSWER_BYTES, known=known)
         relayed_until: float | None = None
-        skipped = 0
         while True:
-            records, groups, seqs, left_out = _for_puller(page.changes, origin, request.own_since, skip)
-            skipped += left_out
+            answer = _for_puller(page.changes, origin, request.own_since, skip, self.origin)
             if (remaining := deadline - loop.time()) <= 0:
                 break
-            if records and not groups and len(records) < RELAY_BATCH and not self._mints(records):
+            records = answer.records
+            if records and not answer.groups and len(records) < RELAY_BATCH and not answer.own:
                 # Only others' writes, which a full mesh also sends the puller straight from
                 # the nodes that took them: gathered for a moment, so that they come in fewer
                 # pulls (a puller that lacks them gets them at most RELAY_LINGER later).
@@ -86,50 +86,41 @@ class Feed:
                 if (linger := min(relayed_until, deadline) - loop.time()) > 0:
                     await asyncio.sleep(linger)
                     page = await store.changes_since(since, limit, MAX_ANSWER_BYTES, known=known)
-                    skipped = 0
                     continue
             if records:
                 break
-            # Nothing the puller lacks (an idle feed, or only what the puller wrote itself): the
-            # long poll goes on, rather than answer an empty page the puller would only ask past
-            # again at once (in a full mesh each node's own writes come back to it from every
-            # peer). Wait for a sequence past what the read covered, not past `since`: when the
-            # rows after `since` were purged tombstones, `since` is already behind `last_seq` and
-            # the poll would answer at once, empty, for ever.
+            # Nothing the puller lacks (an idle feed, only what the puller wrote itself, or only
+            # writes it gets straight from their nodes): the long poll goes on, rather than answer
+            # an empty page the puller would only ask past again at once. Wait for a sequence
+            # past what the read covered, not past `since`: when the rows after `since` were
+            # purged tombstones, `since` is already behind `last_seq` and the poll would answer
+            # at once, empty, for ever.
+            self.served["skipped"] += answer.skipped  # this page is read past, never again
+            answer.skipped = 0
             await store.wait_for_changes(page.until, remaining)
             if store.last_seq <= page.until:
                 break
             page = await store.changes_since(page.until, limit, MAX_ANSWER_BYTES, known=known)
-        own = self._count_own(records)
-        self.served["own"] += own
-        self.served["relayed"] += len(records) - own
-        self.served["skipped"] += skipped
+        self.served["own"] += answer.own
+        self.served["relayed"] += len(answer.records) - answer.own
+        self.served["skipped"] += answer.skipped
         return PullReply(
             node=self.node_id,
             instance=store.instance_id,
             until=page.until,
             # A read may see a commit before the store publishes its new `last_seq`.
             last_seq=max(store.last_seq, page.until),
-            records=records,
+            records=answer.records,
             members=self.membership.entries(),
-            groups=[(a, b) for a, b in groups if b - a > 1],
+            groups=[(a, b) for a, b in answer.groups if b - a > 1],
             floor=store.feed_floor,
-            seqs=seqs,
+            seqs=answer.seqs,
         )
 
     @property
     def origin(self) -> str:
         """What the versions this node mints end with (record.make_origin)."""
         return make_origin(self.node_id, incarnation_of(self.store.instance_id))
-
-    def _mints(self, records: list[Record]) -> bool:
-        """Whether any of `records` was written on this node (its version names this node)."""
-        mine = "-" + self.origin
-        return any(record.version.endswith(mine) for record in records)
-
-    def _count_own(self, records: list[Record]) -> int:
-        mine = "-" + self.origin
-        return sum(1 for record in records if record.version.endswith(mine))
 
     def join(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """A node joins through this one: it sends its entries (its own first) and gets the whole
@@ -148,17 +139,43 @@ class Feed:
         return self.membership.entries()
 
 
+@dataclass(slots=True)
+class _Answer:
+    """What of a page of the feed goes to one puller: the records, the index ranges of its
+    transactions, each record's sequence number when it is a plain row (`PullReply.seqs`), how
+    many of them this node wrote (`own`), and how many changes were left out because the puller
+    gets them straight from the node that took them (`skipped`)."""
+
+    records: list[Record] = field(default_factory=list)
+    groups: list[tuple[int, int]] = field(default_factory=list)
+    seqs: list[int] = field(default_factory=list)
+    own: int = 0
+    skipped: int = 0
+
+    def close_group(self, start: int, skip: frozenset[str], here: str) -> None:
+        """End the transaction whose changes are `records[start:]`: a group of the answer, or
+        left out whole when it was written on a node in `skip`: a transaction is taken on one
+        node, and the puller gets it whole from there."""
+        unit = self.records[start:]
+        if (
+            skip
+            and any(not r.named_only for r in unit)
+            and all(r.named_only or version_origin(r.version) in skip for r in unit)
+        ):
+            del self.records[start:], self.seqs[start:]
+            self.skipped += len(unit)
+            return
+        self.groups.append((start, len(self.records)))
+        self.own += sum(1 for r in unit if not r.named_only and version_origin(r.version) == here)
+
+
 def _for_puller(
-    changes: list[Change], origin: str, own_since: int, skip: frozenset[str]
-) -> tuple[list[Record], list[tuple[int, int]], list[int], int]:
+    changes: list[Change], origin: str, own_since: int, skip: frozenset[str], here: str
+) -> _Answer:
     """What of `changes` goes to a puller whose versions carry `origin` and that gets the writes of
-    the origins in `skip` from elsewhere: the records, the index ranges of its transactions, each
-    record's sequence number when it is a plain row (`PullReply.seqs`), and how many changes were
-    left out for `skip`."""
-    records: list[Record] = []
-    groups: list[tuple[int, int]] = []
-    seqs: list[int] = []
-    skipped = 0
+    the origins in `skip` from elsewhere, on the node whose versions carry `here`."""
+    answer = _Answer()
+    records, seqs = answer.records, answer.seqs
     # The puller already holds what this life of it wrote from own_since on (it says so once it
     # has caught up with this feed; see Replicator._caught_up). A transaction's changes all go,
     # also the puller's own: the puller keeps the transaction as one entry of its feed, which
@@ -175,12 +192,15 @@ def _for_puller(
                 and version_hlc(record.version) >= own_since
             ):
                 continue
-            if skip and version_origin(record.version) in skip:
-                skipped += 1
+            written_by = version_origin(record.version)
+            if written_by in skip:
+                answer.skipped += 1
                 continue
+            if written_by == here:
+                answer.own += 1
         if change.txn != txn:  # a transaction's changes come together: one group
             if txn:
-                skipped += _close_group(records, groups, seqs, start, skip)
+                answer.close_group(start, skip, here)
             txn, start = change.txn, len(records)
         if change.txn:
             records.append(named(record.key) if change.known else record)
@@ -189,27 +209,5 @@ def _for_puller(
             records.append(record)
             seqs.append(change.seq)
     if txn:
-        skipped += _close_group(records, groups, seqs, start, skip)
-    return records, groups, seqs, skipped
-
-
-def _close_group(
-    records: list[Record],
-    groups: list[tuple[int, int]],
-    seqs: list[int],
-    start: int,
-    skip: frozenset[str],
-) -> int:
-    """End the transaction whose changes are `records[start:]`: a group of the answer, or left
-    out whole (its count returned) when it was written on a node in `skip`: a transaction is
-    taken on one node, and the puller gets it whole from there."""
-    unit = records[start:]
-    if (
-        skip
-        and any(not r.named_only for r in unit)
-        and all(r.named_only or version_origin(r.version) in skip for r in unit)
-    ):
-        del records[start:], seqs[start:]
-        return len(unit)
-    groups.append((start, len(records)))
-    return 0
+        answer.close_group(start, skip, here)
+    return answer
