@@ -262,6 +262,10 @@ class Membership:
         self.on_change()
         return True
 
+    def ids_at(self, url: str) -> list[str]:
+        """Every member listed at `url`, left or not."""
+        return [m.id for m in self.members.values() if m.url == url]
+
     def others_at(self, url: str, node_id: str) -> list[str]:
         """Active members other than `node_id` listed at `url`, where `node_id` answers now."""
         return [m.id for m in self.members.values() if m.url == url and m.id != node_id and not m.left]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -517,3 +518,97 @@ async def test_node_whose_copy_was_cut_and_that_crashed_resumes_it_and_misses_no
         assert held["k29"].value is None
         assert held["k01"].value == "changed"
         assert held["k28"].value == "changed"
+
+
+async def test_page_asked_ahead_after_an_origin_stopped_being_direct_misses_none_of_its_writes(
+    tmp_path: Path,
+) -> None:
+    """Invariant 1: no acknowledged write is lost; invariant 2: nodes that reach each other only
+    through a third converge.
+
+    C pulls A straight and so asks B to leave A's writes out. A page from B came while C was
+    behind B's feed, and the next one was asked for ahead, from the end of that page. Then C
+    could no longer pull A: A's writes come through B again, from what C holds of B's feed. The
+    page asked ahead used to start past the A writes the earlier page had left out, and C never
+    read them again."""
+    async with cluster(tmp_path, 3) as world:
+        a, b, c = world.slots
+        for _ in range(3):  # every node pulls every other straight
+            for slot in world.slots:
+                await pull_all(slot)
+        world.network.cut = {(2, 0), (0, 2)}  # only B links A and C
+        for i in range(6):
+            await b.running[0].put(f"b{i}", "v")
+            await a.running[0].put(f"a{i}", "v")
+            await b.running[1].pull_once(a.url)
+        world.network.small_page = 1.0  # pages of 1 to 3 changes: C is behind B's feed
+        await c.running[1].pull_once(b.url)  # B's write leads the page: the next is asked ahead
+        with pytest.raises(PeerError):
+            await c.running[1].pull_once(a.url)
+        world.network.small_page = 0.0
+        for _ in range(3):
+            await c.running[1].pull_once(b.url)
+        held = await records(c.running[0])
+        assert {f"a{i}" for i in range(6)} <= held.keys()
+        assert held == await records(b.running[0])
+
+
+async def test_late_answer_of_a_wiped_node_does_not_retire_the_node_now_at_its_url(
+    tmp_path: Path,
+) -> None:
+    """Invariant 2: all nodes that can reach each other converge to identical digests.
+
+    N1 asked N2 for a page ahead; N2 answered, then lost its disk and came back under a new id
+    at the same URL, and N1 heard of the new node before it took that answer. Taking it, N1
+    used to retire the node now at the URL as "replaced" by the old one, which then refused it
+    for good."""
+    async with cluster(tmp_path, 3, ["n0", "n1", "n2"]) as world:
+        zero, one, two = world.slots
+        for _ in range(2):
+            for slot in world.slots:
+                await pull_all(slot)
+        for i in range(8):
+            await two.running[0].put(f"k{i}", "v")
+        world.network.small_page = 1.0
+        await one.running[1].pull_once(two.url)  # behind: the next page is asked ahead
+        world.network.small_page = 0.0
+        for _ in range(5):
+            await asyncio.sleep(0)  # the old N2 answers it
+        await world.wipe(two, "n2-new")
+        two.join = zero.url
+        await world.start(two)
+        entries = await two.running[1].transport.join(zero.url, two.running[0].membership.entries())
+        two.running[0].membership.merge(entries)
+        await pull_all(one)  # hears of n2-new from N0, then takes the old N2's answer
+        for _ in range(3):
+            for slot in world.slots:
+                await pull_all(slot)
+        members = one.running[0].membership.members
+        assert not members["n2-new"].left
+        digests = {slot.running[0].store.digest() for slot in world.slots}
+        assert len(digests) == 1
+
+
+async def test_node_that_hears_a_member_was_removed_reads_again_what_it_left_out_of_that_member(
+    tmp_path: Path,
+) -> None:
+    """Invariant 2: all nodes that can reach each other converge to identical digests.
+
+    C pulled A straight, so its pulls from B left A's writes out. B took a write of A, then
+    removed A. C heard of the removal in its next answer from B, a page that had left that
+    write out: its following pull read B's feed from the end of that page, and C never got
+    the write, which only B still served."""
+    async with cluster(tmp_path, 3, ["n0", "n1", "n2"]) as world:
+        a, b, c = world.slots
+        for _ in range(3):  # every node pulls every other straight
+            for slot in world.slots:
+                await pull_all(slot)
+        await a.running[0].put("before-removal", "v")
+        await b.running[1].pull_once(a.url)
+        assert await b.running[0].leave("n0")
+        await b.running[0].put("after", "v")
+        for _ in range(3):
+            await c.running[1].pull_once(b.url)
+        held = await records(c.running[0])
+        assert "before-removal" in held
+        assert held == await records(b.running[0])

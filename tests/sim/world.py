@@ -302,6 +302,8 @@ class World:
         """
         node = slot.node
         assert node is not None
+        if slot.replicator is not None:
+            slot.replicator.drop_pages_ahead()  # the pulls the process had sent die with it
         slot.node = slot.replicator = slot.registry = None
         await node.store.close()
         node.replicator = None

@@ -58,6 +58,9 @@ class Pulled:
     reply: PullReply
     position: Checkpoint | None
     asked: Asked
+    # The members listed at the pulled URL when the pull was sent: only those may be retired
+    # for the answer (`Replicator._take`).
+    listed: frozenset[str] = frozenset()
 
 
 class Replicator:
@@ -92,6 +95,8 @@ class Replicator:
         self.pull_lag: dict[str, int] = {}
         self.tombstone_grace_ms = tombstone_grace_ms
         self._pullers: dict[str, asyncio.Task[None]] = {}
+        # Per URL: the next page of its feed, asked for while the last one is applied.
+        self._ahead: dict[str, asyncio.Task[Pulled | None]] = {}
         self._positions: dict[str, Checkpoint] = {}  # per peer id; where its next pull reads
         # Per peer id: how far this node holds its feed (at most the position; replication/paths.py).
         # The checkpoint saved, and what the peer's purge may count.
@@ -133,6 +138,7 @@ class Replicator:
             for task in stuck:
                 log.warning("replication task %s did not stop in time", task.get_name())
         self._pullers.clear()
+        self.drop_pages_ahead()
         await self.persist_members()
         await self.transport.close()
 
@@ -220,36 +226,16 @@ class Replicator:
         failures = 0
         reached = False
         me = asyncio.current_task()
-        # The next page, asked for while this one is applied (at most one page ahead).
-        ahead: asyncio.Task[Pulled] | None = None
         # The loop also ends when this puller is no longer the one wanted for `url`, in case the
         # HTTP client swallowed the cancel that `reconcile` or `stop` sent.
         try:
             while self._running and self._pullers.get(url) is me:
                 try:
-                    if ahead is None:
-                        if await self._copy(url):
-                            continue
-                        pulled = await self._fetch(url)
-                    else:
-                        pulled, ahead = await ahead, None
-                    if not await self._take(url, pulled):
+                    if not await self.pull_once(url):
                         return
-                    reply = pulled.reply
-                    behind = reply.records and reply.until < reply.last_seq
-                    if behind and not await self.copier.pending(reply.node):
-                        # Behind the source: its next page is there already, fetched meanwhile.
-                        ahead = asyncio.get_running_loop().create_task(self._fetch_ahead(url, reply))
-                    if reply.records:
-                        await self._apply(pulled)
                 except PeerRemoved:
                     return
                 except (PeerError, StoreUnavailable) as exc:
-                    if ahead is not None:  # asked past a page that was not applied: dropped
-                        ahead.cancel()
-                        ahead = None
-                    if isinstance(exc, PeerError):
-                        self._lose_url(url)
                     failures += 1
                     if failures == 1 and isinstance(exc, StoreUnavailable):
                         log.warning("cannot apply what %s sent: %s; backing off", url, exc)
@@ -267,25 +253,55 @@ class Replicator:
                     failures = 0
                     reached = True
         finally:
-            if ahead is not None:
-                ahead.cancel()
+            self._drop_ahead(url)
             self._lose_url(url)
 
     async def pull_once(self, url: str) -> bool:
-        """Pull and apply one batch from `url`. False when the URL is not to be pulled: it turned out
-        to be this node, or a member that was removed. Raises `PeerRemoved` when this node was."""
-        if await self._copy(url):
-            return True
+        """Pull and apply one page from `url`: one step of its puller (the simulation takes the
+        same steps). When the source has more, the next page is asked for while this one is
+        applied, and the next step takes it. False when the URL is not to be pulled: it turned
+        out to be this node, or a member that was removed. Raises `PeerRemoved` when this node
+        was; on `PeerError` its writes come through the other peers again."""
+        ahead = self._ahead.pop(url, None)
         try:
-            pulled = await self._fetch(url)
-        except PeerError:
-            self._lose_url(url)
+            pulled = None
+            if ahead is not None:
+                try:
+                    pulled = await ahead
+                except PeerRemoved:
+                    raise
+                except PeerError:
+                    pass  # asked again at once, as any page is
+            if pulled is None:  # no page asked ahead, or none that can be taken
+                if await self._copy(url):
+                    return True
+                pulled = await self._fetch(url)
+            if not await self._take(url, pulled):
+                return False
+            reply = pulled.reply
+            behind = reply.records and reply.until < reply.last_seq
+            if behind and not await self.copier.pending(reply.node):
+                # Behind the source: its next page is there already, fetched meanwhile.
+                self._ahead[url] = asyncio.get_running_loop().create_task(self._fetch_ahead(url, pulled))
+            if reply.records:
+                await self._apply(pulled)
+            return True
+        except BaseException as exc:
+            self._drop_ahead(url)  # asked past a page that was not applied
+            if isinstance(exc, PeerError):
+                self._lose_url(url)
             raise
-        if not await self._take(url, pulled):
-            return False
-        if pulled.reply.records:
-            await self._apply(pulled)
-        return True
+
+    def drop_pages_ahead(self) -> None:
+        """Forget every page asked for ahead (stopping, or a crash in the simulation)."""
+        for url in list(self._ahead):
+            self._drop_ahead(url)
+
+    def _drop_ahead(self, url: str) -> None:
+        if (ahead := self._ahead.pop(url, None)) is not None:
+            if ahead.done() and not ahead.cancelled():
+                ahead.exception()  # a failed pull nobody takes now: retrieved, not logged
+            ahead.cancel()
 
     async def _copy(self, url: str) -> bool:
         """Run (or resume) a bulk copy of the peer at `url` when one is due (replication/copy.py);
@@ -308,15 +324,27 @@ class Replicator:
     async def _fetch(self, url: str) -> Pulled:
         """Ask `url` for the changes after this node's position in its feed (a long poll)."""
         peer_id = self.membership.id_for_url(url)
+        # First the origins no longer direct (their member left, say), which moves the positions
+        # back to what this node holds: a position read before that may be past writes of theirs
+        # that the pull would not leave out now, and that it would then never read.
+        self._check_paths()
         checkpoint = await self._position(peer_id) if peer_id else None
         return await self._send(url, peer_id, checkpoint, None, LONG_POLL)
 
-    async def _fetch_ahead(self, url: str, reply: PullReply) -> Pulled:
-        """Ask for the page after `reply` while `reply` is applied (only when the source said it
+    async def _fetch_ahead(self, url: str, pulled: Pulled) -> Pulled | None:
+        """Ask for the page after `pulled` while `pulled` is applied (only when the source said it
         had more: a node that keeps up sends its next pull once it has applied a page, which
         tells the source at once that it did, for `w=N`). It says how far this node has applied
-        (the position before `reply`): the source counts that for `w=N` and its purge, never
-        what is only being applied. It does not wait."""
+        (the position before `pulled`): the source counts that for `w=N` and its purge, never
+        what is only being applied. It does not wait.
+
+        Nothing is asked (None) when `pulled` was asked for before an origin stopped being
+        direct: that page may have left out writes of the origin, so the next pull starts from
+        what this node holds of the feed (`_advance`), not from the page's end."""
+        reply = pulled.reply
+        self._check_paths()
+        if pulled.asked.generation != self.paths.generation:
+            return None
         applied = self._positions.get(reply.node)
         done = applied.seq if applied is not None and applied.instance == reply.instance else 0
         position = Checkpoint(reply.node, reply.instance, reply.until)
@@ -353,7 +381,8 @@ class Replicator:
             else 0,
         )
         try:
-            return Pulled(await self.transport.pull(url, request), checkpoint, asked)
+            listed = frozenset(self.membership.ids_at(url))
+            return Pulled(await self.transport.pull(url, request), checkpoint, asked, listed)
         except PeerRemoved:
             await self._removed(url)
             raise
@@ -376,9 +405,11 @@ class Replicator:
         )
         if self.membership.self_entry.left and not self._out:
             await self._removed(url)  # the answer says this node was removed
-        if stale := self.membership.others_at(url, reply.node):
-            # One URL is one node: the members listed here before (say, a wiped node that came
-            # back under a new id) are gone. Left, they no longer hold up the tombstone purge.
+        # One URL is one node: the members listed here before (say, a wiped node that came back
+        # under a new id) are gone. Only those listed when the pull was sent: one heard of
+        # since may be the node there now, and this the late answer of the one before it.
+        if stale := [m for m in self.membership.others_at(url, reply.node) if m in pulled.listed]:
+            # Left, they no longer hold up the tombstone purge.
             log.info("node %s now answers at %s in place of %s", reply.node, url, ", ".join(stale))
             version = self.clock.now(self.now())
             for old in stale:
