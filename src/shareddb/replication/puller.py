@@ -22,9 +22,10 @@ import orjson
 
 from shareddb.clock import HybridClock, from_millis
 from shareddb.membership import Membership
-from shareddb.record import incarnation_of, make_origin, make_version, version_hlc
+from shareddb.record import incarnation_of, make_version, version_hlc
 from shareddb.replication.copy import Copier, wants_copy
-from shareddb.replication.paths import Asked, Paths
+from shareddb.replication.paths import Asked
+from shareddb.replication.reading import Reading
 from shareddb.replication.transport import (
     PeerError,
     PeerRemoved,
@@ -47,7 +48,6 @@ PURGE_INTERVAL = 60.0
 # Tombstones stay at least this long, even once every member has applied them: a member that was
 # cut off for less than this can never bring a deleted key back.
 TOMBSTONE_GRACE_MS = 3_600_000
-NOTHING_ASKED = Asked({}, frozenset(), 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,11 +97,8 @@ class Replicator:
         self._pullers: dict[str, asyncio.Task[None]] = {}
         # Per URL: the next page of its feed, asked for while the last one is applied.
         self._ahead: dict[str, asyncio.Task[Pulled | None]] = {}
-        self._positions: dict[str, Checkpoint] = {}  # per peer id; where its next pull reads
-        # Per peer id: how far this node holds its feed (at most the position; replication/paths.py).
-        # The checkpoint saved, and what the peer's purge may count.
-        self._held: dict[str, Checkpoint] = {}
-        self.paths = Paths()
+        # Where this node reads each peer's feed and how far it holds it (replication/reading.py).
+        self.reading = Reading(store, membership)
         self._out = membership.self_entry.left  # this node left or was removed; it said so
         self._tasks: set[asyncio.Task[None]] = set()
         self._persisting: asyncio.Task[None] | None = None
@@ -318,7 +315,7 @@ class Replicator:
             self.skewed += self.copier.skewed
             self.copier.skewed = 0
         if copied is not None:  # a copy holds all of the feed up to where it began
-            self._positions[peer_id] = self._held[peer_id] = copied
+            self.reading.copied(peer_id, copied)
         return True
 
     async def _fetch(self, url: str) -> Pulled:
@@ -327,8 +324,8 @@ class Replicator:
         # First the origins no longer direct (their member left, say), which moves the positions
         # back to what this node holds: a position read before that may be past writes of theirs
         # that the pull would not leave out now, and that it would then never read.
-        self._check_paths()
-        checkpoint = await self._position(peer_id) if peer_id else None
+        self.reading.check()
+        checkpoint = await self.reading.position(peer_id) if peer_id else None
         return await self._send(url, peer_id, checkpoint, None, LONG_POLL)
 
     async def _fetch_ahead(self, url: str, pulled: Pulled) -> Pulled | None:
@@ -342,11 +339,10 @@ class Replicator:
         direct: that page may have left out writes of the origin, so the next pull starts from
         what this node holds of the feed (`_advance`), not from the page's end."""
         reply = pulled.reply
-        self._check_paths()
-        if pulled.asked.generation != self.paths.generation:
+        self.reading.check()
+        if not self.reading.current(pulled.asked):
             return None
-        applied = self._positions.get(reply.node)
-        done = applied.seq if applied is not None and applied.instance == reply.instance else 0
+        done = self.reading.applied(reply.node, reply.instance)
         position = Checkpoint(reply.node, reply.instance, reply.until)
         return await self._send(url, reply.node, position, done, 0.0)
 
@@ -358,9 +354,8 @@ class Replicator:
         applied: int | None,
         wait: float,
     ) -> Pulled:
-        self._check_paths()
-        asked = self.paths.ask(peer_id, self._positions) if peer_id else NOTHING_ASKED
-        held = self._held.get(peer_id) if peer_id else None
+        self.reading.check()
+        asked, held = self.reading.ask(peer_id, checkpoint)
         request = PullRequest(
             since=checkpoint.seq if checkpoint else 0,
             instance=checkpoint.instance if checkpoint else "",
@@ -374,11 +369,7 @@ class Replicator:
             puller_incarnation=self.membership.incarnation,
             applied=applied,
             skip=asked.skip,
-            held=held.seq
-            if held is not None and checkpoint is not None and held.instance == checkpoint.instance
-            else None
-            if not asked.skip
-            else 0,
+            held=held,
         )
         try:
             listed = frozenset(self.membership.ids_at(url))
@@ -449,7 +440,7 @@ class Replicator:
             stored = await self.store.lookup({record.key for record in records})
             if stored:
                 records = [r for r in records if not loses(r.version, r.value, stored.get(r.key))]
-        held = self._held_after(pulled)
+        held = self.reading.held_after(reply, pulled.asked)
         if records:
             wall = self.now()
             for record in records:
@@ -467,73 +458,25 @@ class Replicator:
         # Else nothing to commit: the position moves in memory, saved with the next batch.
         self._advance(pulled, held)
 
-    def _held_after(self, pulled: Pulled) -> Checkpoint:
-        """How far this node holds the source's feed once `pulled` is applied (paths.py)."""
-        reply = pulled.reply
-        position = Checkpoint(reply.node, reply.instance, reply.until)
-        held = self.paths.held(reply.node, position, pulled.asked)
-        before = self._held.get(reply.node)
-        if before is not None and before.instance == reply.instance:
-            held = max(held, before.seq)
-        return Checkpoint(reply.node, reply.instance, held)
-
     def _advance(self, pulled: Pulled, held: Checkpoint | None = None) -> None:
-        """`pulled` is applied: move the positions in the source's feed. An answer to a pull sent
-        before some origin stopped being direct left out writes this node may now lack: the next
-        pull reads again from what it holds."""
+        """`pulled` is applied, and this node holds the source's feed up to `held`."""
         reply = pulled.reply
-        self._held[reply.node] = held = held or self._held_after(pulled)
-        if pulled.asked.generation == self.paths.generation:
-            self._positions[reply.node] = Checkpoint(reply.node, reply.instance, reply.until)
-        else:
-            self._positions[reply.node] = held
+        self.reading.advance(reply, pulled.asked, held or self.reading.held_after(reply, pulled.asked))
         # How far behind the peer's feed this node is, for /metrics.
         self.pull_lag[reply.node] = max(0, reply.last_seq - reply.until)
-        if reply.until < reply.last_seq:
-            return
-        if reply.node not in self._own_since:
+        if reply.until >= reply.last_seq and reply.node not in self._own_since:
             # Once this node holds all of a peer's feed, the peer may leave out the records this
             # node writes itself from then on: they are the ones of its id above its clock now.
             # Not before: with a store that lost its latest writes (Redis with relaxed
             # persistence), the peer may hold writes of this incarnation that this node lacks.
             self._own_since[reply.node] = self.clock.last + 1
-        generation = self.paths.generation
-        origin = make_origin(reply.node, incarnation_of(reply.instance))
-        self.paths.caught_up(reply.node, origin, pulled.asked)
-        if self.paths.generation != generation:  # an earlier life of the peer is gone
-            self._rewind()
-
-    def _check_paths(self) -> None:
-        """An origin is direct only while its node is an active member in that life, pulled at
-        its URL: one that left, expired from the registry or answers as another life is not."""
-        members = self.membership.members
-        for origin, peer_id in self.paths.origins():
-            member = members.get(peer_id)
-            if (
-                member is None
-                or member.left
-                or member.registry_expired
-                or make_origin(peer_id, member.incarnation) != origin
-            ):
-                self._lose(peer_id)
 
     def _lose_url(self, url: str) -> None:
         if peer_id := self.membership.id_for_url(url):
             self._lose(peer_id)
 
     def _lose(self, peer_id: str) -> None:
-        """`peer_id` is not pulled straight for now: its writes come through the other peers
-        again, from what this node holds of their feeds (paths.py)."""
-        if self.paths.lost(peer_id):
-            self._rewind()
-
-    def _rewind(self) -> None:
-        for peer_id, position in list(self._positions.items()):
-            held = self._held.get(peer_id)
-            if held is None or held.instance != position.instance:
-                del self._positions[peer_id]  # read again from the saved checkpoint
-            elif held.seq < position.seq:
-                self._positions[peer_id] = held
+        self.reading.lose(peer_id)
 
     def leaving(self) -> None:
         """This node leaves the cluster by its own choice (see `Node.leave`)."""
@@ -554,15 +497,3 @@ class Replicator:
         if not self.membership.self_entry.left:
             self.membership.leave(self.node_id, self.clock.now(self.now()))
         await self.persist_members()
-
-    async def _position(self, peer_id: str) -> Checkpoint | None:
-        """How far this node has applied `peer_id`'s feed: in memory, else the saved checkpoint."""
-        position = self._positions.get(peer_id)
-        if position is None:
-            position = await self.store.checkpoint(peer_id)
-            if position is not None:
-                self._positions[peer_id] = position
-                held = self._held.get(peer_id)
-                if held is None or held.instance != position.instance or held.seq < position.seq:
-                    self._held[peer_id] = position  # the saved checkpoint is what it holds
-        return position
