@@ -42,11 +42,12 @@ from nats.js.api import (
 
 from shareddb.clock import HybridClock
 from shareddb.membership import Membership
-from shareddb.record import Record, make_origin, version_hlc
+from shareddb.record import make_origin
 from shareddb.replication.bus_beats import HEARTBEAT, Heartbeats
-from shareddb.replication.bus_publish import ORIGIN, PART, UNIT, Publisher
+from shareddb.replication.bus_inbound import Inbound, Received
+from shareddb.replication.bus_publish import Publisher
 from shareddb.replication.bus_view import BusAddress, BusState, backoff, consumer_name, redact
-from shareddb.replication.transport import PeerError, decode_reply
+from shareddb.replication.transport import PeerError
 from shareddb.store.base import Checkpoint, Store, StoreUnavailable
 
 log = logging.getLogger("shareddb.bus")
@@ -99,12 +100,10 @@ class Bus:
         self.copy_from = copy_from
         self.fallback_urls = fallback_urls  # --join and --peers: where a fallback copy may go
         self.state = BusState()
-        # Parts of large messages not whole yet: unit id -> (first part's seq, count, parts).
-        self._parts: dict[str, tuple[int, int, dict[int, bytes]]] = {}
         self.publisher = Publisher(address, node_id, self.origin, store, membership, self.state)
         self.beats = Heartbeats(address, node_id, self.origin, membership, self.publisher, self.state)
+        self.inbound = Inbound(self.origin, membership, clock, now, self.publisher.heard)
         membership.bus = True  # members are not pulled: their writes come through the bus
-        self.skewed = 0
         self._instance = ""  # the stream's identity (its creation time)
         self._hurry_until = 0.0
         self._hurried = asyncio.Event()
@@ -142,6 +141,11 @@ class Bus:
         self._hurry_until = max(self._hurry_until, time.monotonic() + seconds)
         self._hurried.set()
         self.publisher.hurry()
+
+    @property
+    def skewed(self) -> int:
+        """Received versions more than the drift bound ahead of this node's clock."""
+        return self.inbound.skewed
 
     def status(self) -> dict[str, Any]:
         s = self.state
@@ -322,7 +326,7 @@ class Bus:
             ),
         )
         self.state.position = start - 1
-        self._parts.clear()  # read again from the checkpoint, which is before any of them
+        self.inbound.restart()
         try:
             while self._live(epoch):
                 if self.membership.self_entry.left:
@@ -341,37 +345,16 @@ class Bus:
 
     async def _apply(self, peer: str, messages: list[Msg]) -> None:
         """Apply the others' writes among `messages` in one commit, with the stream position
-        they reach as the checkpoint; then acknowledge them all. Messages that come again are
-        skipped. The parts of a large message wait until the last one is there; the checkpoint
-        stays before the first part of one not whole yet, so a restart reads its parts again."""
+        they reach as the checkpoint (replication/bus_inbound.py); then acknowledge them all."""
         if self.membership.self_entry.left:
             return  # a node that left takes nothing more, also what had arrived already
-        whole: list[tuple[int, dict[str, str], bytes]] = []
-        for msg in messages:
-            seq = msg.metadata.sequence.stream
-            headers = msg.headers or {}
-            if seq <= self.state.position or headers.get(ORIGIN) == self.origin:
-                continue  # again, or this node's own
-            if PART not in headers:
-                whole.append((seq, headers, msg.data))
-                continue
-            try:
-                number, count = (int(n) for n in headers[PART].split("/"))
-            except ValueError:
-                log.warning("skipping bus message %d: bad %s header", seq, PART)
-                continue
-            unit = self._parts.setdefault(headers.get(UNIT, ""), (seq, count, {}))
-            unit[2][number] = msg.data
-            if len(unit[2]) == unit[1]:
-                del self._parts[headers.get(UNIT, "")]
-                whole.append((seq, headers, b"".join(unit[2][n] for n in range(1, unit[1] + 1))))
-        last = messages[-1].metadata
-        if last.sequence.stream <= self.state.position:
+        received = [Received(m.metadata.sequence.stream, m.headers or {}, m.data) for m in messages]
+        batch = self.inbound.take(received, self.state.position)
+        if batch is None:
             return
-        held = min((first for first, _, _ in self._parts.values()), default=None)
-        checkpoint = last.sequence.stream if held is None else min(last.sequence.stream, held - 1)
-        records, groups = self._decode(whole)
-        await self.store.apply(records, Checkpoint(peer, self._instance, checkpoint), groups)
+        checkpoint = Checkpoint(peer, self._instance, batch.checkpoint)
+        await self.store.apply(batch.records, checkpoint, batch.groups)
+        last = messages[-1].metadata
         self.state.position = last.sequence.stream
         self.state.stream_last = max(self.state.stream_last, self.state.position + last.num_pending)
         with contextlib.suppress(nats.errors.Error):
@@ -438,33 +421,6 @@ class Bus:
             if m.id in self.state.members and self.membership.state(m) == "up"
         ]
         return [*urls, *(u for u in self.fallback_urls() if u not in urls)]
-
-    def _decode(
-        self, messages: list[tuple[int, dict[str, str], bytes]]
-    ) -> tuple[list[Record], list[tuple[int, int]]]:
-        """The records of the others' messages (seq, headers, data), one batch, each message's
-        groups kept."""
-        records: list[Record] = []
-        groups: list[tuple[int, int]] = []
-        wall = self.now()
-        for seq, headers, data in messages:
-            origin = headers.get(ORIGIN, "")
-            try:
-                reply = decode_reply(data)
-            except PeerError as exc:
-                log.warning("skipping bus message %d: %s", seq, exc)
-                continue
-            member = self.membership.members.get(reply.node)
-            if member is not None and member.removed(origin.rpartition("~")[2]):
-                continue  # a member that was removed is no source of changes (invariant 8)
-            self.publisher.heard(origin)  # it publishes its own writes: this node need not
-            offset = len(records)
-            records.extend(reply.records)
-            groups.extend((a + offset, b + offset) for a, b in reply.groups)
-            for record in reply.records:
-                if not record.named_only and not self.clock.observe(version_hlc(record.version), wall):
-                    self.skewed += 1
-        return records, groups
 
     # -- heartbeats: members, positions -------------------------------------------------------
 
