@@ -11,20 +11,21 @@ entry, pull or announcement of the same incarnation makes it active again, whate
 it can never bring back the deletes whose tombstones were purged without it. Only a new incarnation
 of the id (an empty store, started with --join) is a member again.
 
-What is local, not replicated: when a member was last heard from, and how far it has applied this
-node's changes feed (reported by its pulls). From those come `state` and `lag` in /v1/cluster and the
-copy count that `?w=N` waits for.
+What is local, not replicated: when a member was last heard from, which pulls with it are held open
+now, and how far it has applied this node's changes feed (reported by its pulls). From those come
+`state` and `lag` in /v1/cluster and the copy count that `?w=N` waits for.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
-# A member is `up` when it exchanged with this node (either direction) this recently, in seconds.
+# A member is `up` when it exchanged with this node (either direction) this recently, in seconds,
+# or while a pull between the two is held open within its time (`Membership.exchange`).
 UP_WINDOW = 6.0
 
 
@@ -39,6 +40,11 @@ class Member:
     applied: int | None = None  # how far it has applied this node's feed, from its last pull
     held: int | None = None  # how far it holds all of it, left-out writes included (purge)
     expired: int | None = None  # local: its version when its registry entry expired (see expire)
+    # Pulls with it held open now, either way: when each is due to end, and whether its
+    # connection is still open (`Membership.exchange`).
+    open: dict[object, tuple[float, Callable[[], bool]]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     def entry(self) -> dict[str, Any]:
         return {
@@ -234,6 +240,30 @@ class Membership:
         member.last_contact = self._clock()
         return incarnation is None or incarnation == member.incarnation
 
+    @contextlib.contextmanager
+    def exchange(
+        self, node_id: str, wait: float, connected: Callable[[], bool] = lambda: True
+    ) -> Iterator[None]:
+        """A pull with `node_id`, sent by either side, held open for up to `wait` seconds: the member
+        stays `up` meanwhile, as long as `connected()` says its connection is open.
+
+        An idle long poll may outlast UP_WINDOW (replication/puller.long_poll): a member that holds
+        one with us, or whose pull we hold, is in touch all along, though nothing completes. One
+        that crashes closes the connection (the pull fails, or `connected()` turns false), and one
+        that hangs or is cut off lets `wait` pass. Only a member `up` already counts: a pull sent
+        to a member that is down proves nothing until it is answered.
+        """
+        member = self.members.get(node_id)
+        if member is None or wait <= 0 or self.state(member) != "up":
+            yield
+            return
+        token = object()
+        member.open[token] = (self._clock() + wait, connected)
+        try:
+            yield
+        finally:
+            del member.open[token]
+
     def record_progress(self, node_id: str, applied: int, held: int | None = None) -> None:
         """How far a member has applied this node's feed (`w=N`, lag) and how far it holds all
         of it (the tombstone purge; a puller that leaves out others' writes holds less)."""
@@ -308,7 +338,10 @@ class Membership:
     def state(self, member: Member) -> str:
         if member.left or member.registry_expired:
             return "left"
-        if member.last_contact is not None and self._clock() - member.last_contact < UP_WINDOW:
+        now = self._clock()
+        if member.last_contact is not None and now - member.last_contact < UP_WINDOW:
+            return "up"
+        if any(now < until and connected() for until, connected in member.open.values()):
             return "up"
         return "down"
 

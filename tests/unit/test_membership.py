@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from shareddb.membership import Membership
+from shareddb.membership import UP_WINDOW, Membership
+from shareddb.replication.puller import LONG_POLL, MAX_LONG_POLL, long_poll
 
 
 def test_leave_wins_over_an_entry_written_by_a_faster_clock() -> None:
@@ -19,3 +20,76 @@ def test_leave_wins_over_an_entry_written_by_a_faster_clock() -> None:
     members.merge([entry])  # a peer sends the old entry again
     assert members.members["b"].left
     assert members.members["b"].version > 1_000
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _heard_b(clock: FakeClock) -> Membership:
+    members = Membership("a", "http://a:1", clock=clock)
+    members.heard_from("b", "http://b:1", 1, "i1")
+    return members
+
+
+def test_a_pull_held_open_keeps_a_member_up_until_its_time() -> None:
+    """Invariant 2: all nodes that can reach each other converge to identical digests after faults
+    heal; to tell which can, `up` follows the idle long poll, however long it is held.
+
+    A long poll of 12 s outlasts UP_WINDOW: the member is in touch all along, and shows `down`
+    once the pull is late, not before."""
+    clock = FakeClock()
+    members = _heard_b(clock)
+    b = members.members["b"]
+    with members.exchange("b", 12.0):
+        clock.now += UP_WINDOW + 5
+        assert members.state(b) == "up"
+        clock.now += 7  # 12 s and more: the answer is late (the member hangs, or is cut off)
+        assert members.state(b) == "down"
+    assert members.state(b) == "down"
+    assert not b.open
+
+
+def test_a_pull_whose_connection_closed_does_not_count() -> None:
+    """Invariant 2, as above: a member that crashed closes its connection, and shows `down`
+    without waiting out the long poll."""
+    clock = FakeClock()
+    members = _heard_b(clock)
+    b = members.members["b"]
+    connected = True
+    with members.exchange("b", 12.0, lambda: connected):
+        clock.now += UP_WINDOW + 1
+        assert members.state(b) == "up"
+        connected = False
+        assert members.state(b) == "down"
+
+
+def test_a_pull_sent_to_a_member_down_proves_nothing() -> None:
+    """Invariant 2, as above: a pull held by a member that is `down` (say, cut off, with the
+    request hanging) does not show it `up` until it is answered."""
+    clock = FakeClock()
+    members = _heard_b(clock)
+    b = members.members["b"]
+    clock.now += UP_WINDOW + 1
+    assert members.state(b) == "down"
+    with members.exchange("b", 12.0):
+        assert members.state(b) == "down"
+        assert not b.open
+    with members.exchange("nobody", 12.0):  # a puller not listed: nothing to keep
+        pass
+
+
+def test_idle_long_polls_grow_with_the_peers_and_stay_bounded() -> None:
+    """Invariant 2, as above: the idle long poll grows with the number of peers pulled, so that
+    a node's idle exchanges per second fall as the mesh grows, and never exceeds MAX_LONG_POLL."""
+    assert long_poll(1) == long_poll(2) == LONG_POLL
+    periods = [long_poll(peers) for peers in range(2, 30)]
+    assert periods == sorted(periods)
+    assert [peers / long_poll(peers) for peers in (2, 4, 8)] == sorted(
+        [peers / long_poll(peers) for peers in (2, 4, 8)], reverse=True
+    )
+    assert max(periods) == MAX_LONG_POLL

@@ -50,6 +50,12 @@ def _int(params: dict[str, str], name: str, default: int = 0) -> int:
     return int(raw)
 
 
+def _connected(request: web.BaseRequest) -> bool:
+    """The puller's connection is still open (aiohttp drops the transport once it closes)."""
+    transport = request.transport
+    return transport is not None and not transport.is_closing()
+
+
 async def changes(node: Node, request: web.BaseRequest) -> web.StreamResponse:
     params = parse_query(split_target(request.raw_path)[1])
     puller = params.get("from", "")
@@ -79,7 +85,7 @@ async def changes(node: Node, request: web.BaseRequest) -> web.StreamResponse:
         held=_int(params, "held") if params.get("held") else None,
     )
     try:
-        reply = await node.feed.pull(pull)
+        reply = await node.feed.pull(pull, lambda: _connected(request))
     except Removed as exc:
         raise ApiError(410, str(exc)) from None
     parts = encode_reply(reply, node.feed.encoded)

@@ -9,6 +9,7 @@ how far the puller has applied our feed, and that it is alive.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,9 +46,12 @@ class Feed:
         # out because the puller gets them from the node that took them (for /metrics).
         self.served = {"own": 0, "relayed": 0, "skipped": 0}
 
-    async def pull(self, request: PullRequest) -> PullReply:
-        store = self.store
-        since = request.since if request.instance == store.instance_id else 0
+    async def pull(
+        self, request: PullRequest, connected: Callable[[], bool] = lambda: True
+    ) -> PullReply:
+        """The puller's next page, held up to `request.wait` while there is none for it. The
+        puller counts as in touch meanwhile, while `connected()` (membership.exchange)."""
+        since = request.since if request.instance == self.store.instance_id else 0
         puller = request.puller_id
         if puller and puller != self.node_id:
             # A member that left or was removed is refused with its old store (invariant 8).
@@ -61,6 +65,12 @@ class Feed:
                 # puller has applied: that, not `since`, is what `w=N` and the purge may count.
                 applied = since if request.applied is None else min(request.applied, since)
                 self.membership.record_progress(puller, applied, request.held)
+        with self.membership.exchange(puller, min(request.wait, MAX_WAIT), connected):
+            return await self._answer(request, since)
+
+    async def _answer(self, request: PullRequest, since: int) -> PullReply:
+        store = self.store
+        puller = request.puller_id
         limit = max(1, min(request.limit, MAX_LIMIT))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + min(request.wait, MAX_WAIT)

@@ -39,7 +39,11 @@ from shareddb.store.plan import loses
 log = logging.getLogger("shareddb.replication")
 
 BATCH = 5_000
-LONG_POLL = 2.0  # seconds a source may hold an idle pull; also how often idle peers exchange
+LONG_POLL = 2.0  # seconds a source may hold an idle pull, with two peers or fewer (`long_poll`)
+MAX_LONG_POLL = 12.0
+# An idle pull counts as contact (membership.exchange) until this long past its wait: the answer's
+# time on the way.
+EXCHANGE_SLACK = 1.0
 MIN_BACKOFF = 0.05
 MAX_BACKOFF = 5.0
 JOIN_RETRY = 1.0
@@ -48,6 +52,17 @@ PURGE_INTERVAL = 60.0
 # Tombstones stay at least this long, even once every member has applied them: a member that was
 # cut off for less than this can never bring a deleted key back.
 TOMBSTONE_GRACE_MS = 3_600_000
+
+
+def long_poll(peers: int) -> float:
+    """How long a source may hold this node's idle pull, when it pulls `peers` sources.
+
+    Each idle pull is answered once per long poll, so a mesh of N nodes answers N·(N−1) of them
+    per period. The period grows by LONG_POLL per peer past the second, so a node's idle
+    exchanges per second fall as the mesh grows and its idle cost stays about linear in N. A
+    held pull counts as contact (membership.exchange), so members stay `up` through it; one that
+    hangs shows `down` when its answer is late, within MAX_LONG_POLL + EXCHANGE_SLACK."""
+    return min(MAX_LONG_POLL, LONG_POLL * max(1, peers - 1))
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,7 +341,7 @@ class Replicator:
         # that the pull would not leave out now, and that it would then never read.
         self.reading.check()
         checkpoint = await self.reading.position(peer_id) if peer_id else None
-        return await self._send(url, peer_id, checkpoint, None, LONG_POLL)
+        return await self._send(url, peer_id, checkpoint, None, long_poll(len(self._pullers)))
 
     async def _fetch_ahead(self, url: str, pulled: Pulled) -> Pulled | None:
         """Ask for the page after `pulled` while `pulled` is applied (only when the source said it
@@ -373,7 +388,9 @@ class Replicator:
         )
         try:
             listed = frozenset(self.membership.ids_at(url))
-            return Pulled(await self.transport.pull(url, request), checkpoint, asked, listed)
+            with self.membership.exchange(peer_id or "", wait and wait + EXCHANGE_SLACK):
+                reply = await self.transport.pull(url, request)
+            return Pulled(reply, checkpoint, asked, listed)
         except PeerRemoved:
             await self._removed(url)
             raise
