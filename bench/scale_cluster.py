@@ -6,7 +6,9 @@ fresh directory, it starts the nodes on loopback (the mesh: every node with ever
 sees every other up, and measures:
 
 - **idle CPU**: the CPU time of every node (and of nats-server) over `--idle` seconds with no
-  writes, as a percentage of one core;
+  writes, as a percentage of one core. The default, 24 s, spans two of the mesh's longest idle
+  long polls (12 s, replication/puller.long_poll), so each pull is answered about as often in the
+  window at every size;
 - **a burst**: `--writes` PUTs of new keys (100-byte values, 32 in flight) to node 1; writes/s is
   how many node 1 acknowledged per second, and the time until every node answers the same
   /v1/digest is the convergence time;
@@ -124,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--setups", type=parse_setups, default=parse_setups(DEFAULT_SETUPS))
     parser.add_argument("--writes", type=int, default=4000, help="writes in the burst")
     parser.add_argument("--probes", type=int, default=100, help="PUT ?w=N probes")
-    parser.add_argument("--idle", type=float, default=5.0, help="seconds of idle CPU measured")
+    parser.add_argument("--idle", type=float, default=24.0, help="seconds of idle CPU measured")
     args = parser.parse_args(argv)
     if any(kind == "bus" for kind, _ in args.setups) and find_nats_server() is None:
         print("nats-server is not installed (apt-get install nats-server)", file=sys.stderr)
