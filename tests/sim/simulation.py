@@ -484,7 +484,7 @@ class Simulation:
 
     async def purge(self) -> None:
         slot = self.pick_up()
-        purged = await slot.running[1].purge()
+        purged = await slot.running[1].purge.run()
         self.note("purge", f"{slot.name} purged {purged} tombstones")
         await self.check(slot)
 
@@ -635,7 +635,7 @@ class Simulation:
                 for slot in world.slots:  # what expired meanwhile, reaped before the purges
                     await clients.reap(self, slot)
                 for slot in world.slots:
-                    await slot.running[1].purge()
+                    await slot.running[1].purge.run()
             for slot in world.slots:
                 held = await self.check(slot)
                 if slot.removed is None:

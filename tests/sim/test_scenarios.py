@@ -125,7 +125,7 @@ async def test_wiped_node_under_a_new_id_does_not_hold_up_the_tombstone_purge(
             node, replicator = slot.running
             old = node.membership.members.get(old_id)
             assert old is None or old.left, f"{slot.name} still waits for {old_id}"
-            assert replicator.purge_horizon() is not None, slot.name
+            assert replicator.purge.horizon() is not None, slot.name
 
 
 async def test_restarted_node_clock_resumes_past_its_announcement(tmp_path: Path) -> None:
@@ -396,7 +396,7 @@ async def test_transaction_entry_does_not_bring_back_a_key_whose_tombstone_was_p
         await pull_all(victim)  # it pulls the relay and the writer past what they hold
         await relay.running[1].pull_once(writer.url)  # k loses to the tombstone; kept all the same
         world.time_ms += TOMBSTONE_GRACE_MS + MINUTE
-        assert await victim.running[1].purge() == 1
+        assert await victim.running[1].purge.run() == 1
         assert "k" not in await records(victim.running[0])
         await victim.running[1].pull_once(relay.url)
         held = (await records(victim.running[0])).get("k")
@@ -423,7 +423,7 @@ async def test_node_that_reads_a_feed_from_the_start_never_holds_half_a_transact
             await pull_all(other)
             await pull_all(wiped)
         await pull_all(writer)
-        await writer.running[1].purge()  # nothing to purge; the entry is dissolved
+        await writer.running[1].purge.run()  # nothing to purge; the entry is dissolved
         await world.wipe(wiped, None)
         await world.start(wiped)
         world.network.small_page = 1.0  # pages of 1 to 3 changes
@@ -452,7 +452,7 @@ async def test_tombstone_a_node_purged_does_not_come_back_to_it_with_a_later_ent
             await relay.running[1].pull_once(victim.url)
             await writer.running[1].pull_once(victim.url)
         world.time_ms += TOMBSTONE_GRACE_MS + MINUTE
-        assert await victim.running[1].purge() == 1
+        assert await victim.running[1].purge.run() == 1
         await victim.running[1].pull_once(relay.url)
         held = await records(victim.running[0])
         assert held["j"].value == "j1"

@@ -279,7 +279,7 @@ class World:
         # Longer than the longest jump of virtual time: a jump is time in which no node reaches
         # any other, and a node cut off for longer than the grace may bring a deleted key back
         # (docs/design.md, "Membership and removal"); that is outside what the design covers.
-        replicator.tombstone_grace_ms = TOMBSTONE_GRACE_MS
+        replicator.purge.grace_ms = TOMBSTONE_GRACE_MS
 
         def members_changed() -> None:
             slot.members_dirty = True

@@ -20,11 +20,12 @@ from typing import Any
 
 import orjson
 
-from shareddb.clock import HybridClock, from_millis
+from shareddb.clock import HybridClock
 from shareddb.membership import Membership
-from shareddb.record import incarnation_of, make_version, version_hlc
+from shareddb.record import incarnation_of, version_hlc
 from shareddb.replication.copy import Copier, wants_copy
 from shareddb.replication.paths import Asked
+from shareddb.replication.purge import TOMBSTONE_GRACE_MS, Purge
 from shareddb.replication.reading import Reading
 from shareddb.replication.transport import (
     PeerError,
@@ -48,10 +49,6 @@ MIN_BACKOFF = 0.05
 MAX_BACKOFF = 5.0
 JOIN_RETRY = 1.0
 STOP_TIMEOUT = 5.0
-PURGE_INTERVAL = 60.0
-# Tombstones stay at least this long, even once every member has applied them: a member that was
-# cut off for less than this can never bring a deleted key back.
-TOMBSTONE_GRACE_MS = 3_600_000
 
 
 def long_poll(peers: int) -> float:
@@ -108,7 +105,8 @@ class Replicator:
         self.skewed = 0  # received versions more than the drift bound ahead of local time
         # Per peer id: changes of its feed not pulled yet, as of the last pull (for /metrics).
         self.pull_lag: dict[str, int] = {}
-        self.tombstone_grace_ms = tombstone_grace_ms
+        # Tombstones every member holds go once past the grace (replication/purge.py).
+        self.purge = Purge(store, membership, now=now, grace_ms=tombstone_grace_ms)
         self._pullers: dict[str, asyncio.Task[None]] = {}
         # Per URL: the next page of its feed, asked for while the last one is applied.
         self._ahead: dict[str, asyncio.Task[Pulled | None]] = {}
@@ -135,7 +133,7 @@ class Replicator:
         self.membership.on_change = self._members_changed
         if join:
             self._spawn(self._join(join))
-        self._spawn(self._purge_forever())
+        self._spawn(self.purge.forever(self.rng))
         self.reconcile()
 
     async def stop(self) -> None:
@@ -186,34 +184,6 @@ class Replicator:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    def purge_horizon(self) -> int | None:
-        """The sequence up to which every member holds this node's feed, or None when that
-        is not known (a member has not pulled since this node started, or a peer is unidentified)."""
-        if self.membership.static_urls:
-            return None
-        held = [m.held for m in self.membership.active()]
-        if any(h is None for h in held):
-            return None
-        return min((h for h in held if h is not None), default=self.store.last_seq)
-
-    async def purge(self) -> int:
-        """Drop the tombstones every member has applied and that are past the grace period (none
-        while that is not known), and the transaction entries that cover nothing any more."""
-        horizon = self.purge_horizon()
-        if horizon is None:
-            horizon = 0
-        before = make_version(from_millis(self.now() - self.tombstone_grace_ms), "")
-        purged = await self.store.purge_tombstones(horizon, before)
-        if purged:
-            log.info("purged %d tombstones up to sequence %d", purged, horizon)
-        return purged
-
-    async def _purge_forever(self) -> None:
-        while self._running:
-            await asyncio.sleep(PURGE_INTERVAL * self.rng.uniform(0.8, 1.2))
-            with contextlib.suppress(StoreUnavailable):
-                await self.purge()
 
     async def _join(self, url: str) -> None:
         """Announce this node to a member of the cluster; retried until it answers."""
