@@ -143,8 +143,10 @@ async def serve(settings: Settings) -> None:
         await _first(stop, failed)
         log.info("node %s shutting down", node.id)
     finally:
-        # Open watch streams would hold the server's shutdown for SHUTDOWN_TIMEOUT: end them.
+        # Open watch streams would hold the server's shutdown for SHUTDOWN_TIMEOUT, and held
+        # long polls for their wait: end them.
         await node.watches.close(WATCH_CLOSE_GRACE)
+        node.feed.close()
         if workers is not None:
             await workers.stop()
         await runner.cleanup()

@@ -19,6 +19,7 @@ from shareddb.record import Record, make_version
 from shareddb.replication.feed import MAX_ANSWER_BYTES, Feed
 from shareddb.replication.transport import PullRequest
 from shareddb.store.sqlite import SQLiteStore
+from tests.harness import eventually
 
 WAIT = 1.0  # the long poll the tests ask for; a spinning feed answers in milliseconds
 
@@ -151,3 +152,25 @@ async def test_the_pullers_own_writes_do_not_end_its_long_poll(store: SQLiteStor
     await store.write(theirs)
     reply = await asyncio.wait_for(waiting, 5)
     assert (reply.records, reply.until) == ([theirs], 2)
+
+
+async def test_closing_the_feed_answers_every_held_long_poll_at_once(store: SQLiteStore) -> None:
+    """Invariant 2: all nodes that can reach each other converge to identical digests after faults
+    heal. A stopping node answers the pulls it holds (with everything up to its last write) rather
+    than making its shutdown wait out their long polls, up to 12 s each in a large mesh."""
+    feed = feed_of(store)
+    await store.write(Record("k", "v", make_version(1, "origin")))
+    held = [
+        asyncio.create_task(feed.pull(pull(store.last_seq, store.instance_id, wait=30)))
+        for _ in range(3)
+    ]
+    await eventually(  # the polls wait, each keeping its puller `up`
+        lambda: sum(len(m.open) for m in feed.membership.members.values()) == len(held),
+        "the long polls to wait",
+    )
+    feed.close()
+    replies = await asyncio.wait_for(asyncio.gather(*held), 5)
+    assert [(r.records, r.until) for r in replies] == [([], store.last_seq)] * 3
+    # A pull that comes in later is answered at once too.
+    late = await asyncio.wait_for(feed.pull(pull(store.last_seq, store.instance_id, wait=30)), 5)
+    assert (late.records, late.until) == ([], store.last_seq)

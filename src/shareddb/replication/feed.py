@@ -45,6 +45,16 @@ class Feed:
         # Changes served to pullers: written on this node, written elsewhere (relayed), and left
         # out because the puller gets them from the node that took them (for /metrics).
         self.served = {"own": 0, "relayed": 0, "skipped": 0}
+        self.closing = False
+
+    def close(self) -> None:
+        """The node is stopping: every pull held open is answered now, not when its wait ends
+        (the server's shutdown waits for answers in progress)."""
+        self.closing = True
+        self.store.wake_waiters()
+
+    def _is_closing(self) -> bool:
+        return self.closing
 
     async def pull(
         self, request: PullRequest, connected: Callable[[], bool] = lambda: True
@@ -107,7 +117,7 @@ class Feed:
             # at once, empty, for ever.
             self.served["skipped"] += answer.skipped  # this page is read past, never again
             answer.skipped = 0
-            await store.wait_for_changes(page.until, remaining)
+            await store.wait_for_changes(page.until, remaining, self._is_closing)
             if store.last_seq <= page.until:
                 break
             page = await store.changes_since(page.until, limit, MAX_ANSWER_BYTES, known=known)

@@ -294,8 +294,15 @@ class Store(Protocol):
         out others' writes (replication/paths.py) says apart from where it reads."""
         ...
 
-    async def wait_for_changes(self, seq: int, timeout: float) -> None:
-        """Return once `last_seq` passes `seq`, or after `timeout` seconds."""
+    async def wait_for_changes(
+        self, seq: int, timeout: float, ended: Callable[[], bool] | None = None
+    ) -> None:
+        """Return once `last_seq` passes `seq`, after `timeout` seconds, or once `ended()` says
+        the wait is over when `wake_waiters` wakes it."""
+        ...
+
+    def wake_waiters(self) -> None:
+        """Wake every `wait_for_changes` to look at its `ended` (those without one wait on)."""
         ...
 
     async def checkpoint(self, peer: str) -> Checkpoint | None: ...

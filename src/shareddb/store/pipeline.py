@@ -306,11 +306,18 @@ class PipelineStore:
             seq, limit, max_bytes, seq if known is None else min(known, seq)
         )
 
-    async def wait_for_changes(self, seq: int, timeout: float) -> None:
+    async def wait_for_changes(
+        self, seq: int, timeout: float, ended: Callable[[], bool] | None = None
+    ) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while self.last_seq <= seq and (remaining := deadline - loop.time()) > 0:
+            if ended is not None and ended():
+                return
             await self._signal.wait(remaining)
+
+    def wake_waiters(self) -> None:
+        self._signal.notify()
 
     async def checkpoint(self, peer: str) -> Checkpoint | None:
         self._check_open()
