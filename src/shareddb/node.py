@@ -39,7 +39,7 @@ from shareddb.replication.feed import Feed
 from shareddb.replication.puller import Replicator
 from shareddb.replication.transport import HttpTransport, PeerError, Transport
 from shareddb.store.base import Outcome, Store, StoreUnavailable
-from shareddb.store.plan import Behind, Condition, Conflict
+from shareddb.store.ops import Behind, Condition, Conflict
 from shareddb.store.redis import RedisStore
 from shareddb.store.sqlite import SQLiteStore, sqlite_path
 from shareddb.watch import WatchHub

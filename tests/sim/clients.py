@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from shareddb.node import Node, PreconditionFailed, TxnOp, WriteResult
 from shareddb.record import Record
 from shareddb.store.base import Outcome, StoreUnavailable
-from shareddb.store.plan import ANY, Condition
+from shareddb.store.ops import ANY, Condition
 from tests.sim.checks import EXPIRY_READS, INVARIANT_9, Violation, Write
 from tests.sim.watch import Watcher
 from tests.sim.world import reap as run_reaper

@@ -34,8 +34,8 @@ from shareddb.store.base import (
     change_size,
 )
 from shareddb.store.memory import MemoryData, MemoryStore
+from shareddb.store.ops import Condition, Conflict
 from shareddb.store.pipeline import PipelineStore
-from shareddb.store.plan import Condition, Conflict
 from shareddb.store.redis import RedisStore
 from shareddb.store.sqlite import SQLiteStore
 from tests.harness import eventually, store_url

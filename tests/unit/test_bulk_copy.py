@@ -31,7 +31,8 @@ from shareddb.replication.copy import (
 from shareddb.replication.transport import PeerError, PullReply
 from shareddb.store.base import Checkpoint, CopyPosition, Store
 from shareddb.store.memory import MemoryData, MemoryStore
-from shareddb.store.plan import BulkLoad, MergePlan, Tally, plan_batch
+from shareddb.store.ops import BulkLoad
+from shareddb.store.plan import MergePlan, Tally, plan_batch
 
 WALL = 1_700_000_000_000
 SOURCE_URL = "http://source"

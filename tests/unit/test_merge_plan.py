@@ -6,22 +6,19 @@ import itertools
 
 from shareddb.record import Record, make_version
 from shareddb.store.base import DIGEST_BUCKETS, Change, Checkpoint, Outcome, bucket_of, record_hash
-from shareddb.store.plan import (
+from shareddb.store.ops import (
     Behind,
     ClientWrite,
     Condition,
     Conflict,
     Expire,
-    MergePlan,
     Op,
     PeerBatch,
     PurgeTombstones,
     SetMeta,
-    Stored,
-    Tally,
     Txn,
-    plan_batch,
 )
+from shareddb.store.plan import MergePlan, Stored, Tally, plan_batch
 
 EMPTY = (0,) * DIGEST_BUCKETS
 

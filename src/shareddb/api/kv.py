@@ -19,7 +19,7 @@ from shareddb.api.writes import await_copies, copy_policy
 from shareddb.node import Node, PreconditionFailed
 from shareddb.record import MAX_KEY_BYTES, Record, key_error
 from shareddb.store.base import Outcome
-from shareddb.store.plan import ANY, Condition
+from shareddb.store.ops import ANY, Condition
 from shareddb.times import http_date, iso_time
 from shareddb.tokens import Role
 

@@ -22,7 +22,7 @@ from shareddb.api.routing import Route
 from shareddb.api.writes import await_copies, copy_policy
 from shareddb.node import Node, PreconditionFailed, TxnOp
 from shareddb.record import MAX_KEY_BYTES, key_error, value_error
-from shareddb.store.plan import Condition
+from shareddb.store.ops import Condition
 from shareddb.times import MAX_TTL
 from shareddb.tokens import Role
 

@@ -29,7 +29,8 @@ import orjson
 from shareddb.record import Record
 
 if TYPE_CHECKING:
-    from shareddb.store.plan import Condition, Stored
+    from shareddb.store.ops import Condition
+    from shareddb.store.plan import Stored
 
 DIGEST_BUCKETS = 256
 

@@ -40,26 +40,21 @@ from shareddb.store.base import (
 from shareddb.store.cache import RecordCache
 from shareddb.store.expiry import Expiring, ExpiryIndex
 from shareddb.store.feed_tail import FeedTail
-from shareddb.store.plan import (
-    Batch,
+from shareddb.store.ops import (
     BulkLoad,
     ClientWrite,
     Condition,
     Expire,
     Op,
     PeerBatch,
-    Planner,
     PurgeTombstones,
     SetMeta,
-    Stored,
-    Tally,
-    Tombstones,
     Txn,
     op_keys,
     op_size,
-    plan_batch,
     unstorable,
 )
+from shareddb.store.plan import Batch, Planner, Stored, Tally, Tombstones, plan_batch
 
 log = logging.getLogger("shareddb.store")
 
