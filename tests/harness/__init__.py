@@ -8,6 +8,7 @@ from tests.harness.clock import (
     FAKETIME,
     FAKETIME_MT,
     ControlledClock,
+    ManualClock,
     frozen_clock_env,
     skewed_clock_env,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "Link",
     "Links",
     "LoggedProcess",
+    "ManualClock",
     "NodeProcess",
     "ProxyThread",
     "RedisServer",

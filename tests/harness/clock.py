@@ -40,6 +40,17 @@ def frozen_clock_env(when: str = "2027-01-15 10:00:00") -> dict[str, str]:
     }
 
 
+class ManualClock:
+    """A monotonic clock for in-process code that takes one as a callable (membership, the
+    registry): it reads `now`, which only the test moves."""
+
+    def __init__(self, start: float = 100.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+
 class ControlledClock:
     """A wall clock a test sets and moves, for node processes started with `env()`.
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from shareddb.membership import UP_WINDOW, Membership
 from shareddb.replication.puller import LONG_POLL, MAX_LONG_POLL, long_poll
+from tests.harness import ManualClock
 
 
 def test_leave_wins_over_an_entry_written_by_a_faster_clock() -> None:
@@ -22,15 +23,7 @@ def test_leave_wins_over_an_entry_written_by_a_faster_clock() -> None:
     assert members.members["b"].version > 1_000
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def _heard_b(clock: FakeClock) -> Membership:
+def _heard_b(clock: ManualClock) -> Membership:
     members = Membership("a", "http://a:1", clock=clock)
     members.heard_from("b", "http://b:1", 1, "i1")
     return members
@@ -42,7 +35,7 @@ def test_a_pull_held_open_keeps_a_member_up_until_its_time() -> None:
 
     A long poll of 12 s outlasts UP_WINDOW: the member is in touch all along, and shows `down`
     once the pull is late, not before."""
-    clock = FakeClock()
+    clock = ManualClock()
     members = _heard_b(clock)
     b = members.members["b"]
     with members.exchange("b", 12.0):
@@ -57,7 +50,7 @@ def test_a_pull_held_open_keeps_a_member_up_until_its_time() -> None:
 def test_a_pull_whose_connection_closed_does_not_count() -> None:
     """Invariant 2, as above: a member that crashed closes its connection, and shows `down`
     without waiting out the long poll."""
-    clock = FakeClock()
+    clock = ManualClock()
     members = _heard_b(clock)
     b = members.members["b"]
     connected = True
@@ -71,7 +64,7 @@ def test_a_pull_whose_connection_closed_does_not_count() -> None:
 def test_a_pull_sent_to_a_member_down_proves_nothing() -> None:
     """Invariant 2, as above: a pull held by a member that is `down` (say, cut off, with the
     request hanging) does not show it `up` until it is answered."""
-    clock = FakeClock()
+    clock = ManualClock()
     members = _heard_b(clock)
     b = members.members["b"]
     clock.now += UP_WINDOW + 1

@@ -3,8 +3,6 @@ active member holds it and the grace period has passed."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 
 from shareddb.clock import from_millis
@@ -18,11 +16,8 @@ T0 = 1_800_000_000_000  # ms
 
 
 @pytest.fixture
-async def store() -> AsyncIterator[MemoryStore]:
-    store = MemoryStore()
-    await store.open()
-    yield store
-    await store.close()
+def store(memory_store: MemoryStore) -> MemoryStore:
+    return memory_store
 
 
 def version(millis: int) -> str:

@@ -15,26 +15,19 @@ import pytest
 
 from shareddb.membership import Membership
 from shareddb.registry import Entry, Listing, Registry
+from tests.harness import ManualClock
 
 TTL = 2.0
 URL = "redis://127.0.0.1:1/0"  # never connected to: these tests call apply() only
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def membership(clock: Clock) -> Membership:
+def membership(clock: ManualClock) -> Membership:
     members = Membership("me", "http://me:8080", clock=clock)
     members.announce("http://me:8080", 10)
     return members
 
 
-def registry(members: Membership, clock: Clock) -> Registry:
+def registry(members: Membership, clock: ManualClock) -> Registry:
     found = Registry(URL, members, ttl=TTL, clock=clock)
     found._trusted_since = clock.now  # as after its first successful read
     return found
@@ -81,7 +74,7 @@ def test_a_read_splits_registered_nodes_into_live_and_expired() -> None:
 
 
 def test_a_node_found_in_the_registry_becomes_a_member_and_is_pulled() -> None:
-    clock = Clock()
+    clock = ManualClock()
     members = membership(clock)
     changes: list[int] = []
     members.on_change = lambda: changes.append(1)
@@ -95,7 +88,7 @@ def test_a_node_found_in_the_registry_becomes_a_member_and_is_pulled() -> None:
 
 
 def test_a_known_static_peer_found_in_the_registry_is_not_pulled_twice() -> None:
-    clock = Clock()
+    clock = ManualClock()
     members = membership(clock)
     members.add_static("http://b:8080")
     registry(members, clock).apply(listing(live=[B]), clock.now)
@@ -107,7 +100,7 @@ def test_a_known_static_peer_found_in_the_registry_is_not_pulled_twice() -> None
 
 
 def test_a_member_whose_entry_expired_shows_as_left_and_is_not_pulled() -> None:
-    clock = Clock()
+    clock = ManualClock()
     members = membership(clock)
     reg = registry(members, clock)
     reg.apply(listing(live=[B, C]), clock.now)
@@ -123,7 +116,7 @@ def test_a_member_whose_entry_expired_shows_as_left_and_is_not_pulled() -> None:
 
 
 def test_an_expired_member_comes_back_when_it_announces_itself_again() -> None:
-    clock = Clock()
+    clock = ManualClock()
     members = membership(clock)
     reg = registry(members, clock)
     reg.apply(listing(live=[B]), clock.now)
@@ -140,7 +133,7 @@ def test_an_expired_member_comes_back_when_it_announces_itself_again() -> None:
 
 
 def test_a_newer_entry_from_a_pull_ends_the_expiry_and_the_old_one_does_not_bring_it_back() -> None:
-    clock = Clock()
+    clock = ManualClock()
     members = membership(clock)
     reg = registry(members, clock)
     reg.apply(listing(live=[B]), clock.now)
@@ -157,7 +150,7 @@ def test_a_newer_entry_from_a_pull_ends_the_expiry_and_the_old_one_does_not_brin
 
 
 def test_a_node_that_left_on_purpose_is_not_brought_back_by_an_old_registry_entry() -> None:
-    clock = Clock()
+    clock = ManualClock()
     members = membership(clock)
     reg = registry(members, clock)
     reg.apply(listing(live=[B]), clock.now)
@@ -172,7 +165,7 @@ def test_a_node_that_left_on_purpose_is_not_brought_back_by_an_old_registry_entr
 
 
 def test_a_member_the_registry_never_announced_is_never_expired_by_it() -> None:
-    clock = Clock()
+    clock = ManualClock()
     members = membership(clock)
     members.merge([{"id": "p", "url": "http://p:8080", "left": False, "v": 5}])  # from --peers
     reg = registry(members, clock)
@@ -186,7 +179,7 @@ def test_a_member_the_registry_never_announced_is_never_expired_by_it() -> None:
 
 def test_a_member_seen_in_the_registry_and_then_missing_from_it_is_expired() -> None:
     """Also when its record is gone from the `nodes` hash (forgotten by hand, or lost)."""
-    clock = Clock()
+    clock = ManualClock()
     members = membership(clock)
     reg = registry(members, clock)
     reg.apply(listing(live=[B]), clock.now)
@@ -196,7 +189,7 @@ def test_a_member_seen_in_the_registry_and_then_missing_from_it_is_expired() -> 
 
 
 def test_an_unknown_expired_node_is_not_added() -> None:
-    clock = Clock()
+    clock = ManualClock()
     members = membership(clock)
     reg = registry(members, clock)
     clock.now += TTL
@@ -210,7 +203,7 @@ def test_nothing_expires_until_the_view_of_the_registry_was_unbroken_for_a_ttl(
 ) -> None:
     """After a failure (since=None), a restart, or a registry that lost its entries, the live
     nodes need up to a TTL to announce themselves again: missing from it is not expired yet."""
-    clock = Clock()
+    clock = ManualClock()
     members = membership(clock)
     reg = registry(members, clock)
     reg.apply(listing(live=[B]), clock.now)
@@ -225,7 +218,7 @@ def test_nothing_expires_until_the_view_of_the_registry_was_unbroken_for_a_ttl(
 
 
 def test_expire_and_unexpire_report_changes_once() -> None:
-    clock = Clock()
+    clock = ManualClock()
     members = membership(clock)
     members.merge([{"id": "b", "url": "http://b:8080", "left": False, "v": 20}])
     changes: list[int] = []

@@ -4,7 +4,6 @@ and what happens to one that does not keep up. The HTTP side is in tests/cluster
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import orjson
@@ -47,11 +46,8 @@ class Seen:
 
 
 @pytest.fixture
-async def store() -> AsyncIterator[MemoryStore]:
-    store = MemoryStore()
-    await store.open()
-    yield store
-    await store.close()
+def store(memory_store: MemoryStore) -> MemoryStore:
+    return memory_store
 
 
 class Writer:
