@@ -99,6 +99,11 @@ class Membership:
         self._clock = clock
         self._progress = asyncio.Event()
         self.on_change: Callable[[], None] = lambda: None
+        self.generation = 0  # counts the changes of the list (a pull held open answers at one)
+
+    def _changed(self) -> None:
+        self.generation += 1
+        self.on_change()
 
     # -- what gets pulled -----------------------------------------------------------------------
 
@@ -142,7 +147,7 @@ class Membership:
         """A static URL answered as `node_id` (maybe ourselves: then it is never pulled)."""
         if url in self.static_urls:
             self.static_urls.discard(url)
-            self.on_change()
+            self._changed()
 
     def refuse(self, url: str) -> None:
         """A member that left answered at `url`: it is not pulled again (until a member that
@@ -190,7 +195,7 @@ class Membership:
                 current.renew(incarnation)
                 changed = True
         if changed:
-            self.on_change()
+            self._changed()
         return changed
 
     def check(self, node_id: str, incarnation: str) -> None:
@@ -222,7 +227,7 @@ class Membership:
             member = Member(node_id, url, False, version or 0, incarnation or "")
             self.members[node_id] = member
             self.static_urls.discard(url)
-            self.on_change()
+            self._changed()
         elif (
             member is not None
             and url
@@ -234,7 +239,7 @@ class Membership:
             member.url, member.left, member.version = url, False, version
             if incarnation is not None:
                 member.renew(incarnation)
-            self.on_change()
+            self._changed()
         if member is None:
             return False
         member.last_contact = self._clock()
@@ -283,13 +288,13 @@ class Membership:
         if node_id == self.self_id:
             version = max(version, self.self_entry.version + 1)
             self.self_entry = Member(node_id, self.self_entry.url, True, version, self.incarnation)
-            self.on_change()
+            self._changed()
             return True
         member = self.members.get(node_id)
         if member is None:
             return False
         member.left, member.version = True, max(version, member.version + 1)
-        self.on_change()
+        self._changed()
         return True
 
     def ids_at(self, url: str) -> list[str]:
@@ -315,7 +320,7 @@ class Membership:
         if member is None or member.left or member.version > version or member.registry_expired:
             return False
         member.expired = member.version
-        self.on_change()
+        self._changed()
         return True
 
     def unexpire(self, node_id: str) -> bool:
@@ -326,7 +331,7 @@ class Membership:
         was_expired = member.registry_expired
         member.expired = None
         if was_expired:
-            self.on_change()
+            self._changed()
         return was_expired
 
     # -- views --------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from tests.cluster.replication_helpers import (
     wait_readable,
     wait_state,
 )
-from tests.harness import wait_for
+from tests.harness import run_cli, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -70,3 +70,8 @@ def test_members_stay_up_through_long_idle_polls_and_one_that_hangs_goes_down(
     f.kill()
     wait_state(nodes[:-1], "f", "down", nodes, timeout=UP_WINDOW + 2)
     wait_for(lambda: all(n.running() for n in nodes[:-1]), 5, "the others to keep running", nodes)
+
+    # Removing it through `a` reaches every other node well within one idle poll.
+    removed = run_cli("leave", "--node", "f", "--url", a.url)
+    assert removed.returncode == 0, removed.stderr
+    wait_state(nodes[1:-1], "f", "left", nodes, timeout=IDLE_POLL / 2)

@@ -174,3 +174,16 @@ async def test_closing_the_feed_answers_every_held_long_poll_at_once(store: SQLi
     # A pull that comes in later is answered at once too.
     late = await asyncio.wait_for(feed.pull(pull(store.last_seq, store.instance_id, wait=30)), 5)
     assert (late.records, late.until) == ([], store.last_seq)
+
+
+async def test_a_held_long_poll_answers_when_the_member_list_changes(store: SQLiteStore) -> None:
+    """Invariant 8: a member that was removed never becomes a source of changes again with its
+    old data. The answer carries the member list, so a removal spreads with it at once, not when
+    an idle poll ends (up to 12 s in a large mesh)."""
+    feed = feed_of(store)
+    held = asyncio.create_task(feed.pull(pull(store.last_seq, store.instance_id, wait=30)))
+    await eventually(lambda: any(m.open for m in feed.membership.members.values()), "the poll")
+    assert feed.membership.merge([{"id": "gone", "url": "http://gone", "left": True, "v": 5}])
+    store.wake_waiters()  # what the replicator does on every change of the list
+    reply = await asyncio.wait_for(held, 5)
+    assert any(entry["id"] == "gone" and entry["left"] for entry in reply.members)

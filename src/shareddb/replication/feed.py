@@ -53,9 +53,6 @@ class Feed:
         self.closing = True
         self.store.wake_waiters()
 
-    def _is_closing(self) -> bool:
-        return self.closing
-
     async def pull(
         self, request: PullRequest, connected: Callable[[], bool] = lambda: True
     ) -> PullReply:
@@ -92,6 +89,13 @@ class Feed:
         self.encoded.belong_to(store.instance_id)
         page = await store.changes_since(since, limit, MAX_ANSWER_BYTES, known=known)
         relayed_until: float | None = None
+        # A held poll also ends when the node stops, or when the member list changes: the answer
+        # carries the list, so a change spreads at once however long the idle poll.
+        members = self.membership.generation
+
+        def ended() -> bool:
+            return self.closing or self.membership.generation != members
+
         while True:
             answer = _for_puller(page.changes, origin, request.own_since, skip, self.origin)
             if (remaining := deadline - loop.time()) <= 0:
@@ -117,7 +121,7 @@ class Feed:
             # at once, empty, for ever.
             self.served["skipped"] += answer.skipped  # this page is read past, never again
             answer.skipped = 0
-            await store.wait_for_changes(page.until, remaining, self._is_closing)
+            await store.wait_for_changes(page.until, remaining, ended)
             if store.last_seq <= page.until:
                 break
             page = await store.changes_since(page.until, limit, MAX_ANSWER_BYTES, known=known)

@@ -167,6 +167,7 @@ class Replicator:
 
     def _members_changed(self) -> None:
         self.reconcile()
+        self.store.wake_waiters()  # the pulls held here answer with the new list (Feed.pull)
         if self._running and self.membership.self_entry.left and not self._out:
             # Learnt from a node that joined through us, say: saved and said at once, as below.
             self._spawn(self._removed("a member"))
