@@ -3,6 +3,7 @@ its own, which in WAL mode sees the file as of its first read while the writer g
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sqlite3
 from typing import TYPE_CHECKING
@@ -54,10 +55,22 @@ class SQLiteSnapshotRead:
         return chunk
 
     async def close(self) -> None:
+        """End the read, on the reader thread after any chunk still being read there. A client
+        that leaves cancels its request while a chunk may be read: closing the connection under
+        that read, from the event loop, would crash the process."""
         db, self._db = self._db, None
-        if db is not None:
-            self._backend._snapshots -= 1
-            with contextlib.suppress(sqlite3.Error):
-                self._rows.close()
-                db.execute("COMMIT")
-            db.close()
+        if db is None:
+            return
+        self._backend._snapshots -= 1
+        try:
+            ended = asyncio.get_running_loop().run_in_executor(self._backend._reader_pool, self._end, db)
+        except RuntimeError:  # the store is closed: its reader thread is done with every read
+            self._end(db)
+            return
+        await asyncio.shield(ended)  # a cancelled caller must not cancel it before it runs
+
+    def _end(self, db: sqlite3.Connection) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self._rows.close()
+            db.execute("COMMIT")
+        db.close()
