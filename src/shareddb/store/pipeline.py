@@ -7,7 +7,8 @@ conditions, transactions, expiry, the purge rule, results per operation) and wri
 in one atomic step; only then is the cache refreshed, are the callers answered, and are
 long-polling readers woken. A backend (SQLite, Redis, memory) does lookups, one atomic write and
 the reads, and decides nothing about merging, conditions, expiry or purging: the `Backend`
-protocol below is all it implements. The reaper here turns expired values into tombstones.
+protocol (store/backend.py) is all it implements. The reaper here turns expired values into
+tombstones.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ import logging
 import time
 from collections.abc import Callable, Collection, Sequence
 from functools import partial
-from typing import Any, Protocol
+from typing import Any
 
 from shareddb.clock import wall_millis
 from shareddb.record import Record
+from shareddb.store.backend import Backend, OutcomeUnknown
 from shareddb.store.base import (
     COPY_CHUNK,
     COPY_CHUNK_BYTES,
@@ -38,7 +40,7 @@ from shareddb.store.base import (
     fail_all,
 )
 from shareddb.store.cache import RecordCache
-from shareddb.store.expiry import Expiring, ExpiryIndex
+from shareddb.store.expiry import ExpiryIndex
 from shareddb.store.feed_tail import FeedTail
 from shareddb.store.ops import (
     BulkLoad,
@@ -75,107 +77,6 @@ __all__ = [
     "Tombstones",
     "wall_millis",
 ]
-
-
-class OutcomeUnknown(StoreUnavailable):
-    """A batch was sent but whether it committed is not known yet (its answer was lost). The
-    backend settles it before its next commit; until then cached records may be stale."""
-
-
-# -- the backend contract ------------------------------------------------------------------------
-
-
-class Backend(Protocol):
-    """Where a store's data lives. It looks up, writes planned batches atomically, and reads; it
-    decides nothing about merging, purging or caching (the pipeline does).
-
-    Errors: every method raises only `StoreUnavailable` (or a subclass) for a failure of the
-    backing storage. A failed `commit` changed nothing: the whole batch is refused and each of its
-    callers gets the error. `StoreFull` means the storage answers but cannot write now (disk
-    full, read-only, Redis out of memory): the API answers 507, reads go on, the next batch tries
-    again. Plain `StoreUnavailable` means it cannot be reached or used (503). `OutcomeUnknown`
-    means the batch may or may not have committed: the backend must settle that before it commits
-    anything else, and its `tally` then reflects what it found.
-    """
-
-    @property
-    def instance_id(self) -> str:
-        """The store's random id, made when the store was created (see `Store.instance_id`)."""
-        ...
-
-    @property
-    def tally(self) -> Tally:
-        """As of the last commit known to have happened. Changed only by `open` and `commit`."""
-        ...
-
-    @property
-    def cache_valid(self) -> bool:
-        """False while the pipeline must not serve or fill cached records: every read then goes
-        to the backend (a Redis known to be away fails every read alike, cached or not)."""
-        ...
-
-    async def open(self) -> None:
-        """Load (or create) the store, and its tally."""
-        ...
-
-    async def close(self) -> None:
-        """Release everything; called once no commit is in flight. Safe if `open` never ran."""
-        ...
-
-    async def commit(self, keys: Collection[str], purge_upto: int | None, plan: Planner) -> Batch:
-        """Write one batch atomically. Look up the stored (live, version, expires) of every key
-        of `keys` that exists and, when `purge_upto` is not None, the (seq, version) of every
-        tombstone at or below it; call `plan(tally, found, tombstones)` once, with no other commit
-        between the lookup and the write; write the batch it returns (rows, purged keys, new
-        transaction entries and, when it says so, the removal of those that cover no row any
-        more, checkpoints, node meta, the tally's counters, changed digest buckets and clock
-        high-water mark) all or nothing; then adopt its tally and return it.
-
-        The changes feed is the rows by sequence, where a row covered by a transaction entry
-        (its txn is not 0) is left out and the entry is served whole at its own sequence, as
-        `entries.serve_entry` says: the current rows of its keys, with every entry covering one
-        of them, in one page."""
-        ...
-
-    async def get(self, key: str) -> Record | None: ...
-
-    async def lookup(self, keys: Collection[str]) -> Stored:
-        """The stored (live, version, expires) of each of `keys` that exists, outside a commit."""
-        ...
-
-    async def scan(self, prefix: str, after: str | None, limit: int, now: int) -> list[Record]:
-        """Live records under `prefix` after `after`, by key, leaving out those expired by `now`."""
-        ...
-
-    async def expiring(self, after: int, limit: int) -> list[Expiring]:
-        """(key, version, expires) of up to `limit` stored values whose expiry is after `after`
-        (ms), soonest first; fewer than `limit` only when there are no more. The pipeline reads
-        them a page at a time into its bounded window (store/expiry.py), at open and as the
-        clock moves on; the values themselves are not needed."""
-        ...
-
-    async def changes_since(
-        self, seq: int, limit: int, max_bytes: int | None, known: int
-    ) -> FeedPage: ...
-
-    async def checkpoint(self, peer: str) -> Checkpoint | None: ...
-
-    async def get_meta(self, name: str) -> str | None: ...
-
-    async def bucket_versions(self, bucket: int) -> dict[str, str]:
-        """Key -> version of every stored key in one digest bucket, read along an index of keys
-        by bucket that the backend keeps up in its commits: the cost is the bucket's size."""
-        ...
-
-    async def snapshot(self) -> SnapshotRead:
-        """Every record as of the last commit, read in chunks (see `SnapshotRead`): a commit
-        that lands while it is read is not in it."""
-        ...
-
-    async def copy_page(self, after: str, limit: int, max_bytes: int, skip: Collection[int]) -> CopyPage:
-        """The next records of a bulk copy (see `Store.copy_page`), read at one commit; raises
-        `CopyUnsupported` when the backend cannot serve one."""
-        ...
 
 
 # -- the store -----------------------------------------------------------------------------------
