@@ -102,7 +102,7 @@ class RedisReader:
     async def get(self, key: str) -> Record | None:
         from redis.exceptions import RedisError
 
-        from shareddb.store.redis_scripts import decode_record
+        from shareddb.store.redis_replies import decode_record
 
         try:
             raw = await self._client.hget(self._rec, key.encode("utf-8", "surrogatepass"))

@@ -106,7 +106,7 @@ class Stored:
 
 
 def parse_record(key: str, raw: bytes) -> Record:
-    """A record as the layout of store/redis.py keeps it (written out again, to check it)."""
+    """A record as the layout of store/redis_scripts.py keeps it (written out again, to check it)."""
     head, is_live, value = raw.partition(b"\0")
     version, _, expires = head.partition(b"\1")
     return Record(

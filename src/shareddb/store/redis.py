@@ -16,35 +16,8 @@ never written over. When the answer to a batch is lost (the connection broke aft
 sent), the outcome is settled before anything else is written: a fencing script either finds the
 batch's token (it committed) or replaces the old token (it never will).
 
-This module must not decide anything about merging, expiry or purging: the pipeline does. Layout,
-under a prefix (`sdb:` by default):
-
-    meta    hash  instance, seq, live, hlc, floor, batch (token), format
-    rec     hash  key -> HEAD, or HEAD NUL value for a live value (one HGET reads a record), where
-                  HEAD is the version, then SOH and the expiry (ms) when the value has one
-    ver     hash  key -> "+HEAD" (live) or "-HEAD" (tombstone): what a batch plans from
-    seq     zset  key scored by its sequence number, and each transaction entry as NUL + its
-                  sequence number, scored by it: the changes feed
-    live    zset  live keys, all scored 0: key order for scans (ZRANGEBYLEX, UTF-8 byte order)
-    tomb    zset  tombstoned keys scored by sequence: what a purge looks at
-    digest  hash  bucket -> 16-byte XOR of its record hashes
-    cp      hash  peer -> "seq instance" (checkpoints)
-    node    hash  the node's own metadata (set_meta / get_meta), apart from the store's meta
-    exp     zset  keys of live values that expire, scored by their expiry (ms)
-    txn     zset  each transaction entry (NUL + its seq) and each key whose row it covers (the
-                  feed serves the entry in the row's place), scored by the entry's sequence number
-    entry   hash  seq -> a transaction entry's keys, with the sequence each took (store/entries.py)
-    loose   set   seqs of entries that may cover no row any more (one of their rows was written
-                  again or purged): a purge's batch drops those of them that cover none
-    bkt     zset  every key (values and tombstones), scored 0, as its digest bucket in two bytes
-                  then the key: one bucket is one lex range (GET /v1/digest?bucket=N)
-
-Keys never contain NUL, so an entry's member cannot be taken for a key. Versions never contain SOH
-and format 1 (before expiry and transactions) wrote no expiry, so its records read as they are.
-Formats 1 and 2 (before `bkt`) get their `bkt` index built from `ver` when they open, and are then
-marked format 3 (an older shareddb, which would not keep `bkt` up, then refuses the store). An
-entry body that also holds the records written (as entries were first kept) reads the same: each
-change starts with its seq and key.
+This module must not decide anything about merging, expiry or purging: the pipeline does. The
+layout of the store's keys in Redis is described in store/redis_scripts.py.
 """
 
 from __future__ import annotations
@@ -62,17 +35,14 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import (
     NoScriptError,
-    OutOfMemoryError,
-    ReadOnlyError,
     RedisError,
-    ResponseError,
 )
 
 from shareddb.record import Record
 from shareddb.redis_urls import check_redis_url, redact_url
+from shareddb.store.backend import OutcomeUnknown
 from shareddb.store.base import (
     CHANGE_OVERHEAD,
-    Change,
     Checkpoint,
     CopyPage,
     CopyUnsupported,
@@ -82,9 +52,18 @@ from shareddb.store.base import (
     prefix_end,
 )
 from shareddb.store.expiry import Expiring
-from shareddb.store.pipeline import OutcomeUnknown, PipelineStore, wall_millis
+from shareddb.store.pipeline import PipelineStore, wall_millis
 from shareddb.store.plan import Batch, Planner, Stored, Tally, Tombstones
 from shareddb.store.redis_buckets import build_index, list_bucket
+from shareddb.store.redis_replies import (
+    decode_feed,
+    decode_hash,
+    decode_head,
+    decode_record,
+    decode_score,
+    one_line,
+    refuses_writes,
+)
 from shareddb.store.redis_scripts import (
     BY_SCORE,
     CREATE,
@@ -95,9 +74,6 @@ from shareddb.store.redis_scripts import (
     UPGRADE,
     WRITE,
     Keys,
-    decode_head,
-    decode_record,
-    hash_items,
     write_args,
 )
 from shareddb.store.redis_snapshot import SNAPSHOT_COPY_TTL, RedisSnapshotRead
@@ -128,7 +104,7 @@ class _Sent:
 
 
 class RedisBackend:
-    """A pipeline `Backend` in one Redis database. See the module docstring for the layout."""
+    """A pipeline `Backend` in one Redis database (its layout: store/redis_scripts.py)."""
 
     def __init__(
         self,
@@ -188,24 +164,24 @@ class RedisBackend:
                     "drop records; set maxmemory-policy noeviction"
                 )
             created = [self._new_instance(), uuid.uuid4().hex, FORMAT]
-            meta = _pairs(await self._script(CREATE, [self._keys.meta], created))
+            meta = decode_hash(await self._script(CREATE, [self._keys.meta], created))
             if meta.get("format") in OLDER_FORMATS:
                 await build_index(self._execute, self._keys)
                 upgrade = [meta["format"], FORMAT]
-                meta = _pairs(await self._script(UPGRADE, [self._keys.meta], upgrade))
+                meta = decode_hash(await self._script(UPGRADE, [self._keys.meta], upgrade))
             if meta.get("format") != FORMAT:
                 raise StoreUnavailable(
                     f"Redis at {where} holds a store of format {meta.get('format')!r} under "
                     f"{self._keys.meta.decode()!r}; this version of shareddb reads formats "
                     f"{', '.join(OLDER_FORMATS)} and {FORMAT}"
                 )
-            digest = _pairs(await self._execute("HGETALL", self._keys.digest), text=False)
+            digest = decode_hash(await self._execute("HGETALL", self._keys.digest), text=False)
         except StoreUnavailable:
             await self._disconnect()
             raise
         except (RedisError, OSError) as exc:
             await self._disconnect()
-            raise StoreUnavailable(f"cannot use Redis at {where}: {_one_line(exc)}") from exc
+            raise StoreUnavailable(f"cannot use Redis at {where}: {one_line(exc)}") from exc
         self._instance = meta["instance"]
         self._token = meta["batch"]
         buckets = [0] * len(self._tally.buckets)
@@ -306,12 +282,12 @@ class RedisBackend:
         return found
 
     def _unavailable(self, exc: BaseException) -> StoreUnavailable:
-        if self._lost is None and _refuses_writes(exc):  # it answers: reads and the cache go on
-            return StoreFull(f"Redis at {redact_url(self.url)} cannot write: {_one_line(exc)}")
+        if self._lost is None and refuses_writes(exc):  # it answers: reads and the cache go on
+            return StoreFull(f"Redis at {redact_url(self.url)} cannot write: {one_line(exc)}")
         self._reachable = False
         if self._lost is not None:
             return StoreUnavailable(self._lost)
-        return StoreUnavailable(f"Redis at {redact_url(self.url)}: {_one_line(exc)}")
+        return StoreUnavailable(f"Redis at {redact_url(self.url)}: {one_line(exc)}")
 
     async def get(self, key: str) -> Record | None:
         raw = await self._command("HGET", self._keys.rec, key.encode("utf-8", ENCODING_ERRORS))
@@ -383,23 +359,7 @@ class RedisBackend:
             [keys.seq, keys.rec, keys.meta, keys.txn, keys.entry],
             [f"({seq}", limit, budget, CHANGE_OVERHEAD, known],
         )
-        changes: list[Change] = []
-        for i in range(2, len(flat), 3):
-            member, at, body = bytes(flat[i]), _score(flat[i + 1]), flat[i + 2]
-            if member[:1] != b"\0":
-                changes.append(Change(at, decode_record(member.decode("utf-8"), body)))
-                continue
-            # A transaction entry, whole: the current rows of its keys (and of the entries that
-            # cover them), each with whether it is still the entry's own change.
-            for j in range(0, len(body), 4):
-                key = bytes(body[j]).decode("utf-8")
-                record, mark = decode_record(key, body[j + 2]), body[j + 3]
-                changes.append(Change(_score(body[j + 1]), record, at, mark == b"1", mark == b"k"))
-        # Read in the same atomic script as the rows: `until` covers only what the read saw.
-        if int(flat[0]) == 1:
-            return FeedPage(changes, max(seq, _score(flat[1])))
-        # The last unit's score: a row's sequence number, or an entry's.
-        return FeedPage(changes, _score(flat[-2]) if len(flat) > 2 else seq)
+        return decode_feed(flat, seq)
 
     async def bucket_versions(self, bucket: int) -> dict[str, str]:
         return await list_bucket(self._read_script, self._keys, bucket)
@@ -419,7 +379,7 @@ class RedisBackend:
         rec, seq_index = name + b":rec", name + b":seq"
         keys = [self._keys.meta, self._keys.rec, self._keys.seq, rec, seq_index]
         seq, count = await self._read_script(SNAPSHOT_BEGIN, keys, [SNAPSHOT_COPY_TTL])
-        return RedisSnapshotRead(self, rec, seq_index, _score(seq), int(count))
+        return RedisSnapshotRead(self, rec, seq_index, decode_score(seq), int(count))
 
     # -- writes --------------------------------------------------------------------------------
 
@@ -468,7 +428,7 @@ class RedisBackend:
             )
             for i in range(0, len(flat), 3):
                 key = bytes(flat[i]).decode("utf-8")
-                found[key] = (_score(flat[i + 1]), decode_record(key, flat[i + 2]).version)
+                found[key] = (decode_score(flat[i + 1]), decode_record(key, flat[i + 2]).version)
             if len(flat) < 3 * CHUNK:
                 return found
             offset += CHUNK
@@ -491,7 +451,7 @@ class RedisBackend:
             outcome = await self._script(FENCE, [self._keys.meta], [sent.before, sent.token, fence])
         except (RedisError, OSError) as exc:
             raise OutcomeUnknown(
-                f"Redis at {redact_url(self.url)}: {_one_line(exc)} (the outcome of the last write "
+                f"Redis at {redact_url(self.url)}: {one_line(exc)} (the outcome of the last write "
                 "batch is not known yet)"
             ) from exc
         self._unsettled = None
@@ -528,29 +488,5 @@ class RedisStore(PipelineStore):
         super().__init__(backend, clock_high=clock_high, now=now)
 
 
-def _score(raw: object) -> int:
-    text = raw.decode() if isinstance(raw, bytes) else str(raw)
-    return int(text) if text.isdigit() else int(float(text))
-
-
-def _pairs(flat: object, *, text: bool = True) -> dict[str, Any]:
-    """A hash reply (flat from a script, or a dict the client parsed), keys decoded; values
-    decoded too unless `text` is False."""
-    items = hash_items(flat)
-    return {bytes(k).decode("utf-8"): bytes(v).decode("utf-8") if text else bytes(v) for k, v in items}
-
-
 async def _not_open(*args: object) -> Any:
     raise StoreUnavailable("the store is not open")
-
-
-def _refuses_writes(exc: BaseException) -> bool:
-    """Redis answers but takes no writes: out of memory under noeviction (-OOM), unable to save
-    its snapshot (-MISCONF), or a read-only replica (-READONLY)."""
-    if isinstance(exc, OutOfMemoryError | ReadOnlyError):
-        return True
-    return isinstance(exc, ResponseError) and str(exc).startswith(("OOM", "MISCONF", "READONLY"))
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__

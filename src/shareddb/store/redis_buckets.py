@@ -1,4 +1,4 @@
-"""The Redis store's index of keys by digest bucket (`bkt`; the layout is in store/redis.py):
+"""The Redis store's index of keys by digest bucket (`bkt`; the layout is in store/redis_scripts.py):
 listing one bucket, and building the index of a store made before it."""
 
 from __future__ import annotations
@@ -8,14 +8,8 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from shareddb.store.redis_scripts import (
-    BUCKET,
-    Keys,
-    bucket_member,
-    bucket_prefix,
-    decode_head,
-    hash_items,
-)
+from shareddb.store.redis_replies import decode_head, hash_items
+from shareddb.store.redis_scripts import BUCKET, Keys, bucket_member, bucket_prefix
 
 log = logging.getLogger("shareddb.store")
 

@@ -1,11 +1,40 @@
-"""The Redis store's key layout, how records and batches are encoded for it, and its Lua scripts
-(each runs atomically inside Redis). The layout is described in store/redis.py."""
+"""The Redis store's key layout, how batches are encoded for it, and its Lua scripts (each runs
+atomically inside Redis); store/redis_replies.py decodes what they answer.
+
+Layout, under a prefix (`sdb:` by default):
+
+    meta    hash  instance, seq, live, hlc, floor, batch (token), format
+    rec     hash  key -> HEAD, or HEAD NUL value for a live value (one HGET reads a record), where
+                  HEAD is the version, then SOH and the expiry (ms) when the value has one
+    ver     hash  key -> "+HEAD" (live) or "-HEAD" (tombstone): what a batch plans from
+    seq     zset  key scored by its sequence number, and each transaction entry as NUL + its
+                  sequence number, scored by it: the changes feed
+    live    zset  live keys, all scored 0: key order for scans (ZRANGEBYLEX, UTF-8 byte order)
+    tomb    zset  tombstoned keys scored by sequence: what a purge looks at
+    digest  hash  bucket -> 16-byte XOR of its record hashes
+    cp      hash  peer -> "seq instance" (checkpoints)
+    node    hash  the node's own metadata (set_meta / get_meta), apart from the store's meta
+    exp     zset  keys of live values that expire, scored by their expiry (ms)
+    txn     zset  each transaction entry (NUL + its seq) and each key whose row it covers (the
+                  feed serves the entry in the row's place), scored by the entry's sequence number
+    entry   hash  seq -> a transaction entry's keys, with the sequence each took (store/entries.py)
+    loose   set   seqs of entries that may cover no row any more (one of their rows was written
+                  again or purged): a purge's batch drops those of them that cover none
+    bkt     zset  every key (values and tombstones), scored 0, as its digest bucket in two bytes
+                  then the key: one bucket is one lex range (GET /v1/digest?bucket=N)
+
+Keys never contain NUL, so an entry's member cannot be taken for a key. Versions never contain SOH
+and format 1 (before expiry and transactions) wrote no expiry, so its records read as they are.
+Formats 1 and 2 (before `bkt`) get their `bkt` index built from `ver` when they open, and are then
+marked format 3 (an older shareddb, which would not keep `bkt` up, then refuses the store). An
+entry body that also holds the records written (as entries were first kept) reads the same: each
+change starts with its seq and key.
+"""
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
-from shareddb.record import Record
 from shareddb.store.base import bucket_of
 from shareddb.store.entries import encode_entry
 from shareddb.store.plan import Batch
@@ -384,18 +413,6 @@ return out
 """
 
 
-def decode_record(key: str, raw: bytes) -> Record:
-    head, live, value = bytes(raw).partition(b"\0")
-    version, expires = decode_head(head)
-    return Record(key, value.decode("utf-8") if live else None, version, expires)
-
-
-def decode_head(head: bytes) -> tuple[str, int | None]:
-    """The version and expiry of a record's HEAD (see the layout)."""
-    version, _, expires = bytes(head).partition(b"\1")
-    return version.decode("ascii"), int(expires) if expires else None
-
-
 # The start of a snapshot read (GET /v1/snapshot): copies of the records and of the feed index,
 # made in one atomic step, so what is read from them afterwards is one point in time however long
 # the read takes. KEYS: meta, rec, seq, the copy of rec, the copy of seq. ARGV: seconds the
@@ -441,12 +458,3 @@ while taken < limit do
 end
 return out
 """
-
-
-def hash_items(items: object) -> list[tuple[bytes, bytes]]:
-    """HSCAN's items, or a hash a script answered, whether the client parsed them into a dict or
-    left them flat."""
-    if isinstance(items, dict):
-        return list(items.items())
-    assert isinstance(items, list)
-    return [(items[i], items[i + 1]) for i in range(0, len(items), 2)]

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 
 from shareddb.record import Record
 from shareddb.store.base import CHANGE_OVERHEAD, SNAPSHOT_CHUNK, SNAPSHOT_CHUNK_BYTES, StoreUnavailable
-from shareddb.store.redis_scripts import SNAPSHOT_PAGE, decode_record
+from shareddb.store.redis_replies import decode_record
+from shareddb.store.redis_scripts import SNAPSHOT_PAGE
 
 if TYPE_CHECKING:
     from shareddb.store.redis import RedisBackend
