@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from shareddb.replication.copy import CopyChunk, CopyEnd, CopyHeader, read_frames
+from shareddb.replication.copy_frames import CopyChunk, CopyEnd, CopyHeader, read_frames
 from tests.api.conftest import Api
 
 

@@ -27,7 +27,8 @@ from shareddb.membership import Outside, Removed
 from shareddb.node import Node
 from shareddb.record import Record
 from shareddb.registry import HEARTBEAT, WITHDRAW, Registry
-from shareddb.replication.copy import CopyBusy, CopyChunk, CopyRequest, Frame, serve_copy
+from shareddb.replication.copy import CopyBusy, serve_copy
+from shareddb.replication.copy_frames import CopyChunk, CopyRequest, Frame
 from shareddb.replication.puller import Replicator
 from shareddb.replication.transport import PeerError, PeerRemoved, PullReply, PullRequest
 from shareddb.store.memory import MemoryData, MemoryStore

@@ -14,8 +14,8 @@ import pytest
 from shareddb.clock import HybridClock
 from shareddb.membership import Membership
 from shareddb.record import Record, make_version
-from shareddb.replication.copy import (
-    Copier,
+from shareddb.replication.copy import Copier, serve_copy, wants_copy
+from shareddb.replication.copy_frames import (
     CopyChunk,
     CopyDeferred,
     CopyEnd,
@@ -25,8 +25,6 @@ from shareddb.replication.copy import (
     decode_frame,
     encode_frame,
     read_frames,
-    serve_copy,
-    wants_copy,
 )
 from shareddb.replication.transport import PeerError, PullReply
 from shareddb.store.base import Checkpoint, CopyPosition, Store

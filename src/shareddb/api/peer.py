@@ -18,7 +18,8 @@ from shareddb.api.routing import Route
 from shareddb.membership import Outside, Removed
 from shareddb.node import Node
 from shareddb.record import is_incarnation, node_id_error
-from shareddb.replication.copy import CopyBusy, CopyRequest, encode_frame, serve_copy
+from shareddb.replication.copy import CopyBusy, serve_copy
+from shareddb.replication.copy_frames import CopyRequest, encode_frame
 from shareddb.replication.transport import PullRequest, encode_reply
 from shareddb.store.base import COPY_CHUNK, CopyUnsupported
 from shareddb.tokens import Role

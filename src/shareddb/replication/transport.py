@@ -15,7 +15,7 @@ import orjson
 from shareddb.record import Record
 
 if TYPE_CHECKING:
-    from shareddb.replication.copy import CopyRequest, Frame
+    from shareddb.replication.copy_frames import CopyRequest, Frame
 
 PEER_HEADER = "Authorization"
 READ_SLACK = 10.0  # seconds past the long poll a peer may go silent before the pull fails
@@ -252,7 +252,7 @@ class HttpTransport:
     async def copy(self, url: str, request: CopyRequest) -> AsyncGenerator[Frame, None]:
         """GET /v1/peer/copy, its frames decoded as they arrive: a chunk is held once, as it is
         read, never the whole answer."""
-        from shareddb.replication.copy import CopyDeferred, CopyRefused, decode_frame
+        from shareddb.replication.copy_frames import CopyDeferred, CopyRefused, decode_frame
 
         params = {
             "after": request.after,
