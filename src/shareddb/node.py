@@ -7,9 +7,7 @@ touches the store's write path or the clock directly.
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import logging
-import os
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -22,13 +20,13 @@ import orjson
 
 from shareddb.clock import HybridClock, wall_millis
 from shareddb.config import Settings
+from shareddb.data_dir import NodeError, lock_data_dir, resolve_node_id
 from shareddb.membership import Member, Membership
 from shareddb.record import (
     Record,
     incarnation_of,
     make_origin,
     make_version,
-    node_id_error,
     version_hlc,
 )
 from shareddb.redis_urls import redact_url
@@ -46,8 +44,6 @@ from shareddb.watch import WatchHub
 
 log = logging.getLogger("shareddb.node")
 
-NODE_ID_FILE = "node-id"
-LOCK_FILE = "LOCK"
 PAGE = 1000
 WRITE_ATTEMPTS = 8
 
@@ -56,10 +52,6 @@ WRITE_ATTEMPTS = 8
 # and the source of a new store's instance id. The default follows --store; the simulation and unit
 # tests may pass their own (a `MemoryStore`, say).
 StoreFactory = Callable[[Path, Callable[[], int], Callable[[], str], Callable[[], int]], Store]
-
-
-class NodeError(Exception):
-    """The node cannot start; the message is one line meant for the user."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,9 +141,9 @@ class Node:
             data.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise NodeError(f"cannot use data dir {data}: {exc.strerror or exc}") from exc
-        lock = _lock_data_dir(data)
+        lock = lock_data_dir(data)
         try:
-            node_id = _resolve_node_id(data, settings.node_id, mint_id)
+            node_id = resolve_node_id(data, settings.node_id, mint_id)
             clock = HybridClock()
             spec = settings.store
             if make_store is not None:
@@ -452,51 +444,3 @@ class Node:
             if held >= copies or remaining <= 0:
                 return held
             await self.membership.progress(remaining)
-
-
-def _lock_data_dir(data: Path) -> IO[str]:
-    """Hold an exclusive lock on the data dir so two nodes never share one store."""
-    try:
-        handle = open(data / LOCK_FILE, "a+")  # noqa: SIM115 - held for the node's lifetime
-    except OSError as exc:
-        raise NodeError(f"cannot use data dir {data}: {exc.strerror or exc}") from exc
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        handle.close()
-        raise NodeError(f"data dir {data} is in use by another shareddb node") from exc
-    return handle
-
-
-def _resolve_node_id(data: Path, requested: str | None, mint_id: Callable[[], str]) -> str:
-    """The id stored in the data dir; a different requested id is refused."""
-    path = data / NODE_ID_FILE
-    stored: str | None = None
-    if path.exists():
-        try:
-            stored = path.read_text("utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise NodeError(f"cannot read the node id from {path}: {exc}") from exc
-        if node_id_error(stored):
-            raise NodeError(f"{path} does not hold a valid node id: {stored[:80]!r}")
-    if requested is not None:
-        if error := node_id_error(requested):
-            raise NodeError(f"bad --node-id {requested!r}: {error}")
-        if stored is not None and stored != requested:
-            raise NodeError(
-                f"data dir {data} belongs to node {stored!r}, not {requested!r}: "
-                f"start it with --node-id {stored} or use another --data"
-            )
-    if stored is not None:
-        return stored
-    node_id = requested or mint_id()
-    tmp = path.with_suffix(".tmp")
-    try:
-        with open(tmp, "w") as handle:
-            handle.write(node_id + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise NodeError(f"cannot write the node id to {path}: {exc.strerror or exc}") from exc
-    return node_id

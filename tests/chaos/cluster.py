@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shareddb.node import NODE_ID_FILE
+from shareddb.data_dir import NODE_ID_FILE
 from tests.cluster.replication_helpers import digest, http, live_items, wait_all_up
 from tests.harness import FaultProxy, Links, NodeProcess, skewed_clock_env, wait_for
 from tests.harness.metrics import by_label, sample

@@ -1,0 +1,66 @@
+"""A node's data directory: the lock that keeps a second node out of it, and the node id it keeps."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+from shareddb.record import node_id_error
+
+NODE_ID_FILE = "node-id"
+LOCK_FILE = "LOCK"
+
+
+class NodeError(Exception):
+    """The node cannot start; the message is one line meant for the user."""
+
+
+def lock_data_dir(data: Path) -> IO[str]:
+    """Hold an exclusive lock on the data dir so two nodes never share one store."""
+    try:
+        handle = open(data / LOCK_FILE, "a+")  # noqa: SIM115 - held for the node's lifetime
+    except OSError as exc:
+        raise NodeError(f"cannot use data dir {data}: {exc.strerror or exc}") from exc
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        handle.close()
+        raise NodeError(f"data dir {data} is in use by another shareddb node") from exc
+    return handle
+
+
+def resolve_node_id(data: Path, requested: str | None, mint_id: Callable[[], str]) -> str:
+    """The id stored in the data dir; a different requested id is refused."""
+    path = data / NODE_ID_FILE
+    stored: str | None = None
+    if path.exists():
+        try:
+            stored = path.read_text("utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise NodeError(f"cannot read the node id from {path}: {exc}") from exc
+        if node_id_error(stored):
+            raise NodeError(f"{path} does not hold a valid node id: {stored[:80]!r}")
+    if requested is not None:
+        if error := node_id_error(requested):
+            raise NodeError(f"bad --node-id {requested!r}: {error}")
+        if stored is not None and stored != requested:
+            raise NodeError(
+                f"data dir {data} belongs to node {stored!r}, not {requested!r}: "
+                f"start it with --node-id {stored} or use another --data"
+            )
+    if stored is not None:
+        return stored
+    node_id = requested or mint_id()
+    tmp = path.with_suffix(".tmp")
+    try:
+        with open(tmp, "w") as handle:
+            handle.write(node_id + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise NodeError(f"cannot write the node id to {path}: {exc.strerror or exc}") from exc
+    return node_id
