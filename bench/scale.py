@@ -7,7 +7,10 @@ For each key count N, a node's SQLite store is filled directly with N keys of 10
 - load: the time the direct load took; open: from the node's spawn until it listens (the start-up
   integrity check reads the whole file);
 - GET p50/p99 of random keys over the whole data set (wrk, bench/scripts/scale_get.lua), and the
-  ratio of its p99 to that of the smallest N;
+  ratio of its p99 to that of the smallest N; with how much of the store's file was in the page
+  cache right after each GET run (bench/pagecache.py: a read of a page that is not waits for the
+  disk, on the node's event loop). `--warm` reads the file into the page cache before each GET
+  run, so the figure is the node's and not the disk's, on machines that evict it between runs;
 - a listing page, `GET /v1/kv?prefix=k&limit=100&after=K` from a random key (scale_list.lua);
 - `/v1/digest` (count and digest), timed one request at a time;
 - listing one digest bucket, `GET /v1/digest?bucket=N` (what `shareddb verify` and repairs read),
@@ -42,10 +45,12 @@ if __package__ in (None, ""):
 import orjson
 from tests.harness.procfs import status_bytes
 
+from bench.pagecache import resident, warm
 from bench.processes import Fleet, ServerProcess
 from bench.scale_load import load
 from bench.wrk import WrkOptions, WrkResult, run_wrk
 from shareddb.store.base import DIGEST_BUCKETS
+from shareddb.store.sqlite import sqlite_path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "scale.json"
@@ -67,6 +72,8 @@ class Size:
     memory_file: Path = Path()
     get: list[WrkResult] = field(default_factory=list)
     get_cpu_us: list[float] = field(default_factory=list)  # the node's CPU per GET, per round
+    resident: list[float] = field(default_factory=list)  # of the file in memory after each GET run
+    warm_seconds: list[float] = field(default_factory=list)  # reading it in before a run (--warm)
     listing: list[WrkResult] = field(default_factory=list)
     list_cpu_us: list[float] = field(default_factory=list)
     digest_ms: list[float] = field(default_factory=list)
@@ -74,6 +81,10 @@ class Size:
     bucket_keys: list[int] = field(default_factory=list)  # the keys each listing held
     count: int = 0
     memory: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def file(self) -> Path:
+        return sqlite_path(self.data)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,6 +99,11 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=32,
         help="GET /v1/digest?bucket=N requests timed, each of another bucket (at most 256)",
+    )
+    parser.add_argument(
+        "--warm",
+        action="store_true",
+        help="read each store's file into the page cache before each GET run",
     )
     parser.add_argument(
         "--data", type=Path, help="keep the stores here (reused by a later run) instead of a temp dir"
@@ -106,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{size.keys:>10,} keys loaded in {loaded.seconds:.1f} s", flush=True)
             for size in sizes:
                 start(fleet, size, root)
-            measure(sizes, options, args.rounds, args.digests, args.bucket_listings)
+            measure(sizes, options, args)
         finally:
             fleet.close()
     print_report(sizes, options, args)
@@ -128,19 +144,23 @@ def start(fleet: Fleet, size: Size, root: Path) -> None:
     print(f"{size.keys:>10,} keys: node listening after {size.open_seconds:.1f} s", flush=True)
 
 
-def measure(sizes: list[Size], options: WrkOptions, rounds: int, digests: int, listings: int) -> None:
-    warm = WrkOptions(options.threads, options.connections, 1, options.timeout_seconds)
+def measure(sizes: list[Size], options: WrkOptions, args: argparse.Namespace) -> None:
+    digests, listings = args.digests, args.bucket_listings
+    first = WrkOptions(options.threads, options.connections, 1, options.timeout_seconds)
     for size in sizes:
-        run_wrk(size.url, "scale_get.lua", [str(size.keys)], warm)
-    for r in range(rounds):
+        run_wrk(size.url, "scale_get.lua", [str(size.keys)], first)
+    for r in range(args.rounds):
         for size in sizes if r % 2 == 0 else reversed(sizes):
-            for script, results, cpu in (
-                ("scale_get.lua", size.get, size.get_cpu_us),
-                ("scale_list.lua", size.listing, size.list_cpu_us),
-            ):
-                results.append(timed(size, script, options, cpu))
+            if args.warm and resident(size.file) < 0.99:
+                started = time.monotonic()
+                warm(size.file)
+                size.warm_seconds.append(time.monotonic() - started)
+            size.get.append(timed(size, "scale_get.lua", options, size.get_cpu_us))
+            size.resident.append(resident(size.file))
+            size.listing.append(timed(size, "scale_list.lua", options, size.list_cpu_us))
             print(
-                f"round {r + 1}: {size.keys:>10,} keys  GET p99 {size.get[-1].p99_ms:6.2f} ms  "
+                f"round {r + 1}: {size.keys:>10,} keys  GET p99 {size.get[-1].p99_ms:6.2f} ms "
+                f"(file {100 * size.resident[-1]:3.0f}% in memory)  "
                 f"list p99 {size.listing[-1].p99_ms:6.2f} ms",
                 flush=True,
             )
@@ -235,7 +255,7 @@ def print_report(sizes: list[Size], options: WrkOptions, args: argparse.Namespac
     print(
         f"{'keys':>11} {'load s':>7} {'open s':>7} {'GET/s':>7} {'CPU us':>6} {'x base':>6} "
         f"{'GET p50':>8} {'GET p99':>8} "
-        f"{'x base':>6} {'list p99':>9} {'x base':>6} {'CPU us':>6} {'x base':>6} "
+        f"{'x base':>6} {'in RAM':>6} {'list p99':>9} {'x base':>6} {'CPU us':>6} {'x base':>6} "
         f"{'digest p50/p99':>14} {'bucket p50/p99':>16} {'RssAnon':>8} "
         f"{'SQLite':>7} {'rest':>7} {'B/key':>6} {'B/key+':>6} {'VmHWM':>7}"
     )
@@ -249,7 +269,9 @@ def print_report(sizes: list[Size], options: WrkOptions, args: argparse.Namespac
             f"{median_of(size.get, 'rps'):>7,.0f} {statistics.median(size.get_cpu_us):>6.1f} "
             f"{statistics.median(size.get_cpu_us) / statistics.median(base.get_cpu_us):>6.2f} "
             f"{median_of(size.get, 'p50_ms'):>6.2f}ms "
-            f"{get99:>6.2f}ms {get99 / base_get:>6.2f} {list99:>7.2f}ms {list99 / base_list:>6.2f} "
+            f"{get99:>6.2f}ms {get99 / base_get:>6.2f} "
+            f"{100 * statistics.median(size.resident):>5.0f}% "
+            f"{list99:>7.2f}ms {list99 / base_list:>6.2f} "
             f"{statistics.median(size.list_cpu_us):>6.0f} "
             f"{statistics.median(size.list_cpu_us) / statistics.median(base.list_cpu_us):>6.2f} "
             f"{p(size.digest_ms, 0.5):>5.2f}/{p(size.digest_ms, 0.99):>6.2f}ms "
@@ -262,8 +284,10 @@ def print_report(sizes: list[Size], options: WrkOptions, args: argparse.Namespac
         f"\nwrk: {options.threads} threads, {options.connections} connections, {options.seconds} s "
         f"x {args.rounds} rounds (medians), random keys over the whole set; CPU us: the node's "
         f"CPU time per request (steady on a busy machine, where p99 is not); x base: over the "
-        f"figure of {base.keys:,} keys.\nSQLite: what SQLite has allocated (page caches: cache_size "
-        f"-65536 on the writer, the default -2000 on each reader); rest = RssAnon - SQLite; "
+        f"figure of {base.keys:,} keys; in RAM: the store's file in the page cache after each GET "
+        f"run (median){', read in before each run (--warm)' if args.warm else ''}.\n"
+        f"SQLite: what SQLite has allocated (page caches: cache_size -65536 on the writer, "
+        f"the default -2000 on each reader); rest = RssAnon - SQLite; "
         f"B/key = rest / keys; B/key+ = growth of rest per key added since {base.keys:,}.\n"
         f"load = direct load into the store (bench/scale_load.py, 0 when reused); open = spawn "
         f"to listening (includes the start-up quick_check).\nbucket: GET /v1/digest?bucket=N, "
@@ -282,6 +306,8 @@ def save(sizes: list[Size], args: argparse.Namespace) -> None:
                 "open_seconds": size.open_seconds,
                 "get": [asdict(r) for r in size.get],
                 "get_cpu_us": size.get_cpu_us,
+                "resident": size.resident,
+                "warm_seconds": size.warm_seconds,
                 "list_cpu_us": size.list_cpu_us,
                 "listing": [asdict(r) for r in size.listing],
                 "digest_ms": size.digest_ms,
