@@ -1,8 +1,8 @@
 """The bulk copy's wire format (GET /v1/peer/copy; replication/copy.py serves and reads it).
 
 A copy answer is a stream of frames: one `CopyHeader`, `CopyChunk`s in key order, and a `CopyEnd`
-once every key was served (a stream that stops before it was cut). Each frame is its length in
-ASCII digits, a newline, then that many bytes of JSON.
+once every key was served (a stream that stops before its `CopyEnd` was cut). Each frame is its
+length in ASCII digits, a newline, then that many bytes of JSON.
 """
 
 from __future__ import annotations
