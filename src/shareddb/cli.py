@@ -19,7 +19,7 @@ import orjson
 from shareddb.cli_client import Fail, client_tls, connected, token_option, url_option
 from shareddb.client import ClientError, Event
 from shareddb.config import SETTINGS, Settings
-from shareddb.data_dir import NodeError
+from shareddb.node import NodeError
 from shareddb.record import DEFAULT_MAX_VALUE_BYTES
 from shareddb.store.sqlite_faults import StoreOpenError
 from shareddb.tokens import Network, TokenError, parse_networks

@@ -1,4 +1,7 @@
-"""A node's data directory: the lock that keeps a second node out of it, and the node id it keeps."""
+"""A node's data directory: the lock that keeps a second node out of it, and the node id it keeps.
+
+`claim` is what a starting node does with it; node.py turns a `DataDirError` into its `NodeError`.
+"""
 
 from __future__ import annotations
 
@@ -14,8 +17,23 @@ NODE_ID_FILE = "node-id"
 LOCK_FILE = "LOCK"
 
 
-class NodeError(Exception):
-    """The node cannot start; the message is one line meant for the user."""
+class DataDirError(Exception):
+    """The data dir cannot be used; the message is one line meant for the user."""
+
+
+def claim(data: Path, requested: str | None, mint_id: Callable[[], str]) -> tuple[IO[str], str]:
+    """Make `data` if need be, hold its lock, and read (or, the first time, mint and store) its
+    node id. Returns the lock, held for the node's lifetime, and the id."""
+    try:
+        data.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataDirError(f"cannot use data dir {data}: {exc.strerror or exc}") from exc
+    lock = lock_data_dir(data)
+    try:
+        return lock, resolve_node_id(data, requested, mint_id)
+    except BaseException:
+        lock.close()
+        raise
 
 
 def lock_data_dir(data: Path) -> IO[str]:
@@ -23,12 +41,12 @@ def lock_data_dir(data: Path) -> IO[str]:
     try:
         handle = open(data / LOCK_FILE, "a+")  # noqa: SIM115 - held for the node's lifetime
     except OSError as exc:
-        raise NodeError(f"cannot use data dir {data}: {exc.strerror or exc}") from exc
+        raise DataDirError(f"cannot use data dir {data}: {exc.strerror or exc}") from exc
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
         handle.close()
-        raise NodeError(f"data dir {data} is in use by another shareddb node") from exc
+        raise DataDirError(f"data dir {data} is in use by another shareddb node") from exc
     return handle
 
 
@@ -40,14 +58,14 @@ def resolve_node_id(data: Path, requested: str | None, mint_id: Callable[[], str
         try:
             stored = path.read_text("utf-8").strip()
         except (OSError, UnicodeDecodeError) as exc:
-            raise NodeError(f"cannot read the node id from {path}: {exc}") from exc
+            raise DataDirError(f"cannot read the node id from {path}: {exc}") from exc
         if node_id_error(stored):
-            raise NodeError(f"{path} does not hold a valid node id: {stored[:80]!r}")
+            raise DataDirError(f"{path} does not hold a valid node id: {stored[:80]!r}")
     if requested is not None:
         if error := node_id_error(requested):
-            raise NodeError(f"bad --node-id {requested!r}: {error}")
+            raise DataDirError(f"bad --node-id {requested!r}: {error}")
         if stored is not None and stored != requested:
-            raise NodeError(
+            raise DataDirError(
                 f"data dir {data} belongs to node {stored!r}, not {requested!r}: "
                 f"start it with --node-id {stored} or use another --data"
             )
@@ -62,5 +80,5 @@ def resolve_node_id(data: Path, requested: str | None, mint_id: Callable[[], str
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except OSError as exc:
-        raise NodeError(f"cannot write the node id to {path}: {exc.strerror or exc}") from exc
+        raise DataDirError(f"cannot write the node id to {path}: {exc.strerror or exc}") from exc
     return node_id

@@ -20,7 +20,7 @@ import orjson
 
 from shareddb.clock import HybridClock, wall_millis
 from shareddb.config import Settings
-from shareddb.data_dir import NodeError, lock_data_dir, resolve_node_id
+from shareddb.data_dir import DataDirError, claim
 from shareddb.membership import Member, Membership
 from shareddb.record import (
     Record,
@@ -52,6 +52,10 @@ WRITE_ATTEMPTS = 8
 # and the source of a new store's instance id. The default follows --store; the simulation and unit
 # tests may pass their own (a `MemoryStore`, say).
 StoreFactory = Callable[[Path, Callable[[], int], Callable[[], str], Callable[[], int]], Store]
+
+
+class NodeError(Exception):
+    """The node cannot start; the message is one line meant for the user."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,12 +142,10 @@ class Node:
                 raise NodeError(f"bad --bus {redact(settings.bus)!r}: {exc}") from None
         data = settings.data
         try:
-            data.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise NodeError(f"cannot use data dir {data}: {exc.strerror or exc}") from exc
-        lock = lock_data_dir(data)
+            lock, node_id = claim(data, settings.node_id, mint_id)
+        except DataDirError as exc:
+            raise NodeError(str(exc)) from None
         try:
-            node_id = resolve_node_id(data, settings.node_id, mint_id)
             clock = HybridClock()
             spec = settings.store
             if make_store is not None:

@@ -20,8 +20,7 @@ from shareddb.api.app import create_server
 from shareddb.api.connections import Limits, default_max_connections
 from shareddb.api.metrics import NodeMetrics
 from shareddb.config import Settings
-from shareddb.data_dir import NodeError
-from shareddb.node import Node
+from shareddb.node import Node, NodeError
 from shareddb.tls import TlsError, check_peer_urls, node_contexts
 from shareddb.tokens import TokenError
 from shareddb.workers import NodeWorkers, WorkersError, listen, workers_for
