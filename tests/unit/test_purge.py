@@ -3,8 +3,6 @@ active member holds it and the grace period has passed."""
 
 from __future__ import annotations
 
-import pytest
-
 from shareddb.clock import from_millis
 from shareddb.membership import Membership
 from shareddb.record import Record, make_version
@@ -13,11 +11,6 @@ from shareddb.store.memory import MemoryStore
 
 GRACE_MS = 60_000
 T0 = 1_800_000_000_000  # ms
-
-
-@pytest.fixture
-def store(memory_store: MemoryStore) -> MemoryStore:
-    return memory_store
 
 
 def version(millis: int) -> str:
@@ -32,7 +25,7 @@ async def deleted(store: MemoryStore, key: str, millis: int) -> int:
 
 
 async def test_a_tombstone_goes_once_every_member_holds_it_and_the_grace_passed(
-    store: MemoryStore,
+    memory_store: MemoryStore,
 ) -> None:
     """Invariant 4: a deleted key never comes back.
 
@@ -40,10 +33,10 @@ async def test_a_tombstone_goes_once_every_member_holds_it_and_the_grace_passed(
     heard of is covered by the grace period."""
     now = T0
     members = Membership("n1", "http://n1:1", clock=lambda: 0.0)
-    purge = Purge(store, members, now=lambda: now, grace_ms=GRACE_MS)
+    purge = Purge(memory_store, members, now=lambda: now, grace_ms=GRACE_MS)
     members.heard_from("n2", "http://n2:1", 1, "i2")
     members.heard_from("n3", "http://n3:1", 1, "i3")
-    seq = await deleted(store, "gone", T0)
+    seq = await deleted(memory_store, "gone", T0)
 
     assert purge.horizon() is None  # neither has pulled since this node started
     members.record_progress("n2", seq)
@@ -62,14 +55,14 @@ async def test_a_tombstone_goes_once_every_member_holds_it_and_the_grace_passed(
     assert await purge.run() == 1
 
 
-async def test_no_purge_while_a_peer_is_unidentified(store: MemoryStore) -> None:
+async def test_no_purge_while_a_peer_is_unidentified(memory_store: MemoryStore) -> None:
     """Invariant 4, as above: a --peers URL whose node is not known yet may hold anything."""
     members = Membership("n1", "http://n1:1", clock=lambda: 0.0)
     members.static_urls.add("http://somewhere:1")
-    purge = Purge(store, members, now=lambda: T0 + 10 * GRACE_MS, grace_ms=GRACE_MS)
-    await deleted(store, "gone", T0)
+    purge = Purge(memory_store, members, now=lambda: T0 + 10 * GRACE_MS, grace_ms=GRACE_MS)
+    await deleted(memory_store, "gone", T0)
     assert purge.horizon() is None
     assert await purge.run() == 0
     members.static_urls.clear()  # alone: this node holds its own feed
-    assert purge.horizon() == store.last_seq
+    assert purge.horizon() == memory_store.last_seq
     assert await purge.run() == 1

@@ -359,7 +359,8 @@ class Replicator:
         )
         try:
             listed = frozenset(self.membership.ids_at(url))
-            with self.membership.exchange(peer_id or "", wait and wait + EXCHANGE_SLACK):
+            open_for = wait + EXCHANGE_SLACK if wait else 0.0  # a pull answered at once: nothing held
+            with self.membership.exchange(peer_id or "", open_for):
                 reply = await self.transport.pull(url, request)
             return Pulled(reply, checkpoint, asked, listed)
         except PeerRemoved:
