@@ -28,15 +28,15 @@ def claim(data: Path, requested: str | None, mint_id: Callable[[], str]) -> tupl
         data.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DataDirError(f"cannot use data dir {data}: {exc.strerror or exc}") from exc
-    lock = lock_data_dir(data)
+    lock = _lock(data)
     try:
-        return lock, resolve_node_id(data, requested, mint_id)
+        return lock, _resolve_node_id(data, requested, mint_id)
     except BaseException:
         lock.close()
         raise
 
 
-def lock_data_dir(data: Path) -> IO[str]:
+def _lock(data: Path) -> IO[str]:
     """Hold an exclusive lock on the data dir so two nodes never share one store."""
     try:
         handle = open(data / LOCK_FILE, "a+")  # noqa: SIM115 - held for the node's lifetime
@@ -50,7 +50,7 @@ def lock_data_dir(data: Path) -> IO[str]:
     return handle
 
 
-def resolve_node_id(data: Path, requested: str | None, mint_id: Callable[[], str]) -> str:
+def _resolve_node_id(data: Path, requested: str | None, mint_id: Callable[[], str]) -> str:
     """The id stored in the data dir; a different requested id is refused."""
     path = data / NODE_ID_FILE
     stored: str | None = None
