@@ -12,10 +12,13 @@ tally (the pipeline refreshes it before anything can await after a commit).
 from __future__ import annotations
 
 from bisect import bisect_right
+from operator import itemgetter
 
 from shareddb.record import Record
 from shareddb.store.base import Change, FeedPage, change_size
-from shareddb.store.plan import Batch
+from shareddb.store.plan import Batch, Row
+
+_BY_SEQ = itemgetter(3)
 
 TAIL_CHANGES = 50_000  # changes kept at most
 TAIL_BYTES = 16 * 1024 * 1024  # and about this much of them (by `change_size`)
@@ -34,7 +37,10 @@ class FeedTail:
         # from `_changes`), dropped as the list is compacted.
         self._seqs: list[int] = []
         self._head = 0
-        self._changes: dict[int, Change] = {}
+        # A row as its batch wrote it, made a `Change` the first time a reader asks for it: a
+        # node whose feed nobody reads as fast as it grows (a follower on the bus) pays per
+        # change only for the bookkeeping, not for objects no one reads.
+        self._changes: dict[int, Change | Row] = {}
         self._by_key: dict[str, int] = {}
         self._bytes = 0
 
@@ -63,13 +69,14 @@ class FeedTail:
             # such batches come, and holding them as objects costs far more than their bytes.
             self.reset(batch.tally.seq)
             return
-        for key, value, version, seq, expires, _ in sorted(batch.rows, key=lambda row: row[3]):
-            self._drop(key)
-            change = Change(seq, Record(key, value, version, expires))
-            self._changes[seq] = change
-            self._by_key[key] = seq
-            self._seqs.append(seq)
-            self._bytes += change_size(key, value)
+        changes, by_key, seqs, drop = self._changes, self._by_key, self._seqs, self._drop
+        for row in sorted(batch.rows, key=_BY_SEQ):
+            key, seq = row[0], row[3]
+            drop(key)
+            changes[seq] = row
+            by_key[key] = seq
+            seqs.append(seq)
+            self._bytes += change_size(key, row[1])
         for key in batch.purged:
             self._drop(key)
         self._last = batch.tally.seq
@@ -79,8 +86,9 @@ class FeedTail:
             self.start = self._seqs[self._head]
             self._head += 1
             if (old := self._changes.pop(self.start, None)) is not None:
-                del self._by_key[old.record.key]
-                self._bytes -= change_size(old.record.key, old.record.value)
+                key, value = _key_value(old)
+                del self._by_key[key]
+                self._bytes -= change_size(key, value)
         if (self._head > 1024 and self._head * 2 > len(self._seqs)) or len(self._seqs) > 2 * (
             len(self._changes) + 1024
         ):
@@ -90,8 +98,7 @@ class FeedTail:
     def _drop(self, key: str) -> None:
         seq = self._by_key.pop(key, None)
         if seq is not None:
-            old = self._changes.pop(seq)
-            self._bytes -= change_size(key, old.record.value)
+            self._bytes -= change_size(key, _key_value(self._changes.pop(seq))[1])
 
     def read(self, since: int, limit: int, max_bytes: int | None) -> FeedPage | None:
         """The page `Backend.changes_since(since, limit, max_bytes)` would answer, or None when
@@ -101,11 +108,15 @@ class FeedTail:
         budget = float("inf") if max_bytes is None else max_bytes
         changes: list[Change] = []
         total = 0
-        seqs = self._seqs
+        seqs, held = self._seqs, self._changes
         for index in range(max(self._head, bisect_right(seqs, since, self._head)), len(seqs)):
-            change = self._changes.get(seqs[index])
+            seq = seqs[index]
+            change = held.get(seq)
             if change is None:
                 continue
+            if isinstance(change, tuple):
+                key, value, version, _, expires, _ = change
+                change = held[seq] = Change(seq, Record(key, value, version, expires))
             total += change_size(change.record.key, change.record.value)
             if total > budget and changes:
                 return FeedPage(changes, changes[-1].seq)
@@ -113,3 +124,9 @@ class FeedTail:
             if len(changes) >= limit:
                 return FeedPage(changes, change.seq)
         return FeedPage(changes, max(since, self._last))
+
+
+def _key_value(held: Change | Row) -> tuple[str, str | None]:
+    if isinstance(held, tuple):
+        return held[0], held[1]
+    return held.record.key, held.record.value
