@@ -391,7 +391,7 @@ class Node:
         drift bound. Answers how many won, and how many were past the drift bound."""
         wall = self._now()
         skewed = sum(not self.clock.observe(version_hlc(r.version), wall) for r in records)
-        won = await self.store.apply(records)
+        won = (await self.store.apply(records)).won
         if self.replicator is not None:
             self.replicator.skewed += skewed
         return won, skewed

@@ -14,13 +14,14 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, cast
 
 import pytest
 
 from shareddb.clock import HybridClock, wall_millis
 from shareddb.record import Record, make_version
 from shareddb.store.base import (
+    Applied,
     Change,
     Checkpoint,
     CopyPage,
@@ -265,8 +266,21 @@ async def test_apply_keeps_the_greatest_version_of_each_key(store: Store) -> Non
 
 async def test_apply_returns_how_many_records_won(store: Store) -> None:
     # a1 wins, a2 wins, a3 wins; b1 wins, b2 wins; c1; d tomb; e1 wins; e0 loses.
-    assert await store.apply(HISTORY) == 8
-    assert await store.apply(HISTORY) == 0
+    assert (await store.apply(HISTORY)).won == 8
+    assert (await store.apply(HISTORY)).won == 0
+
+
+async def test_apply_says_which_feed_positions_the_winners_took(store: Store) -> None:
+    """The bus's publisher passes over those positions without reading them: they hold the
+    peer's records and nothing else."""
+    await store.apply([put("a", "1", 5), put("b", "1", 5)])
+    applied = await store.apply([put("a", "old", 1), put("c", "1", 2), tomb("b", 9)])
+    assert (applied.won, applied.first, applied.last) == (2, 3, 4)
+    page = await store.changes_since(2, 10)
+    assert [(c.seq, c.record) for c in page.changes] == [(3, put("c", "1", 2)), (4, tomb("b", 9))]
+    nothing = await store.apply([put("a", "older", 2)])
+    assert nothing.won == 0
+    assert nothing.first > nothing.last
 
 
 async def test_apply_in_any_order_and_with_duplicates_reaches_the_same_state(stores: Stores) -> None:
@@ -287,9 +301,9 @@ async def test_apply_in_any_order_and_with_duplicates_reaches_the_same_state(sto
 
 async def test_apply_of_a_tombstone_for_an_unknown_key_stores_it(store: Store) -> None:
     """Invariant 4: a delete is never undone by a store that missed the write before it."""
-    assert await store.apply([tomb("k", 5)]) == 1
+    assert (await store.apply([tomb("k", 5)])).won == 1
     assert await store.get("k") == tomb("k", 5)
-    assert await store.apply([put("k", "late", 4)]) == 0
+    assert (await store.apply([put("k", "late", 4)])).won == 0
     assert await store.get("k") == tomb("k", 5)
     assert store.digest().count == 0
 
@@ -303,9 +317,9 @@ async def test_apply_with_a_checkpoint_saves_it(store: Store) -> None:
 
 async def test_checkpoint_is_saved_even_when_no_record_wins(store: Store) -> None:
     await store.apply([put("k", "v", 5)])
-    assert await store.apply([put("k", "old", 1)], Checkpoint("peer-a", "inst-1", 9)) == 0
+    assert (await store.apply([put("k", "old", 1)], Checkpoint("peer-a", "inst-1", 9))).won == 0
     assert await store.checkpoint("peer-a") == Checkpoint("peer-a", "inst-1", 9)
-    assert await store.apply([], Checkpoint("peer-a", "inst-2", 1)) == 0
+    assert (await store.apply([], Checkpoint("peer-a", "inst-2", 1))).won == 0
     assert await store.checkpoint("peer-a") == Checkpoint("peer-a", "inst-2", 1)
 
 
@@ -328,7 +342,7 @@ async def test_failed_apply_changes_nothing_not_even_the_checkpoint(store: Store
     assert await store.checkpoint("peer-a") == Checkpoint("peer-a", "inst", 1)
     assert (store.last_seq, store.digest()) == (seq, digest)
     # and the store keeps working
-    assert await store.apply([put("k", "v3", 3)], Checkpoint("peer-a", "inst", 3)) == 1
+    assert (await store.apply([put("k", "v3", 3)], Checkpoint("peer-a", "inst", 3))).won == 1
     assert await store.checkpoint("peer-a") == Checkpoint("peer-a", "inst", 3)
 
 
@@ -745,7 +759,10 @@ async def test_concurrent_applies_and_writes_all_land(store: Store) -> None:
         *(store.apply(batch, Checkpoint(f"peer{b}", "i", 20)) for b, batch in enumerate(batches)),
         *(store.write(put(f"w{i}", "v", 2)) for i in range(50)),
     )
-    assert results[:10] == [20] * 10
+    applied = cast(list[Applied], results[:10])
+    assert [a.won for a in applied] == [20] * 10
+    positions = sorted(p for a in applied for p in range(a.first, a.last + 1))
+    assert len(positions) == len(set(positions)) == 200  # each batch's range its own
     assert results[10:] == [Outcome.CREATED] * 50
     assert store.digest().count == 250
     assert store.last_seq == 250
@@ -994,7 +1011,7 @@ async def test_a_peer_transaction_keeps_a_key_this_store_did_not_take(stores: St
     """The entry names the key, and serves it at the newer state this store holds."""
     store = await stores.open()
     await store.apply([put("b", "newer", 9)])  # seq 1
-    assert await store.apply([put("a", "1", 1), put("b", "older", 2)], groups=[(0, 2)]) == 1
+    assert (await store.apply([put("a", "1", 1), put("b", "older", 2)], groups=[(0, 2)])).won == 1
     assert await feed(store) == [
         Change(1, put("b", "newer", 9)),
         Change(2, put("a", "1", 1), 2),

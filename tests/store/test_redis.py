@@ -338,7 +338,7 @@ async def test_a_batch_redis_refuses_changes_nothing_and_the_store_goes_on(
         await admin.config_set("maxmemory", 0)
     finally:
         await admin.aclose()
-    assert await store.apply([put("k", "v3", 3)], Checkpoint("peer", "inst", 3)) == 1
+    assert (await store.apply([put("k", "v3", 3)], Checkpoint("peer", "inst", 3))).won == 1
     assert await store.get("k") == put("k", "v3", 3)
     assert (await assert_store_matches_redis(store)).seq == 2
 
@@ -361,7 +361,7 @@ async def test_a_batch_is_refused_whole_when_a_store_key_has_the_wrong_type(
         await admin.aclose()
     assert await assert_store_matches_redis(store) == before
     assert await store.get("b") is None
-    assert await store.apply([put("b", "2", 2), Record("a", None, v(3))], groups=[(0, 2)]) == 2
+    assert (await store.apply([put("b", "2", 2), Record("a", None, v(3))], groups=[(0, 2)])).won == 2
     assert sorted((await assert_store_matches_redis(store)).covered) == ["a", "b"]
 
 

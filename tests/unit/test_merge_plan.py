@@ -5,7 +5,15 @@ from __future__ import annotations
 import itertools
 
 from shareddb.record import Record, make_version
-from shareddb.store.base import DIGEST_BUCKETS, Change, Checkpoint, Outcome, bucket_of, record_hash
+from shareddb.store.base import (
+    DIGEST_BUCKETS,
+    Applied,
+    Change,
+    Checkpoint,
+    Outcome,
+    bucket_of,
+    record_hash,
+)
 from shareddb.store.ops import (
     Behind,
     ClientWrite,
@@ -106,7 +114,9 @@ def test_a_batch_answers_each_operation_in_order() -> None:
         SetMeta("members", '["x"]'),
     ]
     batch = plan_batch(ops, 400, base, {}, {})
-    assert batch.results == [Outcome.CREATED, None, 1, Outcome.NOT_FOUND, 0, None]
+    assert batch.results == [
+        Outcome.CREATED, None, Applied(1, 12, 12), Outcome.NOT_FOUND, Applied(0, 13, 12), None
+    ]  # fmt: skip
     assert batch.checkpoints == [Checkpoint("p", "i", 9)]  # the last one of a peer wins
     assert batch.meta == {"members": '["x"]'}
     assert (batch.tally.seq, batch.tally.live) == (12, 3)
@@ -135,7 +145,7 @@ def test_a_purge_sees_the_batch_it_is_in() -> None:
         PurgeTombstones(100, v(1000, "")),
     ]
     batch = plan_batch(ops, 0, base, stored, {"back": (1, v(1))})
-    assert batch.results == [2, 1]
+    assert batch.results == [Applied(2, 3, 4), 1]
     assert batch.purged == ["gone"]
     assert [row[0] for row in batch.rows] == ["back"]
     assert batch.tally.live == 1
@@ -204,7 +214,7 @@ def test_a_peer_transaction_is_kept_whole_even_where_this_node_has_newer() -> No
     stored: Stored = {"a": (True, v(50), None)}
     records = [put("x", "1", 1), put("a", "old", 5), put("b", "new", 6), put("y", "2", 2)]
     batch = plan_batch([PeerBatch(records, None, [(1, 3)])], 0, Tally(1, 1, 0, EMPTY), stored, {})
-    assert batch.results == [3]
+    assert batch.results == [Applied(3, 2, 4)]  # x, b, y: the positions hold nothing else
     assert batch.entries == [(3, [Change(0, put("a", "old", 5)), Change(3, put("b", "new", 6))])]
     assert {row[0]: row[5] for row in batch.rows} == {"x": 0, "b": 3, "y": 0}
 
@@ -234,11 +244,11 @@ def test_the_tombstone_an_expiry_left_wins_over_the_value_at_the_same_version() 
     (every member has applied it) holds for expiries too."""
     stored: Stored = {"k": (True, v(1), 500)}
     batch = plan_batch([PeerBatch([tomb("k", 1)])], 0, Tally(1, 1, 0, EMPTY), stored, {})
-    assert batch.results == [1]
+    assert batch.results == [Applied(1, 2, 2)]
     assert batch.rows == [("k", None, v(1), 2, None, 0)]
     assert (batch.buckets, batch.tally.live) == ({}, 0)
     again = plan_batch([PeerBatch([put("k", "v", 1)])], 0, batch.tally, {"k": (False, v(1), None)}, {})
-    assert again.results == [0]  # and the value never comes back over it
+    assert again.results == [Applied(0, 3, 2)]  # and the value never comes back over it
 
 
 def test_a_purge_that_drops_tombstones_raises_the_feed_floor() -> None:

@@ -13,7 +13,7 @@ import pytest
 from shareddb.config import Settings
 from shareddb.node import Node
 from shareddb.record import Record, make_version, version_hlc
-from shareddb.store.base import Checkpoint, Outcome, Store, StoreFull, StoreUnavailable
+from shareddb.store.base import Applied, Checkpoint, Outcome, Store, StoreFull, StoreUnavailable
 from shareddb.store.memory import MemoryBackend, MemoryData, MemoryStore
 from shareddb.store.pipeline import Batch, OutcomeUnknown, PipelineStore, Planner
 
@@ -137,7 +137,7 @@ async def test_each_operation_of_a_batch_gets_its_own_result() -> None:
             store.set_meta("members", "[]"),
             store.purge_tombstones(1, v(100, "")),
         )
-        assert list(results) == [Outcome.CREATED, Outcome.NOT_FOUND, 1, None, 1]
+        assert list(results) == [Outcome.CREATED, Outcome.NOT_FOUND, Applied(1, 3, 3), None, 1]
         assert await store.checkpoint("p") == Checkpoint("p", "i", 3)
         assert await store.get("old") is None
     finally:

@@ -353,7 +353,8 @@ class Bus:
         if batch is None:
             return
         checkpoint = Checkpoint(peer, self._instance, batch.checkpoint)
-        await self.store.apply(batch.records, checkpoint, batch.groups)
+        applied = await self.store.apply(batch.records, checkpoint, batch.groups)
+        self.publisher.took(applied.first, applied.last)
         last = messages[-1].metadata
         self.state.position = last.sequence.stream
         self.state.stream_last = max(self.state.stream_last, self.state.position + last.num_pending)

@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 
 import nats.errors
@@ -26,7 +27,7 @@ from shareddb.membership import Membership
 from shareddb.record import Record, named, version_origin
 from shareddb.replication.bus_view import BusAddress, BusState, FeedMarks, backoff
 from shareddb.replication.transport import PullReply, encode_reply
-from shareddb.store.base import Change, Store
+from shareddb.store.base import Change, FeedPage, Store
 
 log = logging.getLogger("shareddb.bus")
 
@@ -38,13 +39,16 @@ PUBLISH_PAGE = 5_000  # changes read from the feed at once
 SAVE_EVERY = 1.0  # seconds between saves of the position while busy
 FIRST_HEARD = 2.5  # seconds to wait for the others' heartbeats before publishing anything
 IDLE_WAIT = 1.0  # seconds the publisher waits for a change before it looks again
-# Seconds a busy publisher gathers changes before its next message: every message costs each
-# of the other nodes a commit of its own, so under load one message per LINGER (all that came
-# meanwhile) keeps the whole cluster's cost per write flat. A write after a quiet spell, or one
-# that waits for copies (`w=N`, see `hurry`), goes out at once.
+# Seconds a busy publisher gathers changes before its next message, per two other nodes on the
+# bus (`linger`): every message costs each of the other nodes a commit of its own, so under load
+# one message per linger (all that came meanwhile) keeps the whole cluster's cost per write flat
+# as it grows. A write after a quiet spell, or one that waits for copies (`w=N`, see `hurry`),
+# goes out at once.
 LINGER = 0.05
+MAX_LINGER = 0.4
 REQUEST_TIMEOUT = 5.0
 HEADROOM = 4096  # bytes of a message kept for headers and framing below the server's max_payload
+OTHERS_KEPT = 4096  # feed ranges of the others' writes remembered at most (see `took`)
 
 
 class Publisher:
@@ -76,10 +80,21 @@ class Publisher:
         self.position: int | None = None  # the feed position published, across sessions
         self._sent_at = 0.0  # monotonic seconds of the last message published
         self._hurried = asyncio.Event()  # a write waits for copies: publish without lingering
+        # Feed ranges (first, last) that hold only the others' writes taken off the bus, in order.
+        self._others: deque[tuple[int, int]] = deque()
 
     def hurry(self) -> None:
         """A write waits for copies (`w=N`): publish what there is now."""
         self._hurried.set()
+
+    def took(self, first: int, last: int) -> None:
+        """The others' writes off the bus took feed positions `first` to `last` (and only they):
+        nothing there is this node's to publish, so it passes over them without reading them. A
+        follower's feed is almost all such ranges; reading them only to skip every record cost
+        it about a fifth of its CPU per write. Forgetting a range is harmless: it is read and
+        its records skipped one by one, as any other."""
+        if first <= last and len(self._others) < OTHERS_KEPT:
+            self._others.append((first, last))
 
     def heard(self, origin: str) -> None:
         """Another node publishes on the bus, under `origin`: its writes are not ours to send."""
@@ -95,6 +110,7 @@ class Publisher:
         self, nc: Client, js: JetStreamContext, info: StreamInfo, live: Callable[[], bool]
     ) -> None:
         """Publish until `live()` is false; the stream as it was when the session began is `info`."""
+        self._others.clear()  # what the last session took is read again, as any other range
         position = await self._published_position()
         if self.position is not None:
             position = max(position, self.position)  # published in an earlier session
@@ -117,15 +133,22 @@ class Publisher:
             if self.membership.self_entry.left:
                 await asyncio.sleep(IDLE_WAIT)  # a node that left publishes nothing more
                 continue
-            page = await self.store.changes_since(position, PUBLISH_PAGE)
+            position = self._past_others(position)
+            page = await self._page(position)
             if not page.changes and page.until <= position:
+                wait = IDLE_WAIT
                 if saved != position:
-                    await self._save_published(position)
-                    saved, saved_at = position, time.monotonic()
-                await self.store.wait_for_changes(position, IDLE_WAIT)
+                    # Saved at most once per SAVE_EVERY here too: each save is a commit, and a
+                    # follower comes here after every message it applies.
+                    wait = saved_at + SAVE_EVERY - time.monotonic()
+                    if wait <= 0:
+                        await self._save_published(position)
+                        saved, saved_at, wait = position, time.monotonic(), IDLE_WAIT
+                await self.store.wait_for_changes(position, wait)
                 continue
             if await self._linger():
-                page = await self.store.changes_since(position, PUBLISH_PAGE)
+                position = self._past_others(position)
+                page = await self._page(position)
             units = self._units(page.changes)
             try:
                 for records, groups, until in self._messages(nc.max_payload, units, page.until):
@@ -149,10 +172,35 @@ class Publisher:
                 await self._save_published(position)
                 saved, saved_at = position, time.monotonic()
 
+    def _past_others(self, position: int) -> int:
+        """The feed position past the ranges of the others' writes that start right after
+        `position` (see `took`): as if a page of them had been read and none published."""
+        others = self._others
+        moved = position
+        while others and others[0][0] <= moved + 1:
+            moved = max(moved, others.popleft()[1])
+        if moved > position:
+            self.position = self.state.published = moved
+            self.marks.mark(max(self.covered, self.state.position), moved)
+        return moved
+
+    async def _page(self, position: int) -> FeedPage:
+        """The feed after `position`, up to the next range of the others' writes when one is
+        known (the page may run into it where keys were written again; nothing is lost)."""
+        limit = PUBLISH_PAGE
+        if self._others:
+            limit = max(1, min(limit, self._others[0][0] - position - 1))
+        return await self.store.changes_since(position, limit)
+
+    def linger(self) -> float:
+        """Seconds between messages under load: LINGER with two other nodes on the bus, growing
+        with their number (each pays a commit per message) up to MAX_LINGER."""
+        return min(MAX_LINGER, LINGER * max(1.0, len(self.state.members) / 2))
+
     async def _linger(self) -> bool:
-        """Wait out the rest of LINGER after the last message, unless a write waits for copies.
+        """Wait out the rest of `linger()` after the last message, unless a write waits for copies.
         Returns whether it waited (the page is read again, with what came meanwhile)."""
-        rest = self._sent_at + LINGER - time.monotonic()
+        rest = self._sent_at + self.linger() - time.monotonic()
         if rest <= 0 or self._hurried.is_set():
             self._hurried.clear()
             return False

@@ -59,6 +59,17 @@ class Outcome(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
+class Applied:
+    """What `Store.apply` did with a peer's records: how many won, and the feed positions the
+    winners took, `first` to `last` (none when `first > last`). Those positions held the peer's
+    records and nothing else when they committed."""
+
+    won: int
+    first: int = 1
+    last: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Checkpoint:
     """How far this node has applied a peer's changes feed (that feed's instance, sequence)."""
 
@@ -244,10 +255,10 @@ class Store(Protocol):
         records: Sequence[Record],
         checkpoint: Checkpoint | None = None,
         groups: Sequence[tuple[int, int]] = (),
-    ) -> int:
+    ) -> Applied:
         """Merge records from a peer by LWW and save `checkpoint`, atomically. `groups`: index
         ranges of `records` that are transactions, kept whole in this node's feed. Returns how
-        many won."""
+        many won, and where in the feed."""
         ...
 
     async def bulk_load(

@@ -28,6 +28,7 @@ from shareddb.store.backend import Backend, OutcomeUnknown
 from shareddb.store.base import (
     COPY_CHUNK,
     COPY_CHUNK_BYTES,
+    Applied,
     ChangeSignal,
     Checkpoint,
     CopyPage,
@@ -256,8 +257,8 @@ class PipelineStore:
         records: Sequence[Record],
         checkpoint: Checkpoint | None = None,
         groups: Sequence[tuple[int, int]] = (),
-    ) -> int:
-        result: int = await self._submit(PeerBatch(records, checkpoint, groups))
+    ) -> Applied:
+        result: Applied = await self._submit(PeerBatch(records, checkpoint, groups))
         return result
 
     async def bulk_load(

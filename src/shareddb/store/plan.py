@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from shareddb.record import Record, supersedes
 from shareddb.store.base import (
     DIGEST_BUCKETS,
+    Applied,
     Change,
     Checkpoint,
     Digest,
@@ -278,7 +279,8 @@ def plan_batch(
         elif isinstance(op, Txn):
             results.append(_plan_txn(plan, op))
         elif isinstance(op, PeerBatch):
-            results.append(_plan_peer_batch(plan, op))
+            first = plan.seq + 1  # each record that wins takes the next position
+            results.append(Applied(_plan_peer_batch(plan, op), first, plan.seq))
             if op.checkpoint is not None:
                 checkpoints[op.checkpoint.peer] = op.checkpoint
         elif isinstance(op, Expire):

@@ -1,0 +1,55 @@
+"""The change bus's publisher (replication/bus_publish.py) passes over the feed ranges that hold
+only the others' writes taken off the bus, without reading them, and reads everything else: a
+write of its own between two such ranges is still found (invariant 1)."""
+
+from __future__ import annotations
+
+from shareddb.membership import Membership
+from shareddb.record import Record, make_origin, make_version
+from shareddb.replication.bus_publish import Publisher
+from shareddb.replication.bus_view import BusState, parse_bus_url
+from shareddb.store.memory import MemoryStore
+
+ME = make_origin("n1", "i1")
+OTHER = make_origin("n2", "i2")
+
+
+def publisher(store: MemoryStore) -> Publisher:
+    membership = Membership("n1", "http://n1", "i1", clock=lambda: 0.0)
+    address = parse_bus_url("nats://127.0.0.1:4999")
+    return Publisher(address, "n1", ME, store, membership, BusState())
+
+
+def record(key: str, hlc: int, origin: str) -> Record:
+    return Record(key, f"v-{key}", make_version(hlc, origin))
+
+
+async def test_ranges_of_the_others_writes_are_passed_over_and_the_rest_is_read(
+    memory_store: MemoryStore,
+) -> None:
+    pub = publisher(memory_store)
+    pub.heard(OTHER)
+    await memory_store.write(record("mine-1", 1, ME))  # feed position 1
+    applied = await memory_store.apply([record(f"theirs-{i}", 10 + i, OTHER) for i in range(3)])
+    pub.took(applied.first, applied.last)  # positions 2 to 4
+    await memory_store.write(record("mine-2", 20, ME))  # 5
+
+    assert pub._past_others(0) == 0  # position 1 is not theirs: it is read first
+    page = await pub._page(0)
+    assert [c.record.key for c in page.changes] == ["mine-1"]  # and the page stops before theirs
+
+    assert pub._past_others(1) == 4
+    assert (pub.position, pub.state.published) == (4, 4)
+    page = await pub._page(4)
+    assert [c.record.key for c in page.changes] == ["mine-2"]
+
+
+async def test_a_range_already_read_or_empty_changes_nothing(memory_store: MemoryStore) -> None:
+    pub = publisher(memory_store)
+    await memory_store.write(record("mine-1", 1, ME))
+    applied = await memory_store.apply([record("mine-1", 0, ME)])  # older than the stored one
+    assert applied.won == 0
+    pub.took(applied.first, applied.last)  # nothing won: nothing to pass over
+    pub.took(1, 1)  # read already
+    assert pub._past_others(3) == 3
+    assert pub.position is None
