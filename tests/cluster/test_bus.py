@@ -163,6 +163,22 @@ def test_node_behind_the_streams_retention_copies_from_a_peer(
     assert "too far behind on the bus" in c.new_log()
 
 
+def test_a_stream_made_anew_carries_the_writes_of_a_node_gone_for_good(
+    start_node: StartNode, bus: NatsServer
+) -> None:
+    """Invariants 1 and 2: when the stream is deleted and made again, the nodes publish their
+    feeds to it again, and that includes the writes of a node that is not there to publish its
+    own: a node that starts on the new stream gets them too."""
+    a, b, c = bus_cluster(start_node, bus, ["a", "b", "c"])
+    acks = run_ops(writes([c], "k", 20) + writes([a], "k", 5), concurrency=4)
+    wait_converged([a, b, c])
+    c.stop()  # for good
+    asyncio.run(_delete_stream(bus.url))
+    d = start_node("d", "--bus", bus.url)
+    wait_converged([a, b, d], timeout=60)
+    assert_state(d, final_state(acks), "k/", set())  # c's writes (k/c/...) and a's
+
+
 def test_values_larger_than_a_bus_message_arrive_whole(start_node: StartNode, tmp_path: Path) -> None:
     with running_nats(tmp_path / "small", max_payload=32 * 1024) as server:
         a, b = bus_cluster(start_node, server, ["a", "b"])
@@ -224,5 +240,13 @@ async def _make_stream(url: str, max_msgs: int) -> None:
         await js.add_stream(
             name="SHAREDDB_shareddb", subjects=["shareddb.shareddb.changes.>"], max_msgs=max_msgs
         )
+    finally:
+        await nc.close()
+
+
+async def _delete_stream(url: str) -> None:
+    nc = await nats.connect(url)
+    try:
+        await nc.jetstream().delete_stream("SHAREDDB_shareddb")
     finally:
         await nc.close()

@@ -254,7 +254,14 @@ class Bus:
             self._instance = _instance(info)
             self.publisher.new_stream(self._instance)
             self.beats.instance = self._instance
+            self.state.position = 0  # nothing of this stream applied yet
         self._seen(info)
+        # Nothing past the stream's last message was applied or published on it (a server that
+        # lost its last messages numbers new ones from there again). Settled here, before any
+        # loop of the session starts: the heartbeat loop takes a position past the stream's end
+        # for a loss, and ends the session, which began again at once into the same race.
+        self.state.position = min(self.state.position, info.state.last_seq)
+        self.publisher.begin(info)
         subscription = await nc.subscribe(self.address.heartbeats, cb=self.beats.heard)
         self.state.error = None
         try:

@@ -82,6 +82,7 @@ class Publisher:
         self._hurried = asyncio.Event()  # a write waits for copies: publish without lingering
         # Feed ranges (first, last) that hold only the others' writes taken off the bus, in order.
         self._others: deque[tuple[int, int]] = deque()
+        self._rewind: int | None = None  # the feed position to publish from again (`begin`)
 
     def hurry(self) -> None:
         """A write waits for copies (`w=N`): publish what there is now."""
@@ -102,9 +103,23 @@ class Publisher:
         self._heard.set()
 
     def new_stream(self, instance: str) -> None:
-        """Another stream (the first, or one made anew): nothing known of the last holds."""
+        """Another stream (the first, or one made anew): nothing known of the last holds. Nor
+        who publishes on it: a node that published its own writes to the last stream and is
+        gone for good cannot publish them to this one, so until a node is heard on this stream
+        (its heartbeat, or a message), this node publishes its writes as nobody else's."""
         self.instance = instance
         self.position, self.marks, self.last_acked = None, FeedMarks(), 0
+        self.origins.clear()
+        self._heard.clear()
+
+    def begin(self, info: StreamInfo) -> None:
+        """A session begins on the stream as `info` describes it: what it lost since the last
+        session is known from here on, before anything looks at `last_acked`."""
+        self._rewind = None
+        if info.state.last_seq < self.last_acked:
+            # The server came back without its last messages: they are published again.
+            self._rewind = self.marks.rewind(info.state.last_seq)
+        self.last_acked = min(self.last_acked, info.state.last_seq)
 
     async def run(
         self, nc: Client, js: JetStreamContext, info: StreamInfo, live: Callable[[], bool]
@@ -114,11 +129,9 @@ class Publisher:
         position = await self._published_position()
         if self.position is not None:
             position = max(position, self.position)  # published in an earlier session
-        if info.state.last_seq < self.last_acked:
-            # The server came back without its last messages: publish them again.
-            position = self.position = min(position, self.marks.rewind(info.state.last_seq))
+        if self._rewind is not None:  # see `begin`
+            position = self.position = min(position, self._rewind)
             await self._save_published(position)
-        self.last_acked = min(self.last_acked, info.state.last_seq)
         # Everything this node published before is on the stream at or below its last sequence.
         self.covered = info.state.last_seq
         self.marks.mark(self.covered, position)
