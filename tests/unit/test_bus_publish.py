@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from shareddb.membership import Membership
 from shareddb.record import Record, make_origin, make_version
-from shareddb.replication.bus_publish import Publisher
+from shareddb.replication.bus_publish import IDLE_WAIT, PUBLISHED, SAVE_EVERY, Publisher
 from shareddb.replication.bus_view import BusState, parse_bus_url
 from shareddb.store.memory import MemoryStore
 
@@ -53,3 +53,18 @@ async def test_a_range_already_read_or_empty_changes_nothing(memory_store: Memor
     pub.took(1, 1)  # read already
     assert pub._past_others(3) == 3
     assert pub.position is None
+
+
+async def test_how_far_it_got_is_saved_at_most_once_a_second(memory_store: MemoryStore) -> None:
+    """Each save is a commit: a follower that went through its feed after every message it
+    applied used to save each time."""
+    pub = publisher(memory_store)
+    pub.new_stream("stream-1")
+    assert await pub._save_when_due(5) == IDLE_WAIT  # the first save is due at once
+    assert await memory_store.get_meta(PUBLISHED) == '{"stream":"stream-1","seq":5}'
+    wait = await pub._save_when_due(9)
+    assert 0 < wait <= SAVE_EVERY  # not yet: it says when
+    assert await memory_store.get_meta(PUBLISHED) == '{"stream":"stream-1","seq":5}'
+    pub._saved_at -= SAVE_EVERY  # as if a second had passed
+    await pub._save_when_due(9)
+    assert await memory_store.get_meta(PUBLISHED) == '{"stream":"stream-1","seq":9}'

@@ -83,6 +83,7 @@ class Publisher:
         # Feed ranges (first, last) that hold only the others' writes taken off the bus, in order.
         self._others: deque[tuple[int, int]] = deque()
         self._rewind: int | None = None  # the feed position to publish from again (`begin`)
+        self._saved, self._saved_at = 0, 0.0  # the position last saved, and when (monotonic)
 
     def hurry(self) -> None:
         """A write waits for copies (`w=N`): publish what there is now."""
@@ -124,7 +125,8 @@ class Publisher:
     async def run(
         self, nc: Client, js: JetStreamContext, info: StreamInfo, live: Callable[[], bool]
     ) -> None:
-        """Publish until `live()` is false; the stream as it was when the session began is `info`."""
+        """Publish until `live()` is false; the stream as it was when the session began is `info`
+        (`begin` has seen it)."""
         self._others.clear()  # what the last session took is read again, as any other range
         position = await self._published_position()
         if self.position is not None:
@@ -136,7 +138,7 @@ class Publisher:
         self.covered = info.state.last_seq
         self.marks.mark(self.covered, position)
         self.state.published = position
-        saved, saved_at = position, time.monotonic()
+        self._saved, self._saved_at = position, time.monotonic()
         failures = 0
         # Until the others' heartbeats name them, their writes in this feed look like nobody's
         # and would all be published again (harmless, but a whole data set after a first start).
@@ -149,15 +151,7 @@ class Publisher:
             position = self._past_others(position)
             page = await self._page(position)
             if not page.changes and page.until <= position:
-                wait = IDLE_WAIT
-                if saved != position:
-                    # Saved at most once per SAVE_EVERY here too: each save is a commit, and a
-                    # follower comes here after every message it applies.
-                    wait = saved_at + SAVE_EVERY - time.monotonic()
-                    if wait <= 0:
-                        await self._save_published(position)
-                        saved, saved_at, wait = position, time.monotonic(), IDLE_WAIT
-                await self.store.wait_for_changes(position, wait)
+                await self.store.wait_for_changes(position, await self._save_when_due(position))
                 continue
             if await self._linger():
                 position = self._past_others(position)
@@ -178,12 +172,29 @@ class Publisher:
             if failures:
                 log.info("publishing to the bus again")
             failures = 0
-            position = self.position = max(position, page.until)
-            self.state.published = position
-            self.marks.mark(max(self.covered, self.state.position), position)
-            if time.monotonic() - saved_at >= SAVE_EVERY:
-                await self._save_published(position)
-                saved, saved_at = position, time.monotonic()
+            position = self._went_through(max(position, page.until))
+            await self._save_when_due(position)
+
+    def _went_through(self, position: int) -> int:
+        """This node's feed is gone through up to `position`: all of it that this node
+        publishes is on the stream, at or below what it has published or consumed."""
+        self.position = self.state.published = position
+        self.marks.mark(max(self.covered, self.state.position), position)
+        return position
+
+    async def _save_when_due(self, position: int) -> float:
+        """Save `position` (node meta, a commit) once SAVE_EVERY has passed since the last save:
+        a follower goes through its feed after every message it applies, and a save each time
+        was a second commit per message. Returns the seconds until a save is due again, at most
+        IDLE_WAIT."""
+        if position == self._saved:
+            return IDLE_WAIT
+        due = self._saved_at + SAVE_EVERY - time.monotonic()
+        if due > 0:
+            return min(due, IDLE_WAIT)
+        await self._save_published(position)
+        self._saved, self._saved_at = position, time.monotonic()
+        return IDLE_WAIT
 
     def _past_others(self, position: int) -> int:
         """The feed position past the ranges of the others' writes that start right after
@@ -192,10 +203,7 @@ class Publisher:
         moved = position
         while others and others[0][0] <= moved + 1:
             moved = max(moved, others.popleft()[1])
-        if moved > position:
-            self.position = self.state.published = moved
-            self.marks.mark(max(self.covered, self.state.position), moved)
-        return moved
+        return self._went_through(moved) if moved > position else position
 
     async def _page(self, position: int) -> FeedPage:
         """The feed after `position`, up to the next range of the others' writes when one is
