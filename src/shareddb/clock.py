@@ -9,6 +9,7 @@ a node's versions never go backwards while the wall clock stalls, jumps back, or
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 COUNTER_BITS = 16
 COUNTER_MASK = (1 << COUNTER_BITS) - 1
@@ -65,6 +66,14 @@ class HybridClock:
         if target > self._last:
             self._last = target
         return within
+
+    def observe_all(self, timestamps: Sequence[int], wall_ms: int) -> int:
+        """`observe` of each of `timestamps`, in one step: the clock moves past the greatest.
+        Answers how many were beyond the drift bound."""
+        if not timestamps or self.observe(max(timestamps), wall_ms):
+            return 0
+        bound = from_millis(wall_ms + self.max_drift_ms) | COUNTER_MASK
+        return sum(timestamp > bound for timestamp in timestamps)
 
 
 def wall_millis() -> int:

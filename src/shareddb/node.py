@@ -27,6 +27,7 @@ from shareddb.record import (
     incarnation_of,
     make_origin,
     make_version,
+    record_hlcs,
     version_hlc,
 )
 from shareddb.redis_urls import redact_url
@@ -390,7 +391,7 @@ class Node:
         feed and replicate as usual. Their versions move the clock as a peer's do, up to the
         drift bound. Answers how many won, and how many were past the drift bound."""
         wall = self._now()
-        skewed = sum(not self.clock.observe(version_hlc(r.version), wall) for r in records)
+        skewed = self.clock.observe_all(record_hlcs(records), wall)
         won = (await self.store.apply(records)).won
         if self.replicator is not None:
             self.replicator.skewed += skewed

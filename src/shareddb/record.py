@@ -14,6 +14,7 @@ version its earlier life minted (docs/design.md, "Identity").
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 MAX_KEY_BYTES = 1024
@@ -84,6 +85,11 @@ def make_version(hlc: int, origin: str) -> str:
 def version_hlc(version: str) -> int:
     """The HLC timestamp a version carries."""
     return int(version[:_HLC_WIDTH], 16)
+
+
+def record_hlcs(records: Iterable[Record]) -> list[int]:
+    """The HLC timestamps of `records`' versions, leaving out keys only named (no version)."""
+    return [int(r.version[:_HLC_WIDTH], 16) for r in records if r.version]
 
 
 def version_origin(version: str) -> str:

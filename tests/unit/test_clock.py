@@ -115,6 +115,23 @@ def test_observe_past_the_bound_never_moves_the_clock_back() -> None:
     assert clock.last == from_millis(WALL + 500_000)
 
 
+@pytest.mark.parametrize(
+    "offsets_ms",
+    [[], [-5_000, 30_000, 10], [500, 3_600_000, 2_000, 999], [70_000, 80_000], [1_000]],
+)
+def test_observe_all_moves_the_clock_as_observing_each_and_counts_those_past_the_bound(
+    offsets_ms: list[int],
+) -> None:
+    """What a page of peer records does to the clock, in one step (replication/bus_inbound.py,
+    puller.py): the same clock, and the same count of versions past the drift bound."""
+    stamps = [from_millis(WALL + offset) + 7 for offset in offsets_ms]
+    each, all_at_once = HybridClock(max_drift_ms=1_000), HybridClock(max_drift_ms=1_000)
+    each.now(WALL), all_at_once.now(WALL)
+    beyond = sum(not each.observe(stamp, WALL) for stamp in stamps)
+    assert all_at_once.observe_all(stamps, WALL) == beyond
+    assert all_at_once.last == each.last
+
+
 def test_default_drift_bound_is_sixty_seconds() -> None:
     clock = HybridClock()
     assert clock.max_drift_ms == DEFAULT_MAX_DRIFT_MS == 60_000

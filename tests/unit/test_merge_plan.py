@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 
-from shareddb.record import Record, make_version
+from shareddb.record import Record, make_version, named
 from shareddb.store.base import (
     DIGEST_BUCKETS,
     Applied,
@@ -255,3 +255,28 @@ def test_a_purge_that_drops_tombstones_raises_the_feed_floor() -> None:
     batch = plan_batch([PurgeTombstones(7, v(100))], 0, Tally(9, 0, 0, EMPTY), {}, {"t": (5, v(1))})
     assert batch.purged == ["t"]
     assert batch.tally.floor == 7
+
+
+def test_a_peer_page_plans_as_merging_each_record_and_passes_over_keys_only_named() -> None:
+    """A peer's page or bus message outside any transaction goes through `MergePlan.load` (one
+    loop); it must plan exactly what merging its records one by one plans. A key the peer only
+    names (it holds no version) is no write."""
+    stored: Stored = {"a": (True, v(5), None), "b": (False, v(5), None), "c": (True, v(9), 10)}
+    records = [
+        put("a", "new", 6),
+        put("b", "old", 4),
+        named("c"),
+        tomb("c", 9),  # the tombstone an expiry left, at the value's version: it wins
+        put("d", "x", 3),
+        named("e"),
+        put("a", "newer", 8),
+    ]
+    one = MergePlan(dict(stored), 3, 2, EMPTY, now=20)
+    won = sum(one.merge(r) is not Outcome.SUPERSEDED for r in records if not r.named_only)
+    batch = plan_batch([PeerBatch(records, None, [])], 0, Tally(3, 2, 0, EMPTY, 0), stored, {}, 20)
+    assert batch.results == [Applied(won, 4, one.seq)]
+    assert won == 4
+    assert batch.rows == list(one.rows.values())
+    assert batch.accepted == one.accepted
+    assert batch.buckets == one.buckets
+    assert (batch.tally.seq, batch.tally.live) == (one.seq, one.live)

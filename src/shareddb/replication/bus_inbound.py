@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from shareddb.clock import HybridClock
 from shareddb.membership import Membership
-from shareddb.record import Record, version_hlc
+from shareddb.record import Record, record_hlcs
 from shareddb.replication.bus_publish import ORIGIN, PART, UNIT
 from shareddb.replication.transport import PeerError, decode_reply
 
@@ -120,7 +120,5 @@ class Inbound:
             offset = len(records)
             records.extend(reply.records)
             groups.extend((a + offset, b + offset) for a, b in reply.groups)
-            for record in reply.records:
-                if not record.named_only and not self.clock.observe(version_hlc(record.version), wall):
-                    self.skewed += 1
+            self.skewed += self.clock.observe_all(record_hlcs(reply.records), wall)
         return batch

@@ -22,7 +22,7 @@ import orjson
 
 from shareddb.clock import HybridClock
 from shareddb.membership import Membership
-from shareddb.record import incarnation_of, version_hlc
+from shareddb.record import incarnation_of, record_hlcs
 from shareddb.replication.copy import Copier, wants_copy
 from shareddb.replication.paths import Asked
 from shareddb.replication.purge import TOMBSTONE_GRACE_MS, Purge
@@ -431,18 +431,16 @@ class Replicator:
                 records = [r for r in records if not loses(r.version, r.value, stored.get(r.key))]
         held = self.reading.held_after(reply, pulled.asked)
         if records:
-            wall = self.now()
-            for record in records:
-                if record.named_only:
-                    continue
-                if not self.clock.observe(version_hlc(record.version), wall):
-                    self.skewed += 1
-                    log.warning(
-                        "version %s from %s is more than %d ms ahead of this node's clock",
-                        record.version,
-                        reply.node,
-                        self.clock.max_drift_ms,
-                    )
+            skewed = self.clock.observe_all(record_hlcs(records), self.now())
+            if skewed:
+                self.skewed += skewed
+                log.warning(
+                    "%d versions from %s (the newest %s) are more than %d ms ahead of this node's clock",
+                    skewed,
+                    reply.node,
+                    max(record.version for record in records),
+                    self.clock.max_drift_ms,
+                )
             await self.store.apply(records, held, reply.groups)
         # Else nothing to commit: the position moves in memory, saved with the next batch.
         self._advance(pulled, held)

@@ -66,7 +66,10 @@ class RecordCache:
 
     def committed(self, accepted: list[Record]) -> None:
         """A batch committed these records (a purged tombstone comes with an empty version)."""
+        records = self._records
         for record in accepted:
+            if record.key not in records:
+                continue  # most keys a batch writes are not cached: nothing to do for them
             if record.version:
                 self.refresh(record)
             else:

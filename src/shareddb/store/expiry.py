@@ -100,9 +100,10 @@ class ExpiryIndex:
         """Records a batch wrote: each replaces what the index knew of its key."""
         if self._during_fill is not None:
             self._during_fill.extend(accepted)
-        horizon = self._horizon
+        horizon, entries = self._horizon, self._entry
         for record in accepted:
-            self._remove(record.key)
+            if record.key in entries:
+                self._remove(record.key)
             if (
                 record.value is not None
                 and record.expires is not None

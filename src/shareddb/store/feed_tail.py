@@ -15,7 +15,7 @@ from bisect import bisect_right
 from operator import itemgetter
 
 from shareddb.record import Record
-from shareddb.store.base import Change, FeedPage, change_size
+from shareddb.store.base import CHANGE_OVERHEAD, Change, FeedPage, change_size
 from shareddb.store.plan import Batch, Row
 
 _BY_SEQ = itemgetter(3)
@@ -69,14 +69,18 @@ class FeedTail:
             # such batches come, and holding them as objects costs far more than their bytes.
             self.reset(batch.tally.seq)
             return
-        changes, by_key, seqs, drop = self._changes, self._by_key, self._seqs, self._drop
+        # `_drop` and `change_size` written out: this runs for every row a node commits.
+        changes, by_key, seqs = self._changes, self._by_key, self._seqs
+        size = 0
         for row in sorted(batch.rows, key=_BY_SEQ):
             key, seq = row[0], row[3]
-            drop(key)
+            if (earlier := by_key.get(key)) is not None:
+                size -= change_size(key, _key_value(changes.pop(earlier))[1])
             changes[seq] = row
             by_key[key] = seq
             seqs.append(seq)
-            self._bytes += change_size(key, row[1])
+            size += len(key) + len(row[1] or "") + CHANGE_OVERHEAD
+        self._bytes += size
         for key in batch.purged:
             self._drop(key)
         self._last = batch.tally.seq

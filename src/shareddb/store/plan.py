@@ -150,13 +150,16 @@ class MergePlan:
 
     def load(self, records: Sequence[Record]) -> int:
         """`merge` of many records from a peer, outside any transaction: the same rule and the
-        same effects, in one loop (a bulk copy's hot path, a million records per copy). Returns
+        same effects, in one loop (the hot path of a bulk copy, a million records per copy, and
+        of every peer's page or bus message). Keys the peer only names are passed over. Returns
         how many won."""
         current, rows, accepted = self.current, self.rows, self.accepted
         buckets, base = self.buckets, self.base_buckets
         seq, live, won = self.seq, self.live, 0
         for record in records:
             key, value, version = record.key, record.value, record.version
+            if not version:
+                continue  # a key the peer only names (`Record.named_only`)
             stored = current.get(key)
             was_live = False
             if stored is not None:
@@ -280,7 +283,8 @@ def plan_batch(
             results.append(_plan_txn(plan, op))
         elif isinstance(op, PeerBatch):
             first = plan.seq + 1  # each record that wins takes the next position
-            results.append(Applied(_plan_peer_batch(plan, op), first, plan.seq))
+            won = _plan_peer_batch(plan, op) if op.groups else plan.load(op.records)
+            results.append(Applied(won, first, plan.seq))
             if op.checkpoint is not None:
                 checkpoints[op.checkpoint.peer] = op.checkpoint
         elif isinstance(op, Expire):
