@@ -97,15 +97,20 @@ async def burst(node: NodeProcess, writes: int, tag: str, concurrency: int) -> N
         await asyncio.gather(*(worker() for _ in range(concurrency)))
 
 
-def measure(nodes: Sequence[NodeProcess], writes: int, tag: str, concurrency: int) -> dict[str, float]:
+def measure(
+    nodes: Sequence[NodeProcess], writes: int, tag: str, concurrency: int, keys: int | None = None
+) -> dict[str, float]:
+    """A burst of `writes` new keys to the first node: seconds until the last was acknowledged,
+    and until every node holds the same data with (at least) `keys` keys, by default `writes`."""
     started = time.monotonic()
     asyncio.run(burst(nodes[0], writes, tag, concurrency))
     acked = time.monotonic() - started
     deadline = started + CONVERGE_TIMEOUT
+    expected = writes if keys is None else keys
     while True:
         digests = [digest(n) for n in nodes]
         first = digests[0]
-        if first is not None and first[0] >= writes and all(d == first for d in digests):
+        if first is not None and first[0] >= expected and all(d == first for d in digests):
             break
         if time.monotonic() > deadline:
             raise SystemExit(f"no convergence within {CONVERGE_TIMEOUT}s: {digests}")
