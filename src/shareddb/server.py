@@ -8,6 +8,7 @@ commit), then close the store.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import socket
@@ -140,6 +141,7 @@ async def serve(settings: Settings) -> None:
             settings.advertise or f"{scheme}://{_public_host(settings.host)}:{port}",
             peer_tls=peer_tls,
         )
+        freeze_start_up()
         await _first(stop, failed)
         log.info("node %s shutting down", node.id)
     finally:
@@ -154,6 +156,14 @@ async def serve(settings: Settings) -> None:
     log.info("node %s stopped", node.id)
     if workers is not None and failed.is_set():
         raise NodeError(workers.pool.reason)
+
+
+def freeze_start_up() -> None:
+    """Take what start-up built (modules, classes, the node's long-lived objects) out of the
+    garbage collector's sight: it lives as long as the process, and walking it made every full
+    collection a pause of ~30 ms on a fresh node (docs/design.md, "Keys at scale")."""
+    gc.collect()
+    gc.freeze()
 
 
 async def _start_workers(

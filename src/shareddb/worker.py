@@ -35,7 +35,7 @@ from shareddb.clock import wall_millis
 from shareddb.config import Settings
 from shareddb.forward import Forwarder
 from shareddb.record import Record
-from shareddb.server import MAX_REQUEST_LINE, SHUTDOWN_TIMEOUT, _limits, _Site
+from shareddb.server import MAX_REQUEST_LINE, SHUTDOWN_TIMEOUT, _limits, _Site, freeze_start_up
 from shareddb.store.base import StoreUnavailable
 from shareddb.store.sqlite import BUSY_TIMEOUT_MS, POINT_MMAP_BYTES, sqlite_path
 from shareddb.tls import node_contexts
@@ -173,6 +173,7 @@ async def serve(settings: Settings, slot: int, fd: int, internal: str) -> None:
     sys.stdout.buffer.write(READY + b"\n")
     sys.stdout.flush()
     log.info("worker %d serving", slot)
+    freeze_start_up()
     try:
         await stop.wait()
     finally:
