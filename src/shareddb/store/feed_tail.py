@@ -37,10 +37,12 @@ class FeedTail:
         # from `_changes`), dropped as the list is compacted.
         self._seqs: list[int] = []
         self._head = 0
-        # A row as its batch wrote it, made a `Change` the first time a reader asks for it: a
-        # node whose feed nobody reads as fast as it grows (a follower on the bus) pays per
-        # change only for the bookkeeping, not for objects no one reads.
-        self._changes: dict[int, Change | Row] = {}
+        # Each change as the row its batch wrote, made a `Change` for each read: a node whose
+        # feed nobody reads (a follower on the bus) pays per change only for the bookkeeping,
+        # and the garbage collector stops tracking a row after its first look. Held as `Change`s,
+        # the 50,000 changes of a full tail made every full collection of a busy mesh node walk
+        # 100,000 objects: pauses of 40-150 ms (docs/design.md, "Keys at scale").
+        self._changes: dict[int, Row] = {}
         self._by_key: dict[str, int] = {}
         self._bytes = 0
 
@@ -75,7 +77,7 @@ class FeedTail:
         for row in sorted(batch.rows, key=_BY_SEQ):
             key, seq = row[0], row[3]
             if (earlier := by_key.get(key)) is not None:
-                size -= change_size(key, _key_value(changes.pop(earlier))[1])
+                size -= change_size(key, changes.pop(earlier)[1])
             changes[seq] = row
             by_key[key] = seq
             seqs.append(seq)
@@ -90,7 +92,7 @@ class FeedTail:
             self.start = self._seqs[self._head]
             self._head += 1
             if (old := self._changes.pop(self.start, None)) is not None:
-                key, value = _key_value(old)
+                key, value = old[0], old[1]
                 del self._by_key[key]
                 self._bytes -= change_size(key, value)
         if (self._head > 1024 and self._head * 2 > len(self._seqs)) or len(self._seqs) > 2 * (
@@ -102,7 +104,7 @@ class FeedTail:
     def _drop(self, key: str) -> None:
         seq = self._by_key.pop(key, None)
         if seq is not None:
-            self._bytes -= change_size(key, _key_value(self._changes.pop(seq))[1])
+            self._bytes -= change_size(key, self._changes.pop(seq)[1])
 
     def read(self, since: int, limit: int, max_bytes: int | None) -> FeedPage | None:
         """The page `Backend.changes_since(since, limit, max_bytes)` would answer, or None when
@@ -115,22 +117,14 @@ class FeedTail:
         seqs, held = self._seqs, self._changes
         for index in range(max(self._head, bisect_right(seqs, since, self._head)), len(seqs)):
             seq = seqs[index]
-            change = held.get(seq)
-            if change is None:
+            row = held.get(seq)
+            if row is None:
                 continue
-            if isinstance(change, tuple):
-                key, value, version, _, expires, _ = change
-                change = held[seq] = Change(seq, Record(key, value, version, expires))
-            total += change_size(change.record.key, change.record.value)
+            key, value, version, _, expires, _ = row
+            total += change_size(key, value)
             if total > budget and changes:
                 return FeedPage(changes, changes[-1].seq)
-            changes.append(change)
+            changes.append(Change(seq, Record(key, value, version, expires)))
             if len(changes) >= limit:
-                return FeedPage(changes, change.seq)
+                return FeedPage(changes, seq)
         return FeedPage(changes, max(since, self._last))
-
-
-def _key_value(held: Change | Row) -> tuple[str, str | None]:
-    if isinstance(held, tuple):
-        return held[0], held[1]
-    return held.record.key, held.record.value
