@@ -150,9 +150,9 @@ class MergePlan:
 
     def load(self, records: Sequence[Record]) -> int:
         """`merge` of many records from a peer, outside any transaction: the same rule and the
-        same effects, in one loop (the hot path of a bulk copy, a million records per copy, and
-        of every peer's page or bus message). Keys the peer only names are passed over. Returns
-        how many won."""
+        same effects (the rule is `loses`), in one loop: the hot path of a bulk copy, a million
+        records per copy, and of every peer's page or bus message. Keys the peer only names are
+        passed over. Returns how many won."""
         current, rows, accepted = self.current, self.rows, self.accepted
         buckets, base = self.buckets, self.base_buckets
         seq, live, won = self.seq, self.live, 0
@@ -164,11 +164,9 @@ class MergePlan:
             was_live = False
             if stored is not None:
                 was_live = stored[0]
-                if not version > stored[1]:  # record.supersedes, and the exception of `merge`
-                    if not (was_live and stored[2] is not None and value is None):
-                        continue
-                    if version != stored[1]:
-                        continue
+                # A newer version wins outright; the rule is asked only of the others.
+                if not version > stored[1] and loses(version, value, stored):
+                    continue
             expires = None if value is None else record.expires
             if expires is not record.expires:
                 record = Record(key, value, version, expires)
