@@ -89,7 +89,7 @@ def version_hlc(version: str) -> int:
 
 def record_hlcs(records: Iterable[Record]) -> list[int]:
     """The HLC timestamps of `records`' versions, leaving out keys only named (no version)."""
-    return [int(r.version[:_HLC_WIDTH], 16) for r in records if r.version]
+    return [version_hlc(r.version) for r in records if r.version]
 
 
 def version_origin(version: str) -> str:

@@ -15,7 +15,7 @@ from bisect import bisect_right
 from operator import itemgetter
 
 from shareddb.record import Record
-from shareddb.store.base import CHANGE_OVERHEAD, Change, FeedPage, change_size
+from shareddb.store.base import Change, FeedPage, change_size
 from shareddb.store.plan import Batch, Row
 
 _BY_SEQ = itemgetter(3)
@@ -71,17 +71,16 @@ class FeedTail:
             # such batches come, and holding them as objects costs far more than their bytes.
             self.reset(batch.tally.seq)
             return
-        # `_drop` and `change_size` written out: this runs for every row a node commits.
         changes, by_key, seqs = self._changes, self._by_key, self._seqs
         size = 0
         for row in sorted(batch.rows, key=_BY_SEQ):
             key, seq = row[0], row[3]
-            if (earlier := by_key.get(key)) is not None:
+            if (earlier := by_key.get(key)) is not None:  # `_drop`, for every row committed
                 size -= change_size(key, changes.pop(earlier)[1])
             changes[seq] = row
             by_key[key] = seq
             seqs.append(seq)
-            size += len(key) + len(row[1] or "") + CHANGE_OVERHEAD
+            size += change_size(key, row[1])
         self._bytes += size
         for key in batch.purged:
             self._drop(key)
