@@ -153,8 +153,7 @@ class MergePlan:
         same effects (the rule is `loses`), in one loop: the hot path of a bulk copy, a million
         records per copy, and of every peer's page or bus message. Keys the peer only names are
         passed over. Returns how many won."""
-        current, rows, accepted = self.current, self.rows, self.accepted
-        buckets, base = self.buckets, self.base_buckets
+        current, rows, accepted, rehash = self.current, self.rows, self.accepted, self._rehash
         seq, live, won = self.seq, self.live, 0
         for record in records:
             key, value, version = record.key, record.value, record.version
@@ -174,12 +173,10 @@ class MergePlan:
             rows[key] = (key, value, version, seq, expires, 0)
             current[key] = (value is not None, version, expires)
             accepted.append(record)
-            if stored is None or stored[1] != version:
-                bucket = bucket_of(key)
-                digest = buckets.get(bucket, base[bucket]) ^ record_hash(key, version)
-                if stored is not None:
-                    digest ^= record_hash(key, stored[1])
-                buckets[bucket] = digest
+            if stored is None:
+                rehash(key, version, None)
+            elif stored[1] != version:
+                rehash(key, version, stored[1])
             live += (value is not None) - was_live
             won += 1
         self.seq, self.live = seq, live
