@@ -134,6 +134,7 @@ async def serve(settings: Settings) -> None:
             await _start_workers(workers, server, limits, access, node_metrics)
             failed = workers.pool.failed
         site = _Site(runner, sock, ssl_context=server_tls, handshake_timeout=limits.head_timeout)
+        freeze_start_up()  # its collection blocks the loop: before the first request, not in one
         await site.start()
         port = sock.getsockname()[1]
         log.info("node %s listening on %s://%s:%d", node.id, scheme, settings.host, port)
@@ -141,7 +142,6 @@ async def serve(settings: Settings) -> None:
             settings.advertise or f"{scheme}://{_public_host(settings.host)}:{port}",
             peer_tls=peer_tls,
         )
-        freeze_start_up()
         await _first(stop, failed)
         log.info("node %s shutting down", node.id)
     finally:
@@ -159,9 +159,10 @@ async def serve(settings: Settings) -> None:
 
 
 def freeze_start_up() -> None:
-    """Take what start-up built (modules, classes, the node's long-lived objects) out of the
+    """Take what start-up built (modules, classes, the node's store and server) out of the
     garbage collector's sight: it lives as long as the process, and walking it made every full
-    collection a pause of ~30 ms on a fresh node (docs/design.md, "Keys at scale")."""
+    collection a pause of ~30 ms on a fresh node (docs/design.md, "Keys at scale"). One full
+    collection first, of tens of milliseconds: called before the process serves."""
     gc.collect()
     gc.freeze()
 

@@ -167,13 +167,13 @@ async def serve(settings: Settings, slot: int, fd: int, internal: str) -> None:
     runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT)
     await runner.setup()
     site = _Site(runner, sock, ssl_context=server_tls, handshake_timeout=limits.head_timeout)
+    freeze_start_up()
     await site.start()
     report = _reporter(worker, server)
     await loop.connect_read_pipe(lambda: _Parent(stop), sys.stdin)
     sys.stdout.buffer.write(READY + b"\n")
     sys.stdout.flush()
     log.info("worker %d serving", slot)
-    freeze_start_up()
     try:
         await stop.wait()
     finally:

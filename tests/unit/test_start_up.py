@@ -8,7 +8,7 @@ from shareddb.server import freeze_start_up
 
 
 def test_what_start_up_built_is_frozen_out_of_the_collectors_walks() -> None:
-    """The node process and each worker process call this once they serve (server.py, worker.py):
+    """The node process and each worker process call this before they serve (server.py, worker.py):
     a full collection then walks only what serving made, not every module and class."""
     frozen = gc.get_freeze_count()
     try:
