@@ -23,7 +23,7 @@ from shareddb.record import (
     version_origin,
 )
 from shareddb.replication.transport import EncodedChanges, PullReply, PullRequest
-from shareddb.store.base import Change, Store
+from shareddb.store.base import Change, FeedPage, Store
 
 MAX_LIMIT = 10_000
 MAX_WAIT = 30.0
@@ -87,7 +87,19 @@ class Feed:
         # got of a transaction's keys is served, not only named (entries.serve_entry).
         known = None if request.held is None else min(request.held, since)
         self.encoded.belong_to(store.instance_id)
-        page = await store.changes_since(since, limit, MAX_ANSWER_BYTES, known=known)
+        unwanted = _Unwanted(origin, request.own_since, skip)
+        leave_out = unwanted if unwanted.any else None
+
+        async def read(after: int) -> tuple[FeedPage, _Answer]:
+            unwanted.skipped = 0
+            page = await store.changes_since(
+                after, limit, MAX_ANSWER_BYTES, known=known, leave_out=leave_out
+            )
+            answer = _for_puller(page.changes, skip, self.origin)
+            answer.skipped += unwanted.skipped
+            return page, answer
+
+        page, answer = await read(since)
         relayed_until: float | None = None
         # A held poll also ends when the node stops, or when the member list changes: the answer
         # carries the list, so a change spreads at once however long the idle poll.
@@ -97,7 +109,6 @@ class Feed:
             return self.closing or self.membership.generation != members
 
         while True:
-            answer = _for_puller(page.changes, origin, request.own_since, skip, self.origin)
             if (remaining := deadline - loop.time()) <= 0:
                 break
             records = answer.records
@@ -109,7 +120,7 @@ class Feed:
                     relayed_until = loop.time() + RELAY_LINGER
                 if (linger := min(relayed_until, deadline) - loop.time()) > 0:
                     await asyncio.sleep(linger)
-                    page = await store.changes_since(since, limit, MAX_ANSWER_BYTES, known=known)
+                    page, answer = await read(since)
                     continue
             if records:
                 break
@@ -124,7 +135,7 @@ class Feed:
             await store.wait_for_changes(page.until, remaining, ended)
             if store.last_seq <= page.until:
                 break
-            page = await store.changes_since(page.until, limit, MAX_ANSWER_BYTES, known=known)
+            page, answer = await read(page.until)
         self.served["own"] += answer.own
         self.served["relayed"] += len(answer.records) - answer.own
         self.served["skipped"] += answer.skipped
@@ -193,35 +204,56 @@ class _Answer:
         self.own += sum(1 for r in unit if not r.named_only and version_origin(r.version) == here)
 
 
-def _for_puller(
-    changes: list[Change], origin: str, own_since: int, skip: frozenset[str], here: str
-) -> _Answer:
-    """What of `changes` goes to a puller whose versions carry `origin` and that gets the writes of
-    the origins in `skip` from elsewhere, on the node whose versions carry `here`."""
+class _Unwanted:
+    """Which changes of the feed that are not part of a transaction a puller does not get: what
+    it wrote itself and holds already, and the writes of the origins in `skip`, which it pulls
+    straight from the nodes that took them (counted in `skipped`). The store's read asks it of
+    each change before it makes the change into an object (`Store.changes_since`), so a node
+    whose feed is mostly others' writes reads past them cheaply for each of its pullers."""
+
+    __slots__ = ("mine", "origin", "own_since", "skip", "skipped")
+
+    def __init__(self, origin: str, own_since: int, skip: frozenset[str]) -> None:
+        # The puller already holds what this life of it wrote from own_since on (it says so once
+        # it has caught up with this feed; see Replicator._advance). Its versions end with "-" +
+        # origin (record.make_version). A transaction's changes all go, also the puller's own:
+        # the puller keeps the transaction as one entry of its feed, which must name every key.
+        self.mine = "-" + origin if own_since > 0 else None
+        self.origin = origin
+        self.own_since = own_since
+        self.skip = skip
+        self.skipped = 0
+
+    @property
+    def any(self) -> bool:
+        """Whether it may leave out anything at all."""
+        return self.mine is not None or bool(self.skip)
+
+    def __call__(self, version: str) -> bool:
+        if (
+            self.mine is not None
+            and version.endswith(self.mine)
+            and version_origin(version) == self.origin
+            and version_hlc(version) >= self.own_since
+        ):
+            return True
+        if version_origin(version) in self.skip:
+            self.skipped += 1
+            return True
+        return False
+
+
+def _for_puller(changes: list[Change], skip: frozenset[str], here: str) -> _Answer:
+    """What of `changes` (read without what the puller does not get, `_Unwanted`) goes to a puller
+    that gets the writes of the origins in `skip` from elsewhere, on the node whose versions carry
+    `here`: the changes, grouped by transaction, less the transactions taken on those origins."""
     answer = _Answer()
     records, seqs = answer.records, answer.seqs
-    # The puller already holds what this life of it wrote from own_since on (it says so once it
-    # has caught up with this feed; see Replicator._caught_up). A transaction's changes all go,
-    # also the puller's own: the puller keeps the transaction as one entry of its feed, which
-    # must name every key of it. Its versions end with "-" + origin (record.make_version).
-    mine = "-" + origin if own_since > 0 else None
     txn, start = 0, 0
     for change in changes:
         record = change.record
-        if not change.txn:
-            if (
-                mine is not None
-                and record.version.endswith(mine)
-                and version_origin(record.version) == origin
-                and version_hlc(record.version) >= own_since
-            ):
-                continue
-            written_by = version_origin(record.version)
-            if written_by in skip:
-                answer.skipped += 1
-                continue
-            if written_by == here:
-                answer.own += 1
+        if not change.txn and version_origin(record.version) == here:
+            answer.own += 1
         if change.txn != txn:  # a transaction's changes come together: one group
             if txn:
                 answer.close_group(start, skip, here)

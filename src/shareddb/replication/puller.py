@@ -22,7 +22,7 @@ import orjson
 
 from shareddb.clock import HybridClock
 from shareddb.membership import Membership
-from shareddb.record import incarnation_of, record_hlcs
+from shareddb.record import incarnation_of, make_origin, record_hlcs, version_origin
 from shareddb.replication.copy import Copier, wants_copy
 from shareddb.replication.paths import Asked
 from shareddb.replication.purge import TOMBSTONE_GRACE_MS, Purge
@@ -425,7 +425,13 @@ class Replicator:
         alone; a page of nothing else is not committed at all."""
         reply = pulled.reply
         records = reply.records
-        if not reply.groups:  # a transaction is applied whole, by the write pipeline
+        # A transaction is applied whole, by the write pipeline. So is a page of the source's own
+        # writes alone, the usual page of a mesh: this node gets those from the source only, so
+        # it holds none of them unless it pulled them before and lost its position with a restart,
+        # and the pipeline's merge leaves those out (the page then costs one commit). Writes the
+        # source relays may be here already, from their origin or another relay.
+        source = make_origin(reply.node, incarnation_of(reply.instance))
+        if not reply.groups and any(version_origin(r.version) != source for r in records):
             stored = await self.store.lookup({record.key for record in records})
             if stored:
                 records = [r for r in records if not loses(r.version, r.value, stored.get(r.key))]

@@ -294,7 +294,13 @@ class Store(Protocol):
         ...
 
     async def changes_since(
-        self, seq: int, limit: int, max_bytes: int | None = None, *, known: int | None = None
+        self,
+        seq: int,
+        limit: int,
+        max_bytes: int | None = None,
+        *,
+        known: int | None = None,
+        leave_out: Callable[[str], bool] | None = None,
     ) -> FeedPage:
         """The feed: records with a sequence number above `seq`, in sequence order, at most
         `limit` of them and, with `max_bytes`, no more than fit in that many bytes by
@@ -303,7 +309,10 @@ class Store(Protocol):
         rows: the feed's last sequence number when the read reached its end, else the last
         change's. A transaction's change is `known` when the feed serves its row at or below
         `known` (default `seq`): how far the reader holds the feed, which a peer that leaves
-        out others' writes (replication/paths.py) says apart from where it reads."""
+        out others' writes (replication/paths.py) says apart from where it reads. `leave_out`:
+        a change that is not part of a transaction is not in `changes` when it holds true for
+        its version; the page covers it (`until`) and counts it against `limit` and `max_bytes`
+        all the same, so it is the read without `leave_out`, less those changes."""
         ...
 
     async def wait_for_changes(

@@ -12,6 +12,7 @@ tally (the pipeline refreshes it before anything can await after a commit).
 from __future__ import annotations
 
 from bisect import bisect_right
+from collections.abc import Callable
 from operator import itemgetter
 
 from shareddb.record import Record
@@ -105,14 +106,24 @@ class FeedTail:
         if seq is not None:
             self._bytes -= change_size(key, self._changes.pop(seq)[1])
 
-    def read(self, since: int, limit: int, max_bytes: int | None) -> FeedPage | None:
-        """The page `Backend.changes_since(since, limit, max_bytes)` would answer, or None when
-        the tail does not cover it."""
+    def read(
+        self,
+        since: int,
+        limit: int,
+        max_bytes: int | None,
+        leave_out: Callable[[str], bool] | None = None,
+    ) -> FeedPage | None:
+        """The page `Backend.changes_since(since, limit, max_bytes)` would answer, without the
+        changes whose version `leave_out` holds true, or None when the tail does not cover it. A
+        change left out counts against `limit` and `max_bytes` all the same, and is never made
+        into a `Change`: a puller that gets most of a feed from elsewhere reads past it cheaply."""
         if self.start is None or since < self.start:
             return None
         budget = float("inf") if max_bytes is None else max_bytes
         changes: list[Change] = []
         total = 0
+        taken = 0
+        last = since  # the last change read
         seqs, held = self._seqs, self._changes
         for index in range(max(self._head, bisect_right(seqs, since, self._head)), len(seqs)):
             seq = seqs[index]
@@ -121,9 +132,12 @@ class FeedTail:
                 continue
             key, value, version, _, expires, _ = row
             total += change_size(key, value)
-            if total > budget and changes:
-                return FeedPage(changes, changes[-1].seq)
-            changes.append(Change(seq, Record(key, value, version, expires)))
-            if len(changes) >= limit:
+            if total > budget and taken:
+                return FeedPage(changes, last)
+            taken += 1
+            last = seq
+            if leave_out is None or not leave_out(version):
+                changes.append(Change(seq, Record(key, value, version, expires)))
+            if taken >= limit:
                 return FeedPage(changes, seq)
         return FeedPage(changes, max(since, self._last))

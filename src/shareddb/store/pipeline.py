@@ -188,20 +188,30 @@ class PipelineStore:
         return await self._backend.lookup(keys)
 
     async def changes_since(
-        self, seq: int, limit: int, max_bytes: int | None = None, *, known: int | None = None
+        self,
+        seq: int,
+        limit: int,
+        max_bytes: int | None = None,
+        *,
+        known: int | None = None,
+        leave_out: Callable[[str], bool] | None = None,
     ) -> FeedPage:
         self._check_open()
         if not self._backend.cache_valid:
             self._tail.reset(None)
-        elif (page := self._tail.read(seq, limit, max_bytes)) is not None:
+        elif (page := self._tail.read(seq, limit, max_bytes, leave_out)) is not None:
             # Yield once, as a store read does: a reader that polls in a loop lets writers in.
             await asyncio.sleep(0)
             return page
         elif self._tail.start is None:  # read from now on: kept from the next commit
             self._tail.reset(self.last_seq)
-        return await self._backend.changes_since(
+        page = await self._backend.changes_since(
             seq, limit, max_bytes, seq if known is None else min(known, seq)
         )
+        if leave_out is None:
+            return page
+        kept = [c for c in page.changes if c.txn or not leave_out(c.record.version)]
+        return FeedPage(kept, page.until)
 
     async def wait_for_changes(
         self, seq: int, timeout: float, ended: Callable[[], bool] | None = None
