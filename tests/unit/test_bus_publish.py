@@ -1,8 +1,14 @@
 """The change bus's publisher (replication/bus_publish.py) passes over the feed ranges that hold
 only the others' writes taken off the bus, without reading them, and reads everything else: a
-write of its own between two such ranges is still found (invariant 1)."""
+write of its own between two such ranges is still found (invariant 1). Under load it gathers
+writes into one message per linger, and sends at once when the node goes quiet."""
 
 from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
 
 from shareddb.membership import Membership
 from shareddb.record import Record, make_origin, make_version
@@ -68,3 +74,51 @@ async def test_how_far_it_got_is_saved_at_most_once_a_second(memory_store: Memor
     pub._saved_at -= SAVE_EVERY  # as if a second had passed
     await pub._save_when_due(9)
     assert await memory_store.get_meta(PUBLISHED) == '{"stream":"stream-1","seq":9}'
+
+
+async def test_a_lingering_publisher_sends_once_the_node_has_gone_quiet(
+    memory_store: MemoryStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last writes of a burst go out a quarter of the linger after the last commit, not up
+    to a whole linger later (400 ms with 24 other nodes on the bus)."""
+    pub = publisher(memory_store)
+    monkeypatch.setattr(pub, "linger", lambda: 4.0)
+    pub._sent_at = time.monotonic()  # a message just went: the next one lingers
+    await memory_store.write(record("mine-1", 1, ME))
+    assert await pub._linger()  # it waited...
+    assert time.monotonic() < pub._sent_at + 4.0  # ...for a quiet second, not the 4 s
+
+
+async def test_a_publisher_lingers_on_while_writes_keep_coming(
+    memory_store: MemoryStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pub = publisher(memory_store)
+    monkeypatch.setattr(pub, "linger", lambda: 1.2)
+    pub._sent_at = time.monotonic()
+    writing = True
+
+    async def write_on() -> None:  # a commit every 10 ms, well within each quiet window (0.3 s)
+        hlc = 1
+        while writing:
+            hlc += 1
+            await memory_store.write(record(f"k{hlc}", hlc, ME))
+            await asyncio.sleep(0.01)
+
+    writer = asyncio.create_task(write_on())
+    try:
+        assert await pub._linger()
+        assert time.monotonic() >= pub._sent_at + 1.2  # the whole linger: one message for all
+    finally:
+        writing = False
+        await writer
+
+
+async def test_a_write_that_waits_for_copies_cuts_the_linger_short(
+    memory_store: MemoryStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pub = publisher(memory_store)
+    monkeypatch.setattr(pub, "linger", lambda: 60.0)
+    pub._sent_at = time.monotonic()
+    asyncio.get_running_loop().call_later(0.05, pub.hurry)
+    assert await pub._linger()
+    assert time.monotonic() < pub._sent_at + 15.0  # not even a quiet spell's wait

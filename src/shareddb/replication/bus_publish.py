@@ -46,6 +46,8 @@ IDLE_WAIT = 1.0  # seconds the publisher waits for a change before it looks agai
 # goes out at once.
 LINGER = 0.05
 MAX_LINGER = 0.4
+# A lingering publisher sends at once when nothing was committed for this share of the linger.
+QUIET_SHARE = 0.25
 REQUEST_TIMEOUT = 5.0
 HEADROOM = 4096  # bytes of a message kept for headers and framing below the server's max_payload
 OTHERS_KEPT = 4096  # feed ranges of the others' writes remembered at most (see `took`)
@@ -219,14 +221,23 @@ class Publisher:
         return min(MAX_LINGER, LINGER * max(1.0, len(self.state.members) / 2))
 
     async def _linger(self) -> bool:
-        """Wait out the rest of `linger()` after the last message, unless a write waits for copies.
-        Returns whether it waited (the page is read again, with what came meanwhile)."""
+        """Wait out the rest of `linger()` after the last message, unless a write waits for copies
+        or the node has gone quiet: nothing committed for a quarter of the linger (a burst has
+        ended, and what it gathered goes at once, not up to a linger later). Returns whether it
+        waited (the page is read again, with what came meanwhile)."""
         rest = self._sent_at + self.linger() - time.monotonic()
         if rest <= 0 or self._hurried.is_set():
             self._hurried.clear()
             return False
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._hurried.wait(), rest)
+        quiet = self.linger() * QUIET_SHARE
+        seq = self.store.last_seq
+        while rest > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._hurried.wait(), min(quiet, rest))
+            if self._hurried.is_set() or self.store.last_seq == seq:
+                break
+            seq = self.store.last_seq
+            rest = self._sent_at + self.linger() - time.monotonic()
         self._hurried.clear()
         return True
 
