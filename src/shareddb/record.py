@@ -14,8 +14,32 @@ version its earlier life minted (docs/design.md, "Identity").
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+_T = TypeVar("_T")
+
+if TYPE_CHECKING:
+    from typing_extensions import dataclass_transform
+
+    @dataclass_transform(frozen_default=True)
+    def value_class(cls: type[_T]) -> type[_T]:
+        """A frozen dataclass with slots, to the type checker; see below."""
+
+else:
+
+    def value_class(cls: type[_T]) -> type[_T]:
+        """A dataclass with slots whose instances are never changed once made, made for the
+        classes built once per record (`Record`, the feed's `Change`). The type checker holds
+        them frozen (`dataclass_transform`, `mypy --strict` refuses any assignment), but at run
+        time they are built without `frozen=True`'s guard: it sets each field through
+        `object.__setattr__`, and made a `Record` cost 1.3 µs against 0.2 µs, on every record a
+        follower decodes, every change the feed serves and every cached GET. Equal ones hash
+        alike, as frozen ones do."""
+        make: Callable[[type[Any]], type[Any]] = dataclass(slots=True, unsafe_hash=True)
+        return make(cls)
+
 
 MAX_KEY_BYTES = 1024
 DEFAULT_MAX_VALUE_BYTES = 1024 * 1024
@@ -27,7 +51,7 @@ _VERSION_PATTERN = re.compile(r"[0-9a-f]{16}-[A-Za-z0-9_.-]{1,64}(~[0-9a-f]{12})
 _HLC_WIDTH = 16
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class Record:
     """One key's state: a value, or a tombstone (`value is None`) left by a delete."""
 

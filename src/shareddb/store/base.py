@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
-from shareddb.record import Record
+from shareddb.record import Record, value_class
 
 if TYPE_CHECKING:
     from shareddb.store.ops import Condition
@@ -78,7 +78,7 @@ class Checkpoint:
     seq: int
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class Change:
     """One entry of the changes feed.
 
