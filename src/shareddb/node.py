@@ -441,9 +441,10 @@ class Node:
             self.bus.hurry(timeout)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while True:
-            held = self.membership.copies_of(target)
-            remaining = deadline - loop.time()
-            if held >= copies or remaining <= 0:
-                return held
-            await self.membership.progress(remaining)
+        with self.feed.copies_awaited():
+            while True:
+                held = self.membership.copies_of(target)
+                remaining = deadline - loop.time()
+                if held >= copies or remaining <= 0:
+                    return held
+                await self.membership.progress(remaining)

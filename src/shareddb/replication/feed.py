@@ -9,7 +9,8 @@ how far the puller has applied our feed, and that it is alive.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,12 @@ MAX_ANSWER_BYTES = 8 * 1024 * 1024
 # unless it has RELAY_BATCH changes already (see `Feed.pull`).
 RELAY_LINGER = 0.025
 RELAY_BATCH = 256
+# An answer holding this node's own writes, to a puller answered less than this long ago (seconds),
+# waits for the rest of that time (see `Feed.pull`): under load each puller then takes a page, and
+# commits, once per OWN_LINGER rather than once per few writes. A write after a quiet spell goes
+# at once, and none waits while a `w=N` write waits for copies (`Feed.copies_awaited`).
+OWN_LINGER = 0.02
+ANSWERED_KEPT = 1024  # pullers whose last answer is remembered (for OWN_LINGER) at most
 
 
 class Feed:
@@ -46,12 +53,27 @@ class Feed:
         # out because the puller gets them from the node that took them (for /metrics).
         self.served = {"own": 0, "relayed": 0, "skipped": 0}
         self.closing = False
+        self._answered: dict[str, float] = {}  # puller id -> loop time of its last page of changes
+        self._awaited = 0  # writes waiting for copies (`w=N`) now
+        self._hurry = asyncio.Event()  # set when one starts to wait: lingering answers go at once
 
     def close(self) -> None:
         """The node is stopping: every pull held open is answered now, not when its wait ends
         (the server's shutdown waits for answers in progress)."""
         self.closing = True
         self.store.wake_waiters()
+
+    @contextlib.contextmanager
+    def copies_awaited(self) -> Iterator[None]:
+        """A write waits for copies (`w=N`) meanwhile: answers that gather this node's writes go
+        at once, so the pullers apply it and say so without a linger's delay."""
+        self._awaited += 1
+        self._hurry.set()
+        self._hurry = asyncio.Event()
+        try:
+            yield
+        finally:
+            self._awaited -= 1
 
     async def pull(
         self, request: PullRequest, connected: Callable[[], bool] = lambda: True
@@ -101,6 +123,7 @@ class Feed:
 
         page, answer = await read(since)
         relayed_until: float | None = None
+        own_until = self._answered.get(puller, -OWN_LINGER) + OWN_LINGER
         # A held poll also ends when the node stops, or when the member list changes: the answer
         # carries the list, so a change spreads at once however long the idle poll.
         members = self.membership.generation
@@ -112,6 +135,16 @@ class Feed:
             if (remaining := deadline - loop.time()) <= 0:
                 break
             records = answer.records
+            if records and answer.own and len(records) < RELAY_BATCH and not self._awaited:
+                # This node's writes, to a puller answered moments ago: a busy origin. Gathered
+                # until OWN_LINGER after that answer, or until a write waits for copies.
+                hurry = self._hurry
+                if (linger := min(own_until, deadline) - loop.time()) > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(hurry.wait(), linger)
+                    own_until = loop.time()  # gathered once: the next read is the answer
+                    page, answer = await read(since)
+                    continue
             if records and not answer.groups and len(records) < RELAY_BATCH and not answer.own:
                 # Only others' writes, which a full mesh also sends the puller straight from
                 # the nodes that took them: gathered for a moment, so that they come in fewer
@@ -139,6 +172,10 @@ class Feed:
         self.served["own"] += answer.own
         self.served["relayed"] += len(answer.records) - answer.own
         self.served["skipped"] += answer.skipped
+        if answer.records:
+            if len(self._answered) >= ANSWERED_KEPT and puller not in self._answered:
+                self._answered.clear()  # pullers are members: this is only ever a safety bound
+            self._answered[puller] = loop.time()
         return PullReply(
             node=self.node_id,
             instance=store.instance_id,
