@@ -197,6 +197,15 @@ async def own_page(feed: Feed, store: SQLiteStore, since: int) -> list[str]:
     return [r.key for r in reply.records]
 
 
+async def lingering(feed: Feed, answer: asyncio.Task[list[str]]) -> None:
+    """Wait, up to 10 s, until `answer` has read the feed and lingers over what it read."""
+    deadline = time.monotonic() + 10.0
+    while not feed._hurry._waiters:
+        assert not answer.done(), f"answered without lingering: {answer.result()}"
+        assert time.monotonic() < deadline, "the answer never started to linger"
+        await asyncio.sleep(0.001)
+
+
 async def test_a_busy_origin_gathers_its_writes_for_a_puller_it_answered_moments_ago(
     store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -207,9 +216,10 @@ async def test_a_busy_origin_gathers_its_writes_for_a_puller_it_answered_moments
     await store.write(Record("k1", "v", make_version(1, feed.origin)))
     assert await own_page(feed, store, 0) == ["k1"]  # the first answer goes at once
     await store.write(Record("k2", "v", make_version(2, feed.origin)))
-    answer = asyncio.create_task(own_page(feed, store, 1))  # it reads k2 before k3 commits
+    answer = asyncio.create_task(own_page(feed, store, 1))
+    await lingering(feed, answer)  # it has read k2, and k3 is not written yet
     await store.write(Record("k3", "v", make_version(3, feed.origin)))
-    assert await answer == ["k2", "k3"]  # without the linger: ["k2"]
+    assert await answer == ["k2", "k3"]
 
 
 async def test_a_write_after_a_quiet_spell_goes_at_once(
@@ -234,10 +244,9 @@ async def test_no_answer_lingers_while_a_write_waits_for_copies(
     await store.write(Record("k1", "v", make_version(1, feed.origin)))
     assert await own_page(feed, store, 0) == ["k1"]
     await store.write(Record("k2", "v", make_version(2, feed.origin)))
-    lingering = asyncio.create_task(own_page(feed, store, 1))
-    for _ in range(3):
-        await asyncio.sleep(0)  # it reads k2 and starts to linger (it would for a minute)
+    answer = asyncio.create_task(own_page(feed, store, 1))
+    await lingering(feed, answer)  # it has read k2, and would wait a minute for more
     with feed.copies_awaited():
-        assert await lingering == ["k2"]  # own_page gives up after 30 s
+        assert await answer == ["k2"]  # own_page gives up after 30 s
         await store.write(Record("k3", "v", make_version(3, feed.origin)))
         assert await own_page(feed, store, 2) == ["k3"]
