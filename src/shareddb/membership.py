@@ -27,6 +27,9 @@ from typing import Any
 # A member is `up` when it exchanged with this node (either direction) this recently, in seconds,
 # or while a pull between the two is held open within its time (`Membership.exchange`).
 UP_WINDOW = 6.0
+# A held pull keeps counting as contact this long past its time (seconds): the time its answer
+# takes on the way, and, on the side that answered, the time the next pull takes to come in.
+EXCHANGE_SLACK = 1.0
 
 
 @dataclass(slots=True)
@@ -257,17 +260,32 @@ class Membership:
         that crashes closes the connection (the pull fails, or `connected()` turns false), and one
         that hangs or is cut off lets `wait` pass. Only a member `up` already counts: a pull sent
         to a member that is down proves nothing until it is answered.
+
+        It counts for EXCHANGE_SLACK more: past `wait` while the answer is on its way, and past
+        the answer while the next pull is (the puller's `last_contact` is when its pull came in,
+        which an idle long poll leaves older than UP_WINDOW). Without the slack after an answer,
+        the side that answered showed the puller `down` for a moment after every idle answer,
+        unless a pull of its own the other way was held open then. A member that hangs shows
+        `down` that much later.
         """
         member = self.members.get(node_id)
         if member is None or wait <= 0 or self.state(member) != "up":
             yield
             return
+        now = self._clock()
+        for ended in [t for t, (until, _) in member.open.items() if until <= now]:
+            del member.open[ended]  # the slack of pulls answered before
         token = object()
-        member.open[token] = (self._clock() + wait, connected)
+        member.open[token] = (now + wait + EXCHANGE_SLACK, connected)
+        answered = False
         try:
             yield
+            answered = True
         finally:
-            del member.open[token]
+            if answered:
+                member.open[token] = (self._clock() + EXCHANGE_SLACK, connected)
+            else:
+                del member.open[token]
 
     def record_progress(self, node_id: str, applied: int, held: int | None = None) -> None:
         """How far a member has applied this node's feed (`w=N`, lag) and how far it holds all

@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from shareddb.membership import UP_WINDOW
-from shareddb.replication.puller import EXCHANGE_SLACK, long_poll
+from shareddb.membership import EXCHANGE_SLACK, UP_WINDOW
+from shareddb.replication.puller import long_poll
 from tests.cluster.conftest import StartNode
 from tests.cluster.replication_helpers import (
     cluster_view,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shareddb.membership import UP_WINDOW, Membership
+from shareddb.membership import EXCHANGE_SLACK, UP_WINDOW, Membership
 from shareddb.replication.puller import LONG_POLL, MAX_LONG_POLL, long_poll
 from tests.harness import ManualClock
 
@@ -41,10 +41,31 @@ def test_a_pull_held_open_keeps_a_member_up_until_its_time() -> None:
     with members.exchange("b", 12.0):
         clock.now += UP_WINDOW + 5
         assert members.state(b) == "up"
-        clock.now += 7  # 12 s and more: the answer is late (the member hangs, or is cut off)
+        clock.now += 1 + EXCHANGE_SLACK * 0.9  # past 12 s, within the slack for the answer's way
+        assert members.state(b) == "up"
+        clock.now += EXCHANGE_SLACK * 0.2  # the answer is late (the member hangs, or is cut off)
         assert members.state(b) == "down"
+    assert members.state(b) == "up"  # then it came: it counts as contact for the slack
+    clock.now += EXCHANGE_SLACK
     assert members.state(b) == "down"
-    assert not b.open
+
+
+def test_an_idle_puller_stays_up_between_its_answer_and_its_next_pull() -> None:
+    """Invariant 2, as above. The side that holds an idle pull heard from the puller when the
+    pull came in, longer ago than UP_WINDOW once it answers: the puller stays `up` while its next
+    pull is on the way, not `down` for a moment after every idle answer."""
+    clock = ManualClock()
+    members = _heard_b(clock)
+    b = members.members["b"]
+    for _ in range(3):  # idle polls, one after another
+        with members.exchange("b", 12.0):
+            clock.now += 12.0  # held all its time, then answered
+        clock.now += EXCHANGE_SLACK / 2  # the next pull is on its way
+        assert members.state(b) == "up"
+        members.heard_from("b", "http://b:1")  # it comes in
+    assert len(b.open) <= 2  # the slack of answered pulls does not pile up
+    clock.now += UP_WINDOW  # and then the puller hangs
+    assert members.state(b) == "down"
 
 
 def test_a_pull_whose_connection_closed_does_not_count() -> None:

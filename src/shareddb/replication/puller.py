@@ -42,9 +42,6 @@ log = logging.getLogger("shareddb.replication")
 BATCH = 5_000
 LONG_POLL = 2.0  # seconds a source may hold an idle pull, with two peers or fewer (`long_poll`)
 MAX_LONG_POLL = 12.0
-# An idle pull counts as contact (membership.exchange) until this long past its wait: the answer's
-# time on the way.
-EXCHANGE_SLACK = 1.0
 MIN_BACKOFF = 0.05
 MAX_BACKOFF = 5.0
 JOIN_RETRY = 1.0
@@ -58,7 +55,7 @@ def long_poll(peers: int) -> float:
     per period. The period grows by LONG_POLL per peer past the second, so a node's idle
     exchanges per second fall as the mesh grows and its idle cost stays about linear in N. A
     held pull counts as contact (membership.exchange), so members stay `up` through it; one that
-    hangs shows `down` when its answer is late, within MAX_LONG_POLL + EXCHANGE_SLACK."""
+    hangs shows `down` when its answer is late, within MAX_LONG_POLL + membership.EXCHANGE_SLACK."""
     return min(MAX_LONG_POLL, LONG_POLL * max(1, peers - 1))
 
 
@@ -359,8 +356,8 @@ class Replicator:
         )
         try:
             listed = frozenset(self.membership.ids_at(url))
-            open_for = wait + EXCHANGE_SLACK if wait else 0.0  # a pull answered at once: nothing held
-            with self.membership.exchange(peer_id or "", open_for):
+            # A pull answered at once holds nothing open (membership.exchange).
+            with self.membership.exchange(peer_id or "", wait):
                 reply = await self.transport.pull(url, request)
             return Pulled(reply, checkpoint, asked, listed)
         except PeerRemoved:
