@@ -19,9 +19,7 @@ import orjson
 from shareddb.cli_client import Fail, client_tls, connected, token_option, url_option
 from shareddb.client import ClientError, Event
 from shareddb.config import SETTINGS, Settings
-from shareddb.node import NodeError
 from shareddb.record import DEFAULT_MAX_VALUE_BYTES
-from shareddb.store.sqlite_faults import StoreOpenError
 from shareddb.tokens import Network, TokenError, parse_networks
 
 T = TypeVar("T")
@@ -120,7 +118,10 @@ def serve(
     copy_chunk: int,
 ) -> None:
     """Run one node in the foreground until SIGTERM or Ctrl-C."""
+    # The node's modules load here, not with the command line: a client command never pays for them.
+    from shareddb.node import NodeError
     from shareddb.server import serve as serve_node
+    from shareddb.store.sqlite_faults import StoreOpenError
 
     logging.basicConfig(
         level=logging.INFO,

@@ -345,6 +345,19 @@ def test_module_and_console_script_both_run() -> None:
             assert version in result.stdout, describe(result)
 
 
+def test_the_command_line_loads_the_node_only_to_serve() -> None:
+    """A client command (`get`, `set`, `watch`, ...) starts without loading the node: its store,
+    replication, HTTP server and the Redis and NATS clients load only for `serve` and `cluster
+    up`, so each client command starts in about half the time."""
+    node_modules = ("shareddb.node", "shareddb.server", "shareddb.store", "aiohttp", "redis", "nats")
+    code = f"import sys, shareddb.cli; print(' '.join(m for m in {node_modules!r} if m in sys.modules))"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=FAIL_TIMEOUT, check=False
+    )
+    assert result.returncode == 0, describe(result)
+    assert result.stdout.split() == [], describe(result)
+
+
 # -- the client commands -------------------------------------------------------------------------
 
 
