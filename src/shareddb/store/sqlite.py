@@ -171,6 +171,9 @@ class SQLiteBackend:
         db.execute("PRAGMA wal_autocheckpoint = 0")
         db.execute("PRAGMA journal_size_limit = 67108864")
         create_or_upgrade(db)
+        # Statement journals in memory, not spilled to a temporary file in most batches
+        # (docs/design.md, "What a write costs"); set after the upgrades, whose index builds sort.
+        db.execute("PRAGMA temp_store = MEMORY")
         db.execute("BEGIN IMMEDIATE")
         meta = dict(db.execute("SELECT name, value FROM meta").fetchall())
         if "instance" not in meta:
