@@ -73,13 +73,15 @@ BUSY_TIMEOUT_MS = 10_000
 # itself: back-pressure when the background checkpoints cannot keep up.
 CHECKPOINT_PAUSE = 0.2
 WAL_LIMIT = 512 * 1024 * 1024
-# Connections read the file through a memory map of its first 256 MiB. Point reads, which run on
-# the event loop, map all of it (SQLite caps this at its build's maximum, 2 GiB for Debian's): a
-# point read of ten million keys then costs about 25% less CPU than with the rest of the file read
-# into the connection's small page cache (docs/design.md, "Keys at scale"). Mapped pages are the
-# kernel's page cache, shared and reclaimable, not the node's own memory.
+# Connections read the file through a memory map of its first 256 MiB; mapped pages are the
+# kernel's page cache, shared and reclaimable, not the node's own memory. Point reads (GETs, on
+# the event loop and in worker processes) map nothing: in WAL mode SQLite drops a reader's map,
+# and its page cache, whenever another connection committed since the reader's last read, so
+# under writes a mapped point read faulted its pages in again after every commit. Read into the
+# connection's page cache instead, a GET of a 10M-key store taking writes costs 10-40% less CPU,
+# and about the same without writes (docs/design.md, "Keys at scale").
 MMAP_BYTES = 256 * 1024 * 1024
-POINT_MMAP_BYTES = 1 << 40
+POINT_MMAP_BYTES = 0
 
 
 class SQLiteBackend:

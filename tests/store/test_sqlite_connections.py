@@ -1,4 +1,4 @@
-"""The SQLite store's writer connection, in-process on a real file."""
+"""How the SQLite store uses its connections, in-process on a real file."""
 
 from __future__ import annotations
 
@@ -28,5 +28,24 @@ async def test_the_writer_keeps_statement_journals_in_memory(tmp_path: Path) -> 
         assert store.digest().count == 1000
         for record in records[::97]:
             assert await store.get(record.key) == record
+    finally:
+        await store.close()
+
+
+async def test_point_reads_do_not_map_the_file(tmp_path: Path) -> None:
+    """In WAL mode SQLite drops a reader's memory map whenever another connection has committed
+    since its last read, so mapped point reads faulted their pages in again after nearly every
+    commit of a store taking writes (docs/design.md, "Keys at scale"). A point read still sees
+    the latest commit."""
+    store = SQLiteStore(tmp_path / "db.sqlite3")
+    await store.open()
+    try:
+        backend = store._backend
+        assert isinstance(backend, SQLiteBackend)
+        assert backend._reader().execute("PRAGMA mmap_size").fetchone() == (0,)
+        for i in range(1, 4):
+            record = Record("k", f"v{i}", make_version(i, "n1"))
+            await store.write(record)
+            assert await backend.get("k") == record
     finally:
         await store.close()
