@@ -79,7 +79,7 @@ WAL_LIMIT = 512 * 1024 * 1024
 # and its page cache, whenever another connection committed since the reader's last read, so
 # under writes a mapped point read faulted its pages in again after every commit. Read into the
 # connection's page cache instead, a GET of a 10M-key store taking writes costs 10-40% less CPU,
-# and about the same without writes (docs/design.md, "Keys at scale").
+# and about 6% more without writes (docs/design.md, "Keys at scale").
 MMAP_BYTES = 256 * 1024 * 1024
 POINT_MMAP_BYTES = 0
 
