@@ -4,8 +4,9 @@ the store itself and forwards every other request to the node process.
 It reads the node's settings and its listening socket from the node process, never its command
 line: it is not meant to be started by hand. It writes nothing to the store. Its reads see every
 write the node process has acknowledged: the node answers a write only once it is committed, and
-each read here is a read of the committed store (SQLite: a new read transaction on the WAL; Redis:
-one HGET), with no cache to go stale.
+each read here is a read of the committed store begun after its request arrived (SQLite: the
+reads of one turn of the event loop share a read transaction, store/sqlite_point.py; Redis: one
+HGET), with no cache to go stale.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from shareddb.record import Record
 from shareddb.server import MAX_REQUEST_LINE, SHUTDOWN_TIMEOUT, _limits, _Site, freeze_start_up
 from shareddb.store.base import StoreUnavailable
 from shareddb.store.sqlite import BUSY_TIMEOUT_MS, POINT_MMAP_BYTES, sqlite_path
+from shareddb.store.sqlite_point import PointReads
 from shareddb.tls import node_contexts
 from shareddb.tokens import Role
 from shareddb.workers import READY
@@ -55,21 +57,22 @@ class Reader(Protocol):
 
 
 class SQLiteReader:
-    """Point reads on a read-only connection of the node's SQLite file. In WAL mode each read is
-    a read transaction of its own that sees every commit made before it began, and never waits
-    for the writer."""
+    """Point reads on a read-only connection of the node's SQLite file. In WAL mode a read
+    transaction sees every commit made before it began, and never waits for the writer; the
+    reads of one turn of the event loop share one (store/sqlite_point.py)."""
 
     SQL = "SELECT value, version, expires FROM kv WHERE key = ?"
 
     def __init__(self, settings: Settings) -> None:
         path = sqlite_path(settings.data).resolve()
-        self._db = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, isolation_level=None)
-        self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        self._db.execute(f"PRAGMA mmap_size = {POINT_MMAP_BYTES}")
+        db = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, isolation_level=None)
+        db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        db.execute(f"PRAGMA mmap_size = {POINT_MMAP_BYTES}")
+        self._point = PointReads(db)
 
     async def get(self, key: str) -> Record | None:
         try:
-            row = self._db.execute(self.SQL, (key,)).fetchone()
+            row = self._point.connection().execute(self.SQL, (key,)).fetchone()
         except UnicodeEncodeError:  # text the store cannot hold: never written
             return None
         except sqlite3.Error as exc:
@@ -80,7 +83,7 @@ class SQLiteReader:
         return record if record.live_at(wall_millis()) else None
 
     async def close(self) -> None:
-        self._db.close()
+        self._point.close()
 
 
 class RedisReader:

@@ -14,6 +14,7 @@ import http.client
 import os
 import signal
 import ssl
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -114,6 +115,40 @@ def test_a_read_after_a_write_sees_it_on_every_process(node: NodeProcess, connec
     assert _request(conns[0], "DELETE", "/v1/kv/ryw")[0] == 204
     for conn in conns:
         assert _request(conn, "GET", "/v1/kv/ryw", token=READ)[0] == 404
+
+
+def test_a_read_after_a_write_sees_it_while_other_clients_read(
+    node: NodeProcess, connect: Connect
+) -> None:
+    """The reads of one turn of a process's event loop share a read transaction: with other
+    clients reading all the time, one is nearly always open, and a read after a write's answer
+    must still see the write, on every process."""
+    busy = connect(node)
+    conns = connect(node)
+    stop = threading.Event()
+    reads = [0] * len(busy)
+    statuses: set[int] = set()
+
+    def keep_reading(index: int) -> None:
+        while not stop.is_set():
+            statuses.add(_request(busy[index], "GET", "/v1/kv/other", token=READ)[0])
+            reads[index] += 1
+
+    threads = [threading.Thread(target=keep_reading, args=(i,)) for i in range(len(busy))]
+    for thread in threads:
+        thread.start()
+    try:
+        for round_ in range(40):
+            value = f"value {round_}"
+            assert _request(conns[round_ % len(conns)], "PUT", "/v1/kv/ryw-busy", value)[0] in (200, 201)
+            for conn in conns:
+                assert _request(conn, "GET", "/v1/kv/ryw-busy", token=READ) == (200, value.encode())
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=30)
+    assert all(reads), reads
+    assert statuses == {404}
 
 
 def test_an_expired_value_is_hidden_by_every_process(node: NodeProcess, connect: Connect) -> None:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 from shareddb.record import Record, make_version
 from shareddb.store.sqlite import SQLiteBackend, SQLiteStore
+from shareddb.store.sqlite_point import PointReads
 
 # Overwrites of random keys, about 20 to a batch: the batches in which SQLite spilled a statement
 # journal to a temporary file. Prints whether SQLITE_TMPDIR changed, then the keys stored.
@@ -74,3 +77,93 @@ async def test_point_reads_do_not_map_the_file(tmp_path: Path) -> None:
             assert await backend.get("k") == record
     finally:
         await store.close()
+
+
+async def _read_on_every_turn(backend: SQLiteBackend, stop: asyncio.Event) -> int:
+    """Point reads on (nearly) every turn of the event loop: a read transaction is nearly always
+    open, as on a node serving GETs."""
+    reads = 0
+    while not stop.is_set():
+        await backend.get("busy")
+        reads += 1
+        await asyncio.sleep(0)
+    return reads
+
+
+async def test_point_reads_see_every_acknowledged_write(tmp_path: Path) -> None:
+    """The reads of a turn of the event loop share one read transaction (store/sqlite_point.py);
+    a read after a write's acknowledgement must still see it, and the cache is left out here: the
+    backend's own read is the one that would be stale."""
+    store = SQLiteStore(tmp_path / "db.sqlite3")
+    await store.open()
+    stop = asyncio.Event()
+    try:
+        backend = store._backend
+        assert isinstance(backend, SQLiteBackend)
+        readers = [asyncio.create_task(_read_on_every_turn(backend, stop)) for _ in range(3)]
+        for i in range(1, 201):
+            record = Record(f"k{i % 7}", f"v{i}", make_version(i, "n1"))
+            await store.write(record)
+            assert await backend.get(record.key) == record
+        stop.set()
+        assert all(reads > 0 for reads in await asyncio.gather(*readers))
+    finally:
+        stop.set()
+        await store.close()
+
+
+async def test_a_point_read_in_a_later_turn_sees_another_connection_commit(tmp_path: Path) -> None:
+    """What a worker process relies on, which learns of no commit: a read transaction lasts one
+    turn of the event loop, so a read in a later turn sees what was committed before it."""
+    path = tmp_path / "db.sqlite3"
+    store = SQLiteStore(path)
+    await store.open()
+    await store.write(Record("k", "old", make_version(1, "n1")))
+    await store.close()
+    point = PointReads(sqlite3.connect(path, isolation_level=None))
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        read = "SELECT value FROM kv WHERE key = 'k'"
+        assert point.connection().execute(read).fetchone() == ("old",)
+        other.execute("UPDATE kv SET value = 'new' WHERE key = 'k'")
+        assert point.connection().execute(read).fetchone() == ("old",)  # the same turn
+        await asyncio.sleep(0)
+        assert point.connection().execute(read).fetchone() == ("new",)
+    finally:
+        point.close()
+        other.close()
+
+
+async def test_point_reads_on_every_turn_let_the_wal_be_truncated(tmp_path: Path) -> None:
+    """A read transaction open on every turn must not keep a checkpoint from copying the whole
+    WAL into the file and truncating it: the WAL would grow without end."""
+    path = tmp_path / "db.sqlite3"
+    store = SQLiteStore(path)
+    await store.open()
+    stop = asyncio.Event()
+    try:
+        backend = store._backend
+        assert isinstance(backend, SQLiteBackend)
+        reader = asyncio.create_task(_read_on_every_turn(backend, stop))
+        for i in range(1, 101):
+            await store.write(Record(f"k{i}", "v" * 100, make_version(i, "n1")))
+        wal = path.with_name(path.name + "-wal")
+        assert wal.stat().st_size > 0
+        busy, _, _ = await asyncio.to_thread(_truncate_wal, path)
+        assert busy == 0
+        assert wal.stat().st_size == 0
+        stop.set()
+        assert await reader > 0
+    finally:
+        stop.set()
+        await store.close()
+
+
+def _truncate_wal(path: Path) -> tuple[int, int, int]:
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        db.execute("PRAGMA busy_timeout = 10000")
+        busy, frames, copied = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        return busy, frames, copied
+    finally:
+        db.close()

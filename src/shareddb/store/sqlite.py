@@ -3,9 +3,10 @@
 The write pipeline (store/pipeline.py) group-commits; this backend writes each batch in one hand-off
 to its writer thread: the lookup, the planning and the write run there in one transaction with one
 fsync, in few SQLite calls (each call releases and retakes the GIL, and a busy event loop makes
-every retake slow). Point reads run on the event loop on their own connection: in WAL mode a reader
-never waits for the writer, so a read is not stalled behind a long batch. Scans and the changes feed
-run on a reader thread so a large page never holds up the loop.
+every retake slow). Point reads run on the event loop on their own connection, the reads of one turn
+of the loop in one read transaction (store/sqlite_point.py): in WAL mode a reader never waits for
+the writer, so a read is not stalled behind a long batch. Scans and the changes feed run on a
+reader thread so a large page never holds up the loop.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from shareddb.store.sqlite_faults import (
     is_corrupt,
     write_error,
 )
+from shareddb.store.sqlite_point import PointReads
 from shareddb.store.sqlite_reads import (
     bucket_rows,
     change_rows,
@@ -109,7 +111,7 @@ class SQLiteBackend:
         self._writer = WriterThread()
         self._reader_pool = ThreadPoolExecutor(1, thread_name_prefix="shareddb-reader")
         self._wdb: sqlite3.Connection | None = None
-        self._point: sqlite3.Connection | None = None
+        self._point: PointReads | None = None
         self._scan: sqlite3.Connection | None = None
         self._snapshots = 0  # snapshot reads open now (SQLiteSnapshotRead)
         self._settled = 0  # meta 'settled', on the writer thread (sqlite_schema.SETTLE)
@@ -120,7 +122,7 @@ class SQLiteBackend:
         loop = asyncio.get_running_loop()
         try:
             self._wdb = await self._writer.call(self._open_writer)
-            self._point = self._connect(POINT_MMAP_BYTES)
+            self._point = PointReads(self._connect(POINT_MMAP_BYTES))
             self._scan = await loop.run_in_executor(self._reader_pool, self._connect)
         except StoreOpenError:
             self._abandon()
@@ -139,9 +141,10 @@ class SQLiteBackend:
     def _abandon(self) -> None:
         """A failed open: release what it opened; the store stays closed."""
         self._closing = True
-        for db in (self._wdb, self._point):
-            if db is not None:
-                db.close()
+        if self._wdb is not None:
+            self._wdb.close()
+        if self._point is not None:
+            self._point.close()
         self._wdb = self._point = None
         self._shutdown_pools()
 
@@ -232,7 +235,7 @@ class SQLiteBackend:
     def _reader(self) -> sqlite3.Connection:
         if self._point is None or self._closing:
             raise StoreUnavailable("store is not open")
-        return self._point
+        return self._point.connection()
 
     async def get(self, key: str) -> Record | None:
         row = self._read_one("SELECT value, version, expires FROM kv WHERE key = ?", key)
@@ -330,7 +333,11 @@ class SQLiteBackend:
         """One hand-off to the writer thread: lookup, plan and write in one transaction."""
         if self._wdb is None or self._closing:
             raise StoreUnavailable("the store is closed")
-        batch: Batch = await self._writer.call(self._write, keys, purge_upto, plan)
+        try:
+            batch: Batch = await self._writer.call(self._write, keys, purge_upto, plan)
+        finally:  # before the pipeline answers a writer: reads from now on see this commit
+            if self._point is not None:
+                self._point.renew()
         self._tally = batch.tally
         return batch
 
