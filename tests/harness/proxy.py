@@ -23,6 +23,7 @@ import orjson
 
 HEAD_LIMIT = 64 * 1024
 CHUNK = 64 * 1024
+CLOSE_GRACE = 2.0  # seconds a closing proxy waits for its handlers before cancelling them
 
 Link = tuple[int, int]  # (source slot, target slot): the source pulls from the target
 
@@ -74,6 +75,7 @@ class FaultProxy:
         self._server: asyncio.Server | None = None
         self._conns: set[_Conn] = set()
         self._handlers: set[asyncio.Task[None]] = set()
+        self._closed = False
         links.proxies.append(self)
 
     @property
@@ -85,12 +87,21 @@ class FaultProxy:
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            for conn in list(self._conns):
-                conn.abort()
-            await asyncio.gather(*self._handlers, return_exceptions=True)
-            await self._server.wait_closed()
+        """Stop accepting and reset every connection. A handler that a reset does not end (one
+        still waiting for a first request, say) is cancelled after CLOSE_GRACE: closing never
+        waits on a node, and leaves no socket open behind it."""
+        if self._server is None or self._closed:
+            return
+        self._closed = True
+        self._server.close()
+        for conn in list(self._conns):
+            conn.abort()
+        if self._handlers:
+            _, stuck = await asyncio.wait(set(self._handlers), timeout=CLOSE_GRACE)
+            for handler in stuck:
+                handler.cancel()
+            await asyncio.gather(*stuck, return_exceptions=True)
+        await self._server.wait_closed()
 
     def drop(self, hit: Callable[[int, int], bool], held_only: bool = False) -> None:
         """Reset the open connections whose link (source, this node) `hit` selects."""
@@ -100,6 +111,9 @@ class FaultProxy:
                 conn.abort()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._closed:  # accepted just before the listening socket closed
+            _reset(writer)
+            return
         handler = asyncio.current_task()
         assert handler is not None
         self._handlers.add(handler)
@@ -107,6 +121,7 @@ class FaultProxy:
             await self._handle(reader, writer)
         finally:
             self._handlers.discard(handler)
+            _reset(writer)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
