@@ -1,5 +1,5 @@
 """`python -m shareddb` runs the command line, as the `shareddb` console script does."""
 
-from shareddb.cli import main
+from shareddb.console import main
 
 main()

@@ -19,6 +19,7 @@ import orjson
 from shareddb.cli_client import Fail, client_tls, connected, token_option, url_option
 from shareddb.client import ClientError, Event
 from shareddb.config import SETTINGS, Settings
+from shareddb.console import INTERRUPTED
 from shareddb.record import DEFAULT_MAX_VALUE_BYTES
 from shareddb.tokens import Network, TokenError, parse_networks
 
@@ -467,7 +468,7 @@ def main() -> None:
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:
-        sys.exit(130)
+        sys.exit(INTERRUPTED)
     except click.exceptions.NoArgsIsHelpError as exc:
         click.echo(exc.ctx.get_help() if exc.ctx else exc.format_message())
         sys.exit(exc.exit_code)

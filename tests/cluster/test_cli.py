@@ -358,6 +358,38 @@ def test_the_command_line_loads_the_node_only_to_serve() -> None:
     assert result.stdout.split() == [], describe(result)
 
 
+# Loaded by Python at start-up from PYTHONPATH: a Ctrl-C that lands while the command line imports
+# click, as one pressed in the first few tenths of a second of any command does.
+CTRL_C_WHILE_LOADING = """
+import sys
+
+class CtrlC:
+    def find_spec(self, name, path=None, target=None):
+        if name == "click":
+            raise KeyboardInterrupt
+        return None
+
+sys.meta_path.insert(0, CtrlC())
+"""
+
+
+@pytest.mark.parametrize("how", ["console script", "python -m"])
+def test_ctrl_c_while_the_command_line_loads_ends_it_quietly(tmp_path: Path, how: str) -> None:
+    """Exit status 130 and nothing printed, as a Ctrl-C later on; it was Python's traceback."""
+    (tmp_path / "sitecustomize.py").write_text(CTRL_C_WHILE_LOADING)
+    script = Path(sys.executable).with_name("shareddb")
+    command = [str(script)] if how == "console script" else [sys.executable, "-m", "shareddb"]
+    result = subprocess.run(
+        [*command, "--help"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        timeout=FAIL_TIMEOUT,
+        check=False,
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (130, "", ""), describe(result)
+
+
 # -- the client commands -------------------------------------------------------------------------
 
 

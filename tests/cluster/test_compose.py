@@ -331,8 +331,8 @@ def test_the_dockerfile_installs_the_package_and_runs_its_console_script() -> No
     # ENTRYPOINT is the console script, which is what `python -m shareddb` runs.
     assert dockerfile.exec_form("ENTRYPOINT") == ["shareddb"]
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text("utf-8"))["project"]["scripts"]
-    assert scripts["shareddb"] == "shareddb.cli:main"
-    assert "from shareddb.cli import main" in (ROOT / "src/shareddb/__main__.py").read_text("utf-8")
+    assert scripts["shareddb"] == "shareddb.console:main"
+    assert "from shareddb.console import main" in (ROOT / "src/shareddb/__main__.py").read_text("utf-8")
     assert dockerfile.exec_form("CMD")[0] == "serve"
 
     # What the image copies is in the build context (.dockerignore lets it through).
