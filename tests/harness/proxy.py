@@ -128,8 +128,7 @@ class FaultProxy:
             head = await reader.readuntil(b"\r\n\r\n")
             body = await _join_body(head, reader)
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError, ValueError):
-            _reset(writer)
-            return
+            return  # _serve resets the connection
         conn = _Conn(self._source(head, body), writer)
         self._conns.add(conn)
         try:
