@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from shareddb.record import Record, make_version
+from shareddb.store import sqlite as sqlite_module
 from shareddb.store.sqlite import SQLiteBackend, SQLiteStore
 from shareddb.store.sqlite_point import PointReads
 
@@ -167,3 +171,37 @@ def _truncate_wal(path: Path) -> tuple[int, int, int]:
         return busy, frames, copied
     finally:
         db.close()
+
+
+async def test_steady_writes_keep_the_wal_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under writes that never pause, the checkpoint thread never copies the WAL's last frames
+    before the next commit adds more, and SQLite starts a WAL over only when a transaction begins
+    with all of it copied: the WAL grew by every byte written until WAL_LIMIT stalled the writer.
+    Past WAL_RESTART the writer copies the tail itself and the WAL starts over."""
+    monkeypatch.setattr(sqlite_module, "WAL_RESTART", 1024 * 1024)
+    monkeypatch.setattr(sqlite_module, "CHECKPOINT_PAUSE", 0.02)
+    path = tmp_path / "db.sqlite3"
+    wal = path.with_name(path.name + "-wal")
+    store = SQLiteStore(path)
+    await store.open()
+    largest = 0
+    minted = iter(range(1, 1_000_000))
+
+    async def write_many(seed: int) -> None:
+        nonlocal largest
+        rng = random.Random(seed)
+        for _ in range(300):
+            key = f"key-{rng.randrange(1000)}"
+            await store.write(Record(key, "v" * 1000, make_version(next(minted), "n1")))
+            largest = max(largest, wal.stat().st_size)
+
+    try:
+        await asyncio.gather(*(write_many(seed) for seed in range(32)))
+        written = store.digest().count
+    finally:
+        await store.close()
+    print(f"largest WAL {largest / 2**20:.1f} MiB")
+    assert written == 1000
+    assert largest <= 8 * 1024 * 1024

@@ -71,9 +71,13 @@ log = logging.getLogger("shareddb.store")
 LOOKUP_ON_LOOP = 500  # keys a replication lookup reads on the event loop; more go to the reader
 BUSY_TIMEOUT_MS = 10_000
 # Checkpoints (copying the WAL back into the database file, with an fsync of its own) run on a
-# thread of their own, so a commit never waits for one. Past WAL_LIMIT the writer checkpoints
-# itself: back-pressure when the background checkpoints cannot keep up.
+# thread of their own, so a commit rarely waits for one. Under steady writes that thread never
+# catches up with the WAL's end, and SQLite starts the WAL over only when a write transaction
+# begins with all of it copied: past WAL_RESTART bytes the writer copies the last few frames
+# itself, just before its next transaction, which then writes from the WAL's start. Past
+# WAL_LIMIT (readers holding old frames, say) the writer waits for a full restart: back-pressure.
 CHECKPOINT_PAUSE = 0.2
+WAL_RESTART = 32 * 1024 * 1024
 WAL_LIMIT = 512 * 1024 * 1024
 # Connections read the file through a memory map of its first 256 MiB; mapped pages are the
 # kernel's page cache, shared and reclaimable, not the node's own memory. Point reads (GETs, on
@@ -107,6 +111,8 @@ class SQLiteBackend:
         self._stopping = threading.Event()
         self._checkpointer: threading.Thread | None = None
         self._checkpoint_due = threading.Event()
+        self._restart_due = False  # set by the checkpoint thread, cleared by the writer
+        self._page_size = 4096
         self._closing = False
         self._writer = WriterThread()
         self._reader_pool = ThreadPoolExecutor(1, thread_name_prefix="shareddb-reader")
@@ -175,6 +181,7 @@ class SQLiteBackend:
         db.execute("PRAGMA cache_size = -65536")
         db.execute("PRAGMA wal_autocheckpoint = 0")
         db.execute("PRAGMA journal_size_limit = 67108864")
+        self._page_size = int(db.execute("PRAGMA page_size").fetchone()[0])
         create_or_upgrade(db)
         # Statement journals in memory, not spilled to a temporary file in most batches
         # (docs/design.md, "What a write costs"); set after the upgrades, whose index builds sort.
@@ -343,6 +350,10 @@ class SQLiteBackend:
 
     def _write(self, keys: Collection[str], purge_upto: int | None, plan: Planner) -> Batch:
         """Runs on the writer thread: one transaction, one fsync, for the whole batch."""
+        if self._restart_due and self._wdb is not None and not self._snapshots:
+            self._restart_due = False
+            with contextlib.suppress(sqlite3.Error):
+                self._wdb.execute("PRAGMA wal_checkpoint(PASSIVE)")
         try:
             batch = self._transaction(keys, purge_upto, plan)
         except Exception as exc:
@@ -449,7 +460,8 @@ class SQLiteBackend:
                     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                     return
                 try:
-                    db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                    _, frames, _ = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    self._restart_due = frames * self._page_size > WAL_RESTART
                 except sqlite3.Error as exc:  # a full disk, say: the next commit asks again
                     log.debug("checkpoint put off: %s", exc)
         except sqlite3.Error as exc:
