@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
-import os
 import sqlite3
-import threading
 import uuid
 from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
@@ -64,21 +61,11 @@ from shareddb.store.sqlite_schema import (
     settled,
 )
 from shareddb.store.sqlite_snapshot import SQLiteSnapshotRead
+from shareddb.store.sqlite_wal import WalCheckpoints
 from shareddb.store.writer_thread import WriterThread
-
-log = logging.getLogger("shareddb.store")
 
 LOOKUP_ON_LOOP = 500  # keys a replication lookup reads on the event loop; more go to the reader
 BUSY_TIMEOUT_MS = 10_000
-# Checkpoints (copying the WAL back into the database file, with an fsync of its own) run on a
-# thread of their own, so a commit rarely waits for one. Under steady writes that thread never
-# catches up with the WAL's end, and SQLite starts the WAL over only when a write transaction
-# begins with all of it copied: past WAL_RESTART bytes the writer copies the last few frames
-# itself, just before its next transaction, which then writes from the WAL's start. Past
-# WAL_LIMIT (readers holding old frames, say) the writer waits for a full restart: back-pressure.
-CHECKPOINT_PAUSE = 0.2
-WAL_RESTART = 32 * 1024 * 1024
-WAL_LIMIT = 512 * 1024 * 1024
 # Connections read the file through a memory map of its first 256 MiB; mapped pages are the
 # kernel's page cache, shared and reclaimable, not the node's own memory. Point reads (GETs, on
 # the event loop and in worker processes) map nothing: in WAL mode SQLite drops a reader's map,
@@ -108,11 +95,7 @@ class SQLiteBackend:
         self._instance = ""
         # Replaced whole, on the event loop, once a commit is back from the writer thread.
         self._tally = Tally.empty()
-        self._stopping = threading.Event()
-        self._checkpointer: threading.Thread | None = None
-        self._checkpoint_due = threading.Event()
-        self._restart_due = False  # set by the checkpoint thread, cleared by the writer
-        self._page_size = 4096
+        self._checkpoints = WalCheckpoints(path, self._connect)
         self._closing = False
         self._writer = WriterThread()
         self._reader_pool = ThreadPoolExecutor(1, thread_name_prefix="shareddb-reader")
@@ -139,10 +122,7 @@ class SQLiteBackend:
                 raise StoreCorrupt(self.path, str(exc)) from None
             hint = "; is its disk full or read-only?" if isinstance(write_error(exc), StoreFull) else ""
             raise StoreOpenError(f"cannot open store {self.path}: {exc}{hint}") from exc
-        self._checkpointer = threading.Thread(
-            target=self._checkpoint_loop, name="shareddb-checkpoint", daemon=True
-        )
-        self._checkpointer.start()
+        self._checkpoints.start()
 
     def _abandon(self) -> None:
         """A failed open: release what it opened; the store stays closed."""
@@ -181,7 +161,6 @@ class SQLiteBackend:
         db.execute("PRAGMA cache_size = -65536")
         db.execute("PRAGMA wal_autocheckpoint = 0")
         db.execute("PRAGMA journal_size_limit = 67108864")
-        self._page_size = int(db.execute("PRAGMA page_size").fetchone()[0])
         create_or_upgrade(db)
         # Statement journals in memory, not spilled to a temporary file in most batches
         # (docs/design.md, "What a write costs"); set after the upgrades, whose index builds sort.
@@ -214,10 +193,7 @@ class SQLiteBackend:
         loop = asyncio.get_running_loop()
         if self._wdb is not None:
             await self._writer.call(self._wdb.close)
-        if self._checkpointer is not None:
-            self._stopping.set()
-            self._checkpoint_due.set()
-            await asyncio.to_thread(self._checkpointer.join)
+        await self._checkpoints.stop()
         if self._scan is not None:
             await loop.run_in_executor(self._reader_pool, self._scan.close)
         if self._point is not None:
@@ -349,33 +325,24 @@ class SQLiteBackend:
         return batch
 
     def _write(self, keys: Collection[str], purge_upto: int | None, plan: Planner) -> Batch:
-        """Runs on the writer thread: one transaction, one fsync, for the whole batch."""
-        if self._restart_due and self._wdb is not None and not self._snapshots:
-            self._restart_due = False
-            with contextlib.suppress(sqlite3.Error):
-                self._wdb.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        try:
-            batch = self._transaction(keys, purge_upto, plan)
-        except Exception as exc:
-            raise write_error(exc) from exc
-        else:
-            if batch.copied and self._wdb is not None and not self._snapshots:
-                # A bulk copy ended: its WAL goes into the database file now, and the WAL file
-                # back to nothing, rather than being copied piecemeal behind later commits.
-                with contextlib.suppress(sqlite3.Error):
-                    self._wdb.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            return batch
-        finally:
-            self._checkpoint_due.set()
-            # Not while a snapshot read is open: the WAL cannot be restarted past it, and the
-            # checkpoint would wait for it (up to the busy timeout) on every commit.
-            if self._wal_size() > WAL_LIMIT and self._wdb is not None and not self._snapshots:
-                with contextlib.suppress(sqlite3.Error):
-                    self._wdb.execute("PRAGMA wal_checkpoint(RESTART)")
-
-    def _transaction(self, keys: Collection[str], purge_upto: int | None, plan: Planner) -> Batch:
+        """Runs on the writer thread: one transaction, one fsync, for the whole batch, between
+        the checkpoints the writer runs itself (store/sqlite_wal.py)."""
         db = self._wdb
         assert db is not None
+        self._checkpoints.before_write(db, pinned=self._snapshots > 0)
+        copied = False
+        try:
+            batch = self._transaction(db, keys, purge_upto, plan)
+            copied = batch.copied
+            return batch
+        except Exception as exc:
+            raise write_error(exc) from exc
+        finally:
+            self._checkpoints.after_write(db, pinned=self._snapshots > 0, copied=copied)
+
+    def _transaction(
+        self, db: sqlite3.Connection, keys: Collection[str], purge_upto: int | None, plan: Planner
+    ) -> Batch:
         if db.in_transaction:  # the rollback after a failed commit failed too: retry it first
             db.execute("ROLLBACK")
         db.execute("BEGIN IMMEDIATE")
@@ -439,35 +406,6 @@ class SQLiteBackend:
                     db.execute("ROLLBACK")
             raise
         return batch
-
-    def _wal_size(self) -> int:
-        try:
-            return os.stat(f"{self.path}-wal").st_size
-        except OSError:
-            return 0
-
-    def _checkpoint_loop(self) -> None:
-        """The checkpoint thread: after writes, copy the WAL into the database file (PASSIVE: it
-        never blocks the writer or readers)."""
-        db = self._connect()
-        try:
-            while True:
-                self._checkpoint_due.wait()
-                self._stopping.wait(CHECKPOINT_PAUSE)  # let a burst of commits pile up first
-                self._checkpoint_due.clear()
-                # `close` sets _closing before it sets the event, so this sees it either way.
-                if self._closing:
-                    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-                    return
-                try:
-                    _, frames, _ = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                    self._restart_due = frames * self._page_size > WAL_RESTART
-                except sqlite3.Error as exc:  # a full disk, say: the next commit asks again
-                    log.debug("checkpoint put off: %s", exc)
-        except sqlite3.Error as exc:
-            log.warning("checkpoint failed: %s", exc)
-        finally:
-            db.close()
 
 
 class SQLiteStore(PipelineStore):
