@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import gc
+import os
 from pathlib import Path
 
 import orjson
@@ -11,8 +12,7 @@ import pytest
 
 from shareddb.record import Record, make_version
 from shareddb.replication.transport import EncodedChanges, PullReply, encode_reply
-
-STATUS = Path("/proc/self/status")
+from tests.harness.procfs import status_bytes
 
 
 def page(first: int, count: int) -> PullReply:
@@ -31,9 +31,10 @@ def changes(parts: list[bytes]) -> list[list[object]]:
 
 
 def rss_anon() -> int:
-    """The process's own memory (RssAnon), in bytes."""
-    line = next(line for line in STATUS.read_text().splitlines() if line.startswith("RssAnon:"))
-    return int(line.split()[1]) * 1024
+    """This process's own memory, in bytes."""
+    found = status_bytes(os.getpid(), "RssAnon")
+    assert found is not None
+    return found
 
 
 def test_a_row_is_encoded_once_and_served_the_same_to_every_puller() -> None:
@@ -57,7 +58,9 @@ def test_the_oldest_rows_go_first_and_the_bytes_kept_stay_within_the_bound() -> 
     assert orjson.loads(kept)[0] == "key-00010000"
 
 
-@pytest.mark.skipif(not STATUS.exists(), reason="reads the process's memory from /proc")
+@pytest.mark.skipif(
+    not Path("/proc/self/status").exists(), reason="reads the process's memory from /proc"
+)
 def test_the_rows_kept_take_about_what_they_count_in_the_process() -> None:
     """orjson makes each answer in a buffer of about 4 KiB and shrinks it in place; kept as it
     came, each ~150-byte row held about 4 KiB of the process, and a full cache (16 MiB counted)
