@@ -590,6 +590,12 @@ class Simulation:
             slot.registry_cut = False
             if not slot.up:
                 await world.start(slot)
+            elif slot.replicator is not None:
+                # Pages a puller asked for ahead are answers on their way too: each may hold a
+                # write no store holds any more (its node was wiped since). Lost like the
+                # messages above, they are asked for again, so the end is checked against what
+                # the stores hold now.
+                slot.replicator.drop_pages_ahead()
         self.note("heal", "every fault healed, every node up")
         inside = [s for s in world.slots if s.removed is None]
         settled = [s for s in inside if not s.joining]
