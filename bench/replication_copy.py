@@ -98,7 +98,7 @@ async def preload_store(data: Path, node_id: str, keys: int, prefix: str) -> Non
     """Write `keys` records into the store a node started on `data` will open, as that node would
     have written them: versions from its clock, tagged with its id, after its `created_hlc`."""
     from shareddb.clock import HybridClock
-    from shareddb.record import Record, make_version
+    from shareddb.record import Record, incarnation_of, make_origin, make_version
     from shareddb.store.cache import RecordCache
     from shareddb.store.sqlite import SQLiteStore, sqlite_path
 
@@ -117,13 +117,14 @@ async def preload_store(data: Path, node_id: str, keys: int, prefix: str) -> Non
     await store.open()
     try:
         await store.set_meta("created_hlc", str(clock.now(wall_ms())))
+        origin = make_origin(node_id, incarnation_of(store.instance_id))
         pool = "".join(chr(97 + (i * 7919) % 26) for i in range(4096))
         for start in range(0, keys, PRELOAD_BATCH):
             records = [
                 Record(
                     f"{prefix}{i:08d}",
                     pool[i % 3996 : i % 3996 + 100],
-                    make_version(clock.now(wall_ms()), node_id),
+                    make_version(clock.now(wall_ms()), origin),
                 )
                 for i in range(start, min(keys, start + PRELOAD_BATCH))
             ]
