@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -87,10 +88,20 @@ class Membership:
     """The member list of one node. `changed` is set whenever the set of members to pull changes."""
 
     def __init__(
-        self, self_id: str, self_url: str, incarnation: str = "", *, clock: Callable[[], float]
+        self,
+        self_id: str,
+        self_url: str,
+        incarnation: str = "",
+        *,
+        clock: Callable[[], float],
+        boot: str = "",
     ) -> None:
         self.self_id = self_id
         self.incarnation = incarnation
+        # This run of the node's process, made anew at each start (unlike the incarnation, which
+        # lasts as long as the store): what this run served and still holds is known only to it
+        # (`Feed.copied_from`).
+        self.boot = boot or secrets.token_hex(8)
         self.self_entry = Member(self_id, self_url, left=False, version=0, incarnation=incarnation)
         self.members: dict[str, Member] = {}
         self.static_urls: set[str] = set()  # --peers / --join URLs whose node id is not known yet

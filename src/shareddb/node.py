@@ -97,6 +97,7 @@ class Node:
         now: Callable[[], int] = wall_millis,
         monotonic: Callable[[], float] = time.monotonic,
         lock: IO[str] | None = None,
+        boot: str = "",
     ) -> None:
         self.settings = settings
         self.id = node_id
@@ -109,7 +110,7 @@ class Node:
         # This life of the node: a new store (a wiped data dir) is a new incarnation.
         self.incarnation = incarnation_of(store.instance_id)
         self.origin = make_origin(node_id, self.incarnation)
-        self.membership = Membership(node_id, self.url, self.incarnation, clock=monotonic)
+        self.membership = Membership(node_id, self.url, self.incarnation, clock=monotonic, boot=boot)
         self.feed = Feed(node_id, store, self.membership)
         self.watches = WatchHub(store, now=now)  # the watchers of the same feed (GET /v1/watch)
         self.replicator: Replicator | None = None
@@ -129,7 +130,8 @@ class Node:
     ) -> Node:
         """Open the node's data dir and store. `now` (wall-clock milliseconds) and `monotonic`
         (seconds) are the node's only sources of time, `mint_id` of a new node id and
-        `mint_instance` of a new store's instance id; the simulation passes its own.
+        `mint_instance` of a new store's instance id and of this run's `Membership.boot`; the
+        simulation passes its own.
         `make_store` replaces the store `settings.store` names."""
         if settings.registry:
             try:
@@ -175,7 +177,9 @@ class Node:
             lock.close()
             raise
         try:
-            node = await cls._load(settings, node_id, store, clock, now, monotonic, lock)
+            node = await cls._load(
+                settings, node_id, store, clock, now, monotonic, lock, mint_instance()[:16]
+            )
         except StoreUnavailable as exc:
             await store.close()
             lock.close()
@@ -193,6 +197,7 @@ class Node:
         now: Callable[[], int],
         monotonic: Callable[[], float],
         lock: IO[str],
+        boot: str,
     ) -> Node:
         """The node's own state from its store: clock and member list."""
         clock.restore(store.clock_high)
@@ -204,6 +209,7 @@ class Node:
             now=now,
             monotonic=monotonic,
             lock=lock,
+            boot=boot,
         )
         members = await store.get_meta("members")
         for entry in orjson.loads(members) if members else []:
@@ -270,6 +276,7 @@ class Node:
             transport,
             now=self._now,
             copy_chunk=self.settings.copy_chunk,
+            copied=self.feed.copied_from,
         )
         # The announcement carries a clock value that peers will see: save it (with the clock's
         # high-water mark) first, so that after a crash the clock resumes past it.

@@ -1204,8 +1204,11 @@ async def test_bulk_load_merges_by_lww_and_saves_its_position_in_the_same_commit
 ) -> None:
     await store.write(put("b", "newer here", 9))
     position = CopyPosition("p", "inst", 42, "c")
-    won = await store.bulk_load([put("a", "1", 1), put("b", "older", 2), tomb("c", 3)], position)
-    assert won == 2
+    applied = await store.bulk_load([put("a", "1", 1), put("b", "older", 2), tomb("c", 3)], position)
+    # The winners took the feed positions after the write, and nothing else took them.
+    assert applied == Applied(2, 2, 3)
+    page = await store.changes_since(1, 10)
+    assert [(c.seq, c.record) for c in page.changes] == [(2, put("a", "1", 1)), (3, tomb("c", 3))]
     assert await state(store, ["a", "b", "c"]) == {
         "a": put("a", "1", 1),
         "b": put("b", "newer here", 9),
@@ -1214,7 +1217,7 @@ async def test_bulk_load_merges_by_lww_and_saves_its_position_in_the_same_commit
     assert CopyPosition.decode("p", await store.get_meta(position.meta_name)) == position
     assert await store.checkpoint("p") is None  # the feed is read from `seq` only once it ends
     # Applied again (a resumed copy repeats nothing it need not): nothing more wins.
-    assert await store.bulk_load([put("a", "1", 1)], position) == 0
+    assert (await store.bulk_load([put("a", "1", 1)], position)).won == 0
 
 
 async def test_bulk_load_that_ends_a_copy_clears_its_position_and_sets_the_checkpoint(
@@ -1223,7 +1226,7 @@ async def test_bulk_load_that_ends_a_copy_clears_its_position_and_sets_the_check
     store = await stores.open()
     position = CopyPosition("p", "inst", 42, "z")
     await store.bulk_load([put("a", "1", 1)], position)
-    assert await store.bulk_load([], position, done=True) == 0
+    assert (await store.bulk_load([], position, done=True)).won == 0
     assert CopyPosition.decode("p", await store.get_meta(position.meta_name)) is None
     assert await store.checkpoint("p") == Checkpoint("p", "inst", 42)
     reopened = await stores.reopen(store)

@@ -3,6 +3,7 @@
 The feed answers how far it has been read (`until`), so a puller's checkpoint moves past purged
 tombstones and its next long poll really waits, instead of being answered at once for ever. A busy
 origin gathers its writes for a puller it answered moments ago, unless a write waits for copies.
+What this node copied from a peer is not sent back to the run of the peer that served the copy.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from shareddb.record import Record, make_version
 from shareddb.replication import feed as feed_module
 from shareddb.replication.feed import MAX_ANSWER_BYTES, Feed
 from shareddb.replication.transport import PullRequest
+from shareddb.store.base import CopyPosition
 from shareddb.store.sqlite import SQLiteStore
 from tests.harness import eventually
 
@@ -250,3 +252,60 @@ async def test_no_answer_lingers_while_a_write_waits_for_copies(
         assert await answer == ["k2"]  # own_page gives up after 30 s
         await store.write(Record("k3", "v", make_version(3, feed.origin)))
         assert await own_page(feed, store, 2) == ["k3"]
+
+
+async def copy_chunk(store: SQLiteStore, feed: Feed, boot: str, keys: range) -> None:
+    """A chunk of a copy from "puller", in the run `boot` of its process, as the copier applies
+    it and tells the feed where it went."""
+    records = [Record(f"c{i:02d}", "copied", make_version(i + 1, "puller")) for i in keys]
+    position = CopyPosition("puller", "its-instance", 0, records[-1].key)
+    feed.copied_from("puller", boot, await store.bulk_load(records, position))
+
+
+async def test_what_was_copied_from_a_run_of_a_peer_is_not_sent_back_to_that_run(
+    store: SQLiteStore,
+) -> None:
+    feed = feed_of(store)
+    own = make_version(100, "origin")
+    await store.write(Record("mine-1", "x", own))
+    await copy_chunk(store, feed, "run-1", range(0, 20))
+    await store.write(Record("mine-2", "x", own))
+    await copy_chunk(store, feed, "run-1", range(20, 40))
+    await store.write(Record("c05", "written again here", own))  # leaves the copy's positions
+
+    async def read_all(boot: str) -> list[str]:
+        """Pull from the start to the end of the feed, as the run `boot` of the peer does."""
+        keys: list[str] = []
+        since, pulls = 0, 0
+        while since < store.last_seq:
+            request = dataclasses.replace(pull(since, store.instance_id, wait=0), puller_boot=boot)
+            reply = await feed.pull(request)
+            keys += [r.key for r in reply.records]
+            since, pulls = reply.until, pulls + 1
+            assert pulls < 10
+        return keys
+
+    assert await read_all("run-1") == ["mine-1", "mine-2", "c05"]
+    # Another run of the peer (it restarted, maybe on an older copy of its store) gets it all,
+    # as does a pull that names no run.
+    for boot in ("run-2", ""):
+        assert len(await read_all(boot)) == 2 + 40
+
+
+async def test_a_long_poll_that_began_before_the_copy_passes_over_what_it_copies(
+    store: SQLiteStore,
+) -> None:
+    """Each chunk is noted as its commit returns, before the readers it wakes run. (A read
+    already under way as the chunk commits may take it back: harmless, the puller holds it.)"""
+    feed = feed_of(store)
+    await feed.pull(pull(0, store.instance_id, wait=0))  # the store keeps its feed's tail from now
+    request = dataclasses.replace(pull(0, store.instance_id, wait=5.0), puller_boot="run-1")
+    answer = asyncio.ensure_future(feed.pull(request))
+    for _ in range(10):  # let it read the (empty) tail and wait: no thread, no time passes
+        await asyncio.sleep(0)
+    await copy_chunk(store, feed, "run-1", range(0, 30))
+    assert not answer.done()  # the chunk woke it, and it waits on: nothing there is for it
+    await store.write(Record("mine", "x", make_version(100, "origin")))
+    reply = await asyncio.wait_for(answer, 5.0)
+    assert [r.key for r in reply.records] == ["mine"]
+    assert reply.until == store.last_seq

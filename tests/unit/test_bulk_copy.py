@@ -27,7 +27,7 @@ from shareddb.replication.copy_frames import (
     read_frames,
 )
 from shareddb.replication.transport import PeerError, PullReply
-from shareddb.store.base import Checkpoint, CopyPosition, Store
+from shareddb.store.base import Applied, Checkpoint, CopyPosition, Store
 from shareddb.store.memory import MemoryData, MemoryStore
 from shareddb.store.ops import BulkLoad
 from shareddb.store.plan import MergePlan, Tally, plan_batch
@@ -76,7 +76,7 @@ def test_a_bulk_load_plans_its_position_into_node_meta_and_its_end_into_a_checkp
     chunk = plan_batch([BulkLoad([Record("k1", "x", v(1))], position)], 0, Tally.empty(), {}, {})
     assert chunk.meta == {"copy:src": position.encode()}
     assert chunk.checkpoints == []
-    assert chunk.results == [1]
+    assert chunk.results == [Applied(1, 1, 1)]  # one winner, at feed position 1
     assert not chunk.copied
     end = plan_batch([BulkLoad([], position, done=True)], 0, Tally.empty(), {}, {})
     assert end.meta == {"copy:src": ""}

@@ -84,6 +84,7 @@ async def changes(node: Node, request: web.BaseRequest) -> web.StreamResponse:
         applied=_int(params, "applied") if params.get("applied") else None,
         skip=_origins(params.get("skip", "")),
         held=_int(params, "held") if params.get("held") else None,
+        puller_boot=params.get("boot", ""),
     )
     try:
         reply = await node.feed.pull(pull, lambda: _connected(request))

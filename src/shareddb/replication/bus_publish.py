@@ -14,7 +14,6 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
 
 import nats.errors
@@ -26,6 +25,7 @@ from nats.js.api import StreamInfo
 from shareddb.membership import Membership
 from shareddb.record import Record, named, version_origin
 from shareddb.replication.bus_view import BusAddress, BusState, FeedMarks, backoff
+from shareddb.replication.feed_runs import FeedRuns
 from shareddb.replication.transport import PullReply, encode_reply
 from shareddb.store.base import Change, FeedPage, Store
 
@@ -82,8 +82,8 @@ class Publisher:
         self.position: int | None = None  # the feed position published, across sessions
         self._sent_at = 0.0  # monotonic seconds of the last message published
         self._hurried = asyncio.Event()  # a write waits for copies: publish without lingering
-        # Feed ranges (first, last) that hold only the others' writes taken off the bus, in order.
-        self._others: deque[tuple[int, int]] = deque()
+        # Feed positions that hold only the others' writes taken off the bus (see `took`).
+        self._others = FeedRuns(OTHERS_KEPT)
         self._rewind: int | None = None  # the feed position to publish from again (`begin`)
         self._saved, self._saved_at = 0, 0.0  # the position last saved, and when (monotonic)
 
@@ -97,8 +97,7 @@ class Publisher:
         follower's feed is almost all such ranges; reading them only to skip every record cost
         it about a fifth of its CPU per write. Forgetting a range is harmless: it is read and
         its records skipped one by one, as any other."""
-        if first <= last and len(self._others) < OTHERS_KEPT:
-            self._others.append((first, last))
+        self._others.add(first, last)
 
     def heard(self, origin: str) -> None:
         """Another node publishes on the bus, under `origin`: its writes are not ours to send."""
@@ -201,19 +200,14 @@ class Publisher:
     def _past_others(self, position: int) -> int:
         """The feed position past the ranges of the others' writes that start right after
         `position` (see `took`): as if a page of them had been read and none published."""
-        others = self._others
-        moved = position
-        while others and others[0][0] <= moved + 1:
-            moved = max(moved, others.popleft()[1])
+        moved = self._others.past(position)
+        self._others.forget(moved)
         return self._went_through(moved) if moved > position else position
 
     async def _page(self, position: int) -> FeedPage:
         """The feed after `position`, up to the next range of the others' writes when one is
         known (the page may run into it where keys were written again; nothing is lost)."""
-        limit = PUBLISH_PAGE
-        if self._others:
-            limit = max(1, min(limit, self._others[0][0] - position - 1))
-        return await self.store.changes_since(position, limit)
+        return await self.store.changes_since(position, self._others.limit(position, PUBLISH_PAGE))
 
     def linger(self) -> float:
         """Seconds between messages under load: LINGER with two other nodes on the bus, growing

@@ -41,6 +41,7 @@ from shareddb.replication.copy_frames import (
 from shareddb.replication.transport import PeerError, PullReply
 from shareddb.store.base import (
     COPY_CHUNK_BYTES,
+    Applied,
     Change,
     Checkpoint,
     CopyPage,
@@ -49,6 +50,10 @@ from shareddb.store.base import (
 )
 
 log = logging.getLogger("shareddb.replication")
+
+# Told, after each chunk a copy applies, which peer's run (`Membership.boot`) served it and where
+# in this node's feed its records went (`Feed.copied_from`).
+Copied = Callable[[str, str, Applied], None]
 
 MAX_CHUNK = 100_000  # records per chunk a source serves at most
 PREFETCH = 2  # chunks received ahead of the one being applied
@@ -99,6 +104,7 @@ async def serve_copy(
         store.feed_floor,
         store.clock_high,
         membership.self_entry.left,
+        membership.boot,
     )
     if request.digest and request.digest == store.digest().digest:
         # The same (key, version) pairs, tombstones included: the feed after `seq` is all the
@@ -188,6 +194,7 @@ class Copier:
         now: Callable[[], int],
         chunk: int,
         rng: random.Random | None = None,
+        copied: Copied | None = None,
     ) -> None:
         self.rng = rng or random.Random()
         self.store = store
@@ -197,6 +204,7 @@ class Copier:
         self.node_id = node_id
         self.now = now
         self.chunk = chunk
+        self.copied = copied  # told where each chunk went (`Feed.copied_from`)
         self.skewed = 0  # copied versions past the clock's drift bound
         self.copies_done = 0
         self._wanted: dict[str, CopyPosition | None] = {}  # peer -> where to resume (None: start)
@@ -302,7 +310,10 @@ class Copier:
                 if frame.records:
                     self._observe(version_hlc(max(frame.records, key=_version).version))
                 position = replace(position, after=frame.after)
-                stats.won += await self.store.bulk_load(frame.records, position, frame.groups)
+                applied = await self.store.bulk_load(frame.records, position, frame.groups)
+                if self.copied is not None:
+                    self.copied(peer, header.boot, applied)
+                stats.won += applied.won
                 stats.records += len(frame.records)
                 stats.chunks += 1
                 self._wanted[peer] = position

@@ -45,6 +45,7 @@ class CopyHeader:
     floor: int  # its feed floor then
     clock_high: int  # its clock's high-water mark then
     left: bool = False  # the source left the cluster or was removed (it knows it)
+    boot: str = ""  # the run of the source's process that serves the copy (`Membership.boot`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +90,7 @@ def encode_frame(frame: Frame) -> bytes:
                 "floor": frame.floor,
                 "clock_high": frame.clock_high,
                 "left": frame.left,
+                "boot": frame.boot,
             }
         )
     else:
@@ -111,6 +113,7 @@ def decode_frame(body: bytes) -> Frame:
             int(data["floor"]),
             int(data["clock_high"]),
             bool(data.get("left", False)),
+            str(data.get("boot", "")),
         )
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
         raise PeerError(f"unreadable copy frame from peer: {exc}") from exc

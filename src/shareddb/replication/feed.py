@@ -23,8 +23,9 @@ from shareddb.record import (
     version_hlc,
     version_origin,
 )
+from shareddb.replication.feed_runs import FeedRuns
 from shareddb.replication.transport import EncodedChanges, PullReply, PullRequest
-from shareddb.store.base import Change, FeedPage, Store
+from shareddb.store.base import Applied, Change, FeedPage, Store
 
 MAX_LIMIT = 10_000
 MAX_WAIT = 30.0
@@ -41,6 +42,7 @@ RELAY_BATCH = 256
 # at once, and none waits while a `w=N` write waits for copies (`Feed.copies_awaited`).
 OWN_LINGER = 0.02
 ANSWERED_KEPT = 1024  # pullers whose last answer is remembered (for OWN_LINGER) at most
+COPIED_KEPT = 4096  # runs of copied records remembered per peer at most (`Feed.copied_from`)
 
 
 class Feed:
@@ -56,12 +58,39 @@ class Feed:
         self._answered: dict[str, float] = {}  # puller id -> loop time of its last page of changes
         self._awaited = 0  # writes waiting for copies (`w=N`) now
         self._hurry = asyncio.Event()  # set when one starts to wait: lingering answers go at once
+        # Per peer: the run of its process that served this node a copy, and the feed positions
+        # the copied records took (`copied_from`).
+        self._copied: dict[str, tuple[str, FeedRuns]] = {}
 
     def close(self) -> None:
         """The node is stopping: every pull held open is answered now, not when its wait ends
         (the server's shutdown waits for answers in progress)."""
         self.closing = True
         self.store.wake_waiters()
+
+    def copied_from(self, peer: str, boot: str, applied: Applied) -> None:
+        """Records copied from `peer`'s data set, served by the run `boot` of its process
+        (`Membership.boot`), took the feed positions of `applied`. That run of the peer holds
+        every one of them, or a newer version: its store kept what it served, since its writes
+        are durable while it runs (a Redis store that lost writes stops the node at its next
+        commit). So its pulls pass over those positions instead of taking the records back, a
+        whole data set after a join. Only that run: a restart may have put an older copy of
+        the store in place (a data directory restored from a backup), and the new run is sent
+        everything, as it is sent its own writes until it has caught up (`Replicator._advance`).
+        """
+        if not boot or peer == self.node_id:
+            return
+        held = self._copied.get(peer)
+        if held is None or held[0] != boot:
+            if len(self._copied) >= ANSWERED_KEPT:
+                self._copied.clear()  # peers are members: this is only ever a safety bound
+            held = self._copied[peer] = (boot, FeedRuns(COPIED_KEPT))
+        held[1].add(applied.first, applied.last)
+
+    def _copied_runs(self, request: PullRequest) -> FeedRuns | None:
+        """Where this node's feed holds what it copied from the puller's run that asks."""
+        copied = self._copied.get(request.puller_id)
+        return copied[1] if copied is not None and copied[0] == request.puller_boot else None
 
     @contextlib.contextmanager
     def copies_awaited(self) -> Iterator[None]:
@@ -111,11 +140,18 @@ class Feed:
         self.encoded.belong_to(store.instance_id)
         unwanted = _Unwanted(origin, request.own_since, skip)
         leave_out = unwanted if unwanted.any else None
+        if (runs := self._copied_runs(request)) is not None:
+            runs.forget(since)  # this run of the puller has read up to there
 
         async def read(after: int) -> tuple[FeedPage, _Answer]:
             unwanted.skipped = 0
+            count = limit
+            # Looked up at each read: a long poll may have begun before the copy did.
+            if (runs := self._copied_runs(request)) is not None:
+                after = runs.past(after)
+                count = runs.limit(after, limit)
             page = await store.changes_since(
-                after, limit, MAX_ANSWER_BYTES, known=known, leave_out=leave_out
+                after, count, MAX_ANSWER_BYTES, known=known, leave_out=leave_out
             )
             answer = _for_puller(page.changes, skip, self.origin)
             answer.skipped += unwanted.skipped

@@ -23,7 +23,7 @@ import orjson
 from shareddb.clock import HybridClock
 from shareddb.membership import Membership
 from shareddb.record import incarnation_of, make_origin, record_hlcs, version_origin
-from shareddb.replication.copy import Copier, wants_copy
+from shareddb.replication.copy import Copied, Copier, wants_copy
 from shareddb.replication.paths import Asked
 from shareddb.replication.purge import TOMBSTONE_GRACE_MS, Purge
 from shareddb.replication.reading import Reading
@@ -87,6 +87,7 @@ class Replicator:
         rng: random.Random | None = None,
         tombstone_grace_ms: int = TOMBSTONE_GRACE_MS,
         copy_chunk: int = COPY_CHUNK,
+        copied: Copied | None = None,
     ) -> None:
         self.node_id = node_id
         self.store = store
@@ -123,6 +124,7 @@ class Replicator:
             now=now,
             chunk=copy_chunk,
             rng=self.rng,
+            copied=copied,
         )
 
     def start(self, join: str | None = None) -> None:
@@ -353,6 +355,7 @@ class Replicator:
             applied=applied,
             skip=asked.skip,
             held=held,
+            puller_boot=self.membership.boot,
         )
         try:
             listed = frozenset(self.membership.ids_at(url))

@@ -53,6 +53,9 @@ class PullRequest:
     # How far the puller holds everything of this feed, left-out writes included: at most
     # `applied`. What the source's tombstone purge may count. None: all of `applied`.
     held: int | None = None
+    # The run of the puller's process (`Membership.boot`): the source leaves out what it copied
+    # from that run's data set, which that run holds (`Feed.copied_from`).
+    puller_boot: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +246,8 @@ class HttpTransport:
             "own_since": str(request.own_since),
             "inc": request.puller_incarnation,
         }
+        if request.puller_boot:
+            params["boot"] = request.puller_boot
         if request.applied is not None:
             params["applied"] = str(request.applied)
         if request.skip:

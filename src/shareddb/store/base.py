@@ -60,9 +60,9 @@ class Outcome(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Applied:
-    """What `Store.apply` did with a peer's records: how many won, and the feed positions the
-    winners took, `first` to `last` (none when `first > last`). Those positions held the peer's
-    records and nothing else when they committed."""
+    """What `Store.apply` or `Store.bulk_load` did with a peer's records: how many won, and the
+    feed positions the winners took, `first` to `last` (none when `first > last`). Those positions
+    held the peer's records and nothing else when they committed."""
 
     won: int
     first: int = 1
@@ -268,10 +268,10 @@ class Store(Protocol):
         groups: Sequence[tuple[int, int]] = (),
         *,
         done: bool = False,
-    ) -> int:
+    ) -> Applied:
         """Merge a chunk of a bulk copy from a peer by LWW and save the copy's `position`,
         atomically (see `plan.BulkLoad`). With `done`, the copy ends: the position is cleared and
-        the peer's checkpoint set to `position.seq`. Returns how many records won."""
+        the peer's checkpoint set to `position.seq`. Returns how many records won, and where."""
         ...
 
     async def copy_page(

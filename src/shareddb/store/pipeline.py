@@ -278,10 +278,10 @@ class PipelineStore:
         groups: Sequence[tuple[int, int]] = (),
         *,
         done: bool = False,
-    ) -> int:
-        """A chunk of a bulk copy from a peer (see plan.BulkLoad): how many records won."""
-        won: int = await self._submit(BulkLoad(records, position, groups, done))
-        return won
+    ) -> Applied:
+        """A chunk of a bulk copy from a peer (see plan.BulkLoad)."""
+        result: Applied = await self._submit(BulkLoad(records, position, groups, done))
+        return result
 
     async def set_meta(self, name: str, value: str) -> None:
         await self._submit(SetMeta(name, value))

@@ -289,7 +289,9 @@ def plan_batch(
             meta[op.name] = op.value
             results.append(None)
         elif isinstance(op, BulkLoad):
-            results.append(_plan_peer_batch(plan, op) if op.groups else plan.load(op.records))
+            first = plan.seq + 1
+            won = _plan_peer_batch(plan, op) if op.groups else plan.load(op.records)
+            results.append(Applied(won, first, plan.seq))
             position = op.position
             meta[position.meta_name] = "" if op.done else position.encode()
             if op.done:
