@@ -137,7 +137,9 @@ def test_a_copy_is_not_sent_back_to_the_run_that_served_it_but_is_to_a_restored_
     """Invariant 2: all nodes that can reach each other converge to identical digests. B copies
     A's data set, and A pulls B's feed, which holds every copied record: the run of A that served
     the copy holds them all, so none comes back. A restarted on a backup of its data directory
-    taken before half of its writes is another run: B's feed gives it back what it lost."""
+    taken before half of its writes gets back from B's feed what it lost. (By then A's first run
+    has read past the copied positions, and B keeps nothing of them: that another run is sent
+    them all is shown in tests/store/test_feed.py.)"""
     a = start_node("a")
     half = 150
     for i in range(half):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from shareddb.replication.feed_runs import FeedRuns
 
 
-def test_a_reader_passes_over_the_runs_right_after_it_and_forgets_them() -> None:
+def test_a_reader_passes_over_the_runs_right_after_it() -> None:
     runs = FeedRuns(10)
     runs.add(3, 5)
     runs.add(6, 9)  # right after the last: one run, 3 to 9
@@ -25,14 +25,16 @@ def test_a_reader_passes_over_the_runs_right_after_it_and_forgets_them() -> None
 def test_runs_the_reader_will_not_read_again_are_forgotten_and_empty_ones_never_kept() -> None:
     runs = FeedRuns(10)
     runs.add(5, 4)  # nothing won: no positions
-    assert not runs
+    assert runs.past(4) == 4
     runs.add(3, 5)
     runs.add(8, 9)
     runs.forget(6)
+    assert runs.past(2) == 2  # 3 to 5 are read again, as any other positions
     assert runs.past(6) == 6  # 7 is read
     assert runs.past(7) == 9
     runs.forget(9)
-    assert not runs
+    assert runs.past(7) == 7
+    assert runs.limit(2, 100) == 100
 
 
 def test_at_most_the_runs_it_keeps_are_remembered() -> None:

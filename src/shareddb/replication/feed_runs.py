@@ -24,9 +24,6 @@ class FeedRuns:
         self._runs: deque[tuple[int, int]] = deque()
         self._kept = kept  # runs remembered at most; more are forgotten
 
-    def __bool__(self) -> bool:
-        return bool(self._runs)
-
     def add(self, first: int, last: int) -> None:
         """Positions `first` to `last` (none when `first > last`) hold only what the reader
         passes over. A run right after the last one extends it."""
