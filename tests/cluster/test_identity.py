@@ -2,13 +2,16 @@
 
 SPEC "Failure behaviour": a node that lost its data and comes back under its old id never mints a
 version it minted before; a member that left or was removed and comes back with its old data is
-refused, and rejoins only with an empty data dir through --join.
+refused, and rejoins only with an empty data dir through --join. A node started again on an older
+copy of its data directory gets its new writes to every peer, though they had read its feed
+further than the copy holds.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -150,3 +153,32 @@ def test_node_that_left_is_refused_when_it_restarts_with_its_old_data(start_node
     assert read(b, "back/while-left") is None
     assert read(c, "back/while-left") == ("c", while_left.json()["version"])
     assert put(a, "w", "x", "w=3").status == 400  # c does not count as a member
+
+
+def test_writes_of_a_node_restored_from_an_older_copy_of_its_directory_reach_its_peers(
+    start_node: StartNode, tmp_path: Path
+) -> None:
+    """Invariant 2: all nodes that can reach each other converge to identical digests.
+
+    B has read A's feed past what the copy holds. A, restored, takes back from B what it lacks
+    (its feed grows past B's position again) and takes new writes at positions B counted as read:
+    B must still get every one of them."""
+    a = start_node("a")
+    b = start_node("b", "--peers", a.url)
+    versions_written(a, 20, "before")
+    a.stop()
+    shutil.copytree(a.data, tmp_path / "older")
+    a.start()
+    for i in range(100):
+        assert put(a, f"later/{i}", "after the copy").status == 201
+    wait_converged([a, b])
+    a.stop()
+    shutil.rmtree(a.data)
+    shutil.copytree(tmp_path / "older", a.data)
+    a.start()
+    wait_converged([a, b])  # A holds the later writes again, from B
+    for i in range(30):
+        assert put(a, f"new/{i}", "after the restore").status == 201
+    wait_converged([a, b])
+    assert read(b, "new/0") == read(a, "new/0")
+    assert "the store is older than one this node ran on" in a.logs()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from shareddb.replication.puller import BATCH
 from shareddb.replication.transport import PeerError, PeerRemoved
 from tests.sim.runner import run_seed
 from tests.sim.simulation import Config
@@ -25,6 +27,7 @@ async def cluster(root: Path, count: int, ids: list[str] | None = None) -> Async
     world = World(root, random.Random(0))
     world.network.drop_request = world.network.drop_reply = 0.0
     world.network.delay = world.network.duplicate = world.network.small_page = 0.0
+    world.network.cut_copy = 0.0
     urls = tuple(f"http://sim-n{i}:7000" for i in range(count))
     try:
         for index in range(count):
@@ -69,6 +72,48 @@ async def test_wiped_node_that_keeps_its_id_gets_its_own_writes_back(tmp_path: P
         await pull_all(second)
         assert (await records(second.running[0])).keys() == {"written-fast"}
         assert second.running[0].store.digest() == first.running[0].store.digest()
+
+
+async def test_a_node_restored_from_an_older_copy_of_its_store_gets_its_new_writes_to_its_peers(
+    tmp_path: Path,
+) -> None:
+    """Invariant 2: all nodes that can reach each other converge to identical digests.
+
+    n1 has read n0's feed further than an older copy of n0's store holds. n0, started again on
+    that copy, wrote at positions n1 counted as read, then took back from n1 what it lacked, so
+    its feed reached past n1's position again: n1 read on from there and never got the new write.
+    """
+    async with cluster(tmp_path, 2, ["n0", "n1"]) as world:
+        source, peer = world.slots
+        await source.running[0].put("before", "v")
+        await pull_all(peer)
+        await world.crash(source)
+        older = copy.deepcopy(source.disk)
+        await world.start(source)
+        for i in range(BATCH + 1_000):  # more than one page of the feed
+            await source.running[0].put(f"later/{i}", "v")
+        for _ in range(3):
+            await pull_all(peer)
+        read_to = await peer.running[0].store.checkpoint("n0")
+        assert read_to is not None
+        assert read_to.seq > BATCH
+
+        await world.crash(source)
+        source.disk = older
+        await world.start(source)
+        await source.running[0].put("new", "after the restore")  # a position n1 counted as read
+        for _ in range(3):
+            await pull_all(source)  # it takes the later writes back from n1
+        assert source.running[0].store.last_seq > read_to.seq
+
+        await pull_all(peer)  # one page, from the start of the feed
+        held = await peer.running[0].store.checkpoint("n0")
+        assert held is not None
+        assert held.seq < read_to.seq  # what it had read says nothing now
+        for _ in range(3):
+            await pull_all(peer)
+        assert (await records(peer.running[0]))["new"].value == "after the restore"
+        assert peer.running[0].store.digest() == source.running[0].store.digest()
 
 
 async def test_wiped_node_that_keeps_its_id_never_mints_a_version_it_minted_before(

@@ -27,7 +27,7 @@ from shareddb.membership import Outside, Removed
 from shareddb.node import Node
 from shareddb.record import Record
 from shareddb.registry import HEARTBEAT, WITHDRAW, Registry
-from shareddb.replication.copy import CopyBusy, serve_copy
+from shareddb.replication.copy import CopyBusy
 from shareddb.replication.copy_frames import CopyChunk, CopyRequest, Frame
 from shareddb.replication.puller import Replicator
 from shareddb.replication.transport import PeerError, PeerRemoved, PullReply, PullRequest
@@ -160,7 +160,7 @@ class SimTransport:
         assert target.node is not None
         node = target.node
         busy = node.replicator is not None and node.replicator.copier.busy
-        frames = serve_copy(node.id, node.store, node.membership, request, busy=busy)
+        frames = node.feed.serve_copy(request, busy=busy)
         try:
             async for frame in frames:
                 yield frame

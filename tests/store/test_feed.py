@@ -4,6 +4,7 @@ The feed answers how far it has been read (`until`), so a puller's checkpoint mo
 tombstones and its next long poll really waits, instead of being answered at once for ever. A busy
 origin gathers its writes for a puller it answered moments ago, unless a write waits for copies.
 What this node copied from a peer is not sent back to the run of the peer that served the copy.
+A puller that holds more of the feed than the store does (an older copy of it) reads it again.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pytest
 from shareddb.membership import Membership
 from shareddb.record import Record, make_version
 from shareddb.replication import feed as feed_module
+from shareddb.replication.copy_frames import CopyRequest
 from shareddb.replication.feed import MAX_ANSWER_BYTES, Feed
 from shareddb.replication.transport import PullRequest
 from shareddb.store.base import CopyPosition
@@ -37,6 +39,7 @@ async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
 
 
 def feed_of(store: SQLiteStore) -> Feed:
+    """The feed of a node that opened `store` now: it serves what the store holds."""
     return Feed("origin", store, Membership("origin", "http://origin", clock=time.monotonic))
 
 
@@ -59,8 +62,8 @@ async def purged_tail(store: SQLiteStore) -> int:
 async def test_a_long_poll_past_purged_tombstones_moves_the_puller_to_the_end(
     store: SQLiteStore,
 ) -> None:
-    feed = feed_of(store)
     last_row = await purged_tail(store)
+    feed = feed_of(store)
     started = time.monotonic()
     reply = await feed.pull(pull(last_row, store.instance_id))
     took = time.monotonic() - started
@@ -72,8 +75,8 @@ async def test_a_long_poll_past_purged_tombstones_moves_the_puller_to_the_end(
 
 
 async def test_a_long_poll_at_the_end_of_a_purged_feed_waits(store: SQLiteStore) -> None:
-    feed = feed_of(store)
     await purged_tail(store)
+    feed = feed_of(store)
     started = time.monotonic()
     reply = await feed.pull(pull(store.last_seq, store.instance_id))
     assert time.monotonic() - started >= WAIT * 0.9
@@ -83,8 +86,8 @@ async def test_a_long_poll_at_the_end_of_a_purged_feed_waits(store: SQLiteStore)
 async def test_a_write_during_a_long_poll_past_purged_tombstones_is_answered(
     store: SQLiteStore,
 ) -> None:
-    feed = feed_of(store)
     last_row = await purged_tail(store)
+    feed = feed_of(store)
     waiting = asyncio.create_task(feed.pull(pull(last_row, store.instance_id, wait=20)))
     await asyncio.sleep(0)  # let the poll start waiting before the write lands
     written = Record("new", "x", make_version(50, "origin"))
@@ -96,8 +99,8 @@ async def test_a_write_during_a_long_poll_past_purged_tombstones_is_answered(
 async def test_a_pull_from_the_start_skips_purged_rows_and_ends_at_the_last_seq(
     store: SQLiteStore,
 ) -> None:
-    feed = feed_of(store)
     await purged_tail(store)
+    feed = feed_of(store)
     reply = await feed.pull(pull(0, store.instance_id, wait=0))
     assert [r.key for r in reply.records] == ["k0", "k1", "k2"]
     assert reply.until == reply.last_seq == 7
@@ -134,9 +137,9 @@ async def test_a_pull_sent_ahead_counts_only_what_the_puller_has_applied(
 ) -> None:
     # A puller fetches its next page while it applies one: that pull says how far it has applied,
     # and only that counts for `w=N` and the tombstone purge (invariants 1 and 4).
-    feed = feed_of(store)
     for i in range(3):
         await store.write(Record(f"k{i}", "v", make_version(i + 1, "origin")))
+    feed = feed_of(store)
     await feed.pull(dataclasses.replace(pull(3, store.instance_id, wait=0), applied=1))
     assert feed.membership.members["puller"].applied == 1
     await feed.pull(pull(3, store.instance_id, wait=0))
@@ -162,8 +165,8 @@ async def test_closing_the_feed_answers_every_held_long_poll_at_once(store: SQLi
     """Invariant 2: all nodes that can reach each other converge to identical digests after faults
     heal. A stopping node answers the pulls it holds (with everything up to its last write) rather
     than making its shutdown wait out their long polls, up to 12 s each in a large mesh."""
-    feed = feed_of(store)
     await store.write(Record("k", "v", make_version(1, "origin")))
+    feed = feed_of(store)
     held = [
         asyncio.create_task(feed.pull(pull(store.last_seq, store.instance_id, wait=30)))
         for _ in range(3)
@@ -309,3 +312,33 @@ async def test_a_long_poll_that_began_before_the_copy_passes_over_what_it_copies
     reply = await asyncio.wait_for(answer, 5.0)
     assert [r.key for r in reply.records] == ["mine"]
     assert reply.until == store.last_seq
+
+
+async def test_a_puller_that_read_further_than_the_store_holds_reads_the_feed_again(
+    store: SQLiteStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Invariant 2: the store went back (an older copy of it), and the positions the puller
+    counts as read now hold new writes: it reads from the start, and holds none of it."""
+    feed = feed_of(store)
+    for i in range(3):
+        await store.write(Record(f"k{i}", "v", make_version(i + 1, "origin")))
+    reply = await feed.pull(pull(10, store.instance_id, wait=0))  # read to 10 on the last copy
+    assert [r.key for r in reply.records] == ["k0", "k1", "k2"]
+    assert "the store is older than one this node ran on" in caplog.text
+
+
+async def test_positions_this_process_named_are_not_read_again(store: SQLiteStore) -> None:
+    """An answer, or a copy's header, names a position past where the process found the feed:
+    a puller there is where this process put it."""
+    feed = feed_of(store)
+    for i in range(3):
+        await store.write(Record(f"k{i}", "v", make_version(i + 1, "origin")))
+    frames = [f async for f in feed.serve_copy(CopyRequest("", 100, "puller", "http://puller", 1))]
+    assert len(frames) == 3  # header, one chunk, end
+    reply = await feed.pull(pull(3, store.instance_id, wait=0))
+    assert (reply.records, reply.until) == ([], 3)
+    await store.write(Record("k3", "v", make_version(4, "origin")))
+    reply = await feed.pull(pull(3, store.instance_id, wait=0))
+    assert [r.key for r in reply.records] == ["k3"]
+    reply = await feed.pull(pull(4, store.instance_id, wait=0))
+    assert (reply.records, reply.until) == ([], 4)

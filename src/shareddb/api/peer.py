@@ -18,7 +18,7 @@ from shareddb.api.routing import Route
 from shareddb.membership import Outside, Removed
 from shareddb.node import Node
 from shareddb.record import is_incarnation, node_id_error
-from shareddb.replication.copy import CopyBusy, serve_copy
+from shareddb.replication.copy import CopyBusy
 from shareddb.replication.copy_frames import CopyRequest, encode_frame
 from shareddb.replication.transport import PullRequest, encode_reply
 from shareddb.store.base import COPY_CHUNK, CopyUnsupported
@@ -134,7 +134,7 @@ async def copy(node: Node, request: web.BaseRequest) -> web.StreamResponse:
         digest=params.get("digest", ""),
     )
     busy = node.replicator is not None and node.replicator.copier.busy
-    frames = serve_copy(node.id, node.store, node.membership, wanted, busy=busy)
+    frames = node.feed.serve_copy(wanted, busy=busy)
     try:
         # The header comes once the first chunk is read: a refusal is still a status of its own.
         header = await anext(frames)

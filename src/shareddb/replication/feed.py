@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Iterator
+import logging
+from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,9 +24,13 @@ from shareddb.record import (
     version_hlc,
     version_origin,
 )
+from shareddb.replication.copy import serve_copy
+from shareddb.replication.copy_frames import CopyHeader, CopyRequest, Frame
 from shareddb.replication.feed_runs import FeedRuns
 from shareddb.replication.transport import EncodedChanges, PullReply, PullRequest
 from shareddb.store.base import Applied, Change, FeedPage, Store
+
+log = logging.getLogger("shareddb.replication")
 
 MAX_LIMIT = 10_000
 MAX_WAIT = 30.0
@@ -61,6 +66,11 @@ class Feed:
         # Per peer: the run of its process that served this node a copy, and the feed positions
         # the copied records took (`copied_from`).
         self._copied: dict[str, tuple[str, FeedRuns]] = {}
+        # Where this process found the feed, and the furthest position it has named since (in an
+        # answer, or as a copy's start): no puller may hold more of it (`_went_back`).
+        self._opened_at = store.last_seq
+        self._named = 0
+        self._rewound = False  # a puller showed this store's feed went back (logged once)
 
     def close(self) -> None:
         """The node is stopping: every pull held open is answered now, not when its wait ends
@@ -87,6 +97,41 @@ class Feed:
             held = self._copied[peer] = (boot, FeedRuns(COPIED_KEPT))
         held[1].add(applied.first, applied.last)
 
+    async def serve_copy(
+        self, request: CopyRequest, *, busy: bool = False
+    ) -> AsyncGenerator[Frame, None]:
+        """`copy.serve_copy` of this node's data set: the feed position its header names is one
+        the copying node will read on from (`_went_back`)."""
+        frames = serve_copy(self.node_id, self.store, self.membership, request, busy=busy)
+        try:
+            async for frame in frames:
+                if isinstance(frame, CopyHeader):
+                    self._named = max(self._named, frame.seq)
+                yield frame
+        finally:
+            await frames.aclose()
+
+    def _went_back(self, puller: str, since: int) -> int:
+        """A puller holds this feed up to `since`: past where this process found it, and past
+        every position this process has named. Positions of the feed are durable before they are
+        named, so the store went back: the node started again on an older copy of its data
+        directory, or on a Redis that lost its last writes. Its writes since take positions the
+        puller counts as read, and would never reach it (the puller's checkpoint may even fall
+        behind the feed's end again, as the node takes back what its peers hold, so `last_seq`
+        tells nothing). The puller reads the feed again from the start (0), and counts as having
+        applied and holding none of it (`w=N`, the tombstone purge)."""
+        if not self._rewound:
+            self._rewound = True
+            log.warning(
+                "%s has read this node's changes feed up to %d, past the %d this store holds: "
+                "the store is older than one this node ran on (restored from a copy?); its "
+                "peers read its feed again from the start",
+                puller or "a peer",
+                since,
+                self._opened_at,
+            )
+        return 0
+
     def _copied_runs(self, request: PullRequest) -> FeedRuns | None:
         """Where this node's feed holds what it copied from the puller's run that asks."""
         copied = self._copied.get(request.puller_id)
@@ -111,6 +156,8 @@ class Feed:
         puller counts as in touch meanwhile, while `connected()` (membership.exchange)."""
         since = request.since if request.instance == self.store.instance_id else 0
         puller = request.puller_id
+        if since > max(self._opened_at, self._named):
+            since = self._went_back(puller, since)
         if puller and puller != self.node_id:
             # A member that left or was removed is refused with its old store (invariant 8).
             self.membership.check(puller, request.puller_incarnation)
@@ -208,6 +255,7 @@ class Feed:
         self.served["own"] += answer.own
         self.served["relayed"] += len(answer.records) - answer.own
         self.served["skipped"] += answer.skipped
+        self._named = max(self._named, page.until)
         if answer.records:
             if len(self._answered) >= ANSWERED_KEPT and puller not in self._answered:
                 self._answered.clear()  # pullers are members: this is only ever a safety bound

@@ -411,7 +411,13 @@ class Replicator:
             return False
         self.membership.identified(url, reply.node)
         self.membership.heard_from(reply.node, url)
-        if wants_copy(reply, pulled.position):  # this page is applied all the same
+        position = pulled.position
+        if position is not None and position.instance == reply.instance and reply.until < position.seq:
+            # The source answered from before where this node had read its feed: its store went
+            # back (Feed._went_back). What this node held of that feed says nothing now.
+            log.warning("%s's changes feed went back: reading it again from %d", url, reply.until)
+            self.reading.went_back(reply.node)
+        if wants_copy(reply, position):  # this page is applied all the same
             self.copier.want(reply.node)
         if not reply.records:
             # Nothing to apply (an idle feed): move the position in memory and save it with the

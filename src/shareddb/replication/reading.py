@@ -96,6 +96,12 @@ class Reading:
         if self.paths.generation != generation:  # an earlier life of the peer is gone
             self._rewind()
 
+    def went_back(self, peer_id: str) -> None:
+        """`peer_id`'s feed went back below what this node had read of it (its store is an older
+        copy): this node holds nothing known of it, and reads on from the answer that said so."""
+        self._positions.pop(peer_id, None)
+        self._held.pop(peer_id, None)
+
     def copied(self, peer_id: str, checkpoint: Checkpoint) -> None:
         """A bulk copy holds all of `peer_id`'s feed up to `checkpoint`, where it began."""
         self._positions[peer_id] = self._held[peer_id] = checkpoint
