@@ -212,14 +212,18 @@ class Node:
             boot=boot,
         )
         members = await store.get_meta("members")
+        # A copy of the store is a life of its own (store/sqlite.py, `_own_file`), but not a way
+        # back in for a life that left or was removed.
+        lives = {node.incarnation, *orjson.loads(await store.get_meta("earlier_lives") or "[]")}
         for entry in orjson.loads(members) if members else []:
             member = Member(
                 entry["id"], entry["url"], bool(entry["left"]), int(entry["v"]), entry.get("inc", "")
             )
             if member.id != node_id:
                 node.membership.members[member.id] = member
-            elif member.removed(node.incarnation):
-                # This life of the node left or was removed before it stopped: it stays out.
+            elif any(member.removed(life) for life in lives):
+                # This life of the node, or the one its store was copied from, left or was
+                # removed before it stopped: it stays out.
                 node.membership.self_entry = member
                 log.error(
                     "this node (%s) was removed from the cluster (or left it) before it stopped: "

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import os
 import sqlite3
 import uuid
 from collections.abc import Callable, Collection
@@ -21,7 +23,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from shareddb.record import Record
+import orjson
+
+from shareddb.record import Record, incarnation_of
 from shareddb.store.base import (
     DIGEST_BUCKETS,
     Checkpoint,
@@ -63,6 +67,8 @@ from shareddb.store.sqlite_schema import (
 from shareddb.store.sqlite_snapshot import SQLiteSnapshotRead
 from shareddb.store.sqlite_wal import WalCheckpoints
 from shareddb.store.writer_thread import WriterThread
+
+log = logging.getLogger("shareddb.store")
 
 LOOKUP_ON_LOOP = 500  # keys a replication lookup reads on the event loop; more go to the reader
 BUSY_TIMEOUT_MS = 10_000
@@ -170,6 +176,7 @@ class SQLiteBackend:
         if "instance" not in meta:
             meta["instance"] = self._new_instance()
             db.execute("INSERT INTO meta (name, value) VALUES ('instance', ?)", (meta["instance"],))
+        meta["instance"] = self._own_file(db, meta)
         db.execute("COMMIT")
         self._instance = meta["instance"]
         self._settled = settled(db)
@@ -184,6 +191,43 @@ class SQLiteBackend:
             int(meta.get("floor", 0)),
         )
         return db
+
+    def _own_file(self, db: sqlite3.Connection, meta: dict[str, str]) -> str:
+        """The store's instance id, a new one when this file is a copy of the one the store was
+        written in (docs/design.md, "Identity": "A copy of the store").
+
+        The store notes the file it lives in (its inode number). A copy (a data directory
+        restored from a backup, or moved to another disk) lives in another file and may hold less
+        than its original came to hold: versions this life minted after the copy was taken, and
+        the clock's high-water mark above them, are not in it. Started on the copy with the same
+        incarnation and a clock behind those versions (one that stands still, or ran fast
+        before), the node could give one of them to another value: a split no merge repairs. So
+        the copy is another life of the node, with an incarnation of its own, as a wiped node
+        is; the incarnation it was copied from is kept in `earlier_lives` (a node whose earlier
+        life left or was removed stays out, `Node.open`)."""
+        instance, file = meta["instance"], str(os.stat(self.path).st_ino)
+        noted = meta.get("file")
+        if noted is not None and noted != file:
+            earlier = incarnation_of(instance)
+            instance = self._new_instance()
+            row = db.execute("SELECT value FROM node_meta WHERE name = 'earlier_lives'").fetchone()
+            lives = [*orjson.loads(row[0]), earlier] if row else [earlier]
+            db.execute(
+                "INSERT OR REPLACE INTO node_meta (name, value) VALUES ('earlier_lives', ?)",
+                (orjson.dumps(lives).decode(),),
+            )
+            db.execute("UPDATE meta SET value = ? WHERE name = 'instance'", (instance,))
+            log.warning(
+                "%s is a copy of the file this store was written in (restored from a backup, or "
+                "moved): the node starts a new life (incarnation %s, was %s), and its peers send "
+                "it what the copy lacks",
+                self.path,
+                incarnation_of(instance),
+                earlier,
+            )
+        if noted != file:
+            db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('file', ?)", (file,))
+        return instance
 
     async def close(self) -> None:
         """Called by the pipeline once its last batch is written."""

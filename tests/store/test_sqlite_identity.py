@@ -1,0 +1,74 @@
+"""Invariant 7 on the SQLite store, on real files: a copy of a store's file (a data directory
+restored from a backup, or moved) is another life of the node, with an incarnation of its own
+(docs/design.md, "Identity": "A copy of the store")."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sqlite3
+from pathlib import Path
+
+import orjson
+
+from shareddb.record import Record, incarnation_of, make_version
+from shareddb.store.sqlite import SQLiteStore, sqlite_path
+
+
+async def written(data: Path, count: int) -> str:
+    """A store in `data` with `count` keys; answers its instance id."""
+    await asyncio.to_thread(data.mkdir)
+    store = SQLiteStore(sqlite_path(data))
+    await store.open()
+    for i in range(count):
+        await store.write(Record(f"k{i}", f"v{i}", make_version(1_000 + i, "n1-abc")))
+    instance = store.instance_id
+    await store.close()
+    return instance
+
+
+async def opened(data: Path) -> tuple[str, list[str], int, str]:
+    """The instance id, earlier lives, last sequence number and digest of the store in `data`."""
+    store = SQLiteStore(sqlite_path(data))
+    await store.open()
+    try:
+        digest = store.digest()
+        lives: list[str] = orjson.loads(await store.get_meta("earlier_lives") or "[]")
+        return store.instance_id, lives, store.last_seq, f"{digest.count}:{digest.digest}"
+    finally:
+        await store.close()
+
+
+async def test_a_copy_of_the_store_is_a_new_life_with_the_same_data(tmp_path: Path) -> None:
+    first = await written(tmp_path / "a", 5)
+    _, _, seq, digest = await opened(tmp_path / "a")
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+
+    copy, lives, copy_seq, copy_digest = await opened(tmp_path / "b")
+    assert incarnation_of(copy) != incarnation_of(first)
+    assert lives == [incarnation_of(first)]
+    assert (copy_seq, copy_digest) == (seq, digest)  # every record, the feed, the tally kept
+
+    # Started again where they are, both keep their lives.
+    assert (await opened(tmp_path / "b"))[:2] == (copy, lives)
+    assert (await opened(tmp_path / "a"))[:2] == (first, [])
+
+    # A copy of the copy: a third life, which knows both before it.
+    shutil.copytree(tmp_path / "b", tmp_path / "c")
+    third, lives, _, _ = await opened(tmp_path / "c")
+    assert third not in (first, copy)
+    assert lives == [incarnation_of(first), incarnation_of(copy)]
+
+
+async def test_a_store_made_before_files_were_noted_notes_its_file_at_its_next_start(
+    tmp_path: Path,
+) -> None:
+    """A store of an earlier release holds no file: the first start notes the one it finds (a copy
+    made before then cannot be told), and copies made after it are told."""
+    first = await written(tmp_path / "a", 2)
+    with sqlite3.connect(sqlite_path(tmp_path / "a")) as db:
+        db.execute("DELETE FROM meta WHERE name = 'file'")
+    shutil.copytree(tmp_path / "a", tmp_path / "older")
+    assert (await opened(tmp_path / "older"))[:2] == (first, [])
+    shutil.copytree(tmp_path / "older", tmp_path / "newer")
+    assert (await opened(tmp_path / "newer"))[0] != first
