@@ -49,6 +49,7 @@ ALL_KINDS = (
     "join",
     "add-node",
     "rewind",
+    "restore",
     "remove",
     "leave",
     "rejoin",
@@ -65,6 +66,7 @@ OPTIONAL_KINDS = (
     "crash",
     "wipe",
     "rewind",
+    "restore",
     "remove",
     "leave",
     "rejoin",
@@ -162,6 +164,7 @@ class Simulation:
             "join": 4,
             "add-node": 0.3,
             "rewind": 0.3,
+            "restore": 0.4,
             "remove": 0.4,
             "leave": 0.3,
             "rejoin": 0.5,
@@ -195,6 +198,7 @@ class Simulation:
             "join": any(s.joining for s in up),
             "add-node": len(self.world.slots) < 7 and any(s.up for s in inside),
             "rewind": len(up) > 1 and any(s.up for s in inside),
+            "restore": len(up) > 1 and bool(self.restorable()),
             "remove": len(inside) > 2 and bool(self.removal_candidates()),
             "leave": len(inside) > 2 and any(self.can_remove(s) for s in inside),
             "rejoin": len(inside) < len(self.world.slots) and any(s.up for s in inside),
@@ -300,6 +304,8 @@ class Simulation:
 
     async def restart(self) -> None:
         slot = self.rng.choice([s for s in self.world.slots if not s.up])
+        if self.rng.random() < 0.5:
+            slot.backup = slot.disk.copy()  # what the operator copies while the node is down
         await self.world.start(slot)
         assert slot.node is not None
         self.note("restart", f"{slot.name} restarts as {slot.node.id}")
@@ -321,6 +327,29 @@ class Simulation:
         self.note("wipe", f"{slot.name} ({old_id}) wiped, back as {slot.node.id}")
         await self.check(slot)
 
+    def minted_instant(self, slot: Slot, origin: str, above: int = 0) -> tuple[int, int]:
+        """An instant at which `origin` minted versions recently (above the clock value `above`
+        where it did), past the first of that millisecond if any, and how many writes it takes
+        to mint them all again from there."""
+        # Within the tombstone grace of now: a clock further behind than that is outside what
+        # the design covers (a delete purged meanwhile could lose to its writes).
+        recent = from_millis(self.world.clock_of(slot)() - REWIND_WINDOW_MS)
+        minted = sorted(
+            hlc
+            for _, version in self.history.written
+            if version_origin(version) == origin and (hlc := version_hlc(version)) >= recent
+        )
+        minted = [hlc for hlc in minted if hlc > above] or minted
+        # An instant at which it minted versions past the first of that millisecond, if any.
+        counted = [hlc for hlc in minted if hlc & COUNTER_MASK] or minted
+        if counted:
+            instant = physical(self.rng.choice(counted))
+            at_instant = [hlc & COUNTER_MASK for hlc in minted if physical(hlc) == instant]
+            burst = min(MAX_BURST, max(at_instant) + 1)
+        else:
+            instant, burst = self.world.clock_of(slot)(), 3
+        return instant, burst
+
     async def rewind(self) -> None:
         """A node loses its disk and comes back under its old id, its clock standing at an instant
         where its earlier life minted versions, and takes writes before it hears from anyone.
@@ -333,22 +362,7 @@ class Simulation:
         node = slot.node
         assert node is not None
         old = node.origin
-        # Within the tombstone grace of now: a clock further behind than that is outside what
-        # the design covers (a delete purged meanwhile could lose to its writes).
-        recent = from_millis(self.world.clock_of(slot)() - REWIND_WINDOW_MS)
-        minted = sorted(
-            hlc
-            for _, version in self.history.written
-            if version_origin(version) == old and (hlc := version_hlc(version)) >= recent
-        )
-        # An instant at which it minted versions past the first of that millisecond, if any.
-        counted = [hlc for hlc in minted if hlc & COUNTER_MASK] or minted
-        if counted:
-            instant = physical(self.rng.choice(counted))
-            at_instant = [hlc & COUNTER_MASK for hlc in minted if physical(hlc) == instant]
-            burst = min(MAX_BURST, max(at_instant) + 1)
-        else:
-            instant, burst = self.world.clock_of(slot)(), 3
+        instant, burst = self.minted_instant(slot, old)
         self.history.wiped(slot.index)
         await self.world.wipe(slot, node.id)
         slot.frozen_ms = instant
@@ -361,6 +375,36 @@ class Simulation:
             await self.client_write(slot, may_crash=False)
         slot.frozen_ms = None
         slot.skew_ms = self.rng.choice(SKEWS)
+
+    def restorable(self) -> list[Slot]:
+        return [s for s in self.world.slots if s.up and s.removed is None and s.backup is not None]
+
+    async def restore(self) -> None:
+        """A node is started again on a backup of its data directory taken at one of its earlier
+        stops, its clock standing at an instant where its life since minted versions, and takes
+        writes before it hears from anyone. The copy lacks those versions and the clock's
+        high-water mark above them; it is a new life of the node (invariant 7), so none of them
+        is minted again for another value, and the peers send it what the copy lacks."""
+        slot = self.rng.choice(self.restorable())
+        node = slot.node
+        assert node is not None
+        assert slot.backup is not None
+        old = node.origin
+        copied = slot.backup.snapshot
+        instant, burst = self.minted_instant(slot, old, copied.tally.clock_high if copied else 0)
+        self.history.wiped(slot.index)
+        await self.world.crash(slot)
+        slot.disk = slot.backup.copy()
+        slot.frozen_ms = instant
+        await self.world.start(slot)
+        self.note(
+            "restore",
+            f"{slot.name} ({old}) restored from a backup as {slot.origin}, clock frozen at {instant}",
+        )
+        await self.check(slot)
+        for _ in range(burst):
+            await self.client_write(slot, may_crash=False)
+        slot.frozen_ms = None
 
     # -- leaving and removal ------------------------------------------------------------------------
 
@@ -533,6 +577,7 @@ class Simulation:
         "join": join,
         "add-node": add_node,
         "rewind": rewind,
+        "restore": restore,
         "remove": remove,
         "leave": leave,
         "rejoin": rejoin,

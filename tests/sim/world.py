@@ -54,6 +54,7 @@ class Slot:
     skew_ms: int = 0
     frozen_ms: int | None = None  # its wall clock stands still at this instant
     disk: MemoryData = field(default_factory=MemoryData)  # its store: what survives a crash
+    backup: MemoryData | None = None  # a copy of `disk` taken while it was down (`restore`)
     registry: Registry | None = None  # the node's registry client, while up in a registry world
     registry_cut: bool = False  # it cannot reach the registry
     removed: str | None = None  # the origin (id~incarnation) removed from the cluster, until wiped
@@ -317,6 +318,7 @@ class World:
             await self.crash(slot)
         shutil.rmtree(slot.data)
         slot.disk = MemoryData()
+        slot.backup = None  # a backup of the life before is not restored under another's id
         slot.node_id = node_id
 
     async def registry_tick(self, slot: Slot) -> str:

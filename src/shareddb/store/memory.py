@@ -3,7 +3,8 @@
 Not durable: what it holds lives as long as its `MemoryData`. Reopening a store on the same
 `MemoryData` finds everything committed before, as reopening a file would (the way etcd's raft
 keeps `MemoryStorage` beside its `Storage`). A commit builds the whole new state, then swaps it in,
-so a commit that fails (see `MemoryData.refuse`) changes nothing.
+so a commit that fails (see `MemoryData.refuse`) changes nothing. `MemoryData.copy` is a backup of
+it, restored later: a store opened on it starts a new life, as one on a copy of a SQLite file does.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import uuid
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 
-from shareddb.record import Record
+import orjson
+
+from shareddb.record import Record, incarnation_of
 from shareddb.store.base import (
     SNAPSHOT_CHUNK,
     SNAPSHOT_CHUNK_BYTES,
@@ -58,6 +61,13 @@ class MemoryData:
     snapshot: Snapshot | None = None
     refuse: StoreUnavailable | None = None
     commits: int = field(default=0)  # commits that succeeded, for tests of the group commit
+    copied: bool = False  # a copy of another store's data, not opened since
+
+    def copy(self) -> MemoryData:
+        """What this store holds now, as a backup restored later holds it: the store opened on
+        the copy is another life, with an instance of its own that notes the one it was copied
+        from in `earlier_lives` (docs/design.md, "Identity": "A copy of the store")."""
+        return MemoryData(self.snapshot, copied=True)
 
 
 class MemoryBackend:
@@ -80,6 +90,9 @@ class MemoryBackend:
     async def open(self) -> None:
         if self.data.snapshot is None:
             self.data.snapshot = Snapshot(self._new_instance(), Tally.empty(), {}, {}, {}, {})
+        elif self.data.copied:
+            self.data.snapshot = _new_life(self.data.snapshot, self._new_instance())
+        self.data.copied = False
         self._open = True
 
     async def close(self) -> None:
@@ -236,6 +249,14 @@ class MemoryBackend:
         """A commit swaps in a new `Snapshot` and never changes the old one: reading the one
         current now is reading one point in time."""
         return MemorySnapshotRead(await self._now(), self)
+
+
+def _new_life(copy: Snapshot, instance: str) -> Snapshot:
+    """`copy` as the first state of another life: same data, a new instance, and the incarnation
+    it was copied from added to `earlier_lives`."""
+    lives = [*orjson.loads(copy.meta.get("earlier_lives", "[]")), incarnation_of(copy.instance)]
+    meta = {**copy.meta, "earlier_lives": orjson.dumps(lives).decode()}
+    return replace(copy, instance=instance, meta=meta)
 
 
 def _rebucket(

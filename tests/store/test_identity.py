@@ -1,5 +1,5 @@
-"""Invariant 7 on the SQLite store, on real files: a copy of a store's file (a data directory
-restored from a backup, or moved) is another life of the node, with an incarnation of its own
+"""Invariant 7 on the stores: a copy of a store (a data directory restored from a backup, or moved;
+on SQLite a copy of its real file) is another life of the node, with an incarnation of its own
 (docs/design.md, "Identity": "A copy of the store")."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from pathlib import Path
 import orjson
 
 from shareddb.record import Record, incarnation_of, make_version
+from shareddb.store.memory import MemoryData, MemoryStore
 from shareddb.store.sqlite import SQLiteStore, sqlite_path
 
 
@@ -72,3 +73,39 @@ async def test_a_store_made_before_files_were_noted_notes_its_file_at_its_next_s
     assert (await opened(tmp_path / "older"))[:2] == (first, [])
     shutil.copytree(tmp_path / "older", tmp_path / "newer")
     assert (await opened(tmp_path / "newer"))[0] != first
+
+
+async def test_a_copy_of_a_memory_store_is_a_new_life_with_the_same_data() -> None:
+    """The memory store's copy (what the simulation restores a node from) behaves as a copied
+    file does."""
+
+    async def opened(data: MemoryData) -> tuple[str, list[str], int, str]:
+        store = MemoryStore(data)
+        await store.open()
+        try:
+            digest = store.digest()
+            lives: list[str] = orjson.loads(await store.get_meta("earlier_lives") or "[]")
+            return store.instance_id, lives, store.last_seq, f"{digest.count}:{digest.digest}"
+        finally:
+            await store.close()
+
+    data = MemoryData()
+    store = MemoryStore(data)
+    await store.open()
+    for i in range(5):
+        await store.write(Record(f"k{i}", f"v{i}", make_version(1_000 + i, "n1-abc")))
+    first = store.instance_id
+    await store.close()
+    backup = data.copy()
+    _, _, seq, digest = await opened(data)
+
+    copy, lives, copy_seq, copy_digest = await opened(backup)
+    assert incarnation_of(copy) != incarnation_of(first)
+    assert lives == [incarnation_of(first)]
+    assert (copy_seq, copy_digest) == (seq, digest)
+    assert (await opened(backup))[:2] == (copy, lives)  # reopened, not copied again
+    assert (await opened(data))[:2] == (first, [])
+
+    third, lives, _, _ = await opened(backup.copy())
+    assert third not in (first, copy)
+    assert lives == [incarnation_of(first), incarnation_of(copy)]
