@@ -61,6 +61,19 @@ async def test_a_copy_of_the_store_is_a_new_life_with_the_same_data(tmp_path: Pa
     assert lives == [incarnation_of(first), incarnation_of(copy)]
 
 
+async def test_a_copy_put_back_in_place_of_its_deleted_original_is_a_new_life(tmp_path: Path) -> None:
+    """The operator's restore: the directory deleted, the backup copied in its place. The copy
+    may get the inode number the original had (it was freed), but it is another file."""
+    first = await written(tmp_path / "a", 3)
+    shutil.copytree(tmp_path / "a", tmp_path / "backup")
+    for _ in range(3):
+        shutil.rmtree(tmp_path / "a")
+        shutil.copytree(tmp_path / "backup", tmp_path / "a")
+        instance, lives, _, _ = await opened(tmp_path / "a")
+        assert instance != first
+        assert lives[0] == incarnation_of(first)
+
+
 async def test_a_store_made_before_files_were_noted_notes_its_file_at_its_next_start(
     tmp_path: Path,
 ) -> None:

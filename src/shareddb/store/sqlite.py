@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import sqlite3
+import struct
 import uuid
 from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
@@ -205,9 +207,9 @@ class SQLiteBackend:
         the copy is another life of the node, with an incarnation of its own, as a wiped node
         is; the incarnation it was copied from is kept in `earlier_lives` (a node whose earlier
         life left or was removed stays out, `Node.open`)."""
-        instance, file = meta["instance"], str(os.stat(self.path).st_ino)
+        instance, file = meta["instance"], file_identity(self.path)
         noted = meta.get("file")
-        if noted is not None and noted != file:
+        if noted is not None and not same_file(noted, file):
             earlier = incarnation_of(instance)
             instance = self._new_instance()
             row = db.execute("SELECT value FROM node_meta WHERE name = 'earlier_lives'").fetchone()
@@ -477,3 +479,30 @@ class SQLiteStore(PipelineStore):
 
 def sqlite_path(data_dir: Path) -> Path:
     return data_dir / "shareddb.sqlite3"
+
+
+FS_IOC_GETVERSION = 0x80087601  # _IOR('v', 1, long), linux/fs.h
+
+
+def file_identity(path: Path) -> str:
+    """The file at `path` as `inode.generation`: a file made later, a copy put back in its place
+    say, may get the same inode number once the file is deleted, but not the same generation
+    (ext4, XFS, Btrfs, tmpfs). Where the file system keeps no generation, the inode alone."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        inode = os.fstat(fd).st_ino
+        try:
+            generation = struct.unpack("l", fcntl.ioctl(fd, FS_IOC_GETVERSION, bytes(8)))[0]
+        except OSError:
+            return str(inode)
+        return f"{inode}.{generation & 0xFFFFFFFF}"
+    finally:
+        os.close(fd)
+
+
+def same_file(noted: str, found: str) -> bool:
+    """Whether the file noted is the one found (a store that noted only an inode, before
+    generations were noted, is compared by inode)."""
+    if "." not in noted:
+        return noted == found.partition(".")[0]
+    return noted == found
