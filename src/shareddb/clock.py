@@ -9,7 +9,7 @@ a node's versions never go backwards while the wall clock stalls, jumps back, or
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 COUNTER_BITS = 16
 COUNTER_MASK = (1 << COUNTER_BITS) - 1
@@ -17,6 +17,9 @@ MAX_TIMESTAMP = (1 << 64) - 1
 
 # How far ahead of local wall time a received timestamp may drag this node's clock.
 DEFAULT_MAX_DRIFT_MS = 60_000
+# How far past the timestamps it hands out a clock notes its bound (`HybridClock` `reserve`): one
+# note per this much of wall time under writes, and at most this far ahead after a crash.
+RESERVE_AHEAD_MS = 10_000
 
 
 def physical(timestamp: int) -> int:
@@ -37,11 +40,22 @@ class HybridClock:
     break convergence); the caller learns of it through the return value and counts it.
     """
 
-    def __init__(self, floor: int = 0, *, max_drift_ms: int = DEFAULT_MAX_DRIFT_MS) -> None:
+    def __init__(
+        self,
+        floor: int = 0,
+        *,
+        max_drift_ms: int = DEFAULT_MAX_DRIFT_MS,
+        reserve: Callable[[int], None] | None = None,
+    ) -> None:
         if not 0 <= floor <= MAX_TIMESTAMP:
             raise ValueError(f"clock floor out of range: {floor}")
         self._last = floor
         self.max_drift_ms = max_drift_ms
+        # `reserve(bound)` notes durably that no timestamp above `bound` was handed out; it is
+        # called before the first one above the last bound noted, so a clock resumed from the
+        # bound never hands one out again, whatever the store it persists `last` in lost.
+        self._reserve = reserve
+        self._reserved = 0
 
     @property
     def last(self) -> int:
@@ -52,7 +66,18 @@ class HybridClock:
         """A new timestamp, greater than every earlier one."""
         wall = from_millis(wall_ms)
         self._last = wall if wall > self._last else self._last + 1
+        if self._last > self._reserved and self._reserve is not None:
+            bound = from_millis(physical(self._last) + RESERVE_AHEAD_MS) | COUNTER_MASK
+            self._reserve(bound)
+            self._reserved = bound
         return self._last
+
+    def settle(self) -> None:
+        """Note the high-water mark itself as the bound (at a clean stop), so the next start
+        resumes from it rather than from a bound up to RESERVE_AHEAD_MS ahead of it."""
+        if self._reserve is not None and self._reserved > self._last:
+            self._reserve(self._last)
+            self._reserved = self._last
 
     def restore(self, high_water: int) -> None:
         """Resume from a persisted high-water mark, unbounded: the clock never goes backwards."""

@@ -1,4 +1,5 @@
-"""A node's data directory: the lock that keeps a second node out of it, and the node id it keeps.
+"""A node's data directory: the lock that keeps a second node out of it, the node id it keeps, and
+the bound of its clock (`ClockFile`).
 
 `claim` is what a starting node does with it; node.py turns a `DataDirError` into its `NodeError`.
 """
@@ -6,6 +7,7 @@
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +17,9 @@ from shareddb.record import node_id_error
 
 NODE_ID_FILE = "node-id"
 LOCK_FILE = "LOCK"
+CLOCK_FILE = "clock"
+
+log = logging.getLogger("shareddb.node")
 
 
 class DataDirError(Exception):
@@ -72,13 +77,67 @@ def _resolve_node_id(data: Path, requested: str | None, mint_id: Callable[[], st
     if stored is not None:
         return stored
     node_id = requested or mint_id()
-    tmp = path.with_suffix(".tmp")
     try:
-        with open(tmp, "w") as handle:
-            handle.write(node_id + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        _write_durably(path, node_id)
     except OSError as exc:
         raise DataDirError(f"cannot write the node id to {path}: {exc.strerror or exc}") from exc
     return node_id
+
+
+def _write_durably(path: Path, text: str) -> None:
+    """Replace `path` with a file holding `text` and a newline, on disk before it returns."""
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w") as handle:
+        handle.write(text + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # the rename itself
+    finally:
+        os.close(directory)
+
+
+class ClockFile:
+    """The bound of the node's clock, kept in its data dir beside the store.
+
+    The clock notes here, before it hands out a timestamp above the last bound noted, a bound
+    RESERVE_AHEAD_MS past it (`HybridClock` `reserve`), and at a clean stop its high-water mark
+    itself. A node resumes its clock from the greater of this and the store's own high-water mark,
+    so a store put back to an older state without its data dir (a Redis restored from a dump, or
+    one that lost its last writes) cannot make it mint a version again (docs/design.md,
+    "Identity": "A store that went back")."""
+
+    def __init__(self, data: Path) -> None:
+        self.path = data / CLOCK_FILE
+        self._failing = False
+
+    def read(self) -> int:
+        """The bound noted last; 0 in a data dir where none was."""
+        try:
+            text = self.path.read_text("ascii").strip()
+        except FileNotFoundError:
+            return 0
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DataDirError(f"cannot read the clock's bound from {self.path}: {exc}") from exc
+        if not text.isdigit():
+            raise DataDirError(f"{self.path} does not hold a clock bound: {text[:80]!r}")
+        return int(text)
+
+    def note(self, bound: int) -> None:
+        """Note `bound` durably. A failure is logged (once until a note succeeds again) and the
+        node goes on, as safe as its store's own high-water mark keeps it."""
+        try:
+            _write_durably(self.path, str(bound))
+        except OSError as exc:
+            if not self._failing:
+                log.error(
+                    "cannot note the clock's bound in %s: %s; a store put back to an older "
+                    "state could make this node repeat a version until it can",
+                    self.path,
+                    exc.strerror or exc,
+                )
+            self._failing = True
+        else:
+            self._failing = False

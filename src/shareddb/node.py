@@ -20,7 +20,7 @@ import orjson
 
 from shareddb.clock import HybridClock, wall_millis
 from shareddb.config import Settings
-from shareddb.data_dir import DataDirError, claim
+from shareddb.data_dir import ClockFile, DataDirError, claim
 from shareddb.membership import Member, Membership
 from shareddb.record import (
     Record,
@@ -149,7 +149,13 @@ class Node:
         except DataDirError as exc:
             raise NodeError(str(exc)) from None
         try:
-            clock = HybridClock()
+            clock_file = ClockFile(data)
+            try:
+                reserved = clock_file.read()
+            except DataDirError as exc:
+                raise NodeError(str(exc)) from None
+            clock = HybridClock(reserve=clock_file.note)
+            clock.restore(reserved)  # and the store's own mark, in `_load`
             spec = settings.store
             if make_store is not None:
                 store: Store = make_store(data, lambda: clock.last, mint_instance, now)
@@ -300,6 +306,7 @@ class Node:
             self.replicator = None
         await self.store.close()
         if self._lock is not None:
+            self.clock.settle()  # in the data dir, while this process still holds it
             self._lock.close()
             self._lock = None
 

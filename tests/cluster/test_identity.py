@@ -27,7 +27,15 @@ from tests.cluster.replication_helpers import (
     wait_readable,
     wait_state,
 )
-from tests.harness import FAKETIME, NodeProcess, frozen_clock_env, run_cli, wait_for
+from tests.harness import (
+    FAKETIME,
+    NodeProcess,
+    RedisServer,
+    frozen_clock_env,
+    run_cli,
+    running_redis,
+    wait_for,
+)
 
 REFUSED = "was removed from the cluster"
 needs_faketime = pytest.mark.skipif(
@@ -92,6 +100,61 @@ def test_node_that_lost_data_with_a_frozen_clock_never_mints_a_version_it_minted
         assert on_a is not None
         value, version = on_a
         assert {**first_life, **second_life}[version] == value
+
+
+def put_back(redis: RedisServer, copy: Path) -> None:
+    """Restart `redis` on a copy of its directory (its append-only file), as restored from a
+    backup; `copy` is taken first when it does not exist yet."""
+    redis.stop()
+    if copy.exists():
+        shutil.rmtree(redis.directory)
+        shutil.copytree(copy, redis.directory)
+    else:
+        shutil.copytree(redis.directory, copy)
+    redis.start()
+
+
+@needs_faketime
+def test_node_whose_redis_was_put_back_to_an_older_copy_never_mints_a_version_again(
+    start_node: StartNode, tmp_path: Path
+) -> None:
+    """Invariant 7 with a store that went back without the node's data dir: a Redis restored from
+    an older copy of its files keeps the node's incarnation and holds a lower clock high-water
+    mark than the versions the node minted since. The node resumes its clock from the bound kept
+    in its data dir (data_dir.ClockFile), so with its wall clock standing at the same instant, and
+    no peer to learn its old versions from, it still never mints one of them again."""
+    a = start_node("a")
+    frozen = frozen_clock_env()
+    with running_redis(tmp_path / "redis", aof=True) as redis:
+        store = ("--store", redis.url(0))
+        b = start_node("b", "--peers", a.url, *store, env=frozen)
+        versions_written(b, 5, "before")
+        b.stop()
+        put_back(redis, tmp_path / "older")  # the backup
+        b.start()
+        first_life = versions_written(b, 20, "first")
+        wait_converged([a, b])
+
+        b.kill()
+        put_back(redis, tmp_path / "older")  # the restore
+        alone = NodeProcess(b.data, "b", *store, env=frozen)
+        alone.start()
+        try:
+            second_life = versions_written(alone, 20, "second")
+        finally:
+            alone.stop()
+        reused = first_life.keys() & second_life.keys()
+        assert not reused, f"versions minted in both lives: {sorted(reused)[:3]}"
+        assert min(second_life) > max(first_life)  # the clock went on from the bound
+
+        b.start()  # with --peers again: the feed it serves went back, and a reads it again
+        wait_converged([a, b])
+        for i in range(20):
+            on_a, on_b = read(a, f"k/{i}"), read(b, f"k/{i}")
+            assert on_a == on_b, f"k/{i}: {on_a} on a, {on_b} on b"
+            assert on_a is not None
+            value, version = on_a
+            assert {**first_life, **second_life}[version] == value
 
 
 def test_member_removed_and_restarted_with_its_old_data_is_refused(start_node: StartNode) -> None:

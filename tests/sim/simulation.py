@@ -18,6 +18,7 @@ from typing import ClassVar
 import orjson
 
 from shareddb.clock import COUNTER_MASK, from_millis, physical
+from shareddb.data_dir import CLOCK_FILE
 from shareddb.membership import Removed
 from shareddb.node import Node
 from shareddb.record import Record, version_hlc, version_origin
@@ -304,8 +305,9 @@ class Simulation:
 
     async def restart(self) -> None:
         slot = self.rng.choice([s for s in self.world.slots if not s.up])
-        if self.rng.random() < 0.5:
-            slot.backup = slot.disk.copy()  # what the operator copies while the node is down
+        if self.rng.random() < 0.5:  # what the operator copies while the node is down
+            slot.backup = slot.disk.copy()
+            slot.backup_clock = clock_file(slot).read_bytes() if clock_file(slot).exists() else None
         await self.world.start(slot)
         assert slot.node is not None
         self.note("restart", f"{slot.name} restarts as {slot.node.id}")
@@ -395,6 +397,12 @@ class Simulation:
         self.history.wiped(slot.index)
         await self.world.crash(slot)
         slot.disk = slot.backup.copy()
+        # The whole directory comes back: the clock's bound too (with the bound of the life since
+        # kept, the clock alone would keep the node from minting those versions again).
+        if slot.backup_clock is None:
+            clock_file(slot).unlink(missing_ok=True)
+        else:
+            clock_file(slot).write_bytes(slot.backup_clock)
         slot.frozen_ms = instant
         await self.world.start(slot)
         self.note(
@@ -699,6 +707,10 @@ class Simulation:
         raise Violation(
             f"{INVARIANT_2}: no convergence after {HEAL_ROUNDS} rounds of pulls: {differences(states)}"
         )
+
+
+def clock_file(slot: Slot) -> Path:
+    return slot.data / CLOCK_FILE
 
 
 async def saved_as_left(node: Node) -> bool:

@@ -9,6 +9,7 @@ from shareddb.clock import (
     COUNTER_MASK,
     DEFAULT_MAX_DRIFT_MS,
     MAX_TIMESTAMP,
+    RESERVE_AHEAD_MS,
     HybridClock,
     from_millis,
     physical,
@@ -163,3 +164,39 @@ def test_restore_is_not_bounded_by_the_drift_limit() -> None:
     persisted = from_millis(WALL + 3_600_000)
     clock.restore(persisted)
     assert clock.last == persisted
+
+
+def test_a_clock_notes_a_bound_ahead_before_it_hands_out_a_timestamp_past_the_last_one() -> None:
+    noted: list[int] = []
+    clock = HybridClock(reserve=noted.append)
+    first = clock.now(WALL)
+    bound = from_millis(WALL + RESERVE_AHEAD_MS) | COUNTER_MASK
+    assert noted == [bound]  # noted before `first` was handed out, and above it
+    assert first < bound
+    for i in range(1, RESERVE_AHEAD_MS):
+        clock.now(WALL + i)  # within the bound: nothing more to note
+    assert noted == [bound]
+    assert clock.now(WALL + RESERVE_AHEAD_MS + 1) > bound
+    assert noted == [bound, from_millis(WALL + 2 * RESERVE_AHEAD_MS + 1) | COUNTER_MASK]
+
+
+def test_a_clock_resumed_from_its_bound_never_hands_out_a_timestamp_again() -> None:
+    """Invariant 7, with the wall clock standing still and the store's high-water mark lost."""
+    noted: list[int] = []
+    first_life = HybridClock(reserve=noted.append)
+    handed_out = {first_life.now(WALL) for _ in range(1_000)}
+    second_life = HybridClock(reserve=noted.append)
+    second_life.restore(noted[-1])
+    assert not handed_out & {second_life.now(WALL) for _ in range(1_000)}
+
+
+def test_settle_notes_the_high_water_mark_itself() -> None:
+    noted: list[int] = []
+    clock = HybridClock(reserve=noted.append)
+    last = clock.now(WALL)
+    clock.settle()
+    assert noted[-1] == last
+    clock.settle()  # nothing handed out since: nothing to note
+    assert len(noted) == 2
+    assert clock.now(WALL) > last
+    assert noted[-1] > last  # past the settled mark, a bound ahead again

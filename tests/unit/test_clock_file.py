@@ -1,0 +1,42 @@
+"""The bound of a node's clock in its data dir (data_dir.ClockFile), on real files in tmp_path."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from shareddb.data_dir import CLOCK_FILE, ClockFile, DataDirError
+
+
+def test_a_data_dir_without_a_bound_reads_zero_and_a_noted_one_reads_back(tmp_path: Path) -> None:
+    clock_file = ClockFile(tmp_path)
+    assert clock_file.read() == 0
+    clock_file.note(123_456)
+    assert ClockFile(tmp_path).read() == 123_456
+    assert (tmp_path / CLOCK_FILE).read_text() == "123456\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [CLOCK_FILE]  # no temporary file left
+
+
+def test_a_damaged_bound_is_refused_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / CLOCK_FILE).write_text("12ab\n")
+    with pytest.raises(DataDirError, match="does not hold a clock bound: '12ab'"):
+        ClockFile(tmp_path).read()
+
+
+def test_a_bound_that_cannot_be_noted_is_logged_once_until_it_can(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock_file = ClockFile(tmp_path / "gone")  # its directory does not exist
+    with caplog.at_level(logging.ERROR, "shareddb.node"):
+        clock_file.note(1)
+        clock_file.note(2)
+    assert len(caplog.records) == 1
+    assert "cannot note the clock's bound" in caplog.text
+    (tmp_path / "gone").mkdir()
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, "shareddb.node"):
+        clock_file.note(3)
+    assert not caplog.records
+    assert clock_file.read() == 3
