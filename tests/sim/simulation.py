@@ -24,6 +24,7 @@ from shareddb.node import Node
 from shareddb.record import Record, version_hlc, version_origin
 from shareddb.replication.transport import PeerError
 from shareddb.store.base import Outcome
+from shareddb.store.memory import MemoryData
 from tests.sim import clients
 from tests.sim.checks import EXPIRY_READS, INVARIANT_2, History, Violation, Write, greatest
 from tests.sim.clients import HOT_KEYS
@@ -93,6 +94,10 @@ MAX_BURST = 12
 class Config:
     steps: int = 400
     disabled: frozenset[str] = frozenset()
+    # A restore puts the backup of the store back in place as the same life, the data dir (and
+    # its clock bound) kept: a Redis restored from a dump. Else the whole directory comes back,
+    # and the store opens as a new life.
+    restores_keep_life: bool = False
 
 
 @dataclass
@@ -396,10 +401,15 @@ class Simulation:
         instant, burst = self.minted_instant(slot, old, copied.tally.clock_high if copied else 0)
         self.history.wiped(slot.index)
         await self.world.crash(slot)
-        slot.disk = slot.backup.copy()
+        if self.config.restores_keep_life:
+            slot.disk = MemoryData(slot.backup.snapshot)
+        else:
+            slot.disk = slot.backup.copy()
         # The whole directory comes back: the clock's bound too (with the bound of the life since
         # kept, the clock alone would keep the node from minting those versions again).
-        if slot.backup_clock is None:
+        if self.config.restores_keep_life:
+            pass
+        elif slot.backup_clock is None:
             clock_file(slot).unlink(missing_ok=True)
         else:
             clock_file(slot).write_bytes(slot.backup_clock)

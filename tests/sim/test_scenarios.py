@@ -116,6 +116,28 @@ async def test_a_node_restored_from_an_older_copy_of_its_store_gets_its_new_writ
         assert peer.running[0].store.digest() == source.running[0].store.digest()
 
 
+@pytest.mark.parametrize(
+    ("seed", "steps"),
+    [
+        # n2, put back in place, wrote at positions n0 counted as read; n4 pulled first, and n2
+        # told it positions past n0's checkpoint, which then passed for one n2 had named.
+        (966911312, 284),
+        # n1's copy of n0 was cut, n0 was put back in place, and n1 resumed the copy: the new
+        # header named a position past the one n1 read on from, which passed for named.
+        (867497459, 355),
+    ],
+)
+async def test_a_store_put_back_in_place_gets_its_new_writes_to_every_peer(
+    seed: int, steps: int
+) -> None:
+    """Invariant 2: all nodes that can reach each other converge to identical digests, with a
+    node's store put back to an older state as the same life (a Redis restored from a dump)."""
+    config = Config(steps=steps, disabled=frozenset({"watch"}), restores_keep_life=True)
+    result = await run_seed(seed, config)
+    assert result.error is None, result.error
+    assert result.counts["restore"] > 0
+
+
 async def test_wiped_node_that_keeps_its_id_never_mints_a_version_it_minted_before(
     tmp_path: Path,
 ) -> None:

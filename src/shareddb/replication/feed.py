@@ -66,10 +66,11 @@ class Feed:
         # Per peer: the run of its process that served this node a copy, and the feed positions
         # the copied records took (`copied_from`).
         self._copied: dict[str, tuple[str, FeedRuns]] = {}
-        # Where this process found the feed, and the furthest position it has named since (in an
-        # answer, or as a copy's start): no puller may hold more of it (`_went_back`).
+        # Where this process found the feed, and per puller the furthest position it has named
+        # to that puller since (in an answer, or as a copy's start): no puller may hold more of
+        # it (`_went_back`).
         self._opened_at = store.last_seq
-        self._named = 0
+        self._named: dict[str, int] = {}
         self._rewound = False  # a puller showed this store's feed went back (logged once)
 
     def close(self) -> None:
@@ -100,26 +101,37 @@ class Feed:
     async def serve_copy(
         self, request: CopyRequest, *, busy: bool = False
     ) -> AsyncGenerator[Frame, None]:
-        """`copy.serve_copy` of this node's data set: the feed position its header names is one
-        the copying node will read on from (`_went_back`)."""
+        """`copy.serve_copy` of this node's data set: the feed position the header of a copy
+        that starts names is one the copying node will read on from (`_went_back`). A copy
+        that resumes reads on from the position its first header named, maybe in an earlier run
+        of this process, before its store went back: that one is checked when it is read from."""
         frames = serve_copy(self.node_id, self.store, self.membership, request, busy=busy)
         try:
             async for frame in frames:
-                if isinstance(frame, CopyHeader):
-                    self._named = max(self._named, frame.seq)
+                if isinstance(frame, CopyHeader) and not request.after:
+                    self._name(request.puller_id, frame.seq)
                 yield frame
         finally:
             await frames.aclose()
 
+    def _name(self, puller: str, seq: int) -> None:
+        """This process told `puller` the feed's position `seq`."""
+        if len(self._named) >= ANSWERED_KEPT and puller not in self._named:
+            self._named.clear()  # pullers are members: this is only ever a safety bound
+        self._named[puller] = max(self._named.get(puller, 0), seq)
+
     def _went_back(self, puller: str, since: int) -> int:
         """A puller holds this feed up to `since`: past where this process found it, and past
-        every position this process has named. Positions of the feed are durable before they are
-        named, so the store went back: the node started again on an older copy of its data
+        every position this process has named to it. Positions of the feed are durable before
+        they are named, so the store went back: the node started again on an older copy of its data
         directory, or on a Redis that lost its last writes. Its writes since take positions the
         puller counts as read, and would never reach it (the puller's checkpoint may even fall
         behind the feed's end again, as the node takes back what its peers hold, so `last_seq`
-        tells nothing). The puller reads the feed again from the start (0), and counts as having
-        applied and holding none of it (`w=N`, the tombstone purge)."""
+        tells nothing). Only what was named to the puller itself counts: once the feed has grown
+        past the puller's checkpoint again, the positions named to another puller cover it, but
+        this puller never got the writes made at the positions in between. The puller reads the
+        feed again from the start (0), and counts as having applied and holding none of it
+        (`w=N`, the tombstone purge)."""
         if not self._rewound:
             self._rewound = True
             log.warning(
@@ -156,7 +168,7 @@ class Feed:
         puller counts as in touch meanwhile, while `connected()` (membership.exchange)."""
         since = request.since if request.instance == self.store.instance_id else 0
         puller = request.puller_id
-        if since > max(self._opened_at, self._named):
+        if since > max(self._opened_at, self._named.get(puller, 0)):
             since = self._went_back(puller, since)
         if puller and puller != self.node_id:
             # A member that left or was removed is refused with its old store (invariant 8).
@@ -255,7 +267,7 @@ class Feed:
         self.served["own"] += answer.own
         self.served["relayed"] += len(answer.records) - answer.own
         self.served["skipped"] += answer.skipped
-        self._named = max(self._named, page.until)
+        self._name(puller, page.until)
         if answer.records:
             if len(self._answered) >= ANSWERED_KEPT and puller not in self._answered:
                 self._answered.clear()  # pullers are members: this is only ever a safety bound
