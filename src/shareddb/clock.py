@@ -9,7 +9,8 @@ a node's versions never go backwards while the wall clock stalls, jumps back, or
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 COUNTER_BITS = 16
 COUNTER_MASK = (1 << COUNTER_BITS) - 1
@@ -17,9 +18,24 @@ MAX_TIMESTAMP = (1 << 64) - 1
 
 # How far ahead of local wall time a received timestamp may drag this node's clock.
 DEFAULT_MAX_DRIFT_MS = 60_000
-# How far past the timestamps it hands out a clock notes its bound (`HybridClock` `reserve`): one
-# note per this much of wall time under writes, and at most this far ahead after a crash.
+# How far past the timestamps it hands out a clock notes its bound (`ClockBound`): one note per
+# half of this much of wall time under writes, and at most this far ahead after a crash.
 RESERVE_AHEAD_MS = 10_000
+
+
+class ClockBound(Protocol):
+    """Where a clock notes, durably, a bound that no timestamp it handed out is above
+    (data_dir.ClockFile), so a clock resumed from it never hands one out again, whatever the store
+    it persists `last` in lost."""
+
+    def reserve(self, bound: int, wait: bool) -> int:
+        """Note `bound`: with `wait`, before returning; without, in the background. Answers
+        the greatest bound noted so far."""
+        ...
+
+    def settle(self, last: int) -> None:
+        """Note `last` itself, once any note in progress is done (at a clean stop)."""
+        ...
 
 
 def physical(timestamp: int) -> int:
@@ -29,6 +45,14 @@ def physical(timestamp: int) -> int:
 
 def from_millis(millis: int) -> int:
     return millis << COUNTER_BITS
+
+
+def _ahead(timestamp: int) -> int:
+    """The bound noted for `timestamp`: the last of the millisecond RESERVE_AHEAD_MS later."""
+    return from_millis(physical(timestamp) + RESERVE_AHEAD_MS) | COUNTER_MASK
+
+
+_HALF_WINDOW = from_millis(RESERVE_AHEAD_MS // 2)
 
 
 class HybridClock:
@@ -45,17 +69,16 @@ class HybridClock:
         floor: int = 0,
         *,
         max_drift_ms: int = DEFAULT_MAX_DRIFT_MS,
-        reserve: Callable[[int], None] | None = None,
+        bound: ClockBound | None = None,
     ) -> None:
         if not 0 <= floor <= MAX_TIMESTAMP:
             raise ValueError(f"clock floor out of range: {floor}")
         self._last = floor
         self.max_drift_ms = max_drift_ms
-        # `reserve(bound)` notes durably that no timestamp above `bound` was handed out; it is
-        # called before the first one above the last bound noted, so a clock resumed from the
-        # bound never hands one out again, whatever the store it persists `last` in lost.
-        self._reserve = reserve
-        self._reserved = 0
+        # Half a window before the last bound noted, the next is noted in the background; a
+        # timestamp past it waits until the next is noted (only when the clock leaps).
+        self._bound = bound
+        self._noted = 0
 
     @property
     def last(self) -> int:
@@ -66,18 +89,22 @@ class HybridClock:
         """A new timestamp, greater than every earlier one."""
         wall = from_millis(wall_ms)
         self._last = wall if wall > self._last else self._last + 1
-        if self._last > self._reserved and self._reserve is not None:
-            bound = from_millis(physical(self._last) + RESERVE_AHEAD_MS) | COUNTER_MASK
-            self._reserve(bound)
-            self._reserved = bound
+        if self._bound is not None and self._last > self._noted - _HALF_WINDOW:
+            self._noted = self._bound.reserve(_ahead(self._last), self._last > self._noted)
         return self._last
+
+    def prepare(self, wall_ms: int) -> None:
+        """Note a bound ahead of `wall_ms` now (as the node starts, before it serves), so the
+        first timestamps need not wait for one."""
+        if self._bound is not None:
+            self._noted = self._bound.reserve(_ahead(max(self._last, from_millis(wall_ms))), True)
 
     def settle(self) -> None:
         """Note the high-water mark itself as the bound (at a clean stop), so the next start
         resumes from it rather than from a bound up to RESERVE_AHEAD_MS ahead of it."""
-        if self._reserve is not None and self._reserved > self._last:
-            self._reserve(self._last)
-            self._reserved = self._last
+        if self._bound is not None:
+            self._bound.settle(self._last)
+            self._noted = self._last
 
     def restore(self, high_water: int) -> None:
         """Resume from a persisted high-water mark, unbounded: the clock never goes backwards."""

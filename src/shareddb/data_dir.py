@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
@@ -100,17 +101,21 @@ def _write_durably(path: Path, text: str) -> None:
 
 
 class ClockFile:
-    """The bound of the node's clock, kept in its data dir beside the store.
+    """The bound of the node's clock (`clock.ClockBound`), kept in its data dir beside the store.
 
-    The clock notes here, before it hands out a timestamp above the last bound noted, a bound
-    RESERVE_AHEAD_MS past it (`HybridClock` `reserve`), and at a clean stop its high-water mark
-    itself. A node resumes its clock from the greater of this and the store's own high-water mark,
-    so a store put back to an older state without its data dir (a Redis restored from a dump, or
-    one that lost its last writes) cannot make it mint a version again (docs/design.md,
-    "Identity": "A store that went back")."""
+    Half a window before the last bound noted runs out, the clock asks for the next, RESERVE_AHEAD_MS
+    ahead, which a thread of its own writes (written, fsynced, renamed): the event loop does no
+    file I/O for it while the clock keeps to the wall's pace. At a clean stop the clock's
+    high-water mark itself is noted. A node resumes its clock from the greater of this and the
+    store's own high-water mark, so a store put back to an older state without its data dir (a
+    Redis restored from a dump, or one that lost its last writes) cannot make it mint a version
+    again (docs/design.md, "Identity": "A store that went back")."""
 
     def __init__(self, data: Path) -> None:
         self.path = data / CLOCK_FILE
+        self._noted = 0  # the bound last noted (or given up on, logged)
+        self._lock = threading.Lock()  # one note at a time
+        self._writer: threading.Thread | None = None
         self._failing = False
 
     def read(self) -> int:
@@ -123,21 +128,42 @@ class ClockFile:
             raise DataDirError(f"cannot read the clock's bound from {self.path}: {exc}") from exc
         if not text.isdigit():
             raise DataDirError(f"{self.path} does not hold a clock bound: {text[:80]!r}")
-        return int(text)
+        self._noted = int(text)
+        return self._noted
 
-    def note(self, bound: int) -> None:
-        """Note `bound` durably. A failure is logged (once until a note succeeds again) and the
-        node goes on, as safe as its store's own high-water mark keeps it."""
-        try:
-            _write_durably(self.path, str(bound))
-        except OSError as exc:
-            if not self._failing:
-                log.error(
-                    "cannot note the clock's bound in %s: %s; a store put back to an older "
-                    "state could make this node repeat a version until it can",
-                    self.path,
-                    exc.strerror or exc,
-                )
-            self._failing = True
-        else:
-            self._failing = False
+    def reserve(self, bound: int, wait: bool) -> int:
+        if wait:
+            self._note(bound, above=True)
+        elif self._writer is None or not self._writer.is_alive():
+            self._writer = threading.Thread(
+                target=self._note, args=(bound, True), name="shareddb-clock", daemon=True
+            )
+            self._writer.start()
+        return self._noted
+
+    def settle(self, last: int) -> None:
+        if self._writer is not None:
+            self._writer.join()  # or a note of a bound ahead could land after this one
+        self._note(last, above=False)
+
+    def _note(self, bound: int, above: bool) -> None:
+        """Write `bound` (with `above`, only if it is above the one noted). A failure is logged
+        (once until a note succeeds again) and the node goes on, as safe as its store's own
+        high-water mark keeps it: a clock that waited for the note would stop every write."""
+        with self._lock:
+            if above and bound <= self._noted:
+                return
+            try:
+                _write_durably(self.path, str(bound))
+            except OSError as exc:
+                if not self._failing:
+                    log.error(
+                        "cannot note the clock's bound in %s: %s; a store put back to an older "
+                        "state could make this node repeat a version until it can",
+                        self.path,
+                        exc.strerror or exc,
+                    )
+                self._failing = True
+            else:
+                self._failing = False
+            self._noted = bound

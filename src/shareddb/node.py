@@ -154,7 +154,7 @@ class Node:
                 reserved = clock_file.read()
             except DataDirError as exc:
                 raise NodeError(str(exc)) from None
-            clock = HybridClock(reserve=clock_file.note)
+            clock = HybridClock(bound=clock_file)
             clock.restore(reserved)  # and the store's own mark, in `_load`
             spec = settings.store
             if make_store is not None:
@@ -207,6 +207,7 @@ class Node:
     ) -> Node:
         """The node's own state from its store: clock and member list."""
         clock.restore(store.clock_high)
+        clock.prepare(now())  # before it serves: the first writes need not wait for a note
         node = cls(
             settings,
             node_id,

@@ -166,37 +166,86 @@ def test_restore_is_not_bounded_by_the_drift_limit() -> None:
     assert clock.last == persisted
 
 
+class Bound:
+    """A `ClockBound` that notes in a list; `background` notes wait until `land()`."""
+
+    def __init__(self) -> None:
+        self.noted: list[int] = []
+        self.pending: list[int] = []
+        self.waits = 0
+
+    def reserve(self, bound: int, wait: bool) -> int:
+        if wait:
+            self.waits += 1
+            self.noted.append(bound)
+        elif not self.pending:
+            self.pending.append(bound)
+        return max(self.noted, default=0)
+
+    def land(self) -> None:
+        self.noted += self.pending
+        self.pending.clear()
+
+    def settle(self, last: int) -> None:
+        self.noted.append(last)
+
+
+def ahead(millis: int) -> int:
+    return from_millis(millis + RESERVE_AHEAD_MS) | COUNTER_MASK
+
+
 def test_a_clock_notes_a_bound_ahead_before_it_hands_out_a_timestamp_past_the_last_one() -> None:
-    noted: list[int] = []
-    clock = HybridClock(reserve=noted.append)
-    first = clock.now(WALL)
-    bound = from_millis(WALL + RESERVE_AHEAD_MS) | COUNTER_MASK
-    assert noted == [bound]  # noted before `first` was handed out, and above it
-    assert first < bound
-    for i in range(1, RESERVE_AHEAD_MS):
-        clock.now(WALL + i)  # within the bound: nothing more to note
-    assert noted == [bound]
-    assert clock.now(WALL + RESERVE_AHEAD_MS + 1) > bound
-    assert noted == [bound, from_millis(WALL + 2 * RESERVE_AHEAD_MS + 1) | COUNTER_MASK]
+    bound = Bound()
+    clock = HybridClock(bound=bound)
+    first = clock.now(WALL)  # nothing noted yet: it waits for the note
+    assert bound.noted == [ahead(WALL)]
+    assert first < ahead(WALL)
+    assert bound.waits == 1
+
+
+def test_the_next_bound_is_noted_in_the_background_half_a_window_ahead() -> None:
+    bound = Bound()
+    clock = HybridClock(bound=bound)
+    clock.prepare(WALL)
+    assert bound.noted == [ahead(WALL)]
+    for i in range(RESERVE_AHEAD_MS // 2):
+        clock.now(WALL + i)  # more than half a window left: nothing to note
+    assert not bound.pending
+    clock.now(WALL + RESERVE_AHEAD_MS // 2 + 1)
+    assert bound.pending == [ahead(WALL + RESERVE_AHEAD_MS // 2 + 1)]
+    bound.land()
+    for i in range(RESERVE_AHEAD_MS // 2 + 2, RESERVE_AHEAD_MS):
+        clock.now(WALL + i)
+    assert bound.waits == 1  # the prepare only: the wall's pace never waits
+
+
+def test_a_timestamp_past_a_bound_still_being_noted_waits_for_a_note() -> None:
+    bound = Bound()
+    clock = HybridClock(bound=bound)
+    clock.prepare(WALL)
+    clock.now(WALL + RESERVE_AHEAD_MS - 1)  # asks in the background, which has not landed
+    leap = clock.now(WALL + 3 * RESERVE_AHEAD_MS)  # a leap past it
+    assert bound.waits == 2
+    assert max(bound.noted) >= leap
 
 
 def test_a_clock_resumed_from_its_bound_never_hands_out_a_timestamp_again() -> None:
     """Invariant 7, with the wall clock standing still and the store's high-water mark lost."""
-    noted: list[int] = []
-    first_life = HybridClock(reserve=noted.append)
+    bound = Bound()
+    first_life = HybridClock(bound=bound)
+    first_life.prepare(WALL)
     handed_out = {first_life.now(WALL) for _ in range(1_000)}
-    second_life = HybridClock(reserve=noted.append)
-    second_life.restore(noted[-1])
+    second_life = HybridClock(bound=bound)
+    second_life.restore(max(bound.noted))
     assert not handed_out & {second_life.now(WALL) for _ in range(1_000)}
 
 
 def test_settle_notes_the_high_water_mark_itself() -> None:
-    noted: list[int] = []
-    clock = HybridClock(reserve=noted.append)
+    bound = Bound()
+    clock = HybridClock(bound=bound)
+    clock.prepare(WALL)
     last = clock.now(WALL)
     clock.settle()
-    assert noted[-1] == last
-    clock.settle()  # nothing handed out since: nothing to note
-    assert len(noted) == 2
+    assert bound.noted[-1] == last
     assert clock.now(WALL) > last
-    assert noted[-1] > last  # past the settled mark, a bound ahead again
+    assert max(bound.noted) > last  # past the settled mark, a bound ahead again
