@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
-from shareddb.record import Record, value_class
+from shareddb.record import Record, incarnation_of, value_class
 
 if TYPE_CHECKING:
     from shareddb.store.ops import Condition
@@ -414,3 +414,11 @@ def prefix_end(prefix: str) -> str | None:
         last = 0xE000
     chars[-1] = chr(last)
     return "".join(chars)
+
+
+def earlier_lives(recorded: str | None, copied_from: str) -> str:
+    """The `earlier_lives` meta value (a JSON list of incarnations) of a store opened on a copy of
+    one whose instance was `copied_from`, given the value the copy held (docs/design.md,
+    "Identity": "A copy of the store"; `Node.open` reads it)."""
+    lives = orjson.loads(recorded) if recorded else []
+    return orjson.dumps([*lives, incarnation_of(copied_from)]).decode()

@@ -14,9 +14,7 @@ import uuid
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 
-import orjson
-
-from shareddb.record import Record, incarnation_of
+from shareddb.record import Record
 from shareddb.store.base import (
     SNAPSHOT_CHUNK,
     SNAPSHOT_CHUNK_BYTES,
@@ -27,6 +25,7 @@ from shareddb.store.base import (
     StoreUnavailable,
     bucket_of,
     change_size,
+    earlier_lives,
 )
 from shareddb.store.entries import copy_unit, serve_entry
 from shareddb.store.expiry import Expiring
@@ -254,9 +253,8 @@ class MemoryBackend:
 def _new_life(copy: Snapshot, instance: str) -> Snapshot:
     """`copy` as the first state of another life: same data, a new instance, and the incarnation
     it was copied from added to `earlier_lives`."""
-    lives = [*orjson.loads(copy.meta.get("earlier_lives", "[]")), incarnation_of(copy.instance)]
-    meta = {**copy.meta, "earlier_lives": orjson.dumps(lives).decode()}
-    return replace(copy, instance=instance, meta=meta)
+    lives = earlier_lives(copy.meta.get("earlier_lives"), copy.instance)
+    return replace(copy, instance=instance, meta={**copy.meta, "earlier_lives": lives})
 
 
 def _rebucket(

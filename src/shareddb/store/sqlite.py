@@ -13,19 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
-import os
 import sqlite3
-import struct
 import uuid
 from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
-
-import orjson
 
 from shareddb.record import Record, incarnation_of
 from shareddb.store.base import (
@@ -36,6 +31,7 @@ from shareddb.store.base import (
     StoreFull,
     StoreUnavailable,
     bucket_of,
+    earlier_lives,
 )
 from shareddb.store.entries import encode_entry
 from shareddb.store.expiry import Expiring
@@ -48,6 +44,7 @@ from shareddb.store.sqlite_faults import (
     is_corrupt,
     write_error,
 )
+from shareddb.store.sqlite_file import file_identity, same_file
 from shareddb.store.sqlite_point import PointReads
 from shareddb.store.sqlite_reads import (
     bucket_rows,
@@ -210,14 +207,13 @@ class SQLiteBackend:
         instance, file = meta["instance"], file_identity(self.path)
         noted = meta.get("file")
         if noted is not None and not same_file(noted, file):
-            earlier = incarnation_of(instance)
-            instance = self._new_instance()
             row = db.execute("SELECT value FROM node_meta WHERE name = 'earlier_lives'").fetchone()
-            lives = [*orjson.loads(row[0]), earlier] if row else [earlier]
             db.execute(
                 "INSERT OR REPLACE INTO node_meta (name, value) VALUES ('earlier_lives', ?)",
-                (orjson.dumps(lives).decode(),),
+                (earlier_lives(row[0] if row else None, instance),),
             )
+            earlier = incarnation_of(instance)
+            instance = self._new_instance()
             db.execute("UPDATE meta SET value = ? WHERE name = 'instance'", (instance,))
             log.warning(
                 "%s is a copy of the file this store was written in (restored from a backup, or "
@@ -479,30 +475,3 @@ class SQLiteStore(PipelineStore):
 
 def sqlite_path(data_dir: Path) -> Path:
     return data_dir / "shareddb.sqlite3"
-
-
-FS_IOC_GETVERSION = 0x80087601  # _IOR('v', 1, long), linux/fs.h
-
-
-def file_identity(path: Path) -> str:
-    """The file at `path` as `inode.generation`: a file made later, a copy put back in its place
-    say, may get the same inode number once the file is deleted, but not the same generation
-    (ext4, XFS, Btrfs, tmpfs). Where the file system keeps no generation, the inode alone."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        inode = os.fstat(fd).st_ino
-        try:
-            generation = struct.unpack("l", fcntl.ioctl(fd, FS_IOC_GETVERSION, bytes(8)))[0]
-        except OSError:
-            return str(inode)
-        return f"{inode}.{generation & 0xFFFFFFFF}"
-    finally:
-        os.close(fd)
-
-
-def same_file(noted: str, found: str) -> bool:
-    """Whether the file noted is the one found (a store that noted only an inode, before
-    generations were noted, is compared by inode)."""
-    if "." not in noted:
-        return noted == found.partition(".")[0]
-    return noted == found
