@@ -54,6 +54,17 @@ def versions_written(node: NodeProcess, count: int, prefix: str) -> dict[str, st
     return written
 
 
+def converged_on_one_value_per_version(a: NodeProcess, b: NodeProcess, written: dict[str, str]) -> None:
+    """`a` and `b` converge, each of the 20 keys on a value written with the version it holds."""
+    wait_converged([a, b])
+    for i in range(20):
+        on_a, on_b = read(a, f"k/{i}"), read(b, f"k/{i}")
+        assert on_a == on_b, f"k/{i}: {on_a} on a, {on_b} on b"
+        assert on_a is not None
+        value, version = on_a
+        assert written[version] == value
+
+
 @needs_faketime
 @pytest.mark.parametrize("loss", ["wiped", "put back to an older copy"])
 def test_node_that_lost_data_with_a_frozen_clock_never_mints_a_version_it_minted_before(
@@ -93,13 +104,7 @@ def test_node_that_lost_data_with_a_frozen_clock_never_mints_a_version_it_minted
     assert not reused, f"versions minted in both lives: {sorted(reused)[:3]}"
 
     b.start()  # its data dir as the second life left it, now with --peers again
-    wait_converged([a, b])
-    for i in range(20):
-        on_a, on_b = read(a, f"k/{i}"), read(b, f"k/{i}")
-        assert on_a == on_b, f"k/{i}: {on_a} on a, {on_b} on b"
-        assert on_a is not None
-        value, version = on_a
-        assert {**first_life, **second_life}[version] == value
+    converged_on_one_value_per_version(a, b, {**first_life, **second_life})
 
 
 def put_back(redis: RedisServer, copy: Path) -> None:
@@ -148,13 +153,7 @@ def test_node_whose_redis_was_put_back_to_an_older_copy_never_mints_a_version_ag
         assert min(second_life) > max(first_life)  # the clock went on from the bound
 
         b.start()  # with --peers again: the feed it serves went back, and a reads it again
-        wait_converged([a, b])
-        for i in range(20):
-            on_a, on_b = read(a, f"k/{i}"), read(b, f"k/{i}")
-            assert on_a == on_b, f"k/{i}: {on_a} on a, {on_b} on b"
-            assert on_a is not None
-            value, version = on_a
-            assert {**first_life, **second_life}[version] == value
+        converged_on_one_value_per_version(a, b, {**first_life, **second_life})
 
 
 def test_member_removed_and_restarted_with_its_old_data_is_refused(start_node: StartNode) -> None:

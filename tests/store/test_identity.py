@@ -13,6 +13,7 @@ import orjson
 
 from shareddb.record import Record, incarnation_of, make_version
 from shareddb.store.memory import MemoryData, MemoryStore
+from shareddb.store.pipeline import PipelineStore
 from shareddb.store.sqlite import SQLiteStore, sqlite_path
 
 
@@ -28,9 +29,8 @@ async def written(data: Path, count: int) -> str:
     return instance
 
 
-async def opened(data: Path) -> tuple[str, list[str], int, str]:
-    """The instance id, earlier lives, last sequence number and digest of the store in `data`."""
-    store = SQLiteStore(sqlite_path(data))
+async def life_of(store: PipelineStore) -> tuple[str, list[str], int, str]:
+    """Opened: the store's instance id, earlier lives, last sequence number and digest."""
     await store.open()
     try:
         digest = store.digest()
@@ -38,6 +38,11 @@ async def opened(data: Path) -> tuple[str, list[str], int, str]:
         return store.instance_id, lives, store.last_seq, f"{digest.count}:{digest.digest}"
     finally:
         await store.close()
+
+
+async def opened(data: Path) -> tuple[str, list[str], int, str]:
+    """`life_of` the SQLite store in `data`."""
+    return await life_of(SQLiteStore(sqlite_path(data)))
 
 
 async def test_a_copy_of_the_store_is_a_new_life_with_the_same_data(tmp_path: Path) -> None:
@@ -93,14 +98,7 @@ async def test_a_copy_of_a_memory_store_is_a_new_life_with_the_same_data() -> No
     file does."""
 
     async def opened(data: MemoryData) -> tuple[str, list[str], int, str]:
-        store = MemoryStore(data)
-        await store.open()
-        try:
-            digest = store.digest()
-            lives: list[str] = orjson.loads(await store.get_meta("earlier_lives") or "[]")
-            return store.instance_id, lives, store.last_seq, f"{digest.count}:{digest.digest}"
-        finally:
-            await store.close()
+        return await life_of(MemoryStore(data))
 
     data = MemoryData()
     store = MemoryStore(data)
