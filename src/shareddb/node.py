@@ -205,7 +205,7 @@ class Node:
         lock: IO[str],
         boot: str,
     ) -> Node:
-        """The node's own state from its store: clock and member list."""
+        """The node's own state from its store: clock, member list and the feed's epochs."""
         clock.restore(store.clock_high)
         clock.prepare(now())  # before it serves: the first writes need not wait for a note
         node = cls(
@@ -238,6 +238,7 @@ class Node:
                     "--join URL",
                     node_id,
                 )
+        await node.feed.begin_epoch()  # before it names a position of its feed to anyone
         return node
 
     async def start_replication(

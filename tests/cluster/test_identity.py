@@ -261,3 +261,39 @@ def test_writes_of_a_node_restored_from_an_older_copy_of_its_directory_reach_its
     wait_converged([a, b])
     assert read(b, "new/0") == read(a, "new/0")
     assert "is a copy of the file this store was written in" in a.logs()
+
+
+def test_writes_of_a_node_whose_redis_was_put_back_reach_a_peer_that_had_read_further(
+    start_node: StartNode, tmp_path: Path
+) -> None:
+    """Invariant 2: all nodes that can reach each other converge to identical digests.
+
+    B's Redis is put back to an older copy of its files (the same life), B writes at positions
+    A had read and grows its feed past A's checkpoint, and is restarted again before A pulls: the
+    new run finds its feed beyond A's position. The epoch A's checkpoint was read in is not one
+    the put-back store holds (replication/epochs.py), so A reads B's feed again and gets every
+    write."""
+    a = start_node("a")
+    with running_redis(tmp_path / "redis", aof=True) as redis:
+        b = start_node("b", "--peers", a.url, "--store", redis.url(0))
+        versions_written(b, 5, "before")
+        wait_converged([a, b])
+        b.stop()
+        put_back(redis, tmp_path / "older")  # the backup, at position 5 of B's feed
+        b.start()
+        for i in range(20):
+            assert put(b, f"first/{i}", "v").status == 201
+        wait_converged([a, b])  # A has read B's feed to 25
+        a.stop()
+
+        b.kill()
+        put_back(redis, tmp_path / "older")  # the restore
+        b.start()
+        for i in range(30):  # positions 6 to 35: past A's checkpoint
+            assert put(b, f"second/{i}", "v").status == 201
+        b.stop()
+        b.start()
+        a.start()
+        wait_converged([a, b])
+        assert all(read(a, f"second/{i}") is not None for i in range(30))
+        assert "the store is older than one this node ran on" in b.logs()

@@ -21,12 +21,17 @@ def main() -> int:
     parser.add_argument("--first", type=int, help="first seed (default: random)")
     parser.add_argument("--steps", type=int, default=Config.steps, help="steps per run")
     parser.add_argument("--disable", default="", help=f"comma-separated kinds of {ALL_KINDS}")
+    parser.add_argument(
+        "--restores-keep-life",
+        action="store_true",
+        help="a restore puts the store back as the same life, the data dir kept (a Redis dump)",
+    )
     args = parser.parse_args()
     logging.disable(logging.CRITICAL)  # skew warnings, refusals and the like: the trace tells the story
     disabled = frozenset(k for k in args.disable.split(",") if k)
     if unknown := disabled - set(ALL_KINDS):
         parser.error(f"unknown kinds: {', '.join(sorted(unknown))}")
-    config = Config(steps=args.steps, disabled=disabled)
+    config = Config(steps=args.steps, disabled=disabled, restores_keep_life=args.restores_keep_life)
     return asyncio.run(_replay(args.seed, config) if args.seed is not None else _many(args, config))
 
 

@@ -403,6 +403,10 @@ class Simulation:
         await self.world.crash(slot)
         if self.config.restores_keep_life:
             slot.disk = MemoryData(slot.backup.snapshot)
+            if (watcher := self.watchers.get(slot.index)) is not None:
+                # Its position may name a write the store lost: the client lists the node
+                # again, as docs/operations.md tells it to after a restore.
+                watcher.instance = ""
         else:
             slot.disk = slot.backup.copy()
         # The whole directory comes back: the clock's bound too (with the bound of the life since

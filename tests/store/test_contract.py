@@ -315,6 +315,15 @@ async def test_apply_with_a_checkpoint_saves_it(store: Store) -> None:
     assert await store.get("k") == put("k", "v", 1)
 
 
+async def test_a_checkpoint_keeps_the_epoch_it_was_read_in(store: Store) -> None:
+    """The epoch of the peer's feed (replication/epochs.py) goes with the position, and a
+    checkpoint without one (an earlier release's) stays without."""
+    await store.apply([], Checkpoint("peer-a", "inst-1", 7, "0123456789abcdef"))
+    assert await store.checkpoint("peer-a") == Checkpoint("peer-a", "inst-1", 7, "0123456789abcdef")
+    await store.apply([], Checkpoint("peer-a", "inst-1", 8))
+    assert await store.checkpoint("peer-a") == Checkpoint("peer-a", "inst-1", 8, "")
+
+
 async def test_checkpoint_is_saved_even_when_no_record_wins(store: Store) -> None:
     await store.apply([put("k", "v", 5)])
     assert (await store.apply([put("k", "old", 1)], Checkpoint("peer-a", "inst-1", 9))).won == 0

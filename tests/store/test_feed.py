@@ -4,7 +4,8 @@ The feed answers how far it has been read (`until`), so a puller's checkpoint mo
 tombstones and its next long poll really waits, instead of being answered at once for ever. A busy
 origin gathers its writes for a puller it answered moments ago, unless a write waits for copies.
 What this node copied from a peer is not sent back to the run of the peer that served the copy.
-A puller that holds more of the feed than the store does (an older copy of it) reads it again.
+A puller that read positions of the feed before its store went back (an older copy of it put in
+place) reads it again from where the two agree, told by the epoch its position was read in.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ import pytest
 from shareddb.membership import Membership
 from shareddb.record import Record, make_version
 from shareddb.replication import feed as feed_module
-from shareddb.replication.copy_frames import CopyRequest
 from shareddb.replication.feed import MAX_ANSWER_BYTES, Feed
-from shareddb.replication.transport import PullRequest
-from shareddb.store.base import CopyPosition
+from shareddb.replication.transport import PullReply, PullRequest
+from shareddb.store.base import CopyPosition, Store, StoreFull
+from shareddb.store.memory import MemoryData, MemoryStore
 from shareddb.store.sqlite import SQLiteStore
 from tests.harness import eventually
 
@@ -314,11 +315,11 @@ async def test_a_long_poll_that_began_before_the_copy_passes_over_what_it_copies
     assert reply.until == store.last_seq
 
 
-async def test_a_puller_that_read_further_than_the_store_holds_reads_the_feed_again(
+async def test_a_puller_of_no_epoch_that_read_further_than_the_store_holds_reads_the_feed_again(
     store: SQLiteStore, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Invariant 2: the store went back (an older copy of it), and the positions the puller
-    counts as read now hold new writes: it reads from the start, and holds none of it."""
+    """Invariant 2: a checkpoint that names no epoch (an earlier release's) and lies past the
+    feed's end shows the store went back: the puller reads from the start, holding none of it."""
     feed = feed_of(store)
     for i in range(3):
         await store.write(Record(f"k{i}", "v", make_version(i + 1, "origin")))
@@ -327,18 +328,108 @@ async def test_a_puller_that_read_further_than_the_store_holds_reads_the_feed_ag
     assert "the store is older than one this node ran on" in caplog.text
 
 
-async def test_positions_this_process_named_are_not_read_again(store: SQLiteStore) -> None:
-    """An answer, or a copy's header, names a position past where the process found the feed:
-    a puller there is where this process put it."""
-    feed = feed_of(store)
-    for i in range(3):
-        await store.write(Record(f"k{i}", "v", make_version(i + 1, "origin")))
-    frames = [f async for f in feed.serve_copy(CopyRequest("", 100, "puller", "http://puller", 1))]
-    assert len(frames) == 3  # header, one chunk, end
-    reply = await feed.pull(pull(3, store.instance_id, wait=0))
-    assert (reply.records, reply.until) == ([], 3)
-    await store.write(Record("k3", "v", make_version(4, "origin")))
-    reply = await feed.pull(pull(3, store.instance_id, wait=0))
-    assert [r.key for r in reply.records] == ["k3"]
-    reply = await feed.pull(pull(4, store.instance_id, wait=0))
-    assert (reply.records, reply.until) == ([], 4)
+def run_of(store: Store, boot: str) -> Feed:
+    """The feed served by the run `boot` of a node's process on `store`."""
+    membership = Membership("origin", "http://origin", clock=time.monotonic, boot=boot)
+    return Feed("origin", store, membership)
+
+
+async def started(data: MemoryData, boot: str) -> Feed:
+    """A run of the node's process on `data` begins: its epoch noted, as `Node.open` does."""
+    store = MemoryStore(data)
+    await store.open()
+    feed = run_of(store, boot)
+    await feed.begin_epoch()
+    return feed
+
+
+async def written(feed: Feed, *keys: str) -> None:
+    for key in keys:
+        await feed.store.write(Record(key, "v", make_version(feed.store.last_seq + 100, "origin")))
+
+
+def pull_from(reply: PullReply, wait: float = 0) -> PullRequest:
+    """The next pull of a puller that applied `reply`."""
+    return dataclasses.replace(pull(reply.until, reply.instance, wait), epoch=reply.epoch)
+
+
+async def test_a_position_named_in_this_run_or_an_earlier_one_is_read_on_from() -> None:
+    """Every answer names the run that gave it; after a restart the position is read on from."""
+    data = MemoryData()
+    first = await started(data, "run-1")
+    await written(first, "a", "b", "c")
+    reply = await first.pull(pull(0, first.store.instance_id, wait=0))
+    assert (reply.until, reply.epoch) == (3, "run-1")
+    assert (await first.pull(pull_from(reply))).records == []
+    await first.store.close()
+
+    second = await started(data, "run-2")
+    assert second.epochs.begun == ((0, "run-1"), (3, "run-2"))
+    assert (await second.pull(pull_from(reply))).records == []
+    await written(second, "d")
+    later = await second.pull(pull_from(reply))
+    assert ([r.key for r in later.records], later.epoch) == (["d"], "run-2")
+    await second.store.close()
+
+
+@pytest.mark.parametrize(
+    ("backup_at", "read_again_from"),
+    [
+        ("taken while the run ran", 3),  # the run is in the copy's epochs, ending at 3
+        ("taken before the run began", 0),  # the run is not in the copy: from the start
+    ],
+)
+async def test_a_position_read_before_the_store_went_back_is_read_again_from_where_both_agree(
+    backup_at: str, read_again_from: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Invariant 2, with the store put back to an older copy as the same life (a Redis restored
+    from a dump), then restarted again before the puller pulls: the feed has grown past the
+    puller's position by then, but the positions it counts as read hold writes it never got."""
+    data = MemoryData()
+    before = backup_at == "taken before the run began"
+    if before:
+        await written(await started(data, "run-0"), "a", "b", "c")
+        backup = MemoryData(data.snapshot)  # the store at position 3, before run-1 began
+    first = await started(data, "run-1")
+    if not before:
+        await written(first, "a", "b", "c")
+        backup = MemoryData(data.snapshot)  # the store at position 3, run-1's epoch in it
+    await written(first, "d", "e", "f")
+    reply = await first.pull(pull(0, first.store.instance_id, wait=0))
+    assert (reply.until, reply.epoch) == (6, "run-1")
+    await first.store.close()
+
+    restored = await started(backup, "run-2")  # the same life: the puller's instance still
+    await written(restored, "new-1", "new-2", "new-3", "new-4")  # at positions 4 to 7
+    await restored.store.close()
+    again = await started(backup, "run-3")
+    assert again.store.last_seq > reply.until
+
+    answer = await again.pull(pull_from(reply))
+    assert {r.key for r in answer.records} >= {"new-1", "new-2", "new-3"}
+    held = [c.record.key for c in (await again.store.changes_since(read_again_from, 100)).changes]
+    assert [r.key for r in answer.records] == held
+    assert "the store is older than one this node ran on" in caplog.text
+    await again.store.close()
+
+
+async def test_a_run_whose_epoch_the_store_cannot_note_is_served_all_the_same(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A full store at start: the run serves its positions; after the next start, they name an
+    epoch the store does not know, and the puller reads the feed again from the start."""
+    data = MemoryData()
+    first = await started(data, "run-1")
+    await written(first, "a", "b")
+    data.refuse = StoreFull("no space left on device")
+    full = run_of(first.store, "run-2")
+    await full.begin_epoch()
+    assert "cannot note this run's epoch of the changes feed" in caplog.text
+    reply = await full.pull(pull(0, first.store.instance_id, wait=0))
+    assert (reply.until, reply.epoch) == (2, "run-2")
+    data.refuse = None
+    await first.store.close()
+
+    later = await started(data, "run-3")
+    assert [r.key for r in (await later.pull(pull_from(reply))).records] == ["a", "b"]
+    await later.store.close()

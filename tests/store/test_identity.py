@@ -12,9 +12,11 @@ from pathlib import Path
 import orjson
 
 from shareddb.record import Record, incarnation_of, make_version
+from shareddb.store.base import Checkpoint, CopyPosition
 from shareddb.store.memory import MemoryData, MemoryStore
 from shareddb.store.pipeline import PipelineStore
 from shareddb.store.sqlite import SQLiteStore, sqlite_path
+from tests.store.test_buckets import make_old_store
 
 
 async def written(data: Path, count: int) -> str:
@@ -120,3 +122,30 @@ async def test_a_copy_of_a_memory_store_is_a_new_life_with_the_same_data() -> No
     third, lives, _, _ = await opened(backup.copy())
     assert third not in (first, copy)
     assert lives == [incarnation_of(first), incarnation_of(copy)]
+
+
+async def test_checkpoints_of_an_sqlite_store_made_before_feed_epochs_name_none(
+    tmp_path: Path,
+) -> None:
+    """A store of an earlier release gains the epoch column as it opens; what it saved names no
+    epoch, and is checked against the peer's feed end (replication/feed.py, `Feed._since`)."""
+    path = tmp_path / "old.sqlite3"
+    make_old_store(path)
+    with sqlite3.connect(path) as db:
+        db.execute("INSERT INTO checkpoints (peer, instance, seq) VALUES ('p', 'i', 7)")
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        assert await store.checkpoint("p") == Checkpoint("p", "i", 7, "")
+        await store.apply([], Checkpoint("p", "i", 9, "run-2"))
+        assert await store.checkpoint("p") == Checkpoint("p", "i", 9, "run-2")
+    finally:
+        await store.close()
+
+
+def test_a_copy_position_of_an_earlier_release_names_no_epoch() -> None:
+    assert CopyPosition.decode("p", '["i", 7, "k"]') == CopyPosition("p", "i", 7, "k", "")
+    position = CopyPosition("p", "i", 7, "k", "run-1")
+    assert CopyPosition.decode("p", position.encode()) == position
+    for text in ('["i", 7]', '["i", "7", "k"]', '["i", 7, "k", 3]', "{}", "[", '"x"'):
+        assert CopyPosition.decode("p", text) is None, text

@@ -205,16 +205,20 @@ async def test_a_copy_cut_half_way_resumes_after_its_last_chunk_and_misses_nothi
     assert saved is not None
     assert saved.seq == feed_at_start
     assert saved.after > ""
+    first_run = side.membership.boot
+    assert saved.epoch == first_run
 
-    # The node restarts: a new copier finds the position and resumes right after it.
+    # Both restart: a new copier finds the position and resumes right after it. The position
+    # stays one of the feed's epoch where the copy began (replication/epochs.py).
     await target.close()
     target = MemoryStore(target_data)
     await target.open()
     side.cut_after = None
+    side.membership = Membership("src", SOURCE_URL, "aaaaaaaaaaaa", clock=lambda: 0.0)
     again = copier_of(target, side)
     assert await again.pending("src")
     checkpoint = await again.run(SOURCE_URL, "src")
-    assert checkpoint == Checkpoint("src", source.instance_id, feed_at_start)
+    assert checkpoint == Checkpoint("src", source.instance_id, feed_at_start, first_run)
     assert side.requests[1].after == saved.after
     assert await target.checkpoint("src") == checkpoint
     assert not await copier_of(target, side).pending("src")
@@ -259,7 +263,7 @@ async def test_a_node_that_holds_what_the_source_holds_copies_nothing(
     side = Source(source)
     commits = target_data.commits
     checkpoint = await copier_of(target, side).run(SOURCE_URL, "src")
-    assert checkpoint == Checkpoint("src", source.instance_id, source.last_seq)
+    assert checkpoint == Checkpoint("src", source.instance_id, source.last_seq, side.membership.boot)
     assert side.requests[0].digest == target.digest().digest
     assert target_data.commits == commits + 1  # only the end of the copy
 

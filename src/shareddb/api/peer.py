@@ -85,6 +85,7 @@ async def changes(node: Node, request: web.BaseRequest) -> web.StreamResponse:
         skip=_origins(params.get("skip", "")),
         held=_int(params, "held") if params.get("held") else None,
         puller_boot=params.get("boot", ""),
+        epoch=params.get("epoch", ""),
     )
     try:
         reply = await node.feed.pull(pull, lambda: _connected(request))

@@ -298,7 +298,7 @@ class Copier:
             self._wanted[peer] = None
             return None
         if position is None or not position.after:  # nothing applied yet: start afresh
-            position = CopyPosition(peer, header.instance, header.seq)
+            position = CopyPosition(peer, header.instance, header.seq, epoch=header.boot)
             log.info("copying the data set of %s from %s (its feed is at %d)", peer, url, header.seq)
         else:
             log.info("resuming the copy of %s from %s after key %r", peer, url, position.after)
@@ -338,7 +338,7 @@ class Copier:
                 seconds,
                 position.seq,
             )
-            return Checkpoint(peer, position.instance, position.seq)
+            return Checkpoint(peer, position.instance, position.seq, position.epoch)
         raise PeerError(f"the copy from {url} stopped before its end")
 
     def _observe(self, hlc: int) -> None:

@@ -1,9 +1,10 @@
 """Serving this node's changes feed to pullers: the source side of replication.
 
-A pull names a checkpoint (sequence, feed instance); the answer carries the changes after it, a
-bounded batch, and waits up to `wait` seconds while there are none (long poll). A checkpoint of
-another instance (this store was wiped and recreated) is served from 0. Each pull also tells us
-how far the puller has applied our feed, and that it is alive.
+A pull names a checkpoint (sequence, feed instance, epoch); the answer carries the changes after
+it, a bounded batch, and waits up to `wait` seconds while there are none (long poll). A checkpoint
+of another instance (this store was wiped and recreated) is served from 0, one read before this
+store went back from where the two agree (replication/epochs.py). Each pull also tells us how far
+the puller has applied our feed, and that it is alive.
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ from shareddb.record import (
     version_origin,
 )
 from shareddb.replication.copy import serve_copy
-from shareddb.replication.copy_frames import CopyHeader, CopyRequest, Frame
+from shareddb.replication.copy_frames import CopyRequest, Frame
+from shareddb.replication.epochs import EPOCHS, Epochs
 from shareddb.replication.feed_runs import FeedRuns
 from shareddb.replication.transport import EncodedChanges, PullReply, PullRequest
-from shareddb.store.base import Applied, Change, FeedPage, Store
+from shareddb.store.base import Applied, Change, FeedPage, Store, StoreFull
 
 log = logging.getLogger("shareddb.replication")
 
@@ -66,11 +68,9 @@ class Feed:
         # Per peer: the run of its process that served this node a copy, and the feed positions
         # the copied records took (`copied_from`).
         self._copied: dict[str, tuple[str, FeedRuns]] = {}
-        # Where this process found the feed, and per puller the furthest position it has named
-        # to that puller since (in an answer, or as a copy's start): no puller may hold more of
-        # it (`_went_back`).
-        self._opened_at = store.last_seq
-        self._named: dict[str, int] = {}
+        # The feed's epochs: this run's, from where it found the feed, until `begin_epoch` reads
+        # the earlier ones from the store.
+        self.epochs = Epochs().begin(store.last_seq, membership.boot)
         self._rewound = False  # a puller showed this store's feed went back (logged once)
 
     def close(self) -> None:
@@ -98,51 +98,52 @@ class Feed:
             held = self._copied[peer] = (boot, FeedRuns(COPIED_KEPT))
         held[1].add(applied.first, applied.last)
 
-    async def serve_copy(
-        self, request: CopyRequest, *, busy: bool = False
-    ) -> AsyncGenerator[Frame, None]:
-        """`copy.serve_copy` of this node's data set: the feed position the header of a copy
-        that starts names is one the copying node will read on from (`_went_back`). A copy
-        that resumes reads on from the position its first header named, maybe in an earlier run
-        of this process, before its store went back: that one is checked when it is read from."""
-        frames = serve_copy(self.node_id, self.store, self.membership, request, busy=busy)
+    async def begin_epoch(self) -> None:
+        """Note this run's epoch of the feed in the store, before the node serves anything
+        (replication/epochs.py). A store that cannot take the note now (full) is served all the
+        same: the epoch is known to this run, and a puller holding it after the next start reads
+        the feed again from the start."""
+        epochs = Epochs.decode(await self.store.get_meta(EPOCHS))
+        self.epochs = epochs.begin(self.store.last_seq, self.membership.boot)
         try:
-            async for frame in frames:
-                if isinstance(frame, CopyHeader) and not request.after:
-                    self._name(request.puller_id, frame.seq)
-                yield frame
-        finally:
-            await frames.aclose()
+            await self.store.set_meta(EPOCHS, self.epochs.encode())
+        except StoreFull as exc:
+            log.warning("cannot note this run's epoch of the changes feed: %s", exc)
 
-    def _name(self, puller: str, seq: int) -> None:
-        """This process told `puller` the feed's position `seq`."""
-        if len(self._named) >= ANSWERED_KEPT and puller not in self._named:
-            self._named.clear()  # pullers are members: this is only ever a safety bound
-        self._named[puller] = max(self._named.get(puller, 0), seq)
+    def serve_copy(self, request: CopyRequest, *, busy: bool = False) -> AsyncGenerator[Frame, None]:
+        """`copy.serve_copy` of this node's data set. The header names this run (`boot`), the
+        epoch of the feed position it names."""
+        return serve_copy(self.node_id, self.store, self.membership, request, busy=busy)
 
-    def _went_back(self, puller: str, since: int) -> int:
-        """A puller holds this feed up to `since`: past where this process found it, and past
-        every position this process has named to it. Positions of the feed are durable before
-        they are named, so the store went back: the node started again on an older copy of its data
-        directory, or on a Redis that lost its last writes. Its writes since take positions the
-        puller counts as read, and would never reach it (the puller's checkpoint may even fall
-        behind the feed's end again, as the node takes back what its peers hold, so `last_seq`
-        tells nothing). Only what was named to the puller itself counts: once the feed has grown
-        past the puller's checkpoint again, the positions named to another puller cover it, but
-        this puller never got the writes made at the positions in between. The puller reads the
-        feed again from the start (0), and counts as having applied and holding none of it
-        (`w=N`, the tombstone purge)."""
-        if not self._rewound:
+    def _since(self, request: PullRequest) -> int:
+        """Where the puller's next page starts: its checkpoint, or where it agrees with the feed
+        as it stands. A checkpoint of another instance of the store (a wiped one, a copy that
+        opened as a new life) agrees with none of it. One read in an epoch this store no longer
+        holds (replication/epochs.py), or past the feed's end when it names no epoch (a puller
+        of an earlier release), shows that the store went back: the node started again on an
+        older copy of its data, or on a Redis that lost its last writes. Its writes since took
+        positions the puller counts as read, and would never reach it; the node's feed soon
+        grows past those positions again, as it takes back what its peers hold, so the feed's
+        end tells nothing. The puller reads on from where the two agree, and counts as having
+        applied and holding no more (`w=N`, the tombstone purge)."""
+        if request.instance != self.store.instance_id:
+            return 0
+        since = request.since
+        if request.epoch:
+            agreed = self.epochs.agreed(since, request.epoch)
+        else:
+            agreed = since if since <= self.store.last_seq else 0
+        if agreed < since and not self._rewound:
             self._rewound = True
             log.warning(
-                "%s has read this node's changes feed up to %d, past the %d this store holds: "
+                "%s has read this node's changes feed up to %d, of which this store holds %d: "
                 "the store is older than one this node ran on (restored from a copy?); its "
-                "peers read its feed again from the start",
-                puller or "a peer",
+                "peers read its feed again from there",
+                request.puller_id or "a peer",
                 since,
-                self._opened_at,
+                agreed,
             )
-        return 0
+        return agreed
 
     def _copied_runs(self, request: PullRequest) -> FeedRuns | None:
         """Where this node's feed holds what it copied from the puller's run that asks."""
@@ -166,10 +167,8 @@ class Feed:
     ) -> PullReply:
         """The puller's next page, held up to `request.wait` while there is none for it. The
         puller counts as in touch meanwhile, while `connected()` (membership.exchange)."""
-        since = request.since if request.instance == self.store.instance_id else 0
+        since = self._since(request)
         puller = request.puller_id
-        if since > max(self._opened_at, self._named.get(puller, 0)):
-            since = self._went_back(puller, since)
         if puller and puller != self.node_id:
             # A member that left or was removed is refused with its old store (invariant 8).
             self.membership.check(puller, request.puller_incarnation)
@@ -267,7 +266,6 @@ class Feed:
         self.served["own"] += answer.own
         self.served["relayed"] += len(answer.records) - answer.own
         self.served["skipped"] += answer.skipped
-        self._name(puller, page.until)
         if answer.records:
             if len(self._answered) >= ANSWERED_KEPT and puller not in self._answered:
                 self._answered.clear()  # pullers are members: this is only ever a safety bound
@@ -275,6 +273,7 @@ class Feed:
         return PullReply(
             node=self.node_id,
             instance=store.instance_id,
+            epoch=self.membership.boot,
             until=page.until,
             # A read may see a commit before the store publishes its new `last_seq`.
             last_seq=max(store.last_seq, page.until),

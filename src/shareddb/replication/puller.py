@@ -328,7 +328,7 @@ class Replicator:
         if not self.reading.current(pulled.asked):
             return None
         done = self.reading.applied(reply.node, reply.instance)
-        position = Checkpoint(reply.node, reply.instance, reply.until)
+        position = Checkpoint(reply.node, reply.instance, reply.until, reply.epoch)
         return await self._send(url, reply.node, position, done, 0.0)
 
     async def _send(
@@ -356,6 +356,7 @@ class Replicator:
             skip=asked.skip,
             held=held,
             puller_boot=self.membership.boot,
+            epoch=checkpoint.epoch if checkpoint else "",
         )
         try:
             listed = frozenset(self.membership.ids_at(url))
@@ -414,7 +415,7 @@ class Replicator:
         position = pulled.position
         if position is not None and position.instance == reply.instance and reply.until < position.seq:
             # The source answered from before where this node had read its feed: its store went
-            # back (Feed._went_back). What this node held of that feed says nothing now.
+            # back (Feed._since). What this node held of that feed says nothing now.
             log.warning("%s's changes feed went back: reading it again from %d", url, reply.until)
             self.reading.went_back(reply.node)
         if wants_copy(reply, position):  # this page is applied all the same

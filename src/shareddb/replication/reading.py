@@ -71,12 +71,14 @@ class Reading:
 
     def held_after(self, reply: PullReply, asked: Asked) -> Checkpoint:
         """How far this node holds the source's feed once `reply`, asked as `asked`, is applied."""
-        position = Checkpoint(reply.node, reply.instance, reply.until)
+        position = Checkpoint(reply.node, reply.instance, reply.until, reply.epoch)
         held = self.paths.held(reply.node, position, asked)
         before = self._held.get(reply.node)
         if before is not None and before.instance == reply.instance:
             held = max(held, before.seq)
-        return Checkpoint(reply.node, reply.instance, held)
+        # Named in the answer's epoch, as the position is: the feed up to `held` is as it was
+        # when the answer was given (replication/epochs.py).
+        return Checkpoint(reply.node, reply.instance, held, reply.epoch)
 
     def advance(self, reply: PullReply, asked: Asked, held: Checkpoint) -> None:
         """`reply` is applied and this node holds the feed up to `held`: move the positions. An
@@ -85,7 +87,9 @@ class Reading:
         end of the feed makes the source's writes direct (paths.py)."""
         self._held[reply.node] = held
         if self.current(asked):
-            self._positions[reply.node] = Checkpoint(reply.node, reply.instance, reply.until)
+            self._positions[reply.node] = Checkpoint(
+                reply.node, reply.instance, reply.until, reply.epoch
+            )
         else:
             self._positions[reply.node] = held
         if reply.until < reply.last_seq:

@@ -56,6 +56,9 @@ class PullRequest:
     # The run of the puller's process (`Membership.boot`): the source leaves out what it copied
     # from that run's data set, which that run holds (`Feed.copied_from`).
     puller_boot: str = ""
+    # The epoch of the source's feed the checkpoint was read in (replication/epochs.py; "": not
+    # known, a checkpoint of an earlier release).
+    epoch: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +75,9 @@ class PullReply:
     # Per record, on the source's side: its sequence number when it is a plain row of the feed
     # (the same bytes for every puller, see `EncodedChanges`), else 0. Empty: none is.
     seqs: list[int] = field(default_factory=list)
+    # The epoch of the feed `until` is named in: the run of the source's process that answers
+    # (`Membership.boot`, replication/epochs.py).
+    epoch: str = ""
 
 
 class Transport(Protocol):
@@ -144,6 +150,8 @@ def encode_reply(reply: PullReply, cache: EncodedChanges | None = None) -> Itera
     }
     if reply.floor:
         head["floor"] = reply.floor
+    if reply.epoch:
+        head["epoch"] = reply.epoch
     lead = orjson.dumps(head)[:-1] + b',"changes":['
     items: list[bytes] = []
     size = 0
@@ -217,6 +225,7 @@ def decode_reply(body: bytes) -> PullReply:
             members=list(data["members"]),
             groups=groups,
             floor=int(data.get("floor", 0)),
+            epoch=str(data.get("epoch", "")),
         )
     except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, ValueError) as exc:
         raise PeerError(f"unreadable answer from peer: {exc}") from exc
@@ -248,6 +257,8 @@ class HttpTransport:
         }
         if request.puller_boot:
             params["boot"] = request.puller_boot
+        if request.epoch:
+            params["epoch"] = request.epoch
         if request.applied is not None:
             params["applied"] = str(request.applied)
         if request.skip:

@@ -71,11 +71,14 @@ class Applied:
 
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
-    """How far this node has applied a peer's changes feed (that feed's instance, sequence)."""
+    """How far this node has applied a peer's changes feed (that feed's instance, sequence), and
+    the epoch of that feed it was read in (the peer's run that named the position,
+    replication/epochs.py; "" when not known)."""
 
     peer: str
     instance: str
     seq: int
+    epoch: str = ""
 
 
 @value_class
@@ -114,12 +117,14 @@ class CopyPosition:
     """How far a bulk copy of a peer's data set has got (replication/copy.py), saved with every
     chunk it applies: the peer, its feed instance, the peer's feed sequence when the copy began
     (the feed is read from there once the copy is over), and the copy's place in the peer's data
-    set (`after`: the last key copied; "" before the first)."""
+    set (`after`: the last key copied; "" before the first), and the epoch the sequence was
+    named in (the run of the peer's process that began the copy)."""
 
     peer: str
     instance: str
     seq: int
     after: str = ""
+    epoch: str = ""
 
     @property
     def meta_name(self) -> str:
@@ -127,7 +132,7 @@ class CopyPosition:
         return f"copy:{self.peer}"
 
     def encode(self) -> str:
-        return orjson.dumps([self.instance, self.seq, self.after]).decode()
+        return orjson.dumps([self.instance, self.seq, self.after, self.epoch]).decode()
 
     @classmethod
     def decode(cls, peer: str, text: str | None) -> CopyPosition | None:
@@ -135,12 +140,13 @@ class CopyPosition:
         if not text:
             return None
         try:
-            instance, seq, after = orjson.loads(text)
+            # A position saved by an earlier release names no epoch.
+            instance, seq, after, epoch = [*orjson.loads(text), ""][:4]
         except (orjson.JSONDecodeError, TypeError, ValueError):
             return None
-        if not (isinstance(instance, str) and type(seq) is int and isinstance(after, str)):
+        if not all(isinstance(s, str) for s in (instance, after, epoch)) or type(seq) is not int:
             return None
-        return cls(peer, instance, seq, after)
+        return cls(peer, instance, seq, after, epoch)
 
 
 @dataclass(frozen=True, slots=True)

@@ -296,7 +296,9 @@ def plan_batch(
             meta[position.meta_name] = "" if op.done else position.encode()
             if op.done:
                 copied = True
-                checkpoints[position.peer] = Checkpoint(position.peer, position.instance, position.seq)
+                checkpoints[position.peer] = Checkpoint(
+                    position.peer, position.instance, position.seq, position.epoch
+                )
         else:
             purges.append((len(results), op))
             results.append(0)

@@ -306,8 +306,9 @@ class RedisBackend:
         raw = await self._command("HGET", self._keys.cp, peer.encode("utf-8", ENCODING_ERRORS))
         if raw is None:
             return None
-        seq, _, instance = bytes(raw).decode("utf-8").partition(" ")
-        return Checkpoint(peer, instance, int(seq))
+        seq, _, rest = bytes(raw).decode("utf-8").partition(" ")
+        instance, _, epoch = rest.partition(" ")
+        return Checkpoint(peer, instance, int(seq), epoch)
 
     async def get_meta(self, name: str) -> str | None:
         raw = await self._command("HGET", self._keys.node, name.encode("utf-8", ENCODING_ERRORS))

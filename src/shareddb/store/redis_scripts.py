@@ -12,7 +12,7 @@ Layout, under a prefix (`sdb:` by default):
     live    zset  live keys, all scored 0: key order for scans (ZRANGEBYLEX, UTF-8 byte order)
     tomb    zset  tombstoned keys scored by sequence: what a purge looks at
     digest  hash  bucket -> 16-byte XOR of its record hashes
-    cp      hash  peer -> "seq instance" (checkpoints)
+    cp      hash  peer -> "seq instance epoch" (checkpoints; no epoch in those of earlier releases)
     node    hash  the node's own metadata (set_meta / get_meta), apart from the store's meta
     exp     zset  keys of live values that expire, scored by their expiry (ms)
     txn     zset  each transaction entry (NUL + its seq) and each key whose row it covers (the
@@ -381,7 +381,10 @@ def write_args(before: str, token: str, batch: Batch) -> list[object]:
     args.append(len(batch.buckets))
     for bucket, digest in batch.buckets.items():
         args += (bucket, digest.to_bytes(16, "big"))
-    checkpoints = {cp.peer: f"{cp.seq} {cp.instance}" for cp in batch.checkpoints}
+    checkpoints = {
+        cp.peer: f"{cp.seq} {cp.instance} {cp.epoch}" if cp.epoch else f"{cp.seq} {cp.instance}"
+        for cp in batch.checkpoints
+    }
     for section in (checkpoints, batch.meta):
         args.append(len(section))
         for name, text in section.items():

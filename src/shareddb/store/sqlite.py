@@ -281,8 +281,8 @@ class SQLiteBackend:
         return lookup(self._scan, keys)
 
     async def checkpoint(self, peer: str) -> Checkpoint | None:
-        row = self._read_one("SELECT instance, seq FROM checkpoints WHERE peer = ?", peer)
-        return None if row is None else Checkpoint(peer, row[0], row[1])
+        row = self._read_one("SELECT instance, seq, epoch FROM checkpoints WHERE peer = ?", peer)
+        return None if row is None else Checkpoint(peer, row[0], row[1], row[2])
 
     async def get_meta(self, name: str) -> str | None:
         row = self._read_one("SELECT value FROM node_meta WHERE name = ?", name)
@@ -414,8 +414,9 @@ class SQLiteBackend:
                 )
             if batch.checkpoints:
                 db.executemany(
-                    "INSERT OR REPLACE INTO checkpoints (peer, instance, seq) VALUES (?, ?, ?)",
-                    [(cp.peer, cp.instance, cp.seq) for cp in batch.checkpoints],
+                    "INSERT OR REPLACE INTO checkpoints (peer, instance, seq, epoch) "
+                    "VALUES (?, ?, ?, ?)",
+                    [(cp.peer, cp.instance, cp.seq, cp.epoch) for cp in batch.checkpoints],
                 )
             if batch.meta:
                 db.executemany(

@@ -30,7 +30,8 @@ CREATE TABLE IF NOT EXISTS digest (bucket INTEGER PRIMARY KEY, hash BLOB NOT NUL
 CREATE TABLE IF NOT EXISTS checkpoints (
     peer     TEXT PRIMARY KEY,
     instance TEXT NOT NULL,
-    seq      INTEGER NOT NULL
+    seq      INTEGER NOT NULL,
+    epoch    TEXT NOT NULL DEFAULT ''  -- the epoch of the peer's feed (replication/epochs.py)
 ) WITHOUT ROWID;
 """
 
@@ -45,12 +46,14 @@ UPSERT_TAIL = """
 ON CONFLICT (key) DO UPDATE SET value = excluded.value, version = excluded.version,
     seq = excluded.seq, expires = excluded.expires, txn = excluded.txn
 """
-# Stores made before expiry, transactions and stored buckets gain their columns and indexes.
+# Stores made before expiry, transactions, stored buckets and feed epochs gain their columns and
+# indexes: (table, column, statement).
 UPGRADES = (
-    ("expires", "ALTER TABLE kv ADD COLUMN expires INTEGER"),
-    ("txn", "ALTER TABLE kv ADD COLUMN txn INTEGER"),
-    ("bucket", "ALTER TABLE kv ADD COLUMN bucket INTEGER"),
-    ("fresh", "ALTER TABLE kv ADD COLUMN fresh INTEGER"),
+    ("kv", "expires", "ALTER TABLE kv ADD COLUMN expires INTEGER"),
+    ("kv", "txn", "ALTER TABLE kv ADD COLUMN txn INTEGER"),
+    ("kv", "bucket", "ALTER TABLE kv ADD COLUMN bucket INTEGER"),
+    ("kv", "fresh", "ALTER TABLE kv ADD COLUMN fresh INTEGER"),
+    ("checkpoints", "epoch", "ALTER TABLE checkpoints ADD COLUMN epoch TEXT NOT NULL DEFAULT ''"),
 )
 INDEXES = """
 CREATE INDEX IF NOT EXISTS kv_expiring ON kv (expires) WHERE expires IS NOT NULL;
@@ -88,9 +91,8 @@ SELECT key, value, version, seq, expires, coalesce(txn, 0) FROM kv WHERE key > ?
 def create_or_upgrade(db: sqlite3.Connection) -> None:
     """Make the tables of a new store, or add to an older store what it lacks (idempotent)."""
     db.executescript(SCHEMA)
-    columns = {row[1] for row in db.execute("PRAGMA table_info(kv)")}
-    for column, upgrade in UPGRADES:
-        if column not in columns:
+    for table, column, upgrade in UPGRADES:
+        if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
             db.execute(upgrade)
     indexes = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     if "kv_by_bucket" not in indexes:
