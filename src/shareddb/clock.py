@@ -81,6 +81,11 @@ class HybridClock:
         self._noted = 0
 
     @property
+    def bound(self) -> ClockBound | None:
+        """Where the clock notes its bound (None: it notes none)."""
+        return self._bound
+
+    @property
     def last(self) -> int:
         """The greatest timestamp handed out or observed: the high-water mark to persist."""
         return self._last

@@ -142,9 +142,13 @@ class ClockFile:
         return self._noted
 
     def settle(self, last: int) -> None:
-        if self._writer is not None:
-            self._writer.join()  # or a note of a bound ahead could land after this one
+        self.wait()  # or a note of a bound ahead could land after this one
         self._note(last, above=False)
+
+    def wait(self) -> None:
+        """Return once the note in progress in the background, if any, is done."""
+        if self._writer is not None:
+            self._writer.join()
 
     def _note(self, bound: int, above: bool) -> None:
         """Write `bound` (with `above`, only if it is above the one noted). A failure is logged

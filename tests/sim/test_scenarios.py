@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from shareddb.clock import RESERVE_AHEAD_MS, physical
+from shareddb.record import version_hlc
 from shareddb.replication.puller import BATCH
 from shareddb.replication.transport import PeerError, PeerRemoved
 from tests.sim.runner import run_seed
@@ -684,3 +686,18 @@ async def test_node_that_hears_a_member_was_removed_reads_again_what_it_left_out
         held = await records(c.running[0])
         assert "before-removal" in held
         assert held == await records(b.running[0])
+
+
+async def test_a_crashed_node_resumes_its_clock_from_the_bound_it_noted_ahead(tmp_path: Path) -> None:
+    """Invariant 5: a node's versions never go backwards. A crash gives the node no chance to
+    note its clock's last timestamp: the simulation's crash leaves the bound noted ahead in the
+    data dir, as a real one does, and the node resumes above it, its wall clock standing still."""
+    async with cluster(tmp_path, 1, ["n0"]) as world:
+        (slot,) = world.slots
+        before = await slot.running[0].put("k", "before the crash")
+        slot.frozen_ms = physical(version_hlc(before.version))
+        await world.crash(slot)
+        await world.start(slot)
+        after = await slot.running[0].put("k", "after it")
+        ahead = physical(version_hlc(after.version)) - physical(version_hlc(before.version))
+        assert RESERVE_AHEAD_MS // 2 < ahead <= RESERVE_AHEAD_MS + 1  # the bound, then one tick

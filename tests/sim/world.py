@@ -23,6 +23,7 @@ from typing import Any
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from shareddb.config import Settings
+from shareddb.data_dir import ClockFile
 from shareddb.membership import Outside, Removed
 from shareddb.node import Node
 from shareddb.record import Record
@@ -302,6 +303,8 @@ class World:
 
         Every step runs to completion, so no write is half-way when this runs: releasing the store
         only closes files (nothing is queued), and the node gets no chance to save its members.
+        Nor to settle its clock's bound: the data dir keeps the bound last noted ahead of the
+        clock, which the node resumes from (docs/design.md, "Identity").
         """
         node = slot.node
         assert node is not None
@@ -310,7 +313,15 @@ class World:
         slot.node = slot.replicator = slot.registry = None
         await node.store.close()
         node.replicator = None
-        await node.close()  # now only releases the data-dir lock
+        bound = node.clock.bound
+        assert isinstance(bound, ClockFile)
+        bound.wait()  # a note under way lands, as it would (replays must not depend on when)
+        noted = bound.path.read_bytes() if bound.path.exists() else None
+        await node.close()  # now only releases the data-dir lock, and settles the bound
+        if noted is None:
+            bound.path.unlink(missing_ok=True)
+        else:
+            bound.path.write_bytes(noted)
 
     async def wipe(self, slot: Slot, node_id: str | None) -> None:
         """Crash the node, destroy its data dir; it comes back empty, as `node_id` (None: it
