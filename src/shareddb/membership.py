@@ -31,6 +31,7 @@ UP_WINDOW = 6.0
 # A held pull keeps counting as contact this long past its time (seconds): the time its answer
 # takes on the way, and, on the side that answered, the time the next pull takes to come in.
 EXCHANGE_SLACK = 1.0
+RIVALS_KEPT = 64  # other lives of this node's id remembered at most (`Membership.rivals`)
 
 
 @dataclass(slots=True)
@@ -114,6 +115,12 @@ class Membership:
         self._progress = asyncio.Event()
         self.on_change: Callable[[], None] = lambda: None
         self.generation = 0  # counts the changes of the list (a pull held open answers at one)
+        self.announced = 0  # the version of this run's first entry (`announce`)
+        # Other lives of this node's id announced at other URLs (url -> incarnation): an earlier
+        # life that ran there, or another node started with this id (replication/rivals.py).
+        # `on_rival` is told of each one new here.
+        self.rivals: dict[str, str] = {}
+        self.on_rival: Callable[[], None] = lambda: None
 
     def _changed(self) -> None:
         self.generation += 1
@@ -152,6 +159,7 @@ class Membership:
         incarnation left or was removed before (that is final)."""
         left = self.self_entry.left
         self.self_entry = Member(self.self_id, url, left, version, self.incarnation)
+        self.announced = version
 
     def add_static(self, url: str) -> None:
         if url != self.self_entry.url and self.id_for_url(url) is None:
@@ -184,6 +192,11 @@ class Membership:
                     if version >= own.version:
                         own.version = version + 1
                         changed = True
+                    if url != own.url and self.rivals.get(url) != incarnation:
+                        if len(self.rivals) >= RIVALS_KEPT:
+                            self.rivals.clear()  # only ever a safety bound
+                        self.rivals[url] = incarnation
+                        self.on_rival()
                     continue
                 if left and not own.left:
                     # Another node removed us from the cluster: we stop replicating for good.

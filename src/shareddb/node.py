@@ -116,6 +116,9 @@ class Node:
         self.replicator: Replicator | None = None
         self.registry: Registry | None = None
         self.bus: Bus | None = None
+        # Set when the node cannot go on (`fail`): the server stops it, exit status 1.
+        self.failed = asyncio.Event()
+        self.failure = ""
 
     @classmethod
     async def open(
@@ -289,11 +292,19 @@ class Node:
             now=self._now,
             copy_chunk=self.settings.copy_chunk,
             copied=self.feed.copied_from,
+            stop=self.fail,
         )
         # The announcement carries a clock value that peers will see: save it (with the clock's
         # high-water mark) first, so that after a crash the clock resumes past it.
         await self.replicator.persist_members()
         return self.replicator
+
+    def fail(self, reason: str) -> None:
+        """The node cannot go on: `reason` is logged, and the server stops it with that error."""
+        if not self.failed.is_set():
+            log.error("%s; stopping", reason)
+            self.failure = reason
+            self.failed.set()
 
     async def close(self) -> None:
         await self.watches.close(0)

@@ -142,7 +142,7 @@ async def serve(settings: Settings) -> None:
             settings.advertise or f"{scheme}://{_public_host(settings.host)}:{port}",
             peer_tls=peer_tls,
         )
-        await _first(stop, failed)
+        await _first(stop, failed, node.failed)
         log.info("node %s shutting down", node.id)
     finally:
         # Open watch streams would hold the server's shutdown for SHUTDOWN_TIMEOUT, and held
@@ -154,6 +154,8 @@ async def serve(settings: Settings) -> None:
         await runner.cleanup()
         await node.close()
     log.info("node %s stopped", node.id)
+    if node.failed.is_set():
+        raise NodeError(node.failure)
     if workers is not None and failed.is_set():
         raise NodeError(workers.pool.reason)
 

@@ -20,6 +20,7 @@ from tests.cluster.replication_helpers import (
     cluster_view,
     digest,
     http,
+    member,
     put,
     read,
     start_cluster,
@@ -297,3 +298,52 @@ def test_writes_of_a_node_whose_redis_was_put_back_reach_a_peer_that_had_read_fu
         wait_converged([a, b])
         assert all(read(a, f"second/{i}") is not None for i in range(30))
         assert "the store is older than one this node ran on" in b.logs()
+
+
+def test_a_node_started_with_the_id_of_a_running_node_stops_with_an_error(
+    start_node: StartNode, tmp_path: Path
+) -> None:
+    """Two nodes given one --node-id: the cluster took each one's entry over the other's, many
+    times a second, and read each one's feed again from the start every time. The one started
+    last stops (exit status 1) with one line saying what to change; the one that was there first
+    goes on, and the cluster lists it at its URL (replication/rivals.py)."""
+    a = start_node("a")
+    first = start_node("dup", "--peers", a.url)
+    wait_state([a], "dup", "up", [a, first])
+    second = NodeProcess(tmp_path / "second", "dup", "--peers", a.url)
+    try:
+        second.start()  # it listens before it hears of the other
+        wait_for(lambda: not second.running(), 15.0, "the second node to stop", [a, first, second])
+        assert second.proc is not None
+        assert second.proc.returncode == 1
+        said = f"node id dup is in use by another node, at {first.url}"
+        assert said in second.logs()
+        assert "give each node its own --node-id; the node that started last stops" in first.logs()
+        assert put(first, "after", "v").status == 201
+        wait_converged([a, first])
+        wait_for(lambda: (member(a, "dup") or {}).get("url") == first.url, 10.0, "dup's URL", [a, first])
+        assert first.running()
+    finally:
+        second.cleanup()
+
+
+def test_a_node_wiped_and_started_at_another_url_under_its_id_goes_on(
+    start_node: StartNode, tmp_path: Path
+) -> None:
+    """An earlier life of a node's id at another URL is not another node using the id: nothing
+    answers there now, and the node started anew goes on (replication/rivals.py)."""
+    a = start_node("a")
+    b = start_node("b", "--peers", a.url)
+    wait_state([a], "b", "up", [a, b])
+    b.kill()
+    shutil.rmtree(b.data)
+    moved = NodeProcess(tmp_path / "moved", "b", "--peers", a.url)
+    try:
+        moved.start()
+        assert put(moved, "k", "v").status == 201
+        wait_converged([a, moved])
+        wait_for(lambda: (member(a, "b") or {}).get("url") == moved.url, 10.0, "b's URL", [a, moved])
+        assert moved.running()
+        assert "in use by another node" not in moved.logs() + a.logs()
+    finally:
+        moved.cleanup()

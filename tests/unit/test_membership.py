@@ -107,3 +107,22 @@ def test_idle_long_polls_grow_with_the_peers_and_stay_bounded() -> None:
         [peers / long_poll(peers) for peers in (2, 4, 8)], reverse=True
     )
     assert max(periods) == MAX_LONG_POLL
+
+
+def test_another_life_of_its_own_id_at_another_url_is_noted_as_a_rival() -> None:
+    """What replication/rivals.py asks about: its own id, another incarnation, another URL. An
+    entry of its own life, or of another life at its own URL (a wiped node back there), is not."""
+    members = Membership("a", "http://a:1", "i-mine", clock=lambda: 0.0)
+    members.announce("http://a:1", 100)
+    told: list[dict[str, str]] = []
+    members.on_rival = lambda: told.append(dict(members.rivals))
+    own = {"id": "a", "url": "http://a:1", "left": False, "v": 200, "inc": "i-mine"}
+    earlier_here = {**own, "inc": "i-before"}
+    elsewhere = {**own, "url": "http://a:2", "inc": "i-other"}
+    members.merge([own, earlier_here])
+    assert told == []
+    members.merge([elsewhere])
+    members.merge([{**elsewhere, "v": 300}])  # the same life again: told once
+    assert told == [{"http://a:2": "i-other"}]
+    assert members.self_entry.version > 300  # and this life announces itself above it
+    assert members.announced == 100

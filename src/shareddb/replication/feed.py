@@ -274,6 +274,7 @@ class Feed:
             node=self.node_id,
             instance=store.instance_id,
             epoch=self.membership.boot,
+            announced=self.membership.announced if puller == self.node_id else 0,
             until=page.until,
             # A read may see a commit before the store publishes its new `last_seq`.
             last_seq=max(store.last_seq, page.until),

@@ -27,6 +27,7 @@ from shareddb.replication.copy import Copied, Copier, wants_copy
 from shareddb.replication.paths import Asked
 from shareddb.replication.purge import TOMBSTONE_GRACE_MS, Purge
 from shareddb.replication.reading import Reading
+from shareddb.replication.rivals import Rivals
 from shareddb.replication.transport import (
     PeerError,
     PeerRemoved,
@@ -88,6 +89,7 @@ class Replicator:
         tombstone_grace_ms: int = TOMBSTONE_GRACE_MS,
         copy_chunk: int = COPY_CHUNK,
         copied: Copied | None = None,
+        stop: Callable[[str], None] | None = None,
     ) -> None:
         self.node_id = node_id
         self.store = store
@@ -111,6 +113,7 @@ class Replicator:
         # Where this node reads each peer's feed and how far it holds it (replication/reading.py).
         self.reading = Reading(store, membership)
         self._out = membership.self_entry.left  # this node left or was removed; it said so
+        self._stop = stop  # ends the node with an error (replication/rivals.py)
         self._tasks: set[asyncio.Task[None]] = set()
         self._persisting: asyncio.Task[None] | None = None
         self._running = False
@@ -130,6 +133,10 @@ class Replicator:
     def start(self, join: str | None = None) -> None:
         self._running = True
         self.membership.on_change = self._members_changed
+        if self._stop is not None:
+            rivals = Rivals(self.membership, self.transport, self._stop, self._spawn)
+            self.membership.on_rival = rivals.found
+            rivals.found()  # any named before this start
         if join:
             self._spawn(self._join(join))
         self._spawn(self.purge.forever(self.rng))

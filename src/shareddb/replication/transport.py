@@ -78,6 +78,9 @@ class PullReply:
     # The epoch of the feed `until` is named in: the run of the source's process that answers
     # (`Membership.boot`, replication/epochs.py).
     epoch: str = ""
+    # To a pull under the source's own id (another node started with it, replication/rivals.py):
+    # the version of the source's first entry in this run (`Membership.announced`); else 0.
+    announced: int = 0
 
 
 class Transport(Protocol):
@@ -152,6 +155,8 @@ def encode_reply(reply: PullReply, cache: EncodedChanges | None = None) -> Itera
         head["floor"] = reply.floor
     if reply.epoch:
         head["epoch"] = reply.epoch
+    if reply.announced:
+        head["announced"] = reply.announced
     lead = orjson.dumps(head)[:-1] + b',"changes":['
     items: list[bytes] = []
     size = 0
@@ -226,6 +231,7 @@ def decode_reply(body: bytes) -> PullReply:
             groups=groups,
             floor=int(data.get("floor", 0)),
             epoch=str(data.get("epoch", "")),
+            announced=int(data.get("announced", 0)),
         )
     except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, ValueError) as exc:
         raise PeerError(f"unreadable answer from peer: {exc}") from exc
