@@ -192,11 +192,7 @@ class Membership:
                     if version >= own.version:
                         own.version = version + 1
                         changed = True
-                    if url != own.url and self.rivals.get(url) != incarnation:
-                        if len(self.rivals) >= RIVALS_KEPT:
-                            self.rivals.clear()  # only ever a safety bound
-                        self.rivals[url] = incarnation
-                        self.on_rival()
+                    self.rival(url, incarnation)
                     continue
                 if left and not own.left:
                     # Another node removed us from the cluster: we stop replicating for good.
@@ -224,6 +220,17 @@ class Membership:
         if changed:
             self._changed()
         return changed
+
+    def rival(self, url: str, incarnation: str) -> None:
+        """An entry of this node's id, of another incarnation, at `url`: noted when the URL is
+        not this node's own (`rivals`)."""
+        if incarnation == self.incarnation or url == self.self_entry.url:
+            return
+        if self.rivals.get(url) != incarnation:
+            if len(self.rivals) >= RIVALS_KEPT:
+                self.rivals.clear()  # only ever a safety bound
+            self.rivals[url] = incarnation
+            self.on_rival()
 
     def check(self, node_id: str, incarnation: str) -> None:
         """Raise `Removed` when that incarnation of `node_id` left or was removed."""

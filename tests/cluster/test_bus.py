@@ -250,3 +250,24 @@ async def _delete_stream(url: str) -> None:
         await nc.jetstream().delete_stream("SHAREDDB_shareddb")
     finally:
         await nc.close()
+
+
+def test_a_node_started_with_the_id_of_a_node_on_the_bus_stops_with_an_error(
+    start_node: StartNode, bus: NatsServer, tmp_path: Path
+) -> None:
+    """Two nodes on one bus given one --node-id would share its durable consumer, each getting
+    a part of the others' writes: the one started last hears the other's heartbeat, finds it
+    running at its URL, and stops (replication/rivals.py)."""
+    first, other = bus_cluster(start_node, bus, ["dup", "other"])
+    second = NodeProcess(tmp_path / "second", "dup", "--bus", bus.url)
+    try:
+        second.start()
+        wait_for(lambda: not second.running(), 15.0, "the second node to stop", [first, second])
+        assert second.proc is not None
+        assert second.proc.returncode == 1
+        assert f"node id dup is in use by another node, at {first.url}" in second.logs()
+        assert first.running()
+        assert put(other, "after", "v").status == 201
+        wait_converged([first, other])
+    finally:
+        second.cleanup()

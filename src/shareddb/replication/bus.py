@@ -109,6 +109,7 @@ class Bus:
         self._hurried = asyncio.Event()
         self._reset = False
         self._epoch = 0  # bumped to end the running session's loops
+        self._inbox = ""  # where this session's consumer delivers
         self._current: asyncio.Task[None] | None = None  # the session running now
         self._failures = 0
         self._task: asyncio.Task[None] | None = None
@@ -267,6 +268,7 @@ class Bus:
         try:
             async with asyncio.TaskGroup() as group:
                 epoch = self._epoch
+                self._inbox = ""  # until this session's consumer is made
                 group.create_task(self.publisher.run(nc, js, info, lambda: self._live(epoch)))
                 group.create_task(self._consume_loop(nc, js, info, epoch))
                 group.create_task(self._watch_loop(nc, js, epoch))
@@ -332,6 +334,7 @@ class Bus:
                 filter_subject=f"{self.address.changes}.>",
             ),
         )
+        self._inbox = inbox  # the consumer delivers there now (`_consumer_taken`)
         self.state.position = start - 1
         self.inbound.restart()
         try:
@@ -450,6 +453,8 @@ class Bus:
                 if info.state.last_seq < known:
                     raise StreamReset("it lost its last messages (the server restarted without them)")
                 self._seen(info)
+                if self.membership.rivals and await self._consumer_taken(js):
+                    raise StreamReset("another node started with this node's id took its consumer")
                 next_beat = now + self.beats.period()
             hurried = self._hurry_until > time.monotonic()
             if hurried:
@@ -458,6 +463,21 @@ class Bus:
             wait = HURRY if hurried else max(0.0, next_beat - time.monotonic())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._hurried.wait(), wait)
+
+    async def _consumer_taken(self, js: JetStreamContext) -> bool:
+        """Whether this node's durable consumer is gone or delivers elsewhere: another node
+        started with this id makes it anew for itself as it starts. Asked only while one has
+        been heard of (`Membership.rivals`); the session that starts again makes it anew."""
+        if not self._inbox:
+            return False  # this session's consumer is not made yet
+        try:
+            info = await js.consumer_info(self.address.stream, consumer_name(self.node_id))
+        except nats.js.errors.NotFoundError:
+            return True
+        except (nats.errors.Error, TimeoutError):
+            return False
+        delivers_to: str | None = info.config.deliver_subject
+        return delivers_to != self._inbox
 
     async def _positions(self, js: JetStreamContext) -> None:
         """Each member's acknowledged position, from its consumer: fresher than its heartbeat."""

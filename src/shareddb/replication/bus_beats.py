@@ -95,6 +95,8 @@ class Heartbeats:
             own = next(e for e in entries if e["id"] == node_id)
             url, version, incarnation = str(own["url"]), int(own["v"]), str(own.get("inc", ""))
             if node_id == self.node_id:
+                # Its own beat, or another node's started with its id (replication/rivals.py).
+                self.membership.rival(url, incarnation)
                 return
             member = self.membership.members.get(node_id)
             if member is not None and member.removed(incarnation):
