@@ -7,7 +7,7 @@ sees every other up, and measures:
 
 - **idle CPU**: the CPU time of every node (and of nats-server) over `--idle` seconds with no
   writes, as a percentage of one core. The default, 24 s, spans two of the mesh's longest idle
-  long polls (12 s, replication/puller.long_poll), so each pull is answered about as often in the
+  long polls (12 s, membership.long_poll), so each pull is answered about as often in the
   window at every size;
 - **bursts**: `--bursts` (3) times, `--writes` PUTs of new keys (100-byte values, 32 in flight)
   to node 1, a second apart; writes/s is how many node 1 acknowledged per second, and the time

@@ -32,6 +32,19 @@ UP_WINDOW = 6.0
 # takes on the way, and, on the side that answered, the time the next pull takes to come in.
 EXCHANGE_SLACK = 1.0
 RIVALS_KEPT = 64  # other lives of this node's id remembered at most (`Membership.rivals`)
+LONG_POLL = 2.0  # seconds a source may hold an idle pull, with two peers or fewer (`long_poll`)
+MAX_LONG_POLL = 12.0
+
+
+def long_poll(peers: int) -> float:
+    """How long a source may hold this node's idle pull, when it pulls `peers` sources.
+
+    Each idle pull is answered once per long poll, so a mesh of N nodes answers N·(N−1) of them
+    per period. The period grows by LONG_POLL per peer past the second, so a node's idle
+    exchanges per second fall as the mesh grows and its idle cost stays about linear in N. A
+    held pull counts as contact (`Membership.exchange`), so members stay `up` through it; one that
+    hangs shows `down` when its answer is late, within MAX_LONG_POLL + EXCHANGE_SLACK."""
+    return min(MAX_LONG_POLL, LONG_POLL * max(1, peers - 1))
 
 
 @dataclass(slots=True)
@@ -286,7 +299,7 @@ class Membership:
         """A pull with `node_id`, sent by either side, held open for up to `wait` seconds: the member
         stays `up` meanwhile, as long as `connected()` says its connection is open.
 
-        An idle long poll may outlast UP_WINDOW (replication/puller.long_poll): a member that holds
+        An idle long poll may outlast UP_WINDOW (`long_poll`): a member that holds
         one with us, or whose pull we hold, is in touch all along, though nothing completes. One
         that crashes closes the connection (the pull fails, or `connected()` turns false), and one
         that hangs or is cut off lets `wait` pass. Only a member `up` already counts: a pull sent

@@ -1,6 +1,6 @@
 """Member states through long idle polls, on real node processes.
 
-A node holds its idle pulls longer as the mesh grows (replication/puller.long_poll): with five
+A node holds its idle pulls longer as the mesh grows (membership.long_poll): with five
 peers, 8 s, longer than membership's UP_WINDOW (6 s). A pull held open counts as contact
 (membership.exchange), so an idle cluster shows every member `up` all along; a member that hangs
 shows `down` once its pull is late, and one that crashes as soon as its connection closes.
@@ -12,8 +12,7 @@ import time
 
 import pytest
 
-from shareddb.membership import EXCHANGE_SLACK, UP_WINDOW
-from shareddb.replication.puller import long_poll
+from shareddb.membership import EXCHANGE_SLACK, UP_WINDOW, long_poll
 from tests.cluster.conftest import StartNode
 from tests.cluster.replication_helpers import (
     cluster_view,

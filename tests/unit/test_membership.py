@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-from shareddb.membership import EXCHANGE_SLACK, UP_WINDOW, Membership
-from shareddb.replication.puller import LONG_POLL, MAX_LONG_POLL, long_poll
+from shareddb.membership import (
+    EXCHANGE_SLACK,
+    LONG_POLL,
+    MAX_LONG_POLL,
+    UP_WINDOW,
+    Membership,
+    long_poll,
+)
 from tests.harness import ManualClock
 
 

@@ -458,7 +458,7 @@ class Bus:
                 next_beat = now + self.beats.period()
             hurried = self._hurry_until > time.monotonic()
             if hurried:
-                await self._positions(js)
+                await self.beats.consumed(js)
             self._hurried.clear()
             wait = HURRY if hurried else max(0.0, next_beat - time.monotonic())
             with contextlib.suppress(TimeoutError):
@@ -478,18 +478,6 @@ class Bus:
             return False
         delivers_to: str | None = info.config.deliver_subject
         return delivers_to != self._inbox
-
-    async def _positions(self, js: JetStreamContext) -> None:
-        """Each member's acknowledged position, from its consumer: fresher than its heartbeat."""
-        try:
-            consumers = await js.consumers_info(self.address.stream)
-        except (nats.errors.Error, TimeoutError):
-            return
-        names = {consumer_name(m): m for m in self.state.members}
-        for consumer in consumers:
-            node_id = names.get(consumer.name)
-            if node_id is not None and consumer.ack_floor is not None:
-                self.beats.progress(node_id, consumer.ack_floor.stream_seq)
 
 
 def _leaf(exc: BaseException) -> BaseException:

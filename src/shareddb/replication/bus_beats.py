@@ -8,8 +8,9 @@ The period grows with the number of nodes (about BEATS_PER_SECOND beats on the w
 second, between HEARTBEAT and MAX_PERIOD seconds), so the beats every node receives stay nearly
 flat as nodes are added. MAX_PERIOD is a third of membership.UP_WINDOW: a member that is up is
 heard from three times per window, and one that crashed shows `down` at most UP_WINDOW seconds
-after its last beat. This module only reads and writes membership bookkeeping; docs/design.md,
-"The change bus".
+after its last beat. While a write waits for copies, the members' positions are also read from
+their consumers (`consumed`). This module only reads and writes membership bookkeeping;
+docs/design.md, "The change bus".
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ import logging
 import time
 from typing import Any
 
+import nats.errors
 import orjson
 from nats.aio.client import Client
+from nats.js import JetStreamContext
 
 from shareddb.membership import UP_WINDOW, Membership
 from shareddb.replication.bus_publish import Publisher
-from shareddb.replication.bus_view import BusAddress, BusState
+from shareddb.replication.bus_view import BusAddress, BusState, consumer_name
 
 log = logging.getLogger("shareddb.bus")
 
@@ -119,3 +122,15 @@ class Heartbeats:
         member = self.membership.members.get(node_id)
         if position is not None and member is not None and (member.applied or 0) < position:
             self.membership.record_progress(node_id, position)
+
+    async def consumed(self, js: JetStreamContext) -> None:
+        """Each member's acknowledged position, from its consumer: fresher than its heartbeat."""
+        try:
+            consumers = await js.consumers_info(self.address.stream)
+        except (nats.errors.Error, TimeoutError):
+            return
+        names = {consumer_name(m): m for m in self.state.members}
+        for consumer in consumers:
+            node_id = names.get(consumer.name)
+            if node_id is not None and consumer.ack_floor is not None:
+                self.progress(node_id, consumer.ack_floor.stream_seq)

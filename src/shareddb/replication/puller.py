@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from shareddb.clock import HybridClock
-from shareddb.membership import Membership
+from shareddb.membership import Membership, long_poll
 from shareddb.record import incarnation_of, make_origin, record_hlcs, version_origin
 from shareddb.replication.copy import Copied, Copier, wants_copy
 from shareddb.replication.paths import Asked
@@ -41,23 +41,10 @@ from shareddb.store.plan import loses
 log = logging.getLogger("shareddb.replication")
 
 BATCH = 5_000
-LONG_POLL = 2.0  # seconds a source may hold an idle pull, with two peers or fewer (`long_poll`)
-MAX_LONG_POLL = 12.0
 MIN_BACKOFF = 0.05
 MAX_BACKOFF = 5.0
 JOIN_RETRY = 1.0
 STOP_TIMEOUT = 5.0
-
-
-def long_poll(peers: int) -> float:
-    """How long a source may hold this node's idle pull, when it pulls `peers` sources.
-
-    Each idle pull is answered once per long poll, so a mesh of N nodes answers N·(N−1) of them
-    per period. The period grows by LONG_POLL per peer past the second, so a node's idle
-    exchanges per second fall as the mesh grows and its idle cost stays about linear in N. A
-    held pull counts as contact (membership.exchange), so members stay `up` through it; one that
-    hangs shows `down` when its answer is late, within MAX_LONG_POLL + membership.EXCHANGE_SLACK."""
-    return min(MAX_LONG_POLL, LONG_POLL * max(1, peers - 1))
 
 
 @dataclass(frozen=True, slots=True)
