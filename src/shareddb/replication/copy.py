@@ -297,7 +297,7 @@ class Copier:
             log.info("%s holds a new store: copying it from the start", url)
             self._wanted[peer] = None
             return None
-        if position is None or not position.after:  # nothing applied yet: start afresh
+        if position is None:
             position = CopyPosition(peer, header.instance, header.seq, epoch=header.boot)
             log.info("copying the data set of %s from %s (its feed is at %d)", peer, url, header.seq)
         else:
