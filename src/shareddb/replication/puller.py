@@ -322,8 +322,7 @@ class Replicator:
         if not self.reading.current(pulled.asked):
             return None
         done = self.reading.applied(reply.node, reply.instance)
-        position = Checkpoint(reply.node, reply.instance, reply.until, reply.epoch)
-        return await self._send(url, reply.node, position, done, 0.0)
+        return await self._send(url, reply.node, reply.reached, done, 0.0)
 
     async def _send(
         self,

@@ -17,6 +17,8 @@ Two orders matter, each because of a write that would otherwise be stepped past 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from shareddb.membership import Membership
 from shareddb.record import incarnation_of, make_origin
 from shareddb.replication.paths import Asked, Paths
@@ -71,14 +73,14 @@ class Reading:
 
     def held_after(self, reply: PullReply, asked: Asked) -> Checkpoint:
         """How far this node holds the source's feed once `reply`, asked as `asked`, is applied."""
-        position = Checkpoint(reply.node, reply.instance, reply.until, reply.epoch)
+        position = reply.reached
         held = self.paths.held(reply.node, position, asked)
         before = self._held.get(reply.node)
         if before is not None and before.instance == reply.instance:
             held = max(held, before.seq)
         # Named in the answer's epoch, as the position is: the feed up to `held` is as it was
         # when the answer was given (replication/epochs.py).
-        return Checkpoint(reply.node, reply.instance, held, reply.epoch)
+        return replace(position, seq=held)
 
     def advance(self, reply: PullReply, asked: Asked, held: Checkpoint) -> None:
         """`reply` is applied and this node holds the feed up to `held`: move the positions. An
@@ -87,9 +89,7 @@ class Reading:
         end of the feed makes the source's writes direct (paths.py)."""
         self._held[reply.node] = held
         if self.current(asked):
-            self._positions[reply.node] = Checkpoint(
-                reply.node, reply.instance, reply.until, reply.epoch
-            )
+            self._positions[reply.node] = reply.reached
         else:
             self._positions[reply.node] = held
         if reply.until < reply.last_seq:

@@ -14,6 +14,7 @@ import aiohttp
 import orjson
 
 from shareddb.record import Record
+from shareddb.store.base import Checkpoint
 
 if TYPE_CHECKING:
     from shareddb.replication.copy_frames import CopyRequest, Frame
@@ -81,6 +82,12 @@ class PullReply:
     # To a pull under the source's own id (another node started with it, replication/rivals.py):
     # the version of the source's first entry in this run (`Membership.announced`); else 0.
     announced: int = 0
+
+    @property
+    def reached(self) -> Checkpoint:
+        """The puller's position in the source's feed once this answer is applied: its end, in
+        the epoch the answer names."""
+        return Checkpoint(self.node, self.instance, self.until, self.epoch)
 
 
 class Transport(Protocol):
