@@ -55,6 +55,19 @@ def versions_written(node: NodeProcess, count: int, prefix: str) -> dict[str, st
     return written
 
 
+def written_alone(node: NodeProcess, first_life: dict[str, str]) -> dict[str, str]:
+    """Start `node` with no peers (it cannot learn the versions of its first life), write the 20
+    keys again and stop it; no version of `first_life` may come back. Answers the new ones."""
+    node.start()
+    try:
+        second_life = versions_written(node, 20, "second")
+    finally:
+        node.stop()
+    reused = first_life.keys() & second_life.keys()
+    assert not reused, f"versions minted in both lives: {sorted(reused)[:3]}"
+    return second_life
+
+
 def converged_on_one_value_per_version(a: NodeProcess, b: NodeProcess, written: dict[str, str]) -> None:
     """`a` and `b` converge, each of the 20 keys on a value written with the version it holds."""
     wait_converged([a, b])
@@ -95,14 +108,7 @@ def test_node_that_lost_data_with_a_frozen_clock_never_mints_a_version_it_minted
     shutil.rmtree(b.data)
     if loss != "wiped":
         shutil.copytree(older, b.data)
-    alone = NodeProcess(b.data, "b", env=frozen)  # no peers: it cannot learn its old versions
-    alone.start()
-    try:
-        second_life = versions_written(alone, 20, "second")
-    finally:
-        alone.stop()
-    reused = first_life.keys() & second_life.keys()
-    assert not reused, f"versions minted in both lives: {sorted(reused)[:3]}"
+    second_life = written_alone(NodeProcess(b.data, "b", env=frozen), first_life)
 
     b.start()  # its data dir as the second life left it, now with --peers again
     converged_on_one_value_per_version(a, b, {**first_life, **second_life})
@@ -143,14 +149,7 @@ def test_node_whose_redis_was_put_back_to_an_older_copy_never_mints_a_version_ag
 
         b.kill()
         put_back(redis, tmp_path / "older")  # the restore
-        alone = NodeProcess(b.data, "b", *store, env=frozen)
-        alone.start()
-        try:
-            second_life = versions_written(alone, 20, "second")
-        finally:
-            alone.stop()
-        reused = first_life.keys() & second_life.keys()
-        assert not reused, f"versions minted in both lives: {sorted(reused)[:3]}"
+        second_life = written_alone(NodeProcess(b.data, "b", *store, env=frozen), first_life)
         assert min(second_life) > max(first_life)  # the clock went on from the bound
 
         b.start()  # with --peers again: the feed it serves went back, and a reads it again
