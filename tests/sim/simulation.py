@@ -17,24 +17,19 @@ from typing import ClassVar
 
 import orjson
 
-from shareddb.clock import COUNTER_MASK, from_millis, physical
-from shareddb.data_dir import CLOCK_FILE
 from shareddb.membership import Removed
 from shareddb.node import Node
-from shareddb.record import Record, version_hlc, version_origin
+from shareddb.record import Record
 from shareddb.replication.transport import PeerError
 from shareddb.store.base import Outcome
-from shareddb.store.memory import MemoryData
-from tests.sim import clients
+from tests.sim import clients, lives
 from tests.sim.checks import EXPIRY_READS, INVARIANT_2, History, Violation, Write, greatest
 from tests.sim.clients import HOT_KEYS
 from tests.sim.watch import Watcher
-from tests.sim.world import TOMBSTONE_GRACE_MS, SimRegistry, Slot, World, records
+from tests.sim.world import MINUTE, SKEWS, TOMBSTONE_GRACE_MS, SimRegistry, Slot, World, records
 
 HEAL_ROUNDS = 12
-MINUTE = 60_000
 # Clock offsets a node may run at: small drift, beyond the 60 s drift bound, and behind.
-SKEWS = [0, 0, 0, 250, -250, 5_000, -5_000, 90_000, -90_000, 30 * MINUTE]
 ALL_KINDS = (
     "write",
     "pull",
@@ -86,8 +81,6 @@ OPTIONAL_KINDS = (
 # Every run wipes a node that comes back under its old id with its clock turned back, at a step in
 # this range (drawn before the first step, so a shorter replay of the seed keeps the same steps).
 REWIND_STEPS = (40, 240)
-REWIND_WINDOW_MS = 10 * MINUTE  # well inside the tombstone grace (an hour)
-MAX_BURST = 12
 
 
 @dataclass(frozen=True)
@@ -142,7 +135,7 @@ class Simulation:
             for step in range(self.config.steps):
                 result.steps = step + 1
                 if step >= rewind_at and not self.counts["rewind"] and "rewind" in self.enabled_kinds():
-                    await self.rewind()
+                    await lives.rewind(self)
                     continue
                 await self.step()
             result.heal_rounds = await self.heal()
@@ -204,7 +197,7 @@ class Simulation:
             "join": any(s.joining for s in up),
             "add-node": len(self.world.slots) < 7 and any(s.up for s in inside),
             "rewind": len(up) > 1 and any(s.up for s in inside),
-            "restore": len(up) > 1 and bool(self.restorable()),
+            "restore": len(up) > 1 and bool(lives.restorable(self)),
             "remove": len(inside) > 2 and bool(self.removal_candidates()),
             "leave": len(inside) > 2 and any(self.can_remove(s) for s in inside),
             "rejoin": len(inside) < len(self.world.slots) and any(s.up for s in inside),
@@ -310,123 +303,12 @@ class Simulation:
 
     async def restart(self) -> None:
         slot = self.rng.choice([s for s in self.world.slots if not s.up])
-        if self.rng.random() < 0.5:  # what the operator copies while the node is down
-            slot.backup = slot.disk.copy()
-            slot.backup_clock = clock_file(slot).read_bytes() if clock_file(slot).exists() else None
+        if self.rng.random() < 0.5:
+            lives.back_up(slot)
         await self.world.start(slot)
         assert slot.node is not None
         self.note("restart", f"{slot.name} restarts as {slot.node.id}")
         await self.check(slot)
-
-    async def wipe(self) -> None:
-        """A node loses its disk and comes back empty, under its old id or a new one."""
-        slot = self.pick_up()
-        assert slot.node is not None
-        old_id = slot.node.id
-        # A new explicit id or a minted one. Coming back under the old --node-id is covered by
-        # tests/sim/test_scenarios.py; see the README (Adding and removing nodes) for its limit.
-        node_id = self.rng.choice([f"{slot.name}-w{self.counts['wipe'] + 1}", None])
-        self.history.wiped(slot.index)
-        slot.removed = None
-        await self.world.wipe(slot, node_id)
-        await self.world.start(slot)
-        assert slot.node is not None
-        self.note("wipe", f"{slot.name} ({old_id}) wiped, back as {slot.node.id}")
-        await self.check(slot)
-
-    def minted_instant(self, slot: Slot, origin: str, above: int = 0) -> tuple[int, int]:
-        """An instant at which `origin` minted versions recently (above the clock value `above`
-        where it did), past the first of that millisecond if any, and how many writes it takes
-        to mint them all again from there."""
-        # Within the tombstone grace of now: a clock further behind than that is outside what
-        # the design covers (a delete purged meanwhile could lose to its writes).
-        recent = from_millis(self.world.clock_of(slot)() - REWIND_WINDOW_MS)
-        minted = sorted(
-            hlc
-            for _, version in self.history.written
-            if version_origin(version) == origin and (hlc := version_hlc(version)) >= recent
-        )
-        minted = [hlc for hlc in minted if hlc > above] or minted
-        # An instant at which it minted versions past the first of that millisecond, if any.
-        counted = [hlc for hlc in minted if hlc & COUNTER_MASK] or minted
-        if counted:
-            instant = physical(self.rng.choice(counted))
-            at_instant = [hlc & COUNTER_MASK for hlc in minted if physical(hlc) == instant]
-            burst = min(MAX_BURST, max(at_instant) + 1)
-        else:
-            instant, burst = self.world.clock_of(slot)(), 3
-        return instant, burst
-
-    async def rewind(self) -> None:
-        """A node loses its disk and comes back under its old id, its clock standing at an instant
-        where its earlier life minted versions, and takes writes before it hears from anyone.
-
-        Its first versions have the timestamps its earlier life gave its first writes at that
-        instant (the clock counts up from the same start), so only the incarnation tells them
-        apart (invariant 7).
-        """
-        slot = self.rng.choice([s for s in self.world.slots if s.up and s.removed is None])
-        node = slot.node
-        assert node is not None
-        old = node.origin
-        instant, burst = self.minted_instant(slot, old)
-        self.history.wiped(slot.index)
-        await self.world.wipe(slot, node.id)
-        slot.frozen_ms = instant
-        await self.world.start(slot)
-        self.note(
-            "rewind", f"{slot.name} ({old}) wiped, back as {slot.origin}, clock frozen at {instant}"
-        )
-        await self.check(slot)
-        for _ in range(burst):
-            await self.client_write(slot, may_crash=False)
-        slot.frozen_ms = None
-        slot.skew_ms = self.rng.choice(SKEWS)
-
-    def restorable(self) -> list[Slot]:
-        return [s for s in self.world.slots if s.up and s.removed is None and s.backup is not None]
-
-    async def restore(self) -> None:
-        """A node is started again on a backup of its data directory taken at one of its earlier
-        stops, its clock standing at an instant where its life since minted versions, and takes
-        writes before it hears from anyone. The copy lacks those versions and the clock's
-        high-water mark above them; it is a new life of the node (invariant 7), so none of them
-        is minted again for another value, and the peers send it what the copy lacks."""
-        slot = self.rng.choice(self.restorable())
-        node = slot.node
-        assert node is not None
-        assert slot.backup is not None
-        old = node.origin
-        copied = slot.backup.snapshot
-        instant, burst = self.minted_instant(slot, old, copied.tally.clock_high if copied else 0)
-        self.history.wiped(slot.index)
-        await self.world.crash(slot)
-        if self.config.restores_keep_life:
-            slot.disk = MemoryData(slot.backup.snapshot)
-            if (watcher := self.watchers.get(slot.index)) is not None:
-                # Its position may name a write the store lost: the client lists the node
-                # again, as docs/operations.md tells it to after a restore.
-                watcher.instance = ""
-        else:
-            slot.disk = slot.backup.copy()
-        # The whole directory comes back: the clock's bound too (with the bound of the life since
-        # kept, the clock alone would keep the node from minting those versions again).
-        if self.config.restores_keep_life:
-            pass
-        elif slot.backup_clock is None:
-            clock_file(slot).unlink(missing_ok=True)
-        else:
-            clock_file(slot).write_bytes(slot.backup_clock)
-        slot.frozen_ms = instant
-        await self.world.start(slot)
-        self.note(
-            "restore",
-            f"{slot.name} ({old}) restored from a backup as {slot.origin}, clock frozen at {instant}",
-        )
-        await self.check(slot)
-        for _ in range(burst):
-            await self.client_write(slot, may_crash=False)
-        slot.frozen_ms = None
 
     # -- leaving and removal ------------------------------------------------------------------------
 
@@ -590,7 +472,7 @@ class Simulation:
         "time": advance_time,
         "crash": crash,
         "restart": restart,
-        "wipe": wipe,
+        "wipe": lives.wipe,
         "partition": partition,
         "heal": heal_network,
         "skew": skew,
@@ -598,8 +480,8 @@ class Simulation:
         "save-members": save_members,
         "join": join,
         "add-node": add_node,
-        "rewind": rewind,
-        "restore": restore,
+        "rewind": lives.rewind,
+        "restore": lives.restore,
         "remove": remove,
         "leave": leave,
         "rejoin": rejoin,
@@ -721,10 +603,6 @@ class Simulation:
         raise Violation(
             f"{INVARIANT_2}: no convergence after {HEAL_ROUNDS} rounds of pulls: {differences(states)}"
         )
-
-
-def clock_file(slot: Slot) -> Path:
-    return slot.data / CLOCK_FILE
 
 
 async def saved_as_left(node: Node) -> bool:

@@ -35,6 +35,9 @@ from shareddb.replication.transport import PeerError, PeerRemoved, PullReply, Pu
 from shareddb.store.memory import MemoryData, MemoryStore
 
 TOMBSTONE_GRACE_MS = 2 * 60 * 60 * 1000
+MINUTE = 60_000
+# The skews a node's clock takes (ms): most none, some small, a few large.
+SKEWS = [0, 0, 0, 250, -250, 5_000, -5_000, 90_000, -90_000, 30 * MINUTE]
 # Virtual wall-clock time starts here (2027-01-15), so skews in either direction stay positive.
 EPOCH_MS = 1_800_000_000_000
 REGISTRY_URL = "redis://sim-registry:6390/0"
