@@ -111,8 +111,11 @@ class ClockFile:
     Redis restored from a dump, or one that lost its last writes) cannot make it mint a version
     again (docs/design.md, "Identity": "A store that went back")."""
 
-    def __init__(self, data: Path) -> None:
+    def __init__(self, data: Path, *, background: bool = True) -> None:
         self.path = data / CLOCK_FILE
+        # False: every note is written before `reserve` returns (the simulation: when a thread's
+        # note lands would decide the bounds a crash leaves, and a seed would not replay).
+        self._background = background
         self._noted = 0  # the bound last noted (or given up on, logged)
         self._lock = threading.Lock()  # one note at a time
         self._writer: threading.Thread | None = None
@@ -132,7 +135,7 @@ class ClockFile:
         return self._noted
 
     def reserve(self, bound: int, wait: bool) -> int:
-        if wait:
+        if wait or not self._background:
             self._note(bound, above=True)
         elif self._writer is None or not self._writer.is_alive():
             self._writer = threading.Thread(

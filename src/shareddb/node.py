@@ -130,12 +130,14 @@ class Node:
         mint_id: Callable[[], str] = lambda: f"node-{secrets.token_hex(3)}",
         mint_instance: Callable[[], str] = lambda: secrets.token_hex(16),
         make_store: StoreFactory | None = None,
+        bound_in_background: bool = True,
     ) -> Node:
         """Open the node's data dir and store. `now` (wall-clock milliseconds) and `monotonic`
         (seconds) are the node's only sources of time, `mint_id` of a new node id and
         `mint_instance` of a new store's instance id and of this run's `Membership.boot`; the
         simulation passes its own.
-        `make_store` replaces the store `settings.store` names."""
+        `make_store` replaces the store `settings.store` names. `bound_in_background` False notes
+        the clock's bound before the clock goes on (data_dir.ClockFile), for a deterministic run."""
         if settings.registry:
             try:
                 check_registry_url(settings.registry)
@@ -152,7 +154,7 @@ class Node:
         except DataDirError as exc:
             raise NodeError(str(exc)) from None
         try:
-            clock_file = ClockFile(data)
+            clock_file = ClockFile(data, background=bound_in_background)
             try:
                 reserved = clock_file.read()
             except DataDirError as exc:

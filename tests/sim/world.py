@@ -281,6 +281,7 @@ class World:
             make_store=lambda _data, high, mint, now: MemoryStore(
                 slot.disk, clock_high=high, new_instance=mint, now=now, reap=False
             ),
+            bound_in_background=False,
         )
         replicator = await node.attach_replication(slot.url, SimTransport(self, slot))
         # Longer than the longest jump of virtual time: a jump is time in which no node reaches
@@ -307,7 +308,9 @@ class World:
         Every step runs to completion, so no write is half-way when this runs: releasing the store
         only closes files (nothing is queued), and the node gets no chance to save its members.
         Nor to settle its clock's bound: the data dir keeps the bound last noted ahead of the
-        clock, which the node resumes from (docs/design.md, "Identity").
+        clock, which the node resumes from (docs/design.md, "Identity"). The simulation's nodes
+        note it before their clocks go on (`bound_in_background=False`), so what a crash leaves
+        never depends on when a thread ran.
         """
         node = slot.node
         assert node is not None
@@ -318,7 +321,6 @@ class World:
         node.replicator = None
         bound = node.clock.bound
         assert isinstance(bound, ClockFile)
-        bound.wait()  # a note under way lands, as it would (replays must not depend on when)
         noted = bound.path.read_bytes() if bound.path.exists() else None
         await node.close()  # now only releases the data-dir lock, and settles the bound
         if noted is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,16 @@ def test_a_bound_noted_in_the_background_is_answered_once_written(tmp_path: Path
     assert ClockFile(tmp_path).read() >= 20
     clock_file.reserve(5, wait=True)  # below the one noted: the file keeps the greater
     assert ClockFile(tmp_path).read() >= 20
+
+
+def test_a_clock_file_that_notes_inline_has_noted_each_bound_before_answering(
+    tmp_path: Path,
+) -> None:
+    clock_file = ClockFile(tmp_path, background=False)  # the simulation's: no thread to wait for
+    assert clock_file.reserve(20, wait=False) == 20
+    assert ClockFile(tmp_path).read() == 20
+    assert clock_file.reserve(30, wait=False) == 30
+    assert [t.name for t in threading.enumerate() if t.name == "shareddb-clock"] == []
 
 
 def test_settle_notes_the_high_water_mark_after_any_note_in_progress(tmp_path: Path) -> None:
