@@ -3,7 +3,8 @@
 Every choice comes from one `random.Random(seed)`, and every step runs to completion before the next
 one starts, so a seed always replays the same run. After each step the safety invariants are checked
 against what the stores hold; at the end every fault is healed and the nodes must converge within
-`HEAL_ROUNDS` rounds of pulls (liveness).
+`heal.HEAL_ROUNDS` rounds of pulls (liveness). The steps live beside it: the API's in clients.py,
+membership in members.py, the loss of a node's data in lives.py; the end of a run in heal.py.
 """
 
 from __future__ import annotations
@@ -22,14 +23,13 @@ from shareddb.node import Node
 from shareddb.record import Record
 from shareddb.replication.transport import PeerError
 from shareddb.store.base import Outcome
-from tests.sim import clients, lives
-from tests.sim.checks import EXPIRY_READS, INVARIANT_2, History, Violation, Write, greatest
+from tests.sim import clients, lives, members
+from tests.sim.checks import EXPIRY_READS, History, Violation, Write
 from tests.sim.clients import HOT_KEYS
+from tests.sim.heal import heal
 from tests.sim.watch import Watcher
-from tests.sim.world import MINUTE, SKEWS, TOMBSTONE_GRACE_MS, SimRegistry, Slot, World, records
+from tests.sim.world import MINUTE, SKEWS, SimRegistry, Slot, World, records
 
-HEAL_ROUNDS = 12
-# Clock offsets a node may run at: small drift, beyond the 60 s drift bound, and behind.
 ALL_KINDS = (
     "write",
     "pull",
@@ -138,7 +138,7 @@ class Simulation:
                     await lives.rewind(self)
                     continue
                 await self.step()
-            result.heal_rounds = await self.heal()
+            result.heal_rounds = await heal(self)
         except Violation as exc:
             result.error = str(exc)
         finally:
@@ -198,8 +198,8 @@ class Simulation:
             "add-node": len(self.world.slots) < 7 and any(s.up for s in inside),
             "rewind": len(up) > 1 and any(s.up for s in inside),
             "restore": len(up) > 1 and bool(lives.restorable(self)),
-            "remove": len(inside) > 2 and bool(self.removal_candidates()),
-            "leave": len(inside) > 2 and any(self.can_remove(s) for s in inside),
+            "remove": len(inside) > 2 and bool(members.removal_candidates(self)),
+            "leave": len(inside) > 2 and any(members.can_remove(s) for s in inside),
             "rejoin": len(inside) < len(self.world.slots) and any(s.up for s in inside),
             "registry": any(s.registry is not None for s in up),
             "cas": bool(up),
@@ -310,85 +310,6 @@ class Simulation:
         self.note("restart", f"{slot.name} restarts as {slot.node.id}")
         await self.check(slot)
 
-    # -- leaving and removal ------------------------------------------------------------------------
-
-    def can_remove(self, slot: Slot) -> bool:
-        """The node at `slot` is up, in the cluster, and knows it is."""
-        node = slot.node
-        return node is not None and slot.removed is None and not node.membership.self_entry.left
-
-    def removal_candidates(self) -> list[tuple[Slot, Slot]]:
-        """(remover, removed): the remover lists the other's current incarnation as active, and
-        at least one more member: an operator removes a node through a member that stays in
-        touch with the cluster, not through one whose only link is the node it removes."""
-        pairs = []
-        for remover in self.world.slots:
-            if not self.can_remove(remover):
-                continue
-            assert remover.node is not None
-            if len(remover.node.membership.active()) < 2:
-                continue
-            for other in self.world.slots:
-                if other is remover or other.removed is not None or not other.origin:
-                    continue
-                node_id, _, incarnation = other.origin.partition("~")
-                member = remover.node.membership.members.get(node_id)
-                if member is not None and not member.left and member.incarnation == incarnation:
-                    pairs.append((remover, other))
-        return pairs
-
-    def removed(self, slot: Slot) -> None:
-        slot.removed = slot.origin
-        self.history.left_cluster(slot.index, slot.origin)
-
-    async def remove(self) -> None:
-        """An operator removes a member through another node (`shareddb leave --node ID`)."""
-        remover, other = self.rng.choice(self.removal_candidates())
-        node = remover.node
-        assert node is not None
-        node_id = other.origin.partition("~")[0]
-        assert await node.leave(node_id)
-        self.removed(other)
-        self.note(
-            "remove",
-            f"{remover.name} removes {other.origin} ({other.name}, {'up' if other.up else 'down'})",
-        )
-        await self.check(remover)
-
-    async def leave(self) -> None:
-        """A node leaves the cluster itself (`shareddb leave --url URL`)."""
-        slot = self.rng.choice([s for s in self.world.slots if self.can_remove(s)])
-        node = slot.node
-        assert node is not None
-        await node.leave(node.id)
-        self.removed(slot)
-        self.note("leave", f"{slot.name} ({slot.origin}) leaves the cluster")
-        await self.check(slot)
-
-    async def rejoin(self) -> None:
-        """A removed node's disk is wiped and it joins again through a member, under its old id
-        or a new one: a new incarnation, accepted again."""
-        slot = self.rng.choice([s for s in self.world.slots if s.removed is not None])
-        through = self.rng.choice([s for s in self.world.slots if s.up and s.removed is None])
-        node_id = slot.origin.partition("~")[0]
-        node_id = self.rng.choice([node_id, f"{slot.name}-j{self.counts['rejoin'] + 1}"])
-        self.history.wiped(slot.index)
-        slot.removed = None
-        await self.world.wipe(slot, node_id)
-        slot.peers, slot.join = (), through.url
-        await self.world.start(slot)
-        self.note("rejoin", f"{slot.name} wiped, joins through {through.name} as {slot.origin}")
-        await self.check(slot)
-
-    async def registry_tick(self) -> None:
-        """One heartbeat and read of one node's registry loop."""
-        slot = self.rng.choice([s for s in self.world.slots if s.registry is not None])
-        outcome = await self.world.registry_tick(slot)
-        node = slot.node
-        assert node is not None
-        expired = sorted(m.id for m in node.membership.members.values() if m.registry_expired)
-        self.note("registry", f"{slot.name} registry round: {outcome}; expired {expired}")
-
     async def partition(self) -> None:
         """Cut links in one of the shapes real networks fail in."""
         slots = [s.index for s in self.world.slots]
@@ -436,35 +357,6 @@ class Simulation:
         self.note("purge", f"{slot.name} purged {purged} tombstones")
         await self.check(slot)
 
-    async def save_members(self) -> None:
-        slot = self.rng.choice([s for s in self.world.slots if s.up and s.members_dirty])
-        assert slot.replicator is not None
-        slot.members_dirty = False
-        await slot.replicator.persist_members()
-        self.note("save-members", f"{slot.name} saved its member list")
-
-    async def join(self, slot: Slot | None = None) -> None:
-        """A node started with --join announces itself (the real loop retries until answered)."""
-        if slot is None:
-            slot = self.rng.choice([s for s in self.world.slots if s.up and s.joining])
-        node, replicator = slot.running
-        assert slot.join is not None
-        try:
-            entries = await replicator.transport.join(slot.join, node.membership.entries())
-        except PeerError as exc:
-            self.note("join", f"{slot.name} join failed: {exc}")
-            return
-        node.membership.merge(entries)
-        slot.joining = False
-        self.note("join", f"{slot.name} joined through {slot.join}")
-
-    async def add_node(self) -> None:
-        """A new, empty node joins through a random member."""
-        through = self.rng.choice([s for s in self.world.slots if s.removed is None])
-        slot = self.world.add_slot((), join=through.url)
-        await self.world.start(slot)
-        self.note("add-node", f"{slot.name} starts, joining through {through.name}")
-
     ACTIONS: ClassVar[dict[str, Callable[[Simulation], Awaitable[None]]]] = {
         "write": client_write,
         "pull": pull,
@@ -477,15 +369,15 @@ class Simulation:
         "heal": heal_network,
         "skew": skew,
         "purge": purge,
-        "save-members": save_members,
-        "join": join,
-        "add-node": add_node,
+        "save-members": members.save_members,
+        "join": members.join,
+        "add-node": members.add_node,
         "rewind": lives.rewind,
         "restore": lives.restore,
-        "remove": remove,
-        "leave": leave,
-        "rejoin": rejoin,
-        "registry": registry_tick,
+        "remove": members.remove,
+        "leave": members.leave,
+        "rejoin": members.rejoin,
+        "registry": members.registry,
         "cas": clients.conditional_write,
         "ttl": clients.ttl_write,
         "txn": clients.transaction,
@@ -523,87 +415,6 @@ class Simulation:
         )
         return held
 
-    async def heal(self) -> int:
-        """Heal every fault, then pull in rounds until every node holds the same (liveness).
-
-        Removed nodes are outside the cluster: they come back up and try their pulls (and are
-        refused), but only the others must converge.
-        """
-        world = self.world
-        world.network.cut = set()
-        world.network.delayed.clear()
-        world.network.drop_request = world.network.drop_reply = 0.0
-        world.network.delay = world.network.duplicate = world.network.small_page = 0.0
-        world.network.cut_copy = 0.0
-        for slot in world.slots:
-            slot.registry_cut = False
-            if not slot.up:
-                await world.start(slot)
-            elif slot.replicator is not None:
-                # Pages a puller asked for ahead are answers on their way too: each may hold a
-                # write no store holds any more (its node was wiped since). Lost like the
-                # messages above, they are asked for again, so the end is checked against what
-                # the stores hold now.
-                slot.replicator.drop_pages_ahead()
-        self.note("heal", "every fault healed, every node up")
-        inside = [s for s in world.slots if s.removed is None]
-        settled = [s for s in inside if not s.joining]
-        for slot in world.slots:
-            target = world.by_url.get(slot.join or "")
-            members = settled or [s for s in inside if s is not slot]
-            if not (slot.joining and target is not None and members):
-                continue
-            if target.removed is not None or target.joining:
-                # It was told to join through a node that has left since, or that never got in
-                # itself: the operator points its --join at a member of the cluster.
-                through = self.rng.choice(members)
-                slot.join = through.url
-                self.note("heal", f"{slot.name} now joins through {through.name}")
-        inside = [s for s in world.slots if s.removed is None]
-        for slot in world.slots:  # the reapers run all the time: long before the purges
-            await clients.reap(self, slot)
-        states = {s.index: await self.check(s) for s in inside}
-        at_heal = greatest(list(states.values()))
-        for round_ in range(1, HEAL_ROUNDS + 1):
-            for _ in range(2):  # a heartbeat from everyone, then reads that see everyone
-                for slot in world.slots:
-                    if slot.registry is not None:
-                        await world.registry_tick(slot)
-            for slot in world.slots:
-                if slot.joining:
-                    await self.join(slot)
-            for slot in world.slots:
-                node, replicator = slot.running
-                for url in sorted(node.membership.pull_urls()):
-                    try:
-                        await replicator.pull_once(url)
-                    except PeerError as exc:
-                        if slot.removed is None:
-                            raise Violation(
-                                f"{INVARIANT_2}: {slot.name} cannot pull {url}: {exc}"
-                            ) from exc
-                await self.check(slot)
-            if round_ > 1:
-                # Once every node has had a round to hear of every other: past the grace,
-                # purges run everywhere (sooner, the nodes would be cut off for longer than it).
-                world.time_ms += TOMBSTONE_GRACE_MS + MINUTE
-                for slot in world.slots:  # what expired meanwhile, reaped before the purges
-                    await clients.reap(self, slot)
-                for slot in world.slots:
-                    await slot.running[1].purge.run()
-            for slot in world.slots:
-                held = await self.check(slot)
-                if slot.removed is None:
-                    states[slot.index] = held
-            digests = {s.node.store.digest().digest for s in inside if s.node is not None}
-            if len(digests) == 1:
-                states = await clients.settle_expiry(self, inside)
-                self.history.check_final(states, at_heal)
-                return round_
-        raise Violation(
-            f"{INVARIANT_2}: no convergence after {HEAL_ROUNDS} rounds of pulls: {differences(states)}"
-        )
-
 
 async def saved_as_left(node: Node) -> bool:
     """The node's saved member list says this incarnation of it left or was removed."""
@@ -612,18 +423,3 @@ async def saved_as_left(node: Node) -> bool:
         entry["id"] == node.id and entry.get("inc") == node.incarnation and entry["left"]
         for entry in (orjson.loads(saved) if saved else [])
     )
-
-
-def differences(states: dict[int, dict[str, Record]], limit: int = 3) -> str:
-    """The first keys the nodes disagree on, with what each node holds."""
-    keys = sorted({key for records in states.values() for key in records})
-    shown = []
-    for key in keys:
-        held = {index: records.get(key) for index, records in states.items()}
-        if len({(r.version if r else None) for r in held.values()}) > 1:
-            shown.append(
-                f"{key}: " + ", ".join(f"n{i}={r.version if r else None}" for i, r in held.items())
-            )
-        if len(shown) == limit:
-            break
-    return "; ".join(shown)
