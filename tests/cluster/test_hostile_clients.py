@@ -232,6 +232,29 @@ async def test_malformed_requests_get_a_json_4xx_and_no_traceback(guarded: NodeP
     assert not [line for line in new_lines if "Traceback" in line or "Error" in line], new_lines
 
 
+async def test_an_encoding_the_parser_knows_but_cannot_inflate_is_415_not_advice_to_install(
+    guarded: NodeProcess,
+) -> None:
+    """aiohttp's parser refuses br and zstd bodies itself when their modules are not installed,
+    before any handler runs: that was a 400 telling the client to "install `Brotli`"."""
+    async with httpx.AsyncClient(base_url=guarded.url) as client:
+        for encoding in ("br", "zstd"):
+            for method, target in (
+                ("PUT", "/v1/kv/squeezed"),
+                ("POST", "/v1/txn"),
+                ("POST", "/v1/snapshot"),
+            ):
+                reply = await client.request(
+                    method, target, content=b"x" * 64, headers={"Content-Encoding": encoding}
+                )
+                assert reply.status_code == 415, (encoding, target, reply.text)
+                assert reply.json() == {
+                    "error": "unsupported_media_type",
+                    "message": f"Content-Encoding '{encoding}' is not supported; use gzip or deflate",
+                }
+        assert (await client.get("/v1/kv/squeezed")).status_code == 404
+
+
 async def test_at_the_cap_the_longest_waiting_connection_makes_room_and_busy_ones_stay(
     tmp_path: Path,
 ) -> None:

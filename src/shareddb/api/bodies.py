@@ -14,15 +14,28 @@ from aiohttp import web
 from shareddb.api.errors import ApiError, bad_request
 
 READ_CHUNK = 64 * 1024
-ENCODINGS = frozenset({"", "identity", "gzip", "x-gzip", "deflate"})
+# What aiohttp's parser inflates, and no encoding at all. Not "x-gzip": the parser leaves such a
+# body as it came, so it would reach the handler still compressed.
+ENCODINGS = frozenset({"", "identity", "gzip", "deflate"})
+
+
+def unsupported_encoding(encoding: str, *, close: bool = False) -> ApiError:
+    message = f"Content-Encoding {encoding!r} is not supported; use gzip or deflate"
+    return ApiError(415, message, close=close)
+
+
+def body_encoding(request: web.BaseRequest) -> str:
+    """The body's Content-Encoding, lower case ("" for none); 415 for one the node does not read."""
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    if encoding not in ENCODINGS:
+        raise unsupported_encoding(encoding)
+    return encoding
 
 
 async def read_body(request: web.BaseRequest, limit: int, what: str = "body") -> bytes:
     """The body, inflated; 413 as soon as it passes `limit` bytes, 400 when it does not inflate,
     415 for an encoding the node does not read. `what` names the body in messages."""
-    encoding = request.headers.get("Content-Encoding", "").strip().lower()
-    if encoding not in ENCODINGS:
-        raise ApiError(415, f"Content-Encoding {encoding!r} is not supported; use gzip or deflate")
+    encoding = body_encoding(request)
     length = request.content_length
     plain = encoding in ("", "identity")
     if plain and length is not None:

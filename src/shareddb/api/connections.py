@@ -23,15 +23,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import resource
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import ContentEncodingError
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 
+from shareddb.api.bodies import unsupported_encoding
 from shareddb.api.errors import JSON, ApiError
 from shareddb.api.routing import Handler
 
@@ -43,6 +46,8 @@ RESERVED_FILES = 128
 MIN_CONNECTIONS = 16
 WARN_INTERVAL = 60.0  # seconds between two log lines saying the cap was reached
 MAX_ERROR_DETAIL = 200
+# aiohttp's ContentEncodingError names the encoding in brackets: "... brotli (br). Please ..."
+ENCODING_NAMED = re.compile(r"\((\S+)\)")
 
 
 def default_max_connections() -> int:
@@ -219,6 +224,13 @@ class GuardedRequestHandler(RequestHandler):
         API's JSON error and a debug line, where aiohttp logs a traceback and answers text."""
         if not 400 <= status < 500:
             return super().handle_error(request, status, exc, message)
+        if isinstance(exc, ContentEncodingError):
+            # An encoding the parser knows but cannot inflate here (br, zstd: their modules are
+            # not installed), refused before any handler runs: what the handlers answer for one
+            # they do not read (api/bodies.py), not the parser's advice to install a module.
+            named = ENCODING_NAMED.search(str(exc))
+            refused = unsupported_encoding(named.group(1) if named else "?", close=True)
+            return refused.response(seed=False)
         detail = one_line(message or str(exc or "") or "cannot parse the request")
         log.debug("malformed request from %s: %s", request.remote, detail)
         return ApiError(status, f"malformed request: {detail}", close=True).response(seed=False)

@@ -22,7 +22,7 @@ from typing import IO
 
 from aiohttp import web
 
-from shareddb.api.bodies import ENCODINGS, READ_CHUNK
+from shareddb.api.bodies import READ_CHUNK, body_encoding
 from shareddb.api.errors import ApiError, bad_request, json_response
 from shareddb.api.routing import Route
 from shareddb.node import Node
@@ -81,9 +81,7 @@ async def get_snapshot(node: Node, request: web.BaseRequest) -> web.StreamRespon
 
 
 async def post_snapshot(node: Node, request: web.BaseRequest) -> web.Response:
-    encoding = request.headers.get("Content-Encoding", "").strip().lower()
-    if encoding not in ENCODINGS:
-        raise ApiError(415, f"Content-Encoding {encoding!r} is not supported; use gzip or deflate")
+    encoding = body_encoding(request)
     handle, path = _upload_file(node.settings.data)
     try:
         with handle:
