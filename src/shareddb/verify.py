@@ -38,7 +38,8 @@ class Report:
             else:
                 out.append(f"{node_id:<12} {url:<28} {digest['count']:>10} keys  {digest['digest']}")
         if self.agree:
-            out.append(f"all {len(self.nodes)} nodes agree")
+            count = len(self.nodes)
+            out.append(f"all {count} nodes agree" if count > 1 else "1 node, no other member to compare")
             return out
         if self.unreachable:
             out.append("not compared: " + ", ".join(self.unreachable))
