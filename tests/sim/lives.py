@@ -12,7 +12,7 @@ from shareddb.clock import COUNTER_MASK, from_millis, physical
 from shareddb.data_dir import CLOCK_FILE
 from shareddb.record import version_hlc, version_origin
 from shareddb.store.memory import MemoryData
-from tests.sim.world import MINUTE, SKEWS, Slot
+from tests.sim.world import MINUTE, SKEWS, TOMBSTONE_GRACE_MS, Slot
 
 if TYPE_CHECKING:
     from tests.sim.simulation import Simulation
@@ -88,7 +88,17 @@ async def rewind(sim: Simulation) -> None:
 
 
 def restorable(sim: Simulation) -> list[Slot]:
-    return [s for s in sim.world.slots if s.up and s.removed is None and s.backup is not None]
+    """The nodes whose backup an operator may restore: one taken within the tombstone grace. An
+    older one can hold keys deleted since, whose tombstones every member may have purged: the
+    restore would bring them back (docs/operations.md), so such a node is wiped and rejoins."""
+    return [
+        s
+        for s in sim.world.slots
+        if s.up
+        and s.removed is None
+        and s.backup is not None
+        and sim.world.time_ms - s.backup_ms < TOMBSTONE_GRACE_MS
+    ]
 
 
 async def restore(sim: Simulation) -> None:
@@ -134,10 +144,10 @@ async def restore(sim: Simulation) -> None:
     slot.frozen_ms = None
 
 
-def back_up(slot: Slot) -> None:
-    """What the operator copies while the node at `slot` is down: its store and its clock's bound
-    (`restore` puts them back)."""
-    slot.backup = slot.disk.copy()
+def back_up(slot: Slot, now_ms: int) -> None:
+    """What the operator copies while the node at `slot` is down, at virtual time `now_ms`: its
+    store and its clock's bound (`restore` puts them back)."""
+    slot.backup, slot.backup_ms = slot.disk.copy(), now_ms
     path = clock_file(slot)
     slot.backup_clock = path.read_bytes() if path.exists() else None
 

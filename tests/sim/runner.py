@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 from tests.sim.simulation import OPTIONAL_KINDS, Config, Result, Simulation
@@ -23,18 +24,18 @@ async def shrink(result: Result, config: Config) -> tuple[Result, Config]:
     is found by bisection; then each optional kind of fault is left out where the run still fails.
     """
     # It failed by step `result.steps` (a failure at the end fails after every step).
-    best, best_config = result, Config(steps=result.steps, disabled=config.disabled)
+    best, best_config = result, replace(config, steps=result.steps)
     low, high = 0, result.steps
     while low + 1 < high:
         middle = (low + high) // 2
-        trial = Config(steps=middle, disabled=best_config.disabled)
+        trial = replace(best_config, steps=middle)
         attempt = await run_seed(result.seed, trial)
         if attempt.error:
             best, best_config, high = attempt, trial, middle
         else:
             low = middle
     for kind in OPTIONAL_KINDS:
-        trial = Config(steps=best_config.steps, disabled=best_config.disabled | {kind})
+        trial = replace(best_config, disabled=best_config.disabled | {kind})
         attempt = await run_seed(result.seed, trial)
         if attempt.error:
             best, best_config = attempt, trial
@@ -46,6 +47,7 @@ def describe(result: Result, config: Config, tail: int = 80) -> str:
         f"seed {result.seed} FAILED after {result.steps} steps ({result.nodes} nodes): {result.error}",
         f"replay: make sim SEED={result.seed} ARGS='--steps {config.steps}"
         + (f" --disable {','.join(sorted(config.disabled))}" if config.disabled else "")
+        + (" --restores-keep-life" if config.restores_keep_life else "")
         + "'",
         f"trace (last {min(tail, len(result.trace))} of {len(result.trace)} steps):",
         *result.trace[-tail:],

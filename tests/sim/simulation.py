@@ -304,7 +304,7 @@ class Simulation:
     async def restart(self) -> None:
         slot = self.rng.choice([s for s in self.world.slots if not s.up])
         if self.rng.random() < 0.5:
-            lives.back_up(slot)
+            lives.back_up(slot, self.world.time_ms)
         await self.world.start(slot)
         assert slot.node is not None
         self.note("restart", f"{slot.name} restarts as {slot.node.id}")

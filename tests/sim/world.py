@@ -60,6 +60,7 @@ class Slot:
     disk: MemoryData = field(default_factory=MemoryData)  # its store: what survives a crash
     backup: MemoryData | None = None  # a copy of `disk` taken while it was down (`restore`)
     backup_clock: bytes | None = None  # and of its data dir's clock file (data_dir.ClockFile)
+    backup_ms: int = 0  # the virtual time it was taken at
     registry: Registry | None = None  # the node's registry client, while up in a registry world
     registry_cut: bool = False  # it cannot reach the registry
     removed: str | None = None  # the origin (id~incarnation) removed from the cluster, until wiped
