@@ -15,6 +15,7 @@ import pytest
 
 from shareddb.clock import from_millis, physical
 from shareddb.record import Record, make_version
+from shareddb.replication.purge import Purge
 from shareddb.snapshot import FORMAT, MEDIA_TYPE, Checker, Header, SnapshotError, Summary, Writer
 from shareddb.store.sqlite import SQLiteStore
 from shareddb.times import iso_time
@@ -102,6 +103,44 @@ async def test_a_restore_keeps_a_newer_version_here_and_replaces_an_older_one(
         assert (await other.kv_get("older-here")).text == "from the snapshot"
         assert (await other.kv_get("newer-here")).text == "new"
         assert (await other.kv_get("deleted-here")).status == 404
+
+
+async def test_a_restore_does_not_bring_back_a_key_deleted_since_whose_tombstone_was_purged(
+    api: Api,
+) -> None:
+    """Invariant 4: a deleted key never comes back. Once the tombstone of a delete made after
+    the snapshot was taken has been purged (past the grace, every member holding it), the node
+    holds nothing of the key; the snapshot's older value must not take its place. What the node
+    still holds a version of is merged as usual, and so is what is newer than every purge."""
+    await api.kv_put("deleted-since", "in the snapshot")
+    await api.kv_put("purged-too", "in the snapshot")
+    await api.kv_put("rewritten", "in the snapshot")
+    body = await snapshot_of(api)
+    assert (await api.delete("/v1/kv/deleted-since")).status == 204
+    assert (await api.delete("/v1/kv/purged-too")).status == 204
+    assert (await api.delete("/v1/kv/rewritten")).status == 204
+    # Every tombstone is past the grace from here on (a grace of minus a minute).
+    purge = Purge(api.node.store, api.node.membership, now=api.node.now, grace_ms=-60_000)
+    assert await purge.run() == 3
+    await api.kv_put("rewritten", "after the purge")
+    ahead = make_version(from_millis(api.node.now() + 90_000), api.node.origin)
+    assert await api.node.merge([Record("new-key", "newer than every purge", ahead)]) == (1, 1)
+    assert await restore(api, body) == (200, {"applied": 0, "skipped": 3})
+    assert (await api.kv_get("deleted-since")).status == 404
+    assert (await api.kv_get("purged-too")).status == 404
+    assert (await api.kv_get("rewritten")).text == "after the purge"
+    assert (await api.kv_get("new-key")).text == "newer than every purge"
+
+
+async def test_a_restore_into_a_node_that_never_purged_brings_back_every_missing_key(
+    api: Api, tmp_path: Path
+) -> None:
+    await api.load({f"key{i}": "v" for i in range(10)})
+    body = await snapshot_of(api)
+    async with running_api(tmp_path / "fresh") as fresh:
+        purge = Purge(fresh.node.store, fresh.node.membership, now=fresh.node.now, grace_ms=0)
+        assert await purge.run() == 0  # nothing to purge: nothing is noted as purged either
+        assert await restore(fresh, body) == (200, {"applied": 10, "skipped": 0})
 
 
 BROKEN = (

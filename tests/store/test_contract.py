@@ -1113,6 +1113,28 @@ async def test_the_feed_floor_moves_with_a_purge_and_survives_reopen(stores: Sto
     assert reopened.last_seq == 3
 
 
+async def test_what_a_purge_dropped_is_noted_in_its_commit_and_survives_reopen(
+    stores: Stores,
+) -> None:
+    """`purged_before`: what a snapshot restore must not bring back (invariant 4). Raised only by
+    a purge that drops a tombstone, never lowered."""
+    store = await stores.open()
+    assert store.purged_before == ""
+    await store.write(put("k", "v", 1))
+    await store.write(tomb("k", 2))
+    assert await store.purge_tombstones(store.last_seq, v(100, "")) == 1
+    assert store.purged_before == v(100, "")
+    assert await store.purge_tombstones(store.last_seq, v(500, "")) == 0  # nothing went
+    assert store.purged_before == v(100, "")
+    await store.write(tomb("j", 3))  # a delete of an absent key writes nothing
+    await store.write(put("j", "v", 4))
+    await store.write(tomb("j", 5))
+    assert await store.purge_tombstones(store.last_seq, v(50, "")) == 1  # a clock stepped back
+    assert store.purged_before == v(100, "")
+    reopened = await stores.reopen(store)
+    assert reopened.purged_before == v(100, "")
+
+
 async def test_a_transaction_whose_tombstone_was_purged_serves_nothing_for_that_key(
     stores: Stores,
 ) -> None:

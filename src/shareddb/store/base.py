@@ -236,6 +236,12 @@ class Store(Protocol):
         tombstones are gone from it (a watch from there is answered 410)."""
         ...
 
+    @property
+    def purged_before(self) -> str:
+        """A version that every tombstone this store ever purged sorts before ("" if none went):
+        of a key it holds nothing of, an older record may be a value deleted since."""
+        ...
+
     async def open(self) -> None: ...
 
     async def close(self) -> None:

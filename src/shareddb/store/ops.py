@@ -110,10 +110,13 @@ class SetMeta:
 @dataclass(frozen=True, slots=True)
 class PurgeTombstones:
     """Drop tombstones at or below `max_seq` whose version sorts before `before`, and the
-    transaction entries that cover no row any more. Answers how many tombstones went."""
+    transaction entries that cover no row any more. Answers how many tombstones went. `noted`:
+    the store's `purged_before` as the purge was asked for, raised to `before` in the same commit
+    when a tombstone goes."""
 
     max_seq: int
     before: str
+    noted: str = ""
 
 
 Op = ClientWrite | Txn | PeerBatch | Expire | SetMeta | PurgeTombstones | BulkLoad

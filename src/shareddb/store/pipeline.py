@@ -57,7 +57,15 @@ from shareddb.store.ops import (
     op_size,
     unstorable,
 )
-from shareddb.store.plan import Batch, Planner, Stored, Tally, Tombstones, plan_batch
+from shareddb.store.plan import (
+    PURGED_BEFORE,
+    Batch,
+    Planner,
+    Stored,
+    Tally,
+    Tombstones,
+    plan_batch,
+)
 
 log = logging.getLogger("shareddb.store")
 
@@ -110,6 +118,7 @@ class PipelineStore:
         self._cache = RecordCache()
         self._tail = FeedTail()  # the newest changes, for the feed's readers (store/feed_tail.py)
         self._generation = 0  # bumped whenever the cache is refreshed or dropped
+        self._purged_before = ""  # node meta PURGED_BEFORE, as of the last commit
         # Told how many seconds each committed batch took (the node's metrics).
         self.commit_observer: Callable[[float], None] | None = None
 
@@ -118,6 +127,7 @@ class PipelineStore:
     async def open(self) -> None:
         await self._backend.open()
         try:
+            self._purged_before = await self._backend.get_meta(PURGED_BEFORE) or ""
             await self._expiry.fill(self._backend.expiring, self._now())
         except BaseException:
             await self._backend.close()
@@ -158,6 +168,10 @@ class PipelineStore:
     @property
     def feed_floor(self) -> int:
         return self._backend.tally.floor
+
+    @property
+    def purged_before(self) -> str:
+        return self._purged_before
 
     def digest(self) -> Digest:
         """`count` leaves out values that have expired (tombstones or not yet); the digest is the
@@ -287,7 +301,7 @@ class PipelineStore:
         await self._submit(SetMeta(name, value))
 
     async def purge_tombstones(self, max_seq: int, before: str) -> int:
-        purged: int = await self._submit(PurgeTombstones(max_seq, before))
+        purged: int = await self._submit(PurgeTombstones(max_seq, before, self._purged_before))
         return purged
 
     def _submit(self, op: Op) -> asyncio.Future[Any]:
@@ -366,6 +380,7 @@ class PipelineStore:
             self.commit_observer(time.perf_counter() - started)
         self._note_cannot_write(None)
         self._generation += 1
+        self._purged_before = written.meta.get(PURGED_BEFORE, self._purged_before)
         self._cache.committed(written.accepted)
         self._tail.committed(written)
         self._expiry.committed(written.accepted, self._now())

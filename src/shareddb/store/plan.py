@@ -69,6 +69,11 @@ def loses(version: str, value: str | None, stored: StoredRow | None) -> bool:
 Tombstones = dict[str, tuple[int, str]]  # key -> (seq, version) of a stored tombstone
 
 
+# Node meta, written in the commit of every purge that drops a tombstone: a version that every
+# tombstone the store ever purged sorts before (`Store.purged_before`).
+PURGED_BEFORE = "purged_before"
+
+
 @dataclass(frozen=True, slots=True)
 class Tally:
     """What a store keeps beside its rows, as of its last commit: never changed in place."""
@@ -306,6 +311,8 @@ def plan_batch(
     purged = choose_purge(plan, tombstones, purges, results)
     if purged:
         floor = max(floor, *(op.max_seq for _, op in purges))
+        went = [op for index, op in purges if results[index]]
+        meta[PURGED_BEFORE] = max(went[0].noted, *(op.before for op in went))
     buckets = list(base.buckets)
     for bucket, value in plan.buckets.items():
         buckets[bucket] = value
