@@ -26,12 +26,22 @@ def main() -> int:
         action="store_true",
         help="a restore puts the store back as the same life, the data dir kept (a Redis dump)",
     )
+    parser.add_argument(
+        "--snapshots",
+        action="store_true",
+        help="snapshots of a node (shareddb backup) are taken and restored into nodes, of any age",
+    )
     args = parser.parse_args()
     logging.disable(logging.CRITICAL)  # skew warnings, refusals and the like: the trace tells the story
     disabled = frozenset(k for k in args.disable.split(",") if k)
     if unknown := disabled - set(ALL_KINDS):
         parser.error(f"unknown kinds: {', '.join(sorted(unknown))}")
-    config = Config(steps=args.steps, disabled=disabled, restores_keep_life=args.restores_keep_life)
+    config = Config(
+        steps=args.steps,
+        disabled=disabled,
+        restores_keep_life=args.restores_keep_life,
+        snapshots=args.snapshots,
+    )
     return asyncio.run(_replay(args.seed, config) if args.seed is not None else _many(args, config))
 
 

@@ -1,6 +1,9 @@
 """The steps that take a node's data away: a wipe, a wipe under its old id with its clock turned
 back (`rewind`), and a restore from a backup of its store (`restore`), each checked against
-invariant 7: no two different values ever carry the same version (docs/design.md, "Identity").
+invariant 7: no two different values ever carry the same version (docs/design.md, "Identity");
+and the steps that put old data back into a running node: a snapshot of a node's data
+(`shareddb backup`), restored into any node however old it is (`shareddb restore`), checked
+against invariant 4: a deleted key never comes back.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from shareddb.clock import COUNTER_MASK, from_millis, physical
 from shareddb.data_dir import CLOCK_FILE
 from shareddb.record import version_hlc, version_origin
 from shareddb.store.memory import MemoryData
-from tests.sim.world import MINUTE, SKEWS, TOMBSTONE_GRACE_MS, Slot
+from tests.sim.world import MINUTE, SKEWS, TOMBSTONE_GRACE_MS, Slot, records
 
 if TYPE_CHECKING:
     from tests.sim.simulation import Simulation
@@ -154,3 +157,39 @@ def back_up(slot: Slot, now_ms: int) -> None:
 
 def clock_file(slot: Slot) -> Path:
     return slot.data / CLOCK_FILE
+
+
+SNAPSHOTS_KEPT = 6
+
+
+def snapshotable(sim: Simulation) -> list[Slot]:
+    return [s for s in sim.world.slots if s.up and s.removed is None]
+
+
+async def snapshot(sim: Simulation) -> None:
+    """`shareddb backup` of a member: every key it holds, values and tombstones, as committed.
+    (Not of a node that was removed: what it wrote since is nobody's to bring back, invariant 8.)"""
+    slot = sim.rng.choice(snapshotable(sim))
+    assert slot.node is not None
+    held = list((await records(slot.node)).values())
+    # The first one is kept, so that some restores bring back data older than the grace.
+    taken = [*sim.snapshots, (sim.world.time_ms, held)]
+    sim.snapshots = taken[:1] + taken[1:][-(SNAPSHOTS_KEPT - 1) :]
+    sim.note("snapshot", f"{slot.name} snapshot of {len(held)} records")
+
+
+async def restore_snapshot(sim: Simulation) -> None:
+    """`shareddb restore` of one of the snapshots into a node, whatever its age: each record is
+    merged as a peer's is, and none may bring back a key deleted since (`purge.restorable`)."""
+    slot = sim.pick_up()
+    node = slot.node
+    assert node is not None
+    # The oldest one half the time: the restore most likely to bring back a purged delete.
+    taken_ms, held = sim.snapshots[0] if sim.rng.random() < 0.5 else sim.rng.choice(sim.snapshots)
+    won, _ = await node.merge(held)
+    sim.note(
+        "restore-snapshot",
+        f"{slot.name} restores a snapshot {sim.world.time_ms - taken_ms} ms old: {won} of "
+        f"{len(held)} records won",
+    )
+    await sim.check(slot)

@@ -48,6 +48,7 @@ def describe(result: Result, config: Config, tail: int = 80) -> str:
         f"replay: make sim SEED={result.seed} ARGS='--steps {config.steps}"
         + (f" --disable {','.join(sorted(config.disabled))}" if config.disabled else "")
         + (" --restores-keep-life" if config.restores_keep_life else "")
+        + (" --snapshots" if config.snapshots else "")
         + "'",
         f"trace (last {min(tail, len(result.trace))} of {len(result.trace)} steps):",
         *result.trace[-tail:],

@@ -56,6 +56,8 @@ ALL_KINDS = (
     "txn",
     "reap",
     "watch",
+    "snapshot",
+    "restore-snapshot",
 )
 # Fault kinds a failing run may be replayed without, to find a shorter trace.
 OPTIONAL_KINDS = (
@@ -77,6 +79,8 @@ OPTIONAL_KINDS = (
     "txn",
     "reap",
     "watch",
+    "snapshot",
+    "restore-snapshot",
 )
 # Every run wipes a node that comes back under its old id with its clock turned back, at a step in
 # this range (drawn before the first step, so a shorter replay of the seed keeps the same steps).
@@ -91,6 +95,10 @@ class Config:
     # its clock bound) kept: a Redis restored from a dump. Else the whole directory comes back,
     # and the store opens as a new life.
     restores_keep_life: bool = False
+    # Snapshots of a node's data (`shareddb backup`) taken and restored into a node, of any age
+    # (`shareddb restore`), in runs without transactions. Off by default, so that every other
+    # seed replays as it always did.
+    snapshots: bool = False
 
 
 @dataclass
@@ -117,6 +125,7 @@ class Simulation:
         self._unique = 0
         self.reads: dict[tuple[int, str], str | None] = {}  # (slot, key) → the version last read
         self.watchers: dict[int, Watcher] = {}  # by slot
+        self.snapshots: list[tuple[int, list[Record]]] = []  # (virtual time, records), newest last
         self._checked: dict[int, object] = {}  # slot → the store snapshot it was last checked at
 
     # -- the run ----------------------------------------------------------------------------------
@@ -173,6 +182,8 @@ class Simulation:
             "txn": 5,
             "reap": 3,
             "watch": 4,
+            "snapshot": 1,
+            "restore-snapshot": 1,
         }
         kind = self.rng.choices(kinds, [weights[k] for k in kinds])[0]
         await self.ACTIONS[kind](self)
@@ -204,9 +215,13 @@ class Simulation:
             "registry": any(s.registry is not None for s in up),
             "cas": bool(up),
             "ttl": bool(up),
-            "txn": bool(up),
+            # A restored snapshot puts a transaction's keys back as separate writes (README,
+            # "Limits of a restore"): with snapshots, no transactions.
+            "txn": bool(up) and not self.config.snapshots,
             "reap": bool(up),
             "watch": bool(up),
+            "snapshot": self.config.snapshots and bool(lives.snapshotable(self)),
+            "restore-snapshot": bool(up and self.snapshots),
         }
         return [k for k in ALL_KINDS if possible[k] and k not in self.config.disabled]
 
@@ -383,6 +398,8 @@ class Simulation:
         "txn": clients.transaction,
         "reap": clients.reap,
         "watch": clients.watch,
+        "snapshot": lives.snapshot,
+        "restore-snapshot": lives.restore_snapshot,
     }
 
     # -- checks -----------------------------------------------------------------------------------

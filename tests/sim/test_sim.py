@@ -37,3 +37,18 @@ def test_simulated_cluster_keeps_every_invariant_over_800_seeds() -> None:
     for run, output in zip(runs, outputs, strict=True):
         print(output)
         assert run.returncode == 0, output
+
+
+def test_snapshots_restored_into_running_nodes_keep_every_invariant_over_100_seeds() -> None:
+    """`--snapshots`: `shareddb backup` of a member and `shareddb restore` of it, old ones too,
+    into running nodes, among every other fault (invariant 4: a restore never undoes a delete)."""
+    first = int(os.environ.get("SHAREDDB_SIM_FIRST", "500000")) + SEEDS
+    print(f"simulation seeds {first}..{first + 99} with --snapshots")
+    run = subprocess.run(
+        [sys.executable, "-m", "tests.sim", "--seeds", "100", "--first", str(first), "--snapshots"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    print(run.stdout, run.stderr)
+    assert run.returncode == 0, run.stdout
