@@ -711,3 +711,32 @@ async def test_a_crashed_node_resumes_its_clock_from_the_bound_it_noted_ahead(tm
         after = await slot.running[0].put("k", "after it")
         ahead = physical(version_hlc(after.version)) - physical(version_hlc(before.version))
         assert RESERVE_AHEAD_MS // 2 < ahead <= RESERVE_AHEAD_MS + 1  # the bound, then one tick
+
+
+async def test_a_snapshot_restored_after_the_purge_does_not_bring_a_deleted_key_back(
+    tmp_path: Path,
+) -> None:
+    """Invariant 4: a deleted key never comes back. A snapshot taken before a delete, restored
+    once every node has purged the delete's tombstone, used to put the old value back: the nodes
+    held nothing of the key, so it won everywhere."""
+    async with cluster(tmp_path, 2, ["n0", "n1"]) as world:
+        first, second = world.slots
+        node = first.running[0]
+        await node.put("gone", "before the delete")
+        await node.put("kept", "in the snapshot")
+        await pull_all(second)
+        snapshot = list((await records(node)).values())
+        await node.delete("gone")
+        for _ in range(2):  # each node's pulls tell the other how far they hold its feed
+            await pull_all(second)
+            await pull_all(first)
+        world.time_ms += TOMBSTONE_GRACE_MS + MINUTE
+        assert await first.running[1].purge.run() == 1
+        assert await second.running[1].purge.run() == 1
+        assert "gone" not in await records(node)
+        assert await node.merge(snapshot) == (0, 0)  # "kept" is here already; "gone" is left out
+        await pull_all(second)
+        for slot in world.slots:
+            held = await records(slot.running[0])
+            assert "gone" not in held, (slot.name, held.get("gone"))
+            assert held["kept"].value == "in the snapshot"
