@@ -7,6 +7,7 @@ traceback. Independent command runs go in parallel (each pays the interpreter's 
 from __future__ import annotations
 
 import fcntl
+import http.client
 import importlib.metadata
 import os
 import re
@@ -505,10 +506,15 @@ def test_set_refuses_a_value_that_is_not_utf8_in_one_line(start_node: StartNode)
 # -- cluster up ----------------------------------------------------------------------------------
 
 
+# Not listening yet. A connection to a port of the ephemeral range where nothing listens can also
+# meet itself (TCP's simultaneous open) and read back its own request: http.client's BadStatusLine.
+NOT_UP = (OSError, http.client.HTTPException)
+
+
 def health(url: str) -> object:
     try:
         return get_json(url + "/health", timeout=2)
-    except OSError:
+    except NOT_UP:
         return None
 
 
@@ -517,7 +523,7 @@ def value_of(url: str, key: str) -> str | None:
         with urllib.request.urlopen(f"{url}/v1/kv/{key}", timeout=2) as response:
             text: str = response.read().decode()
             return text
-    except OSError:
+    except NOT_UP:
         return None
 
 
