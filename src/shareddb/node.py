@@ -36,7 +36,6 @@ from shareddb.replication.bus import Bus
 from shareddb.replication.bus_view import parse_bus_url, redact
 from shareddb.replication.feed import Feed
 from shareddb.replication.puller import Replicator
-from shareddb.replication.purge import restorable
 from shareddb.replication.transport import HttpTransport, PeerError, Transport
 from shareddb.store.base import Outcome, Store, StoreUnavailable
 from shareddb.store.ops import Behind, Condition, Conflict
@@ -424,12 +423,11 @@ class Node:
         only over an older one (a newer version here is kept); those that win enter this node's
         feed and replicate as usual. Their versions move the clock as a peer's do, up to the
         drift bound. A record of a key this node holds nothing of, older than a tombstone it
-        purged, is left out (`purge.restorable`): it may have been deleted since. Answers how
+        purged, is left out (`PeerBatch.restored`): it may have been deleted since. Answers how
         many won, and how many were past the drift bound."""
-        records = await restorable(self.store, records)
         wall = self._now()
         skewed = self.clock.observe_all(record_hlcs(records), wall)
-        won = (await self.store.apply(records)).won
+        won = (await self.store.apply(records, restored=True)).won
         if self.replicator is not None:
             self.replicator.skewed += skewed
         return won, skewed

@@ -257,6 +257,37 @@ def test_a_purge_that_drops_tombstones_raises_the_feed_floor() -> None:
     assert batch.tally.floor == 7
 
 
+def test_a_purge_that_drops_a_tombstone_raises_the_purge_mark_and_never_lowers_it() -> None:
+    mark = "purged_before"  # plan.PURGED_BEFORE, as it is stored in the node's metadata
+    stored = {"t": (5, v(1))}
+    batch = plan_batch([PurgeTombstones(7, v(100))], 0, Tally(9, 0, 0, EMPTY), {}, stored)
+    assert batch.meta == {mark: v(100)}
+    later = plan_batch(
+        [PurgeTombstones(7, v(50))], 0, Tally(9, 0, 0, EMPTY), {}, stored, 0, v(100)
+    )  # a clock that stepped back
+    assert later.meta == {mark: v(100)}
+    nothing = plan_batch([PurgeTombstones(7, v(200))], 0, Tally(9, 0, 0, EMPTY), {}, {})
+    assert nothing.meta == {}
+
+
+def test_a_restored_record_older_than_the_purge_mark_is_left_out_only_where_nothing_is_held() -> None:
+    """Invariant 4: a snapshot's old value of a key whose tombstone was purged must not come
+    back. Where the plan holds the key (a value, a tombstone, or a tombstone its own purge drops
+    in the same batch), the merge rule decides."""
+    mark = v(100, "")
+    stored: Stored = {"older-tomb": (False, v(5), None), "newer-tomb": (False, v(20), None)}
+    records = [put("gone", "old", 10), put("older-tomb", "old", 10), put("newer-tomb", "old", 10)]
+    records.append(put("new", "after the mark", 150))
+    ops: list[Op] = [PeerBatch(records, restored=True), PurgeTombstones(9, v(100))]
+    tombstones = {"older-tomb": (1, v(5)), "newer-tomb": (2, v(20))}
+    batch = plan_batch(ops, 0, Tally(2, 0, 0, EMPTY), dict(stored), tombstones, 0, mark)
+    assert batch.results[0] == Applied(2, 3, 4)  # "older-tomb" (over its tombstone) and "new"
+    assert {row[0] for row in batch.rows} == {"older-tomb", "new"}
+    assert batch.purged == ["newer-tomb"]  # the tombstone that beat the restored value
+    plain = plan_batch([PeerBatch(records)], 0, Tally(2, 0, 0, EMPTY), dict(stored), {}, 0, mark)
+    assert plain.results[0] == Applied(3, 3, 5)  # a peer's page is merged whatever the mark
+
+
 def test_a_peer_page_plans_as_merging_each_record_and_passes_over_keys_only_named() -> None:
     """A peer's page or bus message outside any transaction goes through `MergePlan.load` (one
     loop); it must plan exactly what merging its records one by one plans. A key the peer only

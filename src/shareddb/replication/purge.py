@@ -12,11 +12,11 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 from shareddb.clock import from_millis
 from shareddb.membership import Membership
-from shareddb.record import Record, make_version
+from shareddb.record import make_version
 from shareddb.store.base import Store, StoreUnavailable
 
 log = logging.getLogger("shareddb.replication")
@@ -69,17 +69,3 @@ class Purge:
             await asyncio.sleep(PURGE_INTERVAL * rng.uniform(0.8, 1.2))
             with contextlib.suppress(StoreUnavailable):
                 await self.run()
-
-
-async def restorable(store: Store, records: Sequence[Record]) -> list[Record]:
-    """`records` of a snapshot, but those a restore must leave out: a record of a key this node
-    holds nothing of, older than a tombstone it purged, may be a value deleted after the snapshot
-    was taken, whose tombstone is gone (invariant 4). Where the node holds a value or a tombstone
-    of the key, the merge rule decides as usual: no purge takes a value, and a record newer than
-    the tombstone held was written after that delete."""
-    purged_before = store.purged_before
-    old = {r.key for r in records if r.version < purged_before}
-    if not old:
-        return list(records)
-    held = await store.lookup(old)
-    return [r for r in records if r.version >= purged_before or r.key in held]

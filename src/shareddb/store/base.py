@@ -267,10 +267,14 @@ class Store(Protocol):
         records: Sequence[Record],
         checkpoint: Checkpoint | None = None,
         groups: Sequence[tuple[int, int]] = (),
+        *,
+        restored: bool = False,
     ) -> Applied:
         """Merge records from a peer by LWW and save `checkpoint`, atomically. `groups`: index
-        ranges of `records` that are transactions, kept whole in this node's feed. Returns how
-        many won, and where in the feed."""
+        ranges of `records` that are transactions, kept whole in this node's feed. `restored`:
+        records of a snapshot, of which one of a key the store holds nothing of, older than a
+        tombstone it purged, is left out (`PeerBatch`). Returns how many won, and where in the
+        feed."""
         ...
 
     async def bulk_load(

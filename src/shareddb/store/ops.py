@@ -68,12 +68,15 @@ class Txn:
 class PeerBatch:
     """Records from a peer, merged by LWW, and how far its feed was read. `groups`: the (start,
     stop) index ranges of `records` that are transactions, where a record may only name its key
-    (`Record.named_only`): it is named in this node's entry, never merged. Answers how many
-    records won."""
+    (`Record.named_only`): it is named in this node's entry, never merged. `restored`: the
+    records of a snapshot (`shareddb restore`), of which one of a key the store holds nothing of,
+    older than a tombstone it purged (`Store.purged_before`), is left out: it may be a value
+    deleted since, whose tombstone is gone. Answers how many records won."""
 
     records: Sequence[Record]
     checkpoint: Checkpoint | None = None
     groups: Sequence[tuple[int, int]] = ()
+    restored: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,13 +113,10 @@ class SetMeta:
 @dataclass(frozen=True, slots=True)
 class PurgeTombstones:
     """Drop tombstones at or below `max_seq` whose version sorts before `before`, and the
-    transaction entries that cover no row any more. Answers how many tombstones went. `noted`:
-    the store's `purged_before` as the purge was asked for, raised to `before` in the same commit
-    when a tombstone goes."""
+    transaction entries that cover no row any more. Answers how many tombstones went."""
 
     max_seq: int
     before: str
-    noted: str = ""
 
 
 Op = ClientWrite | Txn | PeerBatch | Expire | SetMeta | PurgeTombstones | BulkLoad

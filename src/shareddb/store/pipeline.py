@@ -281,8 +281,10 @@ class PipelineStore:
         records: Sequence[Record],
         checkpoint: Checkpoint | None = None,
         groups: Sequence[tuple[int, int]] = (),
+        *,
+        restored: bool = False,
     ) -> Applied:
-        result: Applied = await self._submit(PeerBatch(records, checkpoint, groups))
+        result: Applied = await self._submit(PeerBatch(records, checkpoint, groups, restored))
         return result
 
     async def bulk_load(
@@ -301,7 +303,7 @@ class PipelineStore:
         await self._submit(SetMeta(name, value))
 
     async def purge_tombstones(self, max_seq: int, before: str) -> int:
-        purged: int = await self._submit(PurgeTombstones(max_seq, before, self._purged_before))
+        purged: int = await self._submit(PurgeTombstones(max_seq, before))
         return purged
 
     def _submit(self, op: Op) -> asyncio.Future[Any]:
@@ -358,7 +360,8 @@ class PipelineStore:
         if not ops:
             return
         seq = self.last_seq
-        planner = partial(_plan_at, ops, self._clock_source, self._now)
+        # The mark as of the last commit: batches commit one at a time, each after the one before.
+        planner = partial(_plan_at, ops, self._clock_source, self._now, self._purged_before)
         started = time.perf_counter()
         try:
             written = await self._backend.commit(keys, purge_upto, planner)
@@ -443,10 +446,11 @@ def _plan_at(
     ops: Sequence[Op],
     clock: Callable[[], int],
     now: Callable[[], int],
+    purged_before: str,
     base: Tally,
     stored: Stored,
     tombstones: Tombstones,
 ) -> Batch:
     """The planner a backend calls between its lookup and its write (on whatever thread it
     writes from): the clocks are read then, so the persisted high-water mark is fresh."""
-    return plan_batch(ops, clock(), base, stored, tombstones, now())
+    return plan_batch(ops, clock(), base, stored, tombstones, now(), purged_before)

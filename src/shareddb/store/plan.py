@@ -262,10 +262,12 @@ def plan_batch(
     stored: Stored,
     tombstones: Tombstones,
     now: int = 0,
+    purged_before: str = "",
 ) -> Batch:
     """Plan `ops` against the stored state: `stored` holds every key they touch that exists, and
     `tombstones` every tombstone at or below the greatest `max_seq` of their purges. `now` is the
-    wall clock, in milliseconds, that decides expiry."""
+    wall clock, in milliseconds, that decides expiry; `purged_before` the store's mark of what it
+    purged (`PURGED_BEFORE`) as of its last commit."""
     plan = MergePlan(stored, base.seq, base.live, base.buckets, now)
     results: list[object] = []
     checkpoints: dict[str, Checkpoint] = {}
@@ -283,7 +285,11 @@ def plan_batch(
             results.append(_plan_txn(plan, op))
         elif isinstance(op, PeerBatch):
             first = plan.seq + 1  # each record that wins takes the next position
-            won = _plan_peer_batch(plan, op) if op.groups else plan.load(op.records)
+            records = op.records
+            if op.restored:  # (never with groups) whatever the plan holds of a key, merged as usual
+                held = plan.current
+                records = [r for r in records if r.version >= purged_before or r.key in held]
+            won = _plan_peer_batch(plan, op) if op.groups else plan.load(records)
             results.append(Applied(won, first, plan.seq))
             if op.checkpoint is not None:
                 checkpoints[op.checkpoint.peer] = op.checkpoint
@@ -312,7 +318,7 @@ def plan_batch(
     if purged:
         floor = max(floor, *(op.max_seq for _, op in purges))
         went = [op for index, op in purges if results[index]]
-        meta[PURGED_BEFORE] = max(went[0].noted, *(op.before for op in went))
+        meta[PURGED_BEFORE] = max(purged_before, *(op.before for op in went))
     buckets = list(base.buckets)
     for bucket, value in plan.buckets.items():
         buckets[bucket] = value
