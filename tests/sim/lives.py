@@ -180,7 +180,7 @@ async def snapshot(sim: Simulation) -> None:
 
 async def restore_snapshot(sim: Simulation) -> None:
     """`shareddb restore` of one of the snapshots into a node, whatever its age: each record is
-    merged as a peer's is, and none may bring back a key deleted since (`purge.restorable`)."""
+    merged as a peer's is, and none may bring back a key deleted since (`PeerBatch.restored`)."""
     slot = sim.pick_up()
     node = slot.node
     assert node is not None
