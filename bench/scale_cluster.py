@@ -18,6 +18,10 @@ sees every other up, and measures:
 - **`PUT ?w=N`**: `--probes` writes one after another to node 1, each answered once all N nodes
   hold it: p50 and p99.
 
+With `--rounds N` every set-up runs N times, in a fresh cluster each time, the order alternating
+(forward, backward, ...) so that a change in the machine's load hits every set-up alike; each
+figure is then the median over the rounds, and each ratio is given for every round too.
+
 Then the issue's ratios, all of one run: CPU per write per node at 9 nodes over that at 3 (goal
 <= 1.3), idle CPU of 9 nodes over that of 3 (goal <= 3), and the bus's convergence time at 25
 nodes over that of 3 nodes (goal <= 2). Every node shares the machine's cores, so absolute figures
@@ -25,6 +29,7 @@ only mean something next to each other.
 
     make bench-scale                                            # every set-up (many minutes)
     .venv/bin/python bench/scale_cluster.py --setups mesh:3,bus:3 --writes 1000 --probes 20
+    .venv/bin/python bench/scale_cluster.py --setups bus:3,bus:25 --rounds 3   # the bus's ratio
 
 Needs nats-server for the bus set-ups (Debian: apt-get install nats-server).
 """
@@ -32,15 +37,12 @@ Needs nats-server for the bus set-ups (Debian: apt-get install nats-server).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-
-import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -50,7 +52,8 @@ from tests.harness.procfs import cpu_seconds
 
 from bench.bus import VALUE, mesh, on_bus, wait_members
 from bench.bus import measure as burst_until_converged
-from bench.replication_load import percentile
+from bench.replication_http import Connection
+from bench.replication_load import percentile, run_async
 
 DEFAULT_SETUPS = "mesh:3,mesh:5,mesh:9,bus:3,bus:5,bus:9,bus:25"
 
@@ -72,15 +75,16 @@ def cpu_of(pids: Sequence[int]) -> float:
 async def copies(node: NodeProcess, count: int, probes: int) -> list[float]:
     """Milliseconds of `probes` PUTs with `?w=count`, one after another."""
     took = []
-    async with aiohttp.ClientSession() as session:
+    conn = Connection(node.url)
+    try:
         for i in range(probes):
             started = time.monotonic()
-            url = f"{node.url}/v1/kv/copies-{i}?w={count}&timeout=30"
-            async with session.put(url, data=VALUE) as response:
-                await response.read()
-                if response.status not in (200, 201):
-                    raise SystemExit(f"PUT ?w={count} answered {response.status}")
+            answer = await conn.put(f"/v1/kv/copies-{i}?w={count}&timeout=30", VALUE.encode())
+            if answer.status not in (200, 201):
+                raise SystemExit(f"PUT ?w={count} answered {answer.status}")
             took.append(1000 * (time.monotonic() - started))
+    finally:
+        conn.close()
     return took
 
 
@@ -106,7 +110,7 @@ def run_setup(kind: str, count: int, args: argparse.Namespace) -> dict[str, floa
                 bursts.append(burst_until_converged(nodes, args.writes, f"burst{number}", 32, keys))
                 busy += cpu_of(pids) - before
             per_write = busy / (args.writes * args.bursts) / count * 1e6
-            took = asyncio.run(copies(nodes[0], count, args.probes))
+            took = run_async(copies(nodes[0], count, args.probes))
             return {
                 "idle_pct": idle,
                 "writes_per_s": statistics.median(args.writes / b["acked_s"] for b in bursts),
@@ -138,61 +142,59 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--probes", type=int, default=100, help="PUT ?w=N probes")
     parser.add_argument("--idle", type=float, default=24.0, help="seconds of idle CPU measured")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="runs of every set-up, alternating (figures: medians)"
+    )
     args = parser.parse_args(argv)
     if any(kind == "bus" for kind, _ in args.setups) and find_nats_server() is None:
         print("nats-server is not installed (apt-get install nats-server)", file=sys.stderr)
         return 2
-    results: dict[tuple[str, int], dict[str, float]] = {}
+    rounds: list[dict[tuple[str, int], dict[str, float]]] = []
     header = (
         f"{'set-up':8}{'writes/s':>10}{'w=N p50':>10}{'w=N p99':>10}"
         f"{'CPU us/write/node':>19}{'idle CPU %':>12}{'converged s':>13}"
     )
-    for kind, count in args.setups:
-        figures = results[(kind, count)] = run_setup(kind, count, args)
-        print(
-            f"{kind}:{count:<4}{figures['writes_per_s']:>10,.0f}{figures['w_p50_ms']:>10.1f}"
-            f"{figures['w_p99_ms']:>10.1f}{figures['cpu_us_per_write_per_node']:>19,.0f}"
-            f"{figures['idle_pct']:>12.1f}{figures['converged_s']:>13.2f}",
-            flush=True,
-        )
+    for number in range(args.rounds):
+        this: dict[tuple[str, int], dict[str, float]] = {}
+        rounds.append(this)
+        for kind, count in args.setups if number % 2 == 0 else reversed(args.setups):
+            this[(kind, count)] = run_setup(kind, count, args)
+            print(f"round {number + 1}  {row(kind, count, this[(kind, count)])}", flush=True)
+    results = {
+        setup: {name: statistics.median(r[setup][name] for r in rounds) for name in rounds[0][setup]}
+        for setup in args.setups
+    }
     print(
         f"\n{header}\n(w=N in ms; {args.writes} writes to node 1 per burst; writes/s and converged:"
-        f" medians of {args.bursts} bursts)"
+        f" medians of {args.bursts} bursts; every figure the median of {args.rounds} round(s))"
     )
-    for (kind, count), f in results.items():
-        print(
-            f"{kind}:{count:<4}{f['writes_per_s']:>10,.0f}{f['w_p50_ms']:>10.1f}{f['w_p99_ms']:>10.1f}"
-            f"{f['cpu_us_per_write_per_node']:>19,.0f}{f['idle_pct']:>12.1f}{f['converged_s']:>13.2f}"
-        )
+    for (kind, count), figures in results.items():
+        print(row(kind, count, figures))
 
-    def get(kind: str, count: int, field: str) -> float | None:
-        return results[(kind, count)][field] if (kind, count) in results else None
+    def ratio(label: str, field: str, top: tuple[str, int], bottom: tuple[str, int], goal: float) -> str:
+        if top not in results or bottom not in results:
+            return ratio_line(label, None, None, goal)
+        line = ratio_line(label, results[top][field], results[bottom][field], goal)
+        if len(rounds) > 1:
+            each = ", ".join(f"{r[top][field] / r[bottom][field]:.2f}" for r in rounds)
+            line += f" (rounds: {each})"
+        return line
 
     print("\ntargets (ratios of this run):")
     for kind in ("mesh", "bus"):
-        field = "cpu_us_per_write_per_node"
-        print(
-            ratio_line(
-                f"{kind}: CPU per write per node, 9 / 3 nodes",
-                get(kind, 9, field),
-                get(kind, 3, field),
-                1.3,
-            )
-        )
-        print(
-            ratio_line(
-                f"{kind}: idle CPU, 9 / 3 nodes", get(kind, 9, "idle_pct"), get(kind, 3, "idle_pct"), 3.0
-            )
-        )
-    print(
-        ratio_line(
-            "bus: convergence, 25 / 3 nodes",
-            get("bus", 25, "converged_s"),
-            get("bus", 3, "converged_s"),
-            2.0,
-        )
-    )
+        label = f"{kind}: CPU per write per node, 9 / 3 nodes"
+        print(ratio(label, "cpu_us_per_write_per_node", (kind, 9), (kind, 3), 1.3))
+        print(ratio(f"{kind}: idle CPU, 9 / 3 nodes", "idle_pct", (kind, 9), (kind, 3), 3.0))
+    label = "bus: convergence, 25 / 3 nodes"
+    print(ratio(label, "converged_s", ("bus", 25), ("bus", 3), 2.0))
     return 0
+
+
+def row(kind: str, count: int, f: dict[str, float]) -> str:
+    return (
+        f"{kind}:{count:<4}{f['writes_per_s']:>10,.0f}{f['w_p50_ms']:>10.1f}{f['w_p99_ms']:>10.1f}"
+        f"{f['cpu_us_per_write_per_node']:>19,.0f}{f['idle_pct']:>12.1f}{f['converged_s']:>13.2f}"
+    )
 
 
 if __name__ == "__main__":
