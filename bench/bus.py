@@ -34,7 +34,7 @@ from tests.harness import NodeProcess, free_ports, stop_all
 from tests.harness.nats import NatsServer, find_nats_server
 
 from bench.replication_http import Connection, HttpError
-from bench.replication_load import run_async
+from bench.replication_load import run_async, write_keys
 
 VALUE = "v" * 100
 CONVERGE_TIMEOUT = 300.0
@@ -74,27 +74,6 @@ def wait_members(nodes: Sequence[NodeProcess], timeout: float = 60.0) -> None:
     raise SystemExit("the nodes did not see each other in time")
 
 
-async def burst(node: NodeProcess, writes: int, tag: str, concurrency: int) -> None:
-    """PUT `writes` new keys to `node`, `concurrency` at a time, through the bench's own minimal
-    client (bench/replication_http.py): aiohttp's client cost about 200 µs of CPU a write, more
-    than the node taking it, on the cores the nodes share; this one about 30."""
-    pending = list(range(writes))
-    body = VALUE.encode()
-
-    async def worker() -> None:
-        conn = Connection(node.url)
-        try:
-            while pending:
-                i = pending.pop()
-                answer = await conn.put(f"/v1/kv/{tag}-{i}", body)
-                if answer.status not in (200, 201):
-                    raise SystemExit(f"PUT answered {answer.status}: {answer.body[:200]!r}")
-        finally:
-            conn.close()
-
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-
-
 async def converge(nodes: Sequence[NodeProcess], expected: int, deadline: float) -> None:
     """Wait until every node answers the /v1/digest of the first once it holds `expected` keys.
     Nothing writes meanwhile, so a node that matched stays matched and is not asked again: only
@@ -112,21 +91,19 @@ async def converge(nodes: Sequence[NodeProcess], expected: int, deadline: float)
         return int(body["count"]), str(body["digest"])
 
     try:
-        target = None
-        while target is None or target[0] < expected:
+        while (target := await ask(nodes[0])) is None or target[0] < expected:
             if time.monotonic() > deadline:
                 raise SystemExit(f"{nodes[0].url} holds {target} keys, not {expected}, in time")
-            target = await ask(nodes[0])
-            if target is None or target[0] < expected:
-                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)
         behind = list(nodes[1:])
-        while behind:
+        while True:
             answers = await asyncio.gather(*(ask(node) for node in behind))
             behind = [node for node, answer in zip(behind, answers, strict=True) if answer != target]
-            if behind and time.monotonic() > deadline:
+            if not behind:
+                return
+            if time.monotonic() > deadline:
                 raise SystemExit(f"no convergence within {CONVERGE_TIMEOUT}s: {len(behind)} behind")
-            if behind:
-                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)
     finally:
         for conn in connections.values():
             conn.close()
@@ -138,7 +115,9 @@ def measure(
     """A burst of `writes` new keys to the first node: seconds until the last was acknowledged,
     and until every node holds the same data with (at least) `keys` keys, by default `writes`."""
     started = time.monotonic()
-    run_async(burst(nodes[0], writes, tag, concurrency))
+    # The replication bench's writer: aiohttp's client cost about 200 µs of CPU a write, more
+    # than the node taking it, on the cores the nodes share; this one about 25.
+    run_async(write_keys(nodes[0].url, f"{tag}-", writes, connections=concurrency))
     acked = time.monotonic() - started
     expected = writes if keys is None else keys
     run_async(converge(nodes, expected, started + CONVERGE_TIMEOUT))
