@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
+
 from shareddb.record import Record, make_version, named
 from shareddb.store.base import (
     DIGEST_BUCKETS,
@@ -286,6 +288,11 @@ def test_a_restored_record_older_than_the_purge_mark_is_left_out_only_where_noth
     assert batch.purged == ["newer-tomb"]  # the tombstone that beat the restored value
     plain = plan_batch([PeerBatch(records)], 0, Tally(2, 0, 0, EMPTY), dict(stored), {}, 0, mark)
     assert plain.results[0] == Applied(3, 3, 5)  # a peer's page is merged whatever the mark
+
+
+def test_a_restored_batch_refuses_groups_which_its_records_left_out_would_misplace() -> None:
+    with pytest.raises(ValueError, match="no groups"):
+        PeerBatch([put("a", "1", 1), put("b", "2", 1)], None, [(0, 2)], restored=True)
 
 
 def test_a_peer_page_plans_as_merging_each_record_and_passes_over_keys_only_named() -> None:

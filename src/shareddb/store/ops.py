@@ -78,6 +78,10 @@ class PeerBatch:
     groups: Sequence[tuple[int, int]] = ()
     restored: bool = False
 
+    def __post_init__(self) -> None:
+        if self.restored and self.groups:  # a snapshot holds no transactions to keep whole
+            raise ValueError("a restored batch has no groups: its records are left out one by one")
+
 
 @dataclass(frozen=True, slots=True)
 class BulkLoad:

@@ -286,7 +286,7 @@ def plan_batch(
         elif isinstance(op, PeerBatch):
             first = plan.seq + 1  # each record that wins takes the next position
             records = op.records
-            if op.restored:  # (never with groups) whatever the plan holds of a key, merged as usual
+            if op.restored:  # (no groups, see PeerBatch) whatever the plan holds of a key merges
                 held = plan.current
                 records = [r for r in records if r.version >= purged_before or r.key in held]
             won = _plan_peer_batch(plan, op) if op.groups else plan.load(records)
