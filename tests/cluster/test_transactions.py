@@ -30,7 +30,7 @@ from tests.cluster.replication_helpers import (
     wait_all_up,
     wait_converged,
 )
-from tests.harness import NodeProcess
+from tests.harness import NodeProcess, wait_for
 from tests.harness.metrics import sample
 
 pytestmark = pytest.mark.cluster
@@ -103,6 +103,7 @@ class Lister(threading.Thread):
         self.stop = threading.Event()
         self.listings = 0
         self.states: set[tuple[int, int]] = set()  # (newest transaction shown, oldest level)
+        self.newest = 0  # the newest transaction any listing showed
         self.seen: dict[tuple[str, str], str] = {}  # (key, value head) -> version listed
         self.last: dict[str, tuple[int, bool]] = {}  # key -> (round, plain) of the last listing
         self.failure: str | None = None
@@ -129,6 +130,7 @@ class Lister(threading.Thread):
         shown = max((r for kind, r in levels.values() if kind == "t"), default=0)
         oldest = min(r for _, r in levels.values())
         self.states.add((shown, oldest))
+        self.newest = max(self.newest, shown)
         # A key shows transaction `shown`'s write: no key may hold a value from before it.
         assert oldest >= shown, f"transaction {shown} seen by halves: {sorted(levels.items())}"
         # And no key goes back to an older value than an earlier listing showed.
@@ -168,6 +170,14 @@ def test_a_lagging_peer_never_lists_a_transaction_by_halves(proxied_cluster: Sta
         for _ in range(LIVE_ROUNDS):
             writer.one_round()
         final = wait_converged([a, b], CATCH_UP)
+        # The reader lists B once more after it caught up: a listing begun before the catch-up
+        # (slow on a busy machine) may be its last otherwise.
+        wait_for(
+            lambda: lister.failure is not None or lister.newest >= writer.round_,
+            CATCH_UP,
+            f"a listing of B at round {writer.round_}",
+            [a, b],
+        )
     finally:
         lister.stop.set()
         lister.join(30)
